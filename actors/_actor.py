@@ -1,0 +1,228 @@
+"""The actor: a trio task that owns its state and a bounded, typed mailbox.
+
+Callers never touch an actor's state: they ``tell`` it a message (fire and forget; a full mailbox raises
+MailboxFull at once) or ``ask`` it (the message travels with a one-shot reply channel; the caller waits up to
+its deadline for room in the mailbox and for the reply). Handlers run one message at a time, in order.
+
+A handler that raises ``Refused`` answers the asker with that error and the actor carries on; any other
+exception crashes the actor, the asker gets ``ActorCrashed`` and the supervisor decides what happens next.
+Whatever is left in the mailbox when the actor stops is answered with ``ActorStopped``, so no asker waits for
+a reply that will never come and every dropped ``tell`` is counted.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import secrets
+from abc import ABC, abstractmethod
+from typing import Any, Generic, TypeVar
+
+import msgspec
+import trio
+
+from ._errors import ActorCrashed, ActorStopped, AskTimeout, MailboxFull, Refused
+
+M = TypeVar("M")
+
+DEFAULT_MAILBOX_SIZE = 64
+DEFAULT_ASK_TIMEOUT = 5.0
+
+
+class ActorState(enum.StrEnum):
+    """Where an actor incarnation is in its life."""
+
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+class ActorSnapshot(msgspec.Struct, frozen=True, kw_only=True):
+    """What anyone may read about an actor without asking it."""
+
+    name: str
+    incarnation: str
+    state: ActorState
+    uptime_seconds: float
+    mailbox_depth: int
+    mailbox_size: int
+    handled: int
+    dropped: int
+
+
+class _Envelope(Generic[M]):
+    """A message in the mailbox, with the reply channel of an ask (None for a tell)."""
+
+    __slots__ = ("msg", "reply")
+
+    def __init__(self, msg: M, reply: trio.MemorySendChannel[tuple[bool, Any]] | None) -> None:
+        self.msg = msg
+        self.reply = reply
+
+
+def new_incarnation() -> str:
+    """A short random id naming one run of an actor."""
+    return secrets.token_hex(6)
+
+
+class Actor(ABC, Generic[M]):
+    """Base class: subclasses implement ``handle`` and optionally ``setup`` and ``teardown``.
+
+    One instance is one incarnation: a supervisor builds a new instance for every (re)start.
+    """
+
+    def __init__(self, name: str, *, mailbox_size: int = DEFAULT_MAILBOX_SIZE) -> None:
+        if mailbox_size < 1:
+            raise ValueError("mailbox_size must be at least 1")
+        self.name = name
+        self.incarnation = new_incarnation()
+        self.mailbox_size = mailbox_size
+        self._tx, self._rx = trio.open_memory_channel[_Envelope[M]](mailbox_size)
+        self._state = ActorState.STARTING
+        self._started_at: float | None = None
+        self._handled = 0
+        self._dropped = 0
+        self._nursery: trio.Nursery | None = None
+
+    # -- what subclasses implement -------------------------------------------------------------------
+
+    async def setup(self) -> None:
+        """Acquire what the actor needs before it reports ready. Cancellation aborts the start."""
+
+    async def teardown(self) -> None:
+        """Release what setup acquired. Runs shielded, bounded by ``teardown_timeout``."""
+
+    teardown_timeout = 5.0
+
+    @abstractmethod
+    async def handle(self, msg: M) -> Any:
+        """Handle one message; the return value is the reply to an ask."""
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+
+    @property
+    def state(self) -> ActorState:
+        return self._state
+
+    @property
+    def nursery(self) -> trio.Nursery:
+        """A nursery living as long as this incarnation, for work the actor runs beside its mailbox."""
+        if self._nursery is None:
+            raise RuntimeError(f"{self.name}: not running")
+        return self._nursery
+
+    def uptime(self) -> float:
+        if self._started_at is None:
+            return 0.0
+        return trio.current_time() - self._started_at
+
+    def snapshot(self) -> ActorSnapshot:
+        stats = self._tx.statistics() if self._state is not ActorState.STOPPED else None
+        return ActorSnapshot(
+            name=self.name,
+            incarnation=self.incarnation,
+            state=self._state,
+            uptime_seconds=round(self.uptime(), 3),
+            mailbox_depth=stats.current_buffer_used if stats else 0,
+            mailbox_size=self.mailbox_size,
+            handled=self._handled,
+            dropped=self._dropped,
+        )
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Set up, report ready, then handle messages until stopped.
+
+        On cancellation the current handler is cancelled, teardown runs shielded and every message still in
+        the mailbox is answered with ActorStopped.
+        """
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                await self.setup()
+                self._started_at = trio.current_time()
+                self._state = ActorState.RUNNING
+                task_status.started()
+                await self._loop()
+                nursery.cancel_scope.cancel()
+        finally:
+            self._state = ActorState.STOPPED
+            self._nursery = None
+            self._tx.close()
+            self._fail_pending()
+            with trio.CancelScope(shield=True), trio.move_on_after(self.teardown_timeout):
+                await self.teardown()
+
+    def request_stop(self) -> None:
+        """Stop taking messages; the actor handles what is queued and then returns from ``run``."""
+        if self._state in (ActorState.STARTING, ActorState.RUNNING):
+            self._state = ActorState.STOPPING
+        self._tx.close()
+
+    async def _loop(self) -> None:
+        async for env in self._rx:
+            try:
+                result = await self.handle(env.msg)
+            except Refused as exc:
+                self._answer(env, False, exc)
+            except BaseException as exc:
+                crash = ActorCrashed(self.name, f"crashed handling {type(env.msg).__name__}: {exc!r}")
+                self._answer(env, False, crash)
+                raise
+            else:
+                self._answer(env, True, result)
+            finally:
+                self._handled += 1
+
+    @staticmethod
+    def _answer(env: _Envelope[M], ok: bool, value: Any) -> None:
+        if env.reply is None:
+            return
+        try:
+            env.reply.send_nowait((ok, value))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the asker gave up (deadline); nothing waits for this reply any more
+
+    def _fail_pending(self) -> None:
+        while True:
+            try:
+                env = self._rx.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                return
+            if env.reply is None:
+                self._dropped += 1
+            else:
+                self._answer(env, False, ActorStopped(self.name, "stopped before handling the message"))
+
+    # -- talking to it ------------------------------------------------------------------------------
+
+    def tell(self, msg: M) -> None:
+        """Queue a message without waiting; raises MailboxFull or ActorStopped at once."""
+        try:
+            self._tx.send_nowait(_Envelope(msg, None))
+        except trio.WouldBlock:
+            raise MailboxFull(self.name, f"mailbox full ({self.mailbox_size})") from None
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            raise ActorStopped(self.name, "not accepting messages") from None
+
+    async def ask(self, msg: M, *, timeout: float = DEFAULT_ASK_TIMEOUT) -> Any:
+        """Send a message and wait for the reply, at most ``timeout`` seconds in all.
+
+        Raises AskTimeout (no room or no reply in time), ActorStopped, ActorCrashed or the handler's Refused.
+        Cancelling the caller abandons the reply; the actor still handles the message if it was queued.
+        """
+        reply_tx, reply_rx = trio.open_memory_channel[tuple[bool, Any]](1)
+        deadline = trio.current_time() + timeout if math.isfinite(timeout) else math.inf
+        with reply_rx, trio.move_on_at(deadline):
+            try:
+                await self._tx.send(_Envelope(msg, reply_tx))
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                raise ActorStopped(self.name, "not accepting messages") from None
+            try:
+                ok, value = await reply_rx.receive()
+            except trio.EndOfChannel:  # pragma: no cover - the reply channel is never closed by the actor
+                raise ActorStopped(self.name, "stopped without replying") from None
+            if ok:
+                return value
+            raise value
+        raise AskTimeout(self.name, f"no reply to {type(msg).__name__} within {timeout:g}s")

@@ -1,0 +1,126 @@
+"""Typed values that appear in configuration: durations and secret references.
+
+Both are decoded from TOML strings by ``decode_hook`` (pass it to msgspec as ``dec_hook``), so a bad value
+is reported by msgspec with its path, like any other type error.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Final
+
+SECRET_SCHEMES: Final = ("vault", "file", "credential", "env")
+REDACTED: Final = "***"
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_UNIT_SECONDS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+class Duration:
+    """A span of time given in config as "250ms", "30s", "5m", "1h30m", "1d"."""
+
+    __slots__ = ("seconds", "text")
+
+    def __init__(self, text: str) -> None:
+        if not isinstance(text, str):
+            raise TypeError(f"a duration is a string like '30s', not {type(text).__name__}")
+        cleaned = text.strip()
+        pos = 0
+        total = 0.0
+        for match in _DURATION_PART.finditer(cleaned):
+            if match.start() != pos:
+                break
+            total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+            pos = match.end()
+        if not cleaned or pos != len(cleaned):
+            raise ValueError(f"invalid duration {text!r}: use a number and a unit (ms, s, m, h, d), e.g. '30s'")
+        self.seconds = total
+        self.text = cleaned
+
+    @classmethod
+    def of(cls, seconds: float) -> Duration:
+        return cls(f"{seconds:g}s")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Duration) and other.seconds == self.seconds
+
+    def __hash__(self) -> int:
+        return hash(self.seconds)
+
+    def __repr__(self) -> str:
+        return f"Duration({self.text!r})"
+
+    def __str__(self) -> str:
+        return self.text
+
+
+class Secret:
+    """A reference to a secret (``vault:kv/path#field``, ``file:/path``, ``credential:NAME``, ``env:NAME``).
+
+    The value, once resolved, lives only here and prints as ``***`` everywhere: repr, str, JSON.
+    """
+
+    __slots__ = ("_value", "reference")
+
+    def __init__(self, reference: str, value: str | None = None) -> None:
+        if not isinstance(reference, str):
+            raise TypeError(f"a secret is a reference string, not {type(reference).__name__}")
+        scheme, sep, rest = reference.partition(":")
+        if not sep or scheme not in SECRET_SCHEMES or not rest:
+            raise ValueError(
+                f"invalid secret reference {reference[:40]!r}: secrets are references "
+                f"({', '.join(s + ':' for s in SECRET_SCHEMES)}), never literal values"
+            )
+        self.reference = reference
+        self._value = value
+
+    @property
+    def scheme(self) -> str:
+        return self.reference.partition(":")[0]
+
+    @property
+    def target(self) -> str:
+        return self.reference.partition(":")[2]
+
+    @property
+    def resolved(self) -> bool:
+        return self._value is not None
+
+    def with_value(self, value: str) -> Secret:
+        return Secret(self.reference, value)
+
+    def reveal(self) -> str:
+        """The secret value; only for the code that hands it to a bank, database or HSM."""
+        if self._value is None:
+            raise LookupError(f"secret {self.reference} has not been resolved")
+        return self._value
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other.reference == self.reference and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self.reference)
+
+    def __repr__(self) -> str:
+        return f"Secret({self.reference!r}, {REDACTED})"
+
+    def __str__(self) -> str:
+        return REDACTED
+
+
+def decode_hook(type_: type, obj: Any) -> Any:
+    """msgspec ``dec_hook`` for the custom config types."""
+    if type_ is Duration:
+        return Duration(obj)
+    if type_ is Secret:
+        return Secret(obj)
+    raise NotImplementedError(f"cannot decode {type_!r}")
+
+
+def encode_hook(obj: Any) -> Any:
+    """msgspec ``enc_hook``: durations as their text, secrets as their reference and never their value."""
+    if isinstance(obj, Duration):
+        return obj.text
+    if isinstance(obj, Secret):
+        return f"{obj.reference} ({REDACTED})"
+    raise NotImplementedError(f"cannot encode {type(obj).__name__}")

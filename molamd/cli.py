@@ -1,0 +1,110 @@
+"""``molamd``: run the daemon, check a config file, apply database migrations."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+from . import __version__
+
+DEFAULT_CONFIG = "/etc/molamd/molamd.toml"
+
+
+def _config_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", "-c", default=os.environ.get("MOLAMD_CONFIG", DEFAULT_CONFIG),
+        help=f"config file (default: $MOLAMD_CONFIG or {DEFAULT_CONFIG})",
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="molamd", description="The Molam bank-facing daemon.")
+    parser.add_argument("--version", action="version", version=f"molamd {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run_p = sub.add_parser("run", help="run the daemon in the foreground (systemd runs this)")
+    _config_arg(run_p)
+    check_p = sub.add_parser("check-config", help="validate a config file and resolve its secrets; exit 0 or 1")
+    check_p.add_argument("file")
+    migrate_p = sub.add_parser("migrate", help="apply pending database migrations (idempotent)")
+    _config_arg(migrate_p)
+    migrate_p.add_argument("--dsn", help="connect here instead of [database] of the config")
+    args = parser.parse_args(argv)
+
+    if args.command == "check-config":
+        return check_config(args.file)
+    if args.command == "migrate":
+        return migrate(args.config, args.dsn)
+    return run(args.config)
+
+
+def check_config(path: str) -> int:
+    from .config import ConfigError, load_resolved
+
+    try:
+        config = load_resolved(path)
+    except ConfigError as exc:
+        for line in exc.lines():
+            print(line, file=sys.stderr)
+        return 1
+    print(f"{path}: ok ({len(config.connectors)} connectors)")
+    return 0
+
+
+def migrate(config_path: str, dsn: str | None) -> int:
+    import psycopg
+
+    from .config import ConfigError, load_resolved
+    from .db import MigrationError, conninfo, current_version
+    from .db import migrate as apply
+
+    try:
+        kwargs: dict[str, Any]
+        if dsn is not None:
+            target, kwargs = dsn, {"application_name": "molamd-migrate"}
+        else:
+            config = load_resolved(config_path)
+            target, kwargs = config.database.dsn, conninfo(config.database, "molamd-migrate")
+        kwargs.pop("options", None)  # migrations may run longer than the daemon's statement timeout
+        with psycopg.connect(target, **kwargs) as conn:
+            applied = apply(conn)
+            version = current_version(conn)
+    except ConfigError as exc:
+        for line in exc.lines():
+            print(line, file=sys.stderr)
+        return 1
+    except (psycopg.Error, MigrationError) as exc:
+        print(f"molamd migrate: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    if applied:
+        names = ", ".join(f"{m.version:04d}_{m.name}" for m in applied)
+        print(f"applied {len(applied)} migration(s): {names}; schema version {version}")
+    else:
+        print(f"schema up to date (version {version})")
+    return 0
+
+
+def run(config_path: str) -> int:
+    import trio
+
+    from .config import ConfigError, load_resolved
+    from .control import AlreadyRunning, check_socket_path
+    from .daemon import run as run_daemon
+
+    try:
+        config = load_resolved(config_path)
+    except ConfigError as exc:
+        for line in exc.lines():
+            print(line, file=sys.stderr)
+        return 1
+    try:
+        check_socket_path(config.control.socket)
+    except AlreadyRunning as exc:
+        print(f"molamd: {exc}", file=sys.stderr)
+        return 1
+    return trio.run(run_daemon, config_path, config)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

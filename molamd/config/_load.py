@@ -1,0 +1,149 @@
+"""Reading molamd.toml: TOML syntax, types (via msgspec), then the rules that span keys."""
+
+from __future__ import annotations
+
+import grp
+import ipaddress
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from connectors import KINDS, decode_hook
+
+from ._errors import ConfigError, ConfigProblem
+from ._model import Config
+
+_MSGSPEC_PATH = re.compile(r"^(?P<message>.*?)(?: - at `(?P<path>\$[^`]*)`)?$", re.DOTALL)
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+
+
+def parse_config(text: str, *, file: str) -> Config:
+    """Decode and validate config text (secret references are checked for syntax, not resolved)."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(file, [ConfigProblem("$", f"not valid TOML: {exc}")]) from exc
+    _check_kinds(data, file)
+    try:
+        config = msgspec.convert(data, Config, dec_hook=decode_hook)
+    except msgspec.ValidationError as exc:
+        match = _MSGSPEC_PATH.match(str(exc))
+        assert match is not None
+        raise ConfigError(file, [ConfigProblem(match["path"] or "$", match["message"])]) from exc
+    problems = validate(config)
+    if problems:
+        raise ConfigError(file, problems)
+    return config
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a config file; raises ConfigError naming the file and path of every problem."""
+    file = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(file, [ConfigProblem("$", f"cannot read the file: {exc}")]) from exc
+    return parse_config(text, file=file)
+
+
+def _check_kinds(data: dict[str, Any], file: str) -> None:
+    entries = data.get("connectors")
+    if not isinstance(entries, list):
+        return
+    known = ", ".join(sorted(KINDS))
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            continue
+        kind = entry.get("kind")
+        path = f"$.connectors[{index}].kind"
+        if kind is None:
+            raise ConfigError(file, [ConfigProblem(path, f"missing; one of: {known}")])
+        if kind not in KINDS:
+            raise ConfigError(file, [ConfigProblem(path, f"unknown connector kind {kind!r}; one of: {known}")])
+
+
+def validate(config: Config) -> list[ConfigProblem]:
+    """Rules no single type can express; returns every problem found."""
+    problems: list[ConfigProblem] = []
+
+    def bad(path: str, message: str) -> None:
+        problems.append(ConfigProblem(path, message))
+
+    seen: dict[str, int] = {}
+    for index, entry in enumerate(config.connectors):
+        path = f"$.connectors[{index}]"
+        if not _NAME.match(entry.name):
+            bad(f"{path}.name", "use 1-63 characters of a-z, 0-9, '_', '.', '-', starting with a letter or digit")
+        if entry.name in seen:
+            bad(f"{path}.name", f"duplicate of $.connectors[{seen[entry.name]}].name ({entry.name!r})")
+        seen.setdefault(entry.name, index)
+        if not entry.bank_profile:
+            bad(f"{path}.bank_profile", "must not be empty")
+        if not 1 <= entry.mailbox_size <= 1_000_000:
+            bad(f"{path}.mailbox_size", "must be between 1 and 1000000")
+
+    control = config.control
+    if not control.socket.startswith("/"):
+        bad("$.control.socket", "must be an absolute path")
+    try:
+        mode = int(control.socket_mode, 8)
+        if not 0 <= mode <= 0o777:
+            raise ValueError
+    except ValueError:
+        bad("$.control.socket_mode", f"{control.socket_mode!r} is not an octal mode like '0660'")
+    for key in ("operator_group", "readonly_group"):
+        group = getattr(control, key)
+        if group:
+            try:
+                grp.getgrnam(group)
+            except KeyError:
+                bad(f"$.control.{key}", f"no such group {group!r} on this host")
+    if control.max_clients < 1:
+        bad("$.control.max_clients", "must be at least 1")
+
+    if config.metrics.enabled:
+        try:
+            split_listen(config.metrics.listen)
+        except ValueError as exc:
+            bad("$.metrics.listen", str(exc))
+
+    db = config.database
+    if not 1 <= db.pool_min_size <= db.pool_max_size:
+        bad("$.database.pool_min_size", "need 1 <= pool_min_size <= pool_max_size")
+    if db.retry_initial.seconds <= 0 or db.retry_max.seconds < db.retry_initial.seconds:
+        bad("$.database.retry_initial", "need 0 < retry_initial <= retry_max")
+    if db.ping_interval.seconds <= 0:
+        bad("$.database.ping_interval", "must be positive")
+
+    sup = config.supervision
+    if sup.max_restarts < 0:
+        bad("$.supervision.max_restarts", "must not be negative")
+    if sup.backoff_max.seconds < sup.backoff_initial.seconds:
+        bad("$.supervision.backoff_max", "must not be below backoff_initial")
+
+    health = config.workers.health_checker
+    if health.interval.seconds <= 0:
+        bad("$.workers.health_checker.interval", "must be positive")
+    if health.concurrency < 1:
+        bad("$.workers.health_checker.concurrency", "must be at least 1")
+    return problems
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """``"127.0.0.1:9464"`` or ``"[::1]:9464"`` → (host, port); raises ValueError with the reason."""
+    host, sep, port_text = listen.rpartition(":")
+    if not sep or not port_text.isdigit():
+        raise ValueError(f"{listen!r} is not HOST:PORT")
+    host = host.strip("[]")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if host != "localhost":
+            raise ValueError(f"{listen!r}: give an IP address (or localhost) to listen on") from None
+    port = int(port_text)
+    if not 0 <= port <= 65535:
+        raise ValueError(f"{listen!r}: port out of range")
+    return host, port

@@ -1,0 +1,99 @@
+"""The shape of molamd.toml, as frozen msgspec Structs. Unknown keys are errors everywhere."""
+
+from __future__ import annotations
+
+import enum
+from typing import Final
+
+import msgspec
+
+from connectors import AnyConnectorConfig, Duration, Secret
+
+DEFAULT_SOCKET: Final = "/run/molamd/control.sock"
+DEFAULT_SOCKET_MODE: Final = "0660"
+DEFAULT_METRICS_LISTEN: Final = "127.0.0.1:9464"
+
+
+def _d(text: str) -> Duration:
+    return Duration(text)
+
+
+class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+class DaemonSection(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    host_id: str = ""
+    shutdown_grace: Duration = msgspec.field(default_factory=lambda: _d("30s"))
+
+
+class ControlSection(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    socket: str = DEFAULT_SOCKET
+    socket_mode: str = DEFAULT_SOCKET_MODE
+    operator_group: str = ""
+    readonly_group: str = ""
+    max_clients: int = 64
+
+
+class MetricsSection(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    enabled: bool = True
+    listen: str = DEFAULT_METRICS_LISTEN
+
+
+class LogLevel(enum.StrEnum):
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+class LoggingSection(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    level: LogLevel = LogLevel.INFO
+
+
+class DatabaseSection(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    dsn: str = "postgresql:///molam"
+    password: Secret | None = None
+    pool_min_size: int = 1
+    pool_max_size: int = 8
+    connect_timeout: Duration = msgspec.field(default_factory=lambda: _d("5s"))
+    statement_timeout: Duration = msgspec.field(default_factory=lambda: _d("30s"))
+    ping_interval: Duration = msgspec.field(default_factory=lambda: _d("5s"))
+    retry_initial: Duration = msgspec.field(default_factory=lambda: _d("1s"))
+    retry_max: Duration = msgspec.field(default_factory=lambda: _d("30s"))
+
+
+class SupervisionSection(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    max_restarts: int = 5
+    period: Duration = msgspec.field(default_factory=lambda: _d("60s"))
+    stable_after: Duration = msgspec.field(default_factory=lambda: _d("60s"))
+    backoff_initial: Duration = msgspec.field(default_factory=lambda: _d("1s"))
+    backoff_max: Duration = msgspec.field(default_factory=lambda: _d("30s"))
+
+
+class HealthCheckerSection(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    enabled: bool = True
+    interval: Duration = msgspec.field(default_factory=lambda: _d("30s"))
+    timeout: Duration = msgspec.field(default_factory=lambda: _d("5s"))
+    concurrency: int = 16
+
+
+class WorkersSection(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    health_checker: HealthCheckerSection = msgspec.field(default_factory=HealthCheckerSection)
+
+
+class Config(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    daemon: DaemonSection = msgspec.field(default_factory=DaemonSection)
+    control: ControlSection = msgspec.field(default_factory=ControlSection)
+    metrics: MetricsSection = msgspec.field(default_factory=MetricsSection)
+    logging: LoggingSection = msgspec.field(default_factory=LoggingSection)
+    database: DatabaseSection = msgspec.field(default_factory=DatabaseSection)
+    supervision: SupervisionSection = msgspec.field(default_factory=SupervisionSection)
+    workers: WorkersSection = msgspec.field(default_factory=WorkersSection)
+    connectors: list[AnyConnectorConfig] = msgspec.field(default_factory=list)
+
+    def connector(self, name: str) -> AnyConnectorConfig | None:
+        for entry in self.connectors:
+            if entry.name == name:
+                return entry
+        return None

@@ -1,0 +1,130 @@
+"""Resolving secret references in a decoded config.
+
+Schemes: ``env:NAME``, ``file:/path``, ``credential:NAME`` (systemd LoadCredential=, read from
+``$CREDENTIALS_DIRECTORY``) are resolved here. ``vault:`` needs a resolver registered by the Vault client;
+without one, a ``vault:`` reference is a config error, never a literal. Resolution is blocking (files, and
+later the network): run it in a worker thread.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import msgspec
+
+from connectors import Secret
+
+from ._errors import ConfigError, ConfigProblem
+
+T = TypeVar("T")
+Resolver = Callable[[str], str]
+
+
+class SecretUnavailable(Exception):
+    """A resolver could not produce a secret; the message says why (never the value)."""
+
+
+def _env(target: str, environ: Mapping[str, str]) -> str:
+    try:
+        value = environ[target]
+    except KeyError:
+        raise SecretUnavailable(f"environment variable {target} is not set") from None
+    if not value:
+        raise SecretUnavailable(f"environment variable {target} is empty")
+    return value
+
+
+def _file(target: str) -> str:
+    path = Path(target)
+    if not path.is_absolute():
+        raise SecretUnavailable(f"file: needs an absolute path, got {target!r}")
+    try:
+        value = path.read_text(encoding="utf-8").rstrip("\r\n")
+    except OSError as exc:
+        raise SecretUnavailable(f"cannot read {target}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise SecretUnavailable(f"{target} is not UTF-8 text") from None
+    if not value:
+        raise SecretUnavailable(f"{target} is empty")
+    return value
+
+
+def _credential(target: str, environ: Mapping[str, str]) -> str:
+    directory = environ.get("CREDENTIALS_DIRECTORY")
+    if not directory:
+        raise SecretUnavailable(
+            "$CREDENTIALS_DIRECTORY is not set (credential: references need systemd's LoadCredential=)"
+        )
+    if "/" in target or target in (".", ".."):
+        raise SecretUnavailable(f"credential name {target!r} must be a plain name")
+    return _file(str(Path(directory) / target))
+
+
+def _vault_missing(target: str) -> str:
+    raise SecretUnavailable("vault: references need the Vault resolver, which this build does not configure")
+
+
+def default_resolvers(environ: Mapping[str, str] | None = None) -> dict[str, Resolver]:
+    env = os.environ if environ is None else environ
+    return {
+        "env": lambda target: _env(target, env),
+        "file": _file,
+        "credential": lambda target: _credential(target, env),
+        "vault": _vault_missing,
+    }
+
+
+def resolve_secrets(config: T, *, file: str, resolvers: Mapping[str, Resolver] | None = None) -> T:
+    """A copy of ``config`` with every Secret resolved; raises ConfigError listing each one that is not."""
+    table = dict(default_resolvers()) if resolvers is None else dict(resolvers)
+    problems: list[ConfigProblem] = []
+
+    def walk(value: Any, path: str) -> Any:
+        if isinstance(value, Secret):
+            resolver = table.get(value.scheme)
+            if resolver is None:
+                problems.append(ConfigProblem(path, f"no resolver for {value.scheme}: references"))
+                return value
+            try:
+                return value.with_value(resolver(value.target))
+            except SecretUnavailable as exc:
+                problems.append(ConfigProblem(path, f"secret {value.reference}: {exc}"))
+                return value
+        if isinstance(value, msgspec.Struct):
+            changes = {}
+            for name in value.__struct_fields__:
+                old = getattr(value, name)
+                new = walk(old, f"{path}.{name}")
+                if new is not old:
+                    changes[name] = new
+            return msgspec.structs.replace(value, **changes) if changes else value
+        if isinstance(value, list):
+            items = [walk(item, f"{path}[{i}]") for i, item in enumerate(value)]
+            return items if any(a is not b for a, b in zip(items, value, strict=True)) else value
+        return value
+
+    resolved = walk(config, "$")
+    if problems:
+        raise ConfigError(file, problems)
+    return resolved  # type: ignore[no-any-return]
+
+
+def secret_values(config: object) -> list[str]:
+    """Every resolved secret value in a config, for the log redactor."""
+    found: list[str] = []
+
+    def walk(value: Any) -> None:
+        if isinstance(value, Secret) and value.resolved:
+            found.append(value.reveal())
+        elif isinstance(value, msgspec.Struct):
+            for name in value.__struct_fields__:
+                walk(getattr(value, name))
+        elif isinstance(value, list):
+            for item in value:
+                walk(item)
+
+    walk(config)
+    return found

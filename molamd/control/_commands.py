@@ -1,0 +1,252 @@
+"""The control commands: what each does, its arguments, and whether it needs operator access."""
+
+from __future__ import annotations
+
+import platform
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import msgspec
+import trio
+
+from actors import ActorError, ChildState, ConnectorActor, SupervisorError, UnknownChild
+from connectors import encode_hook
+
+from .. import reload as reloading
+from ..config import ConfigError
+from ..runtime import Runtime
+from ._protocol import PROTOCOL_VERSION, ControlError, ErrorCode
+
+ASK_TIMEOUT = 5.0
+
+
+class NoArgs(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    pass
+
+
+class NameArg(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    name: str
+
+
+class OptionalName(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    name: str | None = None
+
+
+Handler = Callable[[Runtime, Any], Awaitable[Any]]
+Streamer = Callable[[Runtime, Any], AsyncIterator[dict[str, Any]]]
+
+
+class Command(msgspec.Struct, frozen=True):
+    name: str
+    args: type[msgspec.Struct]
+    write: bool
+    handler: Handler | None = None
+    stream: Streamer | None = None
+
+
+def _to_builtins(value: Any) -> Any:
+    return msgspec.to_builtins(value, enc_hook=encode_hook)
+
+
+# -- read commands -----------------------------------------------------------------------------------
+
+
+async def version(rt: Runtime, args: NoArgs) -> dict[str, Any]:
+    return {"server": "molamd", "version": rt.version, "protocol": PROTOCOL_VERSION,
+            "python": platform.python_version(), "trio": trio.__version__}
+
+
+async def status(rt: Runtime, args: NoArgs) -> dict[str, Any]:
+    actor_states: Counter[str] = Counter()
+    for sup in (rt.connectors, rt.workers):
+        for info in sup.infos():
+            actor_states[info.state.value] += 1
+    dispatch: Counter[str] = Counter()
+    for _, actor in rt.connector_actors():
+        if actor is not None:
+            dispatch[actor.dispatch.value] += 1
+    return {
+        "version": rt.version,
+        "host_id": rt.host_id,
+        "pid": rt.pid,
+        "uptime_seconds": round(rt.uptime(), 3),
+        "config_file": rt.config_path,
+        "config_loaded_at": rt.config_loaded_at,
+        "last_reload": rt.last_reload,
+        "database": {"up": rt.db.up, "error": rt.db.last_error},
+        "connectors": {"configured": len(rt.config.connectors), "dispatch": dict(dispatch)},
+        "actors": dict(actor_states),
+        "workers": [info.name for info in rt.workers.infos()],
+    }
+
+
+def _connector_row(rt: Runtime, name: str) -> dict[str, Any]:
+    info = rt.connectors.info(name)
+    spec_config = rt.config.connector(name)
+    actor = rt.connector_actor(name)
+    row: dict[str, Any] = {
+        "name": name,
+        "kind": spec_config.kind if spec_config else None,
+        "bank_profile": spec_config.bank_profile if spec_config else None,
+        "priority": spec_config.priority if spec_config else None,
+        "state": info.state.value,
+        "dispatch": None,
+        "incarnation": info.incarnation,
+        "uptime_seconds": info.uptime_seconds,
+        "restarts": info.restarts,
+        "mailbox_depth": None,
+        "mailbox_size": spec_config.mailbox_size if spec_config else None,
+        "in_flight": None,
+        "health": None,
+        "last_error": info.last_error,
+    }
+    if actor is not None:
+        snap = actor.connector_snapshot()
+        row["dispatch"] = snap.dispatch.value
+        row["mailbox_depth"] = snap.actor.mailbox_depth
+        row["in_flight"] = snap.in_flight
+        if snap.last_health is not None:
+            row["health"] = "ok" if snap.last_health.ok else "failing"
+    return row
+
+
+async def connectors(rt: Runtime, args: NoArgs) -> list[dict[str, Any]]:
+    return [_connector_row(rt, name) for name in rt.connectors.names()]
+
+
+def _known(rt: Runtime, name: str) -> None:
+    if name not in rt.connectors.names():
+        raise ControlError(ErrorCode.NOT_FOUND, f"no connector named {name!r}")
+
+
+async def connector(rt: Runtime, args: NameArg) -> dict[str, Any]:
+    _known(rt, args.name)
+    row = _connector_row(rt, args.name)
+    row["config"] = _to_builtins(rt.config.connector(args.name))
+    actor = rt.connector_actor(args.name)
+    if actor is not None:
+        row["snapshot"] = _to_builtins(actor.connector_snapshot())
+    return row
+
+
+async def stats(rt: Runtime, args: NoArgs) -> dict[str, Any]:
+    def samples(name: str) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for metric in rt.metrics.registry.collect():
+            for sample in metric.samples:
+                if sample.name == name:
+                    key = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items())) or "total"
+                    out[key] = sample.value
+        return out
+
+    restarts = {f"{s.name}/{i.name}": i.restarts for s in (rt.connectors, rt.workers) for i in s.infos()}
+    return {
+        "control_requests": samples("molamd_control_requests_total"),
+        "reloads": samples("molamd_config_reloads_total"),
+        "actor_restarts_total": sum(restarts.values()),
+        "actors_restarted": {k: v for k, v in restarts.items() if v},
+        "events_published": rt.events.published,
+        "watchers": rt.events.subscribers,
+        "database_up": rt.db.up,
+    }
+
+
+async def watch(rt: Runtime, args: NoArgs) -> AsyncIterator[dict[str, Any]]:
+    with rt.events.subscribe() as sub:
+        async for event in sub.receive:
+            yield event
+        if sub.lagged:
+            raise ControlError(ErrorCode.BUSY, "watch fell behind the event stream and was dropped; reconnect")
+
+
+# -- operator commands -------------------------------------------------------------------------------
+
+
+async def _for_connectors(
+    rt: Runtime, name: str | None, call: Callable[[ConnectorActor], Awaitable[Any]]
+) -> dict[str, Any]:
+    if name is not None:
+        _known(rt, name)
+    names = [name] if name is not None else rt.connectors.names()
+    results: dict[str, Any] = {}
+
+    async def one(n: str) -> None:
+        actor = rt.connector_actor(n)
+        if actor is None:
+            results[n] = {"error": f"not running ({rt.connectors.info(n).state.value})"}
+            return
+        try:
+            results[n] = {"dispatch": (await call(actor)).value}
+        except ActorError as exc:
+            results[n] = {"error": str(exc)}
+
+    async with trio.open_nursery() as nursery:
+        for n in names:
+            nursery.start_soon(one, n)
+    if name is not None and "error" in results[name]:
+        raise ControlError(ErrorCode.BUSY, f"{name}: {results[name]['error']}")
+    return {"connectors": dict(sorted(results.items()))}
+
+
+async def pause(rt: Runtime, args: OptionalName) -> dict[str, Any]:
+    return await _for_connectors(rt, args.name, lambda a: a.pause(ASK_TIMEOUT))
+
+
+async def resume(rt: Runtime, args: OptionalName) -> dict[str, Any]:
+    return await _for_connectors(rt, args.name, lambda a: a.resume(ASK_TIMEOUT))
+
+
+async def drain(rt: Runtime, args: OptionalName) -> dict[str, Any]:
+    return await _for_connectors(rt, args.name, lambda a: a.drain(ASK_TIMEOUT))
+
+
+async def restart(rt: Runtime, args: NameArg) -> dict[str, Any]:
+    for sup in (rt.connectors, rt.workers):
+        if args.name in sup.names():
+            before = sup.info(args.name).incarnation
+            try:
+                await sup.restart_child(args.name)
+            except (UnknownChild, SupervisorError) as exc:  # pragma: no cover - removed concurrently
+                raise ControlError(ErrorCode.NOT_FOUND, str(exc)) from None
+            info = sup.info(args.name)
+            return {"name": args.name, "supervisor": sup.name, "state": info.state.value,
+                    "previous_incarnation": before, "incarnation": info.incarnation,
+                    "started": info.state is ChildState.RUNNING}
+    raise ControlError(ErrorCode.NOT_FOUND, f"no connector or worker named {args.name!r}")
+
+
+async def reload(rt: Runtime, args: NoArgs) -> dict[str, Any]:
+    try:
+        result = await reloading.reload(rt)
+    except ConfigError as exc:
+        raise ControlError(
+            ErrorCode.CONFIG_INVALID, f"reload refused, nothing changed: {exc}", details=exc.lines()
+        ) from None
+    return dict(_to_builtins(result))
+
+
+COMMANDS: dict[str, Command] = {
+    c.name: c
+    for c in (
+        Command("version", NoArgs, False, version),
+        Command("status", NoArgs, False, status),
+        Command("connectors", NoArgs, False, connectors),
+        Command("connector", NameArg, False, connector),
+        Command("stats", NoArgs, False, stats),
+        Command("watch", NoArgs, False, stream=watch),
+        Command("pause", OptionalName, True, pause),
+        Command("resume", OptionalName, True, resume),
+        Command("drain", OptionalName, True, drain),
+        Command("restart", NameArg, True, restart),
+        Command("reload", NoArgs, True, reload),
+    )
+}
+
+
+def parse_args(command: Command, raw: dict[str, Any]) -> Any:
+    try:
+        return msgspec.convert(raw, command.args)
+    except msgspec.ValidationError as exc:
+        text = str(exc).replace("`$", "`args")
+        raise ControlError(ErrorCode.BAD_ARGS, f"{command.name}: {text}") from None

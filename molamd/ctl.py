@@ -1,0 +1,219 @@
+"""``molamctl``: talk to a running molamd over its control socket.
+
+Exit codes: 0 ok, 1 the daemon answered with an error, 2 usage, 3 the daemon cannot be reached.
+Plain standard library on purpose: it starts fast and works while the daemon's dependencies are broken.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import socket
+import sys
+from typing import Any, TextIO
+
+DEFAULT_SOCKET = "/run/molamd/control.sock"
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+
+# command -> (required positional names, optional positional names)
+ARITY: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "status": ((), ()),
+    "version": ((), ()),
+    "connectors": ((), ()),
+    "connector": (("name",), ()),
+    "pause": ((), ("name",)),
+    "resume": ((), ("name",)),
+    "drain": ((), ("name",)),
+    "restart": (("name",), ()),
+    "reload": ((), ()),
+    "stats": ((), ()),
+    "watch": ((), ()),
+}
+
+
+class Unreachable(Exception):
+    pass
+
+
+class Client:
+    """One connection: reads the hello, then request/reply lines."""
+
+    def __init__(self, path: str, timeout: float | None) -> None:
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.settimeout(timeout)
+        try:
+            self._sock.connect(path)
+        except OSError as exc:
+            raise Unreachable(f"cannot connect to {path}: {exc.strerror or exc}") from None
+        self._file = self._sock.makefile("rb")
+        first = self.read()
+        if "hello" not in first:
+            # refused before the hello (forbidden, busy): report the server's error
+            self.early_error: dict[str, Any] | None = first
+        else:
+            self.early_error = None
+            self.hello = first["hello"]
+        self._next_id = 1
+
+    def read(self) -> dict[str, Any]:
+        try:
+            line = self._file.readline()
+        except TimeoutError:
+            raise Unreachable("timed out waiting for the daemon") from None
+        except OSError as exc:
+            raise Unreachable(f"connection failed: {exc}") from None
+        if not line:
+            raise Unreachable("the daemon closed the connection")
+        try:
+            message: dict[str, Any] = json.loads(line)
+        except ValueError:
+            raise Unreachable(f"not a molamd control socket (got {line[:60]!r})") from None
+        return message
+
+    def request(self, cmd: str, args: dict[str, Any]) -> dict[str, Any]:
+        rid = self._next_id
+        self._next_id += 1
+        payload = json.dumps({"id": rid, "cmd": cmd, "args": args}).encode() + b"\n"
+        try:
+            self._sock.sendall(payload)
+        except OSError as exc:
+            raise Unreachable(f"connection failed: {exc}") from None
+        return self.read()
+
+    def close(self) -> None:
+        self._file.close()
+        self._sock.close()
+
+
+# -- printing ---------------------------------------------------------------------------------------
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.1f}"
+    return str(value)
+
+
+def print_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]], out: TextIO) -> None:
+    cells = [[_cell(row.get(key)) for key, _ in columns] for row in rows]
+    widths = [max([len(title)] + [len(r[i]) for r in cells]) for i, (_, title) in enumerate(columns)]
+    print("  ".join(title.ljust(w) for (_, title), w in zip(columns, widths, strict=True)).rstrip(), file=out)
+    for r in cells:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip(), file=out)
+
+
+def print_mapping(value: Any, out: TextIO, prefix: str = "") -> None:
+    if isinstance(value, dict):
+        if not value and prefix:
+            print(f"{prefix}: -", file=out)
+        for key, item in value.items():
+            print_mapping(item, out, f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        for index, item in enumerate(value):
+            print_mapping(item, out, f"{prefix}[{index}]")
+    else:
+        shown = ", ".join(map(_cell, value)) if isinstance(value, list) else _cell(value)
+        print(f"{prefix}: {shown}" if prefix else shown, file=out)
+
+
+CONNECTOR_COLUMNS = [
+    ("name", "NAME"), ("kind", "KIND"), ("bank_profile", "PROFILE"), ("priority", "PRIO"), ("state", "STATE"),
+    ("dispatch", "DISPATCH"), ("restarts", "RESTARTS"), ("mailbox_depth", "MAILBOX"), ("health", "HEALTH"),
+    ("uptime_seconds", "UPTIME_S"), ("last_error", "LAST_ERROR"),
+]
+
+
+def print_result(cmd: str, result: Any, out: TextIO) -> None:
+    if cmd == "connectors":
+        print_table(result, CONNECTOR_COLUMNS, out)
+    elif cmd in ("pause", "resume", "drain"):
+        rows = [{"name": n, **r} for n, r in result["connectors"].items()]
+        print_table(rows, [("name", "NAME"), ("dispatch", "DISPATCH"), ("error", "ERROR")], out)
+    else:
+        print_mapping(result, out)
+
+
+def print_event(event: dict[str, Any], out: TextIO) -> None:
+    stamp = dt.datetime.fromtimestamp(event.get("ts", 0), dt.UTC).strftime("%H:%M:%S.%f")[:-3]
+    rest = " ".join(f"{k}={_cell(v)}" for k, v in event.items() if k not in ("ts", "type") and v is not None)
+    print(f"{stamp} {event.get('type', '?')} {rest}", file=out, flush=True)
+
+
+# -- main -------------------------------------------------------------------------------------------
+
+
+def parse(argv: list[str] | None) -> tuple[argparse.Namespace, dict[str, Any]]:
+    parser = argparse.ArgumentParser(prog="molamctl", description="Control a running molamd.")
+    parser.add_argument("--socket", "-s", default=os.environ.get("MOLAMD_SOCKET", DEFAULT_SOCKET),
+                        help=f"control socket (default: $MOLAMD_SOCKET or {DEFAULT_SOCKET})")
+    parser.add_argument("--json", action="store_true", help="print the raw JSON result")
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for a reply (default 30)")
+    parser.add_argument("command", help=", ".join(ARITY))
+    parser.add_argument("args", nargs="*")
+    ns = parser.parse_args(argv)
+    required, optional = ARITY.get(ns.command, ((), ()))
+    if len(ns.args) < len(required):
+        parser.error(f"{ns.command} needs: {' '.join(n.upper() for n in required)}")
+    if len(ns.args) > len(required) + len(optional):
+        parser.error(f"{ns.command}: too many arguments")
+    return ns, dict(zip(required + optional, ns.args, strict=False))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ns, args = parse(argv)
+    out = sys.stdout
+    try:
+        client = Client(ns.socket, None if ns.command == "watch" else ns.timeout)
+        try:
+            if client.early_error is not None:
+                return _fail(client.early_error, out, ns.json)
+            reply = client.request(ns.command, args)
+            if not reply.get("ok"):
+                return _fail(reply, out, ns.json)
+            if ns.command == "watch":
+                return _watch(client, out, ns.json)
+            if ns.json:
+                print(json.dumps(reply["result"], indent=2, sort_keys=False), file=out)
+            else:
+                print_result(ns.command, reply["result"], out)
+            return EXIT_OK
+        finally:
+            client.close()
+    except Unreachable as exc:
+        print(f"molamctl: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def _watch(client: Client, out: TextIO, as_json: bool) -> int:
+    while True:
+        try:
+            message = client.read()
+        except Unreachable:
+            return EXIT_OK  # the daemon went away: the watch is over
+        if "event" in message:
+            if as_json:
+                print(json.dumps(message["event"]), file=out, flush=True)
+            else:
+                print_event(message["event"], out)
+        elif not message.get("ok", True):
+            return _fail(message, out, as_json)
+
+
+def _fail(reply: dict[str, Any], out: TextIO, as_json: bool) -> int:
+    error = reply.get("error") or {}
+    if as_json:
+        print(json.dumps(error, indent=2), file=out)
+    print(f"molamctl: {error.get('code', 'error')}: {error.get('message', reply)}", file=sys.stderr)
+    for line in error.get("details") or []:
+        print(f"  {line}", file=sys.stderr)
+    return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,257 @@
+"""The database service: a psycopg pool used from worker threads, with reconnect and an up/down state.
+
+psycopg has no trio support, so every unit of work (one transaction) runs in one worker thread under a
+CapacityLimiter no larger than the pool. A trio timeout cannot stop a query running in a thread: when the
+caller is cancelled, a watcher sends the server a cancel request with ``cancel_safe()``, the query fails,
+and the caller then sees trio's Cancelled.
+
+The daemon runs without a database: this service reports ready at once, connects in the background with
+backoff, pings while up, and reports down (``molamd_database_up 0``) while PostgreSQL is away.
+
+Errors::
+
+    DatabaseError
+    └── DatabaseUnavailable     not connected, or the connection broke (retryable)
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import psycopg
+import trio
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from actors import Backoff
+
+from ..config import DatabaseSection
+from ..logs import log
+from ..metrics import Metrics
+
+T = TypeVar("T")
+logger = logging.getLogger("molamd.db")
+Conn = psycopg.Connection[Any]
+
+
+class DatabaseError(Exception):
+    """Base of database errors molamd raises itself."""
+
+
+class DatabaseUnavailable(DatabaseError):
+    """PostgreSQL cannot be reached now; retry later."""
+
+    retryable = True
+
+
+def conninfo(section: DatabaseSection, application_name: str = "molamd") -> dict[str, Any]:
+    """Keyword arguments for psycopg.connect / the pool, from the [database] section."""
+    kwargs: dict[str, Any] = {
+        "application_name": application_name,
+        "connect_timeout": max(1, round(section.connect_timeout.seconds)),
+        "options": f"-c statement_timeout={int(section.statement_timeout.seconds * 1000)}",
+    }
+    if section.password is not None:
+        kwargs["password"] = section.password.reveal()
+    return kwargs
+
+
+class _Running:
+    """The connection a worker thread is using, so a watcher can cancel its query."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.conn: Conn | None = None
+        self.cancelled = False
+
+
+class Database:
+    name = "database"
+
+    def __init__(
+        self,
+        section: DatabaseSection,
+        *,
+        metrics: Metrics,
+        on_up: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self.section = section
+        self._metrics = metrics
+        self._on_up = on_up
+        self._pool: ConnectionPool[Conn] | None = None
+        self._limiter = trio.CapacityLimiter(section.pool_max_size)
+        self._stop = trio.Event()
+        self._wake = trio.Event()
+        self.up = False
+        self.last_error: str | None = None
+        self.changed_at: float | None = None
+        self._backoff = Backoff(initial=section.retry_initial.seconds, maximum=section.retry_max.seconds)
+        metrics.database_up.set(0)
+
+    # -- service ------------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Ready at once; then connect, ping and reconnect until stopped. Cancellation closes the pool."""
+        task_status.started()
+        failures = 0
+        try:
+            while not self._stop.is_set():
+                try:
+                    if self._pool is None:
+                        await self._open_pool()
+                    await self.run_sync(_ping, timeout=self.section.connect_timeout.seconds)
+                except DatabaseUnavailable as exc:
+                    failures += 1
+                    self._set_down(str(exc))
+                    delay = self._backoff.delay(failures)
+                else:
+                    failures = 0
+                    if not self.up:
+                        self._set_up()
+                        if self._on_up is not None:
+                            await self._on_up()
+                    delay = self.section.ping_interval.seconds
+                with trio.move_on_after(delay):
+                    await self._wake.wait()
+                self._wake = trio.Event()
+        finally:
+            self._set_down("stopped", quiet=True)
+            pool, self._pool = self._pool, None
+            if pool is not None:
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(lambda: pool.close(timeout=2.0))
+
+    def request_stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def poke(self) -> None:
+        """Check the connection now instead of at the next ping."""
+        self._wake.set()
+
+    async def _open_pool(self) -> None:
+        section = self.section
+        pool: ConnectionPool[Conn] = ConnectionPool(
+            section.dsn,
+            kwargs=conninfo(section),
+            min_size=section.pool_min_size,
+            max_size=section.pool_max_size,
+            open=False,
+            timeout=section.connect_timeout.seconds,
+            check=ConnectionPool.check_connection,
+            name="molamd",
+        )
+
+        def open_pool() -> None:
+            try:
+                pool.open(wait=True, timeout=section.connect_timeout.seconds)
+            except PoolTimeout as exc:
+                pool.close(timeout=0)
+                raise DatabaseUnavailable(f"cannot connect: {_reason(exc)}") from exc
+
+        await trio.to_thread.run_sync(open_pool, limiter=self._limiter)
+        self._pool = pool
+
+    def _set_up(self) -> None:
+        self.up = True
+        self.last_error = None
+        self.changed_at = trio.current_time()
+        self._metrics.database_up.set(1)
+        log(logger, logging.INFO, "database up")
+
+    def _set_down(self, reason: str, *, quiet: bool = False) -> None:
+        changed = self.up or self.last_error != reason
+        if self.up:
+            self.changed_at = trio.current_time()
+        self.up = False
+        self.last_error = reason
+        self._metrics.database_up.set(0)
+        if changed and not quiet:
+            log(logger, logging.WARNING, "database unavailable", reason=reason)
+
+    # -- work ---------------------------------------------------------------------------------------
+
+    async def transaction(self, fn: Callable[[Conn], T], *, timeout: float | None = None) -> T:
+        """Run ``fn(conn)`` in one transaction in a worker thread.
+
+        Raises DatabaseUnavailable if PostgreSQL cannot be reached. On cancellation the running query is
+        cancelled on the server, the transaction rolls back and Cancelled propagates.
+        """
+
+        def in_transaction(conn: Conn) -> T:
+            with conn.transaction():
+                return fn(conn)
+
+        return await self.run_sync(in_transaction, timeout=timeout)
+
+    async def run_sync(self, fn: Callable[[Conn], T], *, timeout: float | None = None) -> T:
+        """Like ``transaction`` but ``fn`` manages transactions itself (autocommit off: psycopg's default)."""
+        pool = self._pool
+        if pool is None:
+            raise DatabaseUnavailable(self.last_error or "not connected yet")
+        running = _Running()
+
+        def work() -> T:
+            try:
+                with pool.connection() as conn:
+                    with running.lock:
+                        if running.cancelled:
+                            raise _Abandoned
+                        running.conn = conn
+                    try:
+                        return fn(conn)
+                    finally:
+                        with running.lock:
+                            running.conn = None
+            except PoolTimeout as exc:
+                raise DatabaseUnavailable(f"no connection: {_reason(exc)}") from exc
+            except psycopg.errors.QueryCanceled as exc:
+                if running.cancelled:
+                    raise _Abandoned from exc
+                raise DatabaseUnavailable(_reason(exc)) from exc
+            except psycopg.OperationalError as exc:
+                raise DatabaseUnavailable(_reason(exc)) from exc
+
+        finished = False
+
+        async def watch() -> None:
+            # Cancelled together with the caller: tell the server to abort the query the thread is running.
+            try:
+                await trio.sleep_forever()
+            finally:
+                if not finished:
+                    with running.lock:
+                        running.cancelled = True
+                        conn = running.conn
+                    if conn is not None:
+                        with trio.CancelScope(shield=True):
+                            await trio.to_thread.run_sync(conn.cancel_safe)
+
+        deadline = trio.current_time() + timeout if timeout is not None else float("inf")
+        with trio.move_on_at(deadline):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(watch)
+                try:
+                    return await trio.to_thread.run_sync(work, limiter=self._limiter)
+                except _Abandoned:
+                    await trio.lowlevel.checkpoint()  # raises the Cancelled that made us abandon the query
+                    raise
+                finally:
+                    finished = True
+                    nursery.cancel_scope.cancel()
+        raise DatabaseUnavailable(f"no answer within {timeout:g}s")
+
+
+class _Abandoned(Exception):
+    """The caller was cancelled and the query aborted; never escapes run_sync."""
+
+
+def _ping(conn: Conn) -> None:
+    conn.execute("SELECT 1")
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

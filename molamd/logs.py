@@ -1,0 +1,114 @@
+"""Structured logs: one JSON object per line on stdout, for journald and log shippers.
+
+Each line has ``ts`` (UTC, RFC 3339), ``level``, ``logger``, ``actor``, ``trace_id``, ``message`` and
+``fields``. The actor and trace id come from context variables, which trio copies into every task it spawns.
+Resolved secrets never reach the output: Secret objects encode as ``***`` and every known secret value is
+replaced in the finished line.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import datetime as dt
+import logging
+import sys
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any, TextIO
+
+import msgspec
+
+from connectors import REDACTED, encode_hook
+
+actor_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("molamd_actor", default=None)
+trace_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("molamd_trace", default=None)
+
+_MIN_SECRET_LENGTH = 4
+
+
+class Redactor:
+    """Replaces known secret values in text. Values shorter than 4 characters are not tracked."""
+
+    def __init__(self) -> None:
+        self._values: tuple[str, ...] = ()
+
+    def set_values(self, values: Iterable[str]) -> None:
+        unique = {v for v in values if len(v) >= _MIN_SECRET_LENGTH}
+        self._values = tuple(sorted(unique, key=len, reverse=True))
+
+    def __call__(self, text: str) -> str:
+        for value in self._values:
+            if value in text:
+                text = text.replace(value, REDACTED)
+        return text
+
+
+redactor = Redactor()
+
+
+def _encode_fallback(obj: Any) -> Any:
+    try:
+        return encode_hook(obj)
+    except NotImplementedError:
+        return repr(obj)
+
+
+_encoder = msgspec.json.Encoder(enc_hook=_encode_fallback)
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "actor": getattr(record, "actor", None) or actor_var.get(),
+            "trace_id": getattr(record, "trace_id", None) or trace_var.get(),
+            "message": record.getMessage(),
+        }
+        fields = getattr(record, "fields", None)
+        if fields:
+            entry["fields"] = fields
+        if record.exc_info:
+            entry["error"] = self.formatException(record.exc_info)
+        return redactor(_encoder.encode(entry).decode())
+
+
+def configure(level: str = "info", stream: TextIO | None = None) -> None:
+    """Send every molamd log line as JSON to ``stream`` (stdout by default)."""
+    handler = logging.StreamHandler(stream or sys.stdout)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    set_level(level)
+
+
+def set_level(level: str) -> None:
+    logging.getLogger().setLevel(level.upper())
+
+
+def log(logger: logging.Logger, level: int, message: str, *, actor: str | None = None, **fields: Any) -> None:
+    """Log with structured fields: ``log(logger, logging.INFO, "started", connector=name)``."""
+    if logger.isEnabledFor(level):
+        logger.log(level, message, extra={"fields": fields, "actor": actor})
+
+
+@contextmanager
+def bound(*, actor: str | None = None, trace_id: str | None = None) -> Iterator[None]:
+    """Set the actor and/or trace id for the code inside (and the tasks it spawns)."""
+    tokens: list[tuple[contextvars.ContextVar[str | None], contextvars.Token[str | None]]] = []
+    if actor is not None:
+        tokens.append((actor_var, actor_var.set(actor)))
+    if trace_id is not None:
+        tokens.append((trace_var, trace_var.set(trace_id)))
+    try:
+        yield
+    finally:
+        for var, token in reversed(tokens):
+            var.reset(token)
+
+
+def as_fields(mapping: Mapping[str, Any]) -> dict[str, Any]:
+    return dict(mapping)

@@ -1,0 +1,147 @@
+"""Prometheus metrics: molamd's own registry, and the /metrics endpoint served from the trio loop.
+
+Actor gauges (state, mailbox depth, restarts) are read from the supervisors at scrape time by a collector,
+so they are never stale and cost nothing between scrapes.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+from collections.abc import Callable, Iterable, Iterator
+
+import trio
+from prometheus_client import CollectorRegistry, Counter, Gauge, Info
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
+
+from actors import ChildState, Supervisor
+
+from . import __version__
+
+logger = logging.getLogger("molamd.metrics")
+
+_MAX_REQUEST = 16 * 1024
+_READ_TIMEOUT = 5.0
+
+
+class Metrics:
+    """Every metric the daemon core exports."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        Info("molamd_build", "molamd version and runtime", registry=r).info(
+            {"version": __version__, "python": platform.python_version()}
+        )
+        self.reload_successful = Gauge(
+            "molamd_config_last_reload_successful", "1 if the last config reload succeeded", registry=r
+        )
+        self.reload_success_timestamp = Gauge(
+            "molamd_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful config load or reload",
+            registry=r,
+        )
+        self.reloads = Counter("molamd_config_reloads", "Config reloads attempted", ["outcome"], registry=r)
+        self.database_up = Gauge("molamd_database_up", "1 while PostgreSQL answers", registry=r)
+        self.control_requests = Counter(
+            "molamd_control_requests", "Control socket requests", ["command", "outcome"], registry=r
+        )
+        self.reload_successful.set(1)
+
+    def watch_supervisors(self, supervisors: Callable[[], Iterable[Supervisor]]) -> None:
+        self.registry.register(_ActorCollector(supervisors))
+
+
+class _ActorCollector(Collector):
+    def __init__(self, supervisors: Callable[[], Iterable[Supervisor]]) -> None:
+        self._supervisors = supervisors
+
+    def collect(self) -> Iterator[Metric]:
+        state = GaugeMetricFamily(
+            "molamd_actor_state", "1 for the state each actor is in", labels=["supervisor", "actor", "state"]
+        )
+        restarts = CounterMetricFamily(
+            "molamd_actor_restarts", "Restarts of each actor by its supervisor", labels=["supervisor", "actor"]
+        )
+        depth = GaugeMetricFamily(
+            "molamd_actor_mailbox_depth", "Messages waiting in each actor's mailbox", labels=["supervisor", "actor"]
+        )
+        for sup in self._supervisors():
+            for info in sup.infos():
+                for candidate in ChildState:
+                    state.add_metric([sup.name, info.name, candidate.value], float(candidate is info.state))
+                restarts.add_metric([sup.name, info.name], info.restarts)
+                child = sup.child(info.name)
+                snapshot = getattr(child, "snapshot", None)
+                if snapshot is not None:
+                    depth.add_metric([sup.name, info.name], snapshot().mailbox_depth)
+        yield state
+        yield restarts
+        yield depth
+
+
+class MetricsServer:
+    """A minimal HTTP/1.0 endpoint for GET /metrics; anything else gets 404 or 405."""
+
+    name = "metrics"
+
+    def __init__(self, metrics: Metrics, host: str, port: int) -> None:
+        self._metrics = metrics
+        self._host = host
+        self._port = port
+        self.port: int | None = None
+        self._stop = trio.Event()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Listen and serve until stopped; cancellation closes the listener and open connections."""
+        listeners = await trio.open_tcp_listeners(self._port, host=self._host)
+        self.port = listeners[0].socket.getsockname()[1]
+        logger.info("metrics on http://%s:%s/metrics", self._host, self.port)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(trio.serve_listeners, self._serve, listeners)
+            task_status.started()
+            await self._stop.wait()
+            nursery.cancel_scope.cancel()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def _serve(self, stream: trio.SocketStream) -> None:
+        async with stream:
+            head = b""
+            with trio.move_on_after(_READ_TIMEOUT):
+                while b"\r\n\r\n" not in head and len(head) < _MAX_REQUEST:
+                    chunk = await stream.receive_some(4096)
+                    if not chunk:
+                        break
+                    head += chunk
+            request_line, _, rest = head.partition(b"\r\n")
+            parts = request_line.split()
+            accept = ""
+            for line in rest.split(b"\r\n"):
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"accept":
+                    accept = value.strip().decode("latin-1")
+            if len(parts) < 2:
+                await self._reply(stream, 400, "text/plain", b"bad request\n")
+            elif parts[0] != b"GET":
+                await self._reply(stream, 405, "text/plain", b"only GET\n")
+            elif parts[1].split(b"?")[0] != b"/metrics":
+                await self._reply(stream, 404, "text/plain", b"try /metrics\n")
+            else:
+                encoder, content_type = choose_encoder(accept)
+                await self._reply(stream, 200, content_type, encoder(self._metrics.registry))
+
+    @staticmethod
+    async def _reply(stream: trio.SocketStream, status: int, content_type: str, body: bytes) -> None:
+        reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed"}[status]
+        head = (
+            f"HTTP/1.0 {status} {reason}\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        ).encode()
+        try:
+            await stream.send_all(head + body)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
