@@ -26,14 +26,24 @@ class Peer(msgspec.Struct, frozen=True):
     groups: frozenset[int]
 
 
+# Linux >= 4.13; the socket module does not name it on every Python.
+SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)
+_MAX_GROUPS = 1024
+
+
 def peer_of(sock: socket.socket) -> Peer:
-    """Read the peer's pid/uid/gid with SO_PEERCRED and its supplementary groups from /proc."""
+    """The peer's pid/uid/gid (SO_PEERCRED) and supplementary groups (SO_PEERGROUPS, else /proc)."""
     raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     pid, uid, gid = struct.unpack("3i", raw)
-    return Peer(pid, uid, gid, frozenset({gid, *_supplementary_groups(pid)}))
+    return Peer(pid, uid, gid, frozenset({gid, *_supplementary_groups(sock, pid)}))
 
 
-def _supplementary_groups(pid: int) -> list[int]:
+def _supplementary_groups(sock: socket.socket, pid: int) -> list[int]:
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, 4 * _MAX_GROUPS)
+        return list(struct.unpack(f"{len(raw) // 4}I", raw))
+    except OSError:
+        pass  # an older kernel: read them from /proc, which ProtectProc=invisible may hide
     try:
         with open(f"/proc/{pid}/status", encoding="ascii") as status:
             for line in status:

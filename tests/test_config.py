@@ -1,0 +1,181 @@
+"""Config: every error names the file and the TOML path; secrets resolve and never print."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from connectors import Duration, Secret
+from molamd import cli
+from molamd.config import ConfigError, load_config, load_resolved, parse_config, resolve_secrets
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "config" / "molamd.example.toml"
+DEV = ROOT / "config" / "molamd.dev.toml"
+
+MINIMAL = """
+[[connectors]]
+name = "a"
+kind = "null"
+bank_profile = "p"
+"""
+
+
+def problems(text: str) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, file="x.toml")
+    assert str(info.value).startswith("x.toml: ")
+    return [str(p) for p in info.value.problems]
+
+
+def test_shipped_configs_are_valid() -> None:
+    example = load_resolved(str(EXAMPLE))
+    assert example.connectors[0].name == "ecobank-sn-null"
+    assert load_resolved(str(DEV)).daemon.host_id == "demo-host"
+    assert cli.main(["check-config", str(EXAMPLE)]) == 0
+
+
+def test_example_documents_every_key() -> None:
+    from molamd.config import Config
+
+    text = EXAMPLE.read_text()
+
+    for section in Config.__struct_fields__:
+        if section == "connectors":
+            continue
+        assert f"[{section}" in text, section
+        value = getattr(Config(), section)
+        for key in value.__struct_fields__:
+            if section == "workers":
+                for sub in getattr(value, key).__struct_fields__:
+                    assert f"\n{sub} =" in text, f"{section}.{key}.{sub}"
+            else:
+                assert f"\n{key} =" in text or f"# {key} =" in text, f"{section}.{key}"
+    for key in ("name", "kind", "bank_profile", "priority", "enabled", "mailbox_size", "shutdown_grace"):
+        assert f"\n{key} =" in text, key
+
+
+def test_broken_toml() -> None:
+    [problem] = problems("[daemon\nx = 1")
+    assert problem.startswith("$: not valid TOML") and "line 1" in problem
+
+
+def test_wrong_type_names_the_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert problems("[database]\npool_max_size = 'eight'") == ["$.database.pool_max_size: Expected `int`, got `str`"]
+    bad = tmp_path / "bad.toml"
+    bad.write_text(EXAMPLE.read_text().replace("pool_max_size = 8", 'pool_max_size = "8"'))
+    assert cli.main(["check-config", str(bad)]) == 1
+    assert f"{bad}: $.database.pool_max_size" in capsys.readouterr().err
+
+
+def test_unknown_keys_are_rejected() -> None:
+    assert problems("[daemon]\nhostid = 'x'") == ["$.daemon: Object contains unknown field `hostid`"]
+    assert problems("[nosuch]\n") == ["$: Object contains unknown field `nosuch`"]
+    [p] = problems(MINIMAL + "[connectors.null]\nlatncy = '1s'\n")
+    assert p == "$.connectors[0].null: Object contains unknown field `latncy`"
+
+
+def test_connector_kind_errors() -> None:
+    [p] = problems(MINIMAL.replace('kind = "null"', 'kind = "carrier-pigeon"'))
+    assert p.startswith("$.connectors[0].kind: unknown connector kind 'carrier-pigeon'") and "null" in p
+    [p] = problems(MINIMAL.replace('kind = "null"\n', ""))
+    assert p.startswith("$.connectors[0].kind: missing")
+
+
+def test_rules_across_keys_report_everything() -> None:
+    text = MINIMAL + MINIMAL.replace('bank_profile = "p"', 'bank_profile = ""') + """
+[database]
+pool_min_size = 9
+[control]
+socket = "relative.sock"
+socket_mode = "999"
+operator_group = "no-such-group-here"
+[metrics]
+listen = "example.com:80"
+"""
+    found = problems(text)
+    assert "$.connectors[1].name: duplicate of $.connectors[0].name ('a')" in found
+    assert "$.connectors[1].bank_profile: must not be empty" in found
+    assert any(p.startswith("$.database.pool_min_size") for p in found)
+    assert "$.control.socket: must be an absolute path" in found
+    assert any(p.startswith("$.control.socket_mode") for p in found)
+    assert "$.control.operator_group: no such group 'no-such-group-here' on this host" in found
+    assert any(p.startswith("$.metrics.listen") for p in found)
+
+
+def test_durations() -> None:
+    assert Duration("1m30s").seconds == 90
+    assert Duration("250ms").seconds == 0.25
+    assert Duration("1d").seconds == 86400
+    assert Duration("30s") == Duration("0.5m") and str(Duration(" 5m ")) == "5m"
+    for bad in ("", "5", "5 s", "s", "1x", "-1s"):
+        with pytest.raises(ValueError):
+            Duration(bad)
+    [p] = problems("[daemon]\nshutdown_grace = 30")
+    assert p == "$.daemon.shutdown_grace: a duration is a string like '30s', not int"
+    [p] = problems("[daemon]\nshutdown_grace = '30 seconds'")
+    assert p.startswith("$.daemon.shutdown_grace: invalid duration '30 seconds'")
+
+
+def test_secrets_resolve_and_never_print(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    secret_file = tmp_path / "pw"
+    secret_file.write_text("s3cr3t-from-file\n")
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "db").write_text("s3cr3t-credential")
+    monkeypatch.setenv("MOLAMD_TEST_TOKEN", "s3cr3t-env")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    text = f"""
+[database]
+password = "file:{secret_file}"
+{MINIMAL}
+[connectors.null]
+token = "env:MOLAMD_TEST_TOKEN"
+{MINIMAL.replace('"a"', '"b"')}
+[connectors.null]
+token = "credential:db"
+"""
+    config = resolve_secrets(parse_config(text, file="x.toml"), file="x.toml")
+    assert config.database.password is not None
+    assert config.database.password.reveal() == "s3cr3t-from-file"
+    tokens = [c.null.token for c in config.connectors]
+    assert [t.reveal() for t in tokens if t] == ["s3cr3t-env", "s3cr3t-credential"]
+    for shown in (repr(config), str(config), repr(config.database.password), str(tokens[0])):
+        assert "s3cr3t" not in shown
+    assert str(tokens[0]) == "***"
+    with pytest.raises(LookupError):
+        Secret("env:X").reveal()
+
+
+def test_secret_errors_name_the_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    monkeypatch.delenv("MOLAMD_UNSET", raising=False)
+    text = f"""
+[database]
+password = "vault:kv/molamd/db#password"
+{MINIMAL}
+[connectors.null]
+token = "env:MOLAMD_UNSET"
+{MINIMAL.replace('"a"', '"b"')}
+[connectors.null]
+token = "credential:db"
+{MINIMAL.replace('"a"', '"c"')}
+[connectors.null]
+token = "file:{tmp_path}/missing"
+"""
+    with pytest.raises(ConfigError) as info:
+        resolve_secrets(parse_config(text, file="x.toml"), file="x.toml")
+    found = {p.path: p.message for p in info.value.problems}
+    assert "Vault resolver" in found["$.database.password"]
+    assert "MOLAMD_UNSET is not set" in found["$.connectors[0].null.token"]
+    assert "CREDENTIALS_DIRECTORY" in found["$.connectors[1].null.token"]
+    assert "cannot read" in found["$.connectors[2].null.token"]
+    [p] = problems("[database]\npassword = 'hunter2'")
+    assert p.startswith("$.database.password: invalid secret reference") and "never literal" in p
+
+
+def test_unreadable_file() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config("/nonexistent/molamd.toml")
+    assert "cannot read the file" in str(info.value)
