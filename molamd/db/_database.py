@@ -21,6 +21,7 @@ import threading
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+import outcome
 import psycopg
 import trio
 from psycopg_pool import ConnectionPool, PoolTimeout
@@ -173,6 +174,9 @@ class Database:
 
     # -- work ---------------------------------------------------------------------------------------
 
+    async def _in_thread(self, fn: Callable[[], T]) -> T:
+        return await trio.to_thread.run_sync(fn, limiter=self._limiter)
+
     async def transaction(self, fn: Callable[[Conn], T], *, timeout: float | None = None) -> T:
         """Run ``fn(conn)`` in one transaction in a worker thread.
 
@@ -234,13 +238,14 @@ class Database:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(watch)
                 try:
-                    return await trio.to_thread.run_sync(work, limiter=self._limiter)
-                except _Abandoned:
-                    await trio.lowlevel.checkpoint()  # raises the Cancelled that made us abandon the query
-                    raise
+                    # Captured, not raised here: an error raised in a nursery body would arrive wrapped in a group.
+                    result: outcome.Outcome[T] = await outcome.acapture(self._in_thread, work)
                 finally:
                     finished = True
                     nursery.cancel_scope.cancel()
+            if isinstance(result, outcome.Error) and isinstance(result.error, _Abandoned):
+                await trio.lowlevel.checkpoint()  # raises the Cancelled that made us abandon the query
+            return result.unwrap()
         raise DatabaseUnavailable(f"no answer within {timeout:g}s")
 
 

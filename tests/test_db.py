@@ -1,0 +1,203 @@
+"""PostgreSQL: migrations, the schema's guards, the pool service with cancellation, the registry."""
+
+from __future__ import annotations
+
+import tempfile
+from typing import Any
+
+import psycopg
+import pytest
+import trio
+
+from connectors import Duration, NullConfig
+from molamd import db
+from molamd.config import DatabaseSection
+from molamd.metrics import Metrics
+from pgcluster import Cluster
+
+
+def test_migrations_from_empty_then_noop(dsn: str) -> None:
+    with psycopg.connect(dsn) as conn:
+        assert db.current_version(conn) is None
+        applied = db.migrate(conn)
+        assert [m.version for m in applied] == [m.version for m in db.shipped_migrations()]
+        assert db.current_version(conn) == applied[-1].version
+        assert db.migrate(conn) == []
+        tables = {r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+    assert {
+        "bank_profiles", "bank_connectors_registry", "bank_statements_raw", "bank_statement_lines",
+        "bank_connector_logs", "bank_connector_secrets", "payout_slices", "treasury_accounts",
+    } <= tables
+
+
+def test_changed_or_unknown_migrations_are_refused(dsn: str) -> None:
+    shipped = db.shipped_migrations()
+    with psycopg.connect(dsn) as conn:
+        db.migrate(conn)
+        edited = [db.Migration(m.version, m.name, m.sql + "\n-- edited") for m in shipped]
+        with pytest.raises(db.MigrationError, match="changed after it was applied"):
+            db.migrate(conn, edited)
+        extra = db.Migration(999, "future", "SELECT 1")
+        db.migrate(conn, [*shipped, extra])
+        with pytest.raises(db.MigrationError, match="does not know"):
+            db.migrate(conn, shipped)
+
+
+def test_cli_migrate(dsn: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from molamd import cli
+
+    assert cli.main(["migrate", "--dsn", dsn]) == 0
+    assert "applied" in capsys.readouterr().out
+    assert cli.main(["migrate", "--dsn", dsn]) == 0
+    assert "up to date" in capsys.readouterr().out
+    assert cli.main(["migrate", "--dsn", "host=127.0.0.1 port=1 dbname=x connect_timeout=1"]) == 1
+    assert "OperationalError" in capsys.readouterr().err
+
+
+def _slice(conn: Any) -> int:
+    conn.execute("INSERT INTO bank_profiles (id, name, country) VALUES ('b1', 'Bank', 'SN')")
+    conn.execute("INSERT INTO treasury_accounts (bank_profile_id, label, account_number, currency)"
+                 " VALUES ('b1', 'main', '123', 'XOF')")
+    row = conn.execute(
+        "INSERT INTO payout_slices (payout_id, treasury_account_id, amount, currency, rail, beneficiary_name,"
+        " beneficiary_account) VALUES ('p1', (SELECT id FROM treasury_accounts), 1500, 'XOF', 'ach', 'A', 'B')"
+        " RETURNING id, idempotency_key"
+    ).fetchone()
+    assert row[1] == f"molam-slice-{row[0]}"
+    return int(row[0])
+
+
+def test_payout_status_machine_is_enforced(migrated_dsn: str) -> None:
+    with psycopg.connect(migrated_dsn, autocommit=True) as conn:
+        sid = _slice(conn)
+        with pytest.raises(psycopg.errors.CheckViolation, match="pending -> settled is not allowed"):
+            conn.execute("UPDATE payout_slices SET status = 'settled', final_at = now() WHERE id = %s", (sid,))
+        with pytest.raises(psycopg.errors.CheckViolation):  # claimed needs claimed_by and a lease
+            conn.execute("UPDATE payout_slices SET status = 'claimed' WHERE id = %s", (sid,))
+        conn.execute("UPDATE payout_slices SET status = 'claimed', claimed_by = 'h', lease_until = now()"
+                     " + interval '30 s' WHERE id = %s", (sid,))
+        conn.execute("UPDATE payout_slices SET status = 'sending' WHERE id = %s", (sid,))
+        conn.execute("UPDATE payout_slices SET status = 'sent', provider_ref = 'x' WHERE id = %s", (sid,))
+        conn.execute("UPDATE payout_slices SET status = 'settled', final_at = now() WHERE id = %s", (sid,))
+        with pytest.raises(psycopg.errors.CheckViolation):
+            conn.execute("UPDATE payout_slices SET status = 'pending' WHERE id = %s", (sid,))
+        with pytest.raises(psycopg.errors.CheckViolation):
+            conn.execute("INSERT INTO payout_slices (payout_id, treasury_account_id, amount, currency, rail,"
+                         " beneficiary_name, beneficiary_account) VALUES ('p2', 1, -5, 'XOF', 'ach', 'A', 'B')")
+        with pytest.raises(psycopg.errors.ForeignKeyViolation):
+            conn.execute("INSERT INTO payout_slices (payout_id, treasury_account_id, amount, currency, rail,"
+                         " beneficiary_name, beneficiary_account) VALUES ('p3', 999, 5, 'XOF', 'ach', 'A', 'B')")
+        before, after = conn.execute(
+            "SELECT created_at, updated_at FROM payout_slices WHERE id = %s", (sid,)).fetchone()
+        assert after >= before
+
+
+def test_raw_statements_are_immutable(migrated_dsn: str) -> None:
+    with psycopg.connect(migrated_dsn, autocommit=True) as conn:
+        raw = b":20:REF\r\n"
+        sid = conn.execute(
+            "INSERT INTO bank_statements_raw (source, remote_name, format, sha256, size_bytes, raw)"
+            " VALUES ('s', 'a.sta', 'mt940', sha256(%s), %s, %s) RETURNING id", (raw, len(raw), raw)
+        ).fetchone()[0]
+        conn.execute("UPDATE bank_statements_raw SET status = 'parsed', processed_at = now() WHERE id = %s", (sid,))
+        with pytest.raises(psycopg.errors.IntegrityConstraintViolation, match="immutable"):
+            conn.execute("UPDATE bank_statements_raw SET raw = 'x', size_bytes = 1 WHERE id = %s", (sid,))
+        with pytest.raises(psycopg.errors.IntegrityConstraintViolation, match="never deleted"):
+            conn.execute("DELETE FROM bank_statements_raw WHERE id = %s", (sid,))
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            conn.execute("INSERT INTO bank_statements_raw (source, remote_name, format, sha256, size_bytes, raw)"
+                         " VALUES ('s', 'b.sta', 'mt940', sha256(%s), %s, %s)", (raw, len(raw), raw))
+
+
+def _section(dsn: str, **kw: Any) -> DatabaseSection:
+    defaults = dict(
+        dsn=dsn, connect_timeout=Duration("2s"), ping_interval=Duration("100ms"),
+        retry_initial=Duration("50ms"), retry_max=Duration("200ms"), pool_max_size=4,
+    )
+    defaults.update(kw)
+    return DatabaseSection(**defaults)  # type: ignore[arg-type]
+
+
+async def _wait_for(predicate: Any, timeout: float = 15.0) -> None:
+    with trio.fail_after(timeout):
+        while not predicate():
+            await trio.sleep(0.02)
+
+
+async def test_cancelled_query_is_cancelled_on_the_server(migrated_dsn: str) -> None:
+    metrics = Metrics()
+    database = db.Database(_section(migrated_dsn), metrics=metrics)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(database.run)
+        await _wait_for(lambda: database.up)
+        assert await database.transaction(lambda c: c.execute("SELECT 41 + 1").fetchone()[0]) == 42
+        start = trio.current_time()
+        with pytest.raises(db.DatabaseUnavailable, match="no answer within 0.3s"):
+            await database.transaction(lambda c: c.execute("SELECT pg_sleep(30)"), timeout=0.3)
+        assert trio.current_time() - start < 5
+        with trio.move_on_after(0.3) as scope:
+            await database.run_sync(lambda c: c.execute("SELECT pg_sleep(30)"))
+        assert scope.cancelled_caught
+        running = await database.transaction(lambda c: c.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep%' AND state = 'active'"
+        ).fetchone()[0])
+        assert running == 0
+        database.request_stop()
+
+
+async def test_database_goes_away_and_comes_back() -> None:
+    cluster = Cluster(tempfile.mkdtemp(prefix="molamd-pg-flap-"))
+    cluster.start()
+    try:
+        metrics = Metrics()
+        ups: list[int] = []
+
+        async def on_up() -> None:
+            ups.append(1)
+
+        database = db.Database(_section(cluster.dsn()), metrics=metrics, on_up=on_up)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(database.run)
+            await _wait_for(lambda: database.up)
+            assert metrics.database_up._value.get() == 1
+            await trio.to_thread.run_sync(cluster.stop)
+            await _wait_for(lambda: not database.up)
+            assert metrics.database_up._value.get() == 0 and database.last_error
+            with pytest.raises(db.DatabaseUnavailable):
+                await database.transaction(lambda c: c.execute("SELECT 1"))
+            await trio.to_thread.run_sync(cluster.start)
+            database.poke()
+            await _wait_for(lambda: database.up)
+            assert ups == [1, 1]
+            assert await database.transaction(lambda c: c.execute("SELECT 1").fetchone()[0]) == 1
+            database.request_stop()
+    finally:
+        cluster.destroy()
+
+
+async def test_never_reachable_database_keeps_retrying() -> None:
+    database = db.Database(_section("host=127.0.0.1 port=1 dbname=x"), metrics=Metrics())
+    async with trio.open_nursery() as nursery:
+        await nursery.start(database.run)
+        await _wait_for(lambda: database.last_error is not None)
+        assert not database.up and "cannot connect" in (database.last_error or "")
+        with pytest.raises(db.DatabaseUnavailable):
+            await database.transaction(lambda c: None)
+        nursery.cancel_scope.cancel()
+
+
+def test_registry_sync_and_report(migrated_dsn: str) -> None:
+    a, b = NullConfig(name="a", bank_profile="p"), NullConfig(name="b", bank_profile="p", priority=5)
+    with psycopg.connect(migrated_dsn) as conn:
+        db.sync_configured(conn, "h1", [a, b])
+        db.report_states(conn, "h1", [db.RegistryRow(name="a", state="running", incarnation="i1", health_ok=True,
+                                                     health_detail="null")])
+        db.sync_configured(conn, "h1", [b])
+        rows = dict(conn.execute("SELECT name, state FROM bank_connectors_registry ORDER BY name").fetchall())
+        assert rows == {"a": "removed", "b": "starting"}
+        health = conn.execute("SELECT health_ok, incarnation, config_hash FROM bank_connectors_registry"
+                              " WHERE name = 'a'").fetchone()
+        assert health[:2] == (True, "i1") and health[2] == db.config_hash(a)
+        db.sync_configured(conn, "h1", [a, b])
+        assert conn.execute("SELECT state FROM bank_connectors_registry WHERE name = 'a'").fetchone()[0] == "starting"
+    assert db.config_hash(a) != db.config_hash(b)
