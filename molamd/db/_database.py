@@ -86,7 +86,7 @@ class Database:
         self._stop = trio.Event()
         self._wake = trio.Event()
         self.up = False
-        self.last_error: str | None = None
+        self.last_error: str | None = "connecting"
         self.changed_at: float | None = None
         self._backoff = Backoff(initial=section.retry_initial.seconds, maximum=section.retry_max.seconds)
         metrics.database_up.set(0)
@@ -194,7 +194,7 @@ class Database:
         """Like ``transaction`` but ``fn`` manages transactions itself (autocommit off: psycopg's default)."""
         pool = self._pool
         if pool is None:
-            raise DatabaseUnavailable(self.last_error or "not connected yet")
+            raise DatabaseUnavailable(self.last_error or "not connected")
         running = _Running()
 
         def work() -> T:

@@ -1,0 +1,195 @@
+"""The daemon as systemd runs it: sd_notify, signals, reloads, the database coming and going, metrics."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+
+from tests.conftest import connector_toml, daemon_toml, free_port
+
+CONNECTORS = connector_toml("alpha") + connector_toml("beta")
+
+
+class NotifyListener:
+    """A NOTIFY_SOCKET like systemd's, recording every datagram with its arrival time."""
+
+    def __init__(self, directory: Path) -> None:
+        self.path = str(directory / "notify.sock")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        self.sock.settimeout(0.1)
+        self.messages: list[tuple[float, dict[str, str]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self.sock.recv(4096)
+            except TimeoutError:
+                continue
+            fields = dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line)
+            self.messages.append((time.monotonic(), fields))
+
+    def wait_for(self, key: str, value: str | None = None, *, after: int = 0, timeout: float = 15.0) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for index, (_, fields) in enumerate(self.messages[after:], start=after):
+                if key in fields and (value is None or fields[key] == value):
+                    return index
+            time.sleep(0.02)
+        raise AssertionError(f"no {key}={value} in {self.messages[after:]}")
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sock.close()
+
+
+@pytest.fixture
+def notify(short_tmp: Path) -> Any:
+    listener = NotifyListener(short_tmp)
+    yield listener
+    listener.close()
+
+
+def test_sd_notify_lifecycle(daemon_factory: Any, notify: NotifyListener) -> None:
+    d = daemon_factory(connectors=CONNECTORS, env={"NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": "200000"})
+    ready = notify.wait_for("READY", "1")
+    assert "serving 2 connectors" in notify.messages[ready][1]["STATUS"]
+    first_ping = notify.wait_for("WATCHDOG", "1", after=ready)
+    notify.wait_for("WATCHDOG", "1", after=first_ping + 1)
+    d.signal(signal.SIGHUP)
+    reloading = notify.wait_for("RELOADING", "1", after=ready + 1)
+    usec = int(notify.messages[reloading][1]["MONOTONIC_USEC"])
+    assert abs(usec / 1e6 - time.clock_gettime(time.CLOCK_MONOTONIC)) < 30
+    notify.wait_for("READY", "1", after=reloading + 1)
+    assert d.stop() == 0
+    stopping = notify.wait_for("STOPPING", "1")
+    assert "draining" in notify.messages[stopping][1]["STATUS"]
+
+
+def test_sigterm_drains_and_exits_zero_within_grace(daemon_factory: Any) -> None:
+    d = daemon_factory(connectors=CONNECTORS, grace="5s")
+    start = time.monotonic()
+    assert d.stop(timeout=10) == 0
+    assert time.monotonic() - start < 5
+    messages = [e["message"] for e in d.log_entries()]
+    assert "draining" in messages and messages[-1] == "stopped"
+    stopped = [e["fields"]["supervisor"] + "/" + e["actor"] for e in d.log_entries() if e["message"] == "actor stopped"]
+    assert stopped.index("connectors/beta") < stopped.index("connectors/alpha"), "reverse start order"
+    assert stopped[-1] == "molamd/database", "the database goes last"
+    assert not Path(d.socket).exists()
+
+
+def test_sigterm_during_startup(daemon_factory: Any) -> None:
+    slow = connector_toml("slow", latency="30s")
+    d = daemon_factory(connectors=CONNECTORS + slow, start=False)
+    d.start(wait=False)
+    deadline = time.monotonic() + 15
+    while not any(e.get("actor") == "beta" for e in d.log_entries()):
+        assert time.monotonic() < deadline, d.logs()
+        time.sleep(0.05)
+    start = time.monotonic()
+    assert d.stop(timeout=10) == 0
+    assert time.monotonic() - start < 5
+    assert any(e["message"] == "stop requested during start-up" for e in d.log_entries())
+
+
+def test_sighup_during_a_reload(daemon_factory: Any, notify: NotifyListener) -> None:
+    d = daemon_factory(connectors=CONNECTORS, env={"NOTIFY_SOCKET": notify.path})
+    before = d.ctl_json("connector", "alpha")["incarnation"]
+    for _ in range(5):
+        d.signal(signal.SIGHUP)
+    assert d.ctl("reload").returncode == 0
+    d.signal(signal.SIGHUP)
+    time.sleep(0.5)
+    assert d.ctl_json("status")["last_reload"]["ok"] is True
+    assert d.ctl_json("connector", "alpha")["incarnation"] == before
+    readies = sum(1 for _, f in notify.messages if f.get("READY") == "1")
+    reloadings = sum(1 for _, f in notify.messages if f.get("RELOADING") == "1")
+    assert reloadings >= 2 and readies == reloadings + 1
+    assert d.stop() == 0
+
+
+def test_database_down_then_up(daemon_factory: Any, pg: Any, short_tmp: Path) -> None:
+    """The daemon runs without its database, says so, and syncs the registry once it appears."""
+    name = f"late_{int(time.time() * 1000)}"
+    port = free_port()
+    d = daemon_factory(connectors=CONNECTORS, dsn=pg.dsn(name), metrics_port=port)
+    status = d.ctl_json("status")
+    assert status["database"]["up"] is False and status["database"]["error"]
+    metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    assert "molamd_database_up 0.0" in metrics
+    with psycopg.connect(pg.dsn("postgres"), autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    try:
+        with psycopg.connect(pg.dsn(name)) as conn:
+            from molamd.db import migrate
+
+            migrate(conn)
+        deadline = time.monotonic() + 15
+        while not d.ctl_json("status")["database"]["up"]:
+            assert time.monotonic() < deadline, d.logs()
+            time.sleep(0.1)
+        assert "molamd_database_up 1.0" in httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        deadline = time.monotonic() + 15
+        while True:
+            with psycopg.connect(pg.dsn(name)) as conn:
+                rows = conn.execute("SELECT name, host_id, state, health_ok FROM bank_connectors_registry"
+                                    " ORDER BY name").fetchall()
+            if len(rows) == 2 and all(r[3] for r in rows):
+                break
+            assert time.monotonic() < deadline, rows
+            time.sleep(0.2)
+        assert [(r[0], r[1], r[2]) for r in rows] == [("alpha", "test-host", "running"),
+                                                      ("beta", "test-host", "running")]
+        assert d.stop() == 0
+    finally:
+        with psycopg.connect(pg.dsn("postgres"), autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def test_metrics_endpoint(daemon_factory: Any) -> None:
+    port = free_port()
+    d = daemon_factory(connectors=CONNECTORS, metrics_port=port)
+    assert d.ctl("restart", "alpha").returncode == 0
+    base = f"http://127.0.0.1:{port}"
+    text = httpx.get(f"{base}/metrics", timeout=5).text
+    assert 'molamd_build_info{python="' in text and 'version="0.1.0"' in text
+    assert 'molamd_actor_state{actor="alpha",state="running",supervisor="connectors"} 1.0' in text
+    assert 'molamd_actor_restarts_total{actor="alpha",supervisor="connectors"} 0.0' in text
+    assert 'molamd_actor_mailbox_depth{actor="beta",supervisor="connectors"} 0.0' in text
+    assert "molamd_config_last_reload_successful 1.0" in text
+    assert "molamd_config_last_reload_success_timestamp_seconds " in text
+    assert 'molamd_control_requests_total{command="restart",outcome="ok"} 1.0' in text
+    openmetrics = httpx.get(f"{base}/metrics", headers={"Accept": "application/openmetrics-text"}, timeout=5)
+    assert openmetrics.headers["content-type"].startswith("application/openmetrics-text")
+    assert openmetrics.text.rstrip().endswith("# EOF")
+    assert httpx.get(f"{base}/other", timeout=5).status_code == 404
+    assert httpx.post(f"{base}/metrics", timeout=5).status_code == 405
+    d.config.write_text(d.config.read_text().replace('priority = 10', 'priority = "x"', 1))
+    assert d.ctl("reload").returncode == 1
+    assert "molamd_config_last_reload_successful 0.0" in httpx.get(f"{base}/metrics", timeout=5).text
+    assert d.stop() == 0
+
+
+def test_broken_config_at_start(short_tmp: Path) -> None:
+    import subprocess
+
+    from tests.conftest import MOLAMD
+
+    config = short_tmp / "molamd.toml"
+    config.write_text(daemon_toml(short_tmp) + '\n[daemon2]\n')
+    result = subprocess.run([MOLAMD, "run", "--config", str(config)], capture_output=True, text=True,
+                            timeout=20, check=False)
+    assert result.returncode == 1 and f"{config}: $: Object contains unknown field `daemon2`" in result.stderr
