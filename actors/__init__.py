@@ -6,6 +6,13 @@ from ._actor import Actor as Actor
 from ._actor import ActorSnapshot as ActorSnapshot
 from ._actor import ActorState as ActorState
 from ._backoff import Backoff as Backoff
+from ._connector_actor import CheckHealth as CheckHealth
+from ._connector_actor import ConnectorActor as ConnectorActor
+from ._connector_actor import ConnectorSnapshot as ConnectorSnapshot
+from ._connector_actor import DispatchState as DispatchState
+from ._connector_actor import Drain as Drain
+from ._connector_actor import Pause as Pause
+from ._connector_actor import Resume as Resume
 from ._errors import ActorCrashed as ActorCrashed
 from ._errors import ActorError as ActorError
 from ._errors import ActorStopped as ActorStopped
@@ -15,6 +22,8 @@ from ._errors import MailboxFull as MailboxFull
 from ._errors import Refused as Refused
 from ._errors import SupervisorError as SupervisorError
 from ._errors import UnknownChild as UnknownChild
+from ._health_checker import HealthChecker as HealthChecker
+from ._health_checker import HealthResult as HealthResult
 from ._supervisor import Child as Child
 from ._supervisor import ChildInfo as ChildInfo
 from ._supervisor import ChildSpec as ChildSpec
@@ -26,12 +35,3 @@ from ._supervisor import Strategy as Strategy
 from ._supervisor import Supervisor as Supervisor
 from ._supervisor import SupervisorEvent as SupervisorEvent
 from ._supervisor import describe_error as describe_error
-from ._connector_actor import CheckHealth as CheckHealth
-from ._connector_actor import ConnectorActor as ConnectorActor
-from ._connector_actor import ConnectorSnapshot as ConnectorSnapshot
-from ._connector_actor import DispatchState as DispatchState
-from ._connector_actor import Drain as Drain
-from ._connector_actor import Pause as Pause
-from ._connector_actor import Resume as Resume
-from ._health_checker import HealthChecker as HealthChecker
-from ._health_checker import HealthResult as HealthResult

@@ -12,6 +12,7 @@ a reply that will never come and every dropped ``tell`` is counted.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import math
 import secrets
@@ -178,10 +179,9 @@ class Actor(ABC, Generic[M]):
     def _answer(env: _Envelope[M], ok: bool, value: Any) -> None:
         if env.reply is None:
             return
-        try:
+        # The asker may have given up (deadline): then nothing waits for this reply any more.
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             env.reply.send_nowait((ok, value))
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass  # the asker gave up (deadline); nothing waits for this reply any more
 
     def _fail_pending(self) -> None:
         while True:

@@ -401,10 +401,7 @@ class Supervisor:
         if self.strategy is Strategy.ONE_FOR_ONE:
             return [record]
         ordered = list(self._records.values())
-        if self.strategy is Strategy.ONE_FOR_ALL:
-            members = ordered
-        else:
-            members = ordered[ordered.index(record) :]
+        members = ordered if self.strategy is Strategy.ONE_FOR_ALL else ordered[ordered.index(record) :]
         return [m for m in members if m is record or m.state in (ChildState.RUNNING, ChildState.STARTING)]
 
     async def _restart_after(self, group: list[_Record], delay: float, scope: trio.CancelScope) -> None:

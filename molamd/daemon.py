@@ -8,6 +8,7 @@ it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 from collections.abc import AsyncIterator
@@ -117,10 +118,8 @@ class Daemon:
         while True:
             await self._reload_wanted.wait()
             self._reload_wanted = trio.Event()
-            try:
+            with contextlib.suppress(ConfigError):  # logged, counted and kept in `status` by reload itself
                 await reload(self.rt)
-            except ConfigError:
-                pass  # logged, counted and kept in `status` by reload itself
 
 
 async def run(config_path: str, config: Config) -> int:

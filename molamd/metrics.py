@@ -6,6 +6,7 @@ so they are never stale and cost nothing between scrapes.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import platform
 from collections.abc import Callable, Iterable, Iterator
@@ -141,7 +142,5 @@ class MetricsServer:
             f"HTTP/1.0 {status} {reason}\r\nContent-Type: {content_type}\r\n"
             f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
         ).encode()
-        try:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             await stream.send_all(head + body)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass

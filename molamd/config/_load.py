@@ -68,68 +68,84 @@ def _check_kinds(data: dict[str, Any], file: str) -> None:
 def validate(config: Config) -> list[ConfigProblem]:
     """Rules no single type can express; returns every problem found."""
     problems: list[ConfigProblem] = []
+    for check in (_check_connectors, _check_control, _check_metrics, _check_database, _check_supervision,
+                  _check_workers):
+        check(config, problems)
+    return problems
 
-    def bad(path: str, message: str) -> None:
-        problems.append(ConfigProblem(path, message))
 
+def _check_connectors(config: Config, problems: list[ConfigProblem]) -> None:
     seen: dict[str, int] = {}
     for index, entry in enumerate(config.connectors):
         path = f"$.connectors[{index}]"
         if not _NAME.match(entry.name):
-            bad(f"{path}.name", "use 1-63 characters of a-z, 0-9, '_', '.', '-', starting with a letter or digit")
+            problems.append(ConfigProblem(
+                f"{path}.name", "use 1-63 characters of a-z, 0-9, '_', '.', '-', starting with a letter or digit"))
         if entry.name in seen:
-            bad(f"{path}.name", f"duplicate of $.connectors[{seen[entry.name]}].name ({entry.name!r})")
+            problems.append(ConfigProblem(
+                f"{path}.name", f"duplicate of $.connectors[{seen[entry.name]}].name ({entry.name!r})"))
         seen.setdefault(entry.name, index)
         if not entry.bank_profile:
-            bad(f"{path}.bank_profile", "must not be empty")
+            problems.append(ConfigProblem(f"{path}.bank_profile", "must not be empty"))
         if not 1 <= entry.mailbox_size <= 1_000_000:
-            bad(f"{path}.mailbox_size", "must be between 1 and 1000000")
+            problems.append(ConfigProblem(f"{path}.mailbox_size", "must be between 1 and 1000000"))
 
+
+def _check_control(config: Config, problems: list[ConfigProblem]) -> None:
     control = config.control
     if not control.socket.startswith("/"):
-        bad("$.control.socket", "must be an absolute path")
+        problems.append(ConfigProblem("$.control.socket", "must be an absolute path"))
     try:
         mode = int(control.socket_mode, 8)
         if not 0 <= mode <= 0o777:
             raise ValueError
     except ValueError:
-        bad("$.control.socket_mode", f"{control.socket_mode!r} is not an octal mode like '0660'")
+        problems.append(
+            ConfigProblem("$.control.socket_mode", f"{control.socket_mode!r} is not an octal mode like '0660'")
+        )
     for key in ("operator_group", "readonly_group"):
         group = getattr(control, key)
         if group:
             try:
                 grp.getgrnam(group)
             except KeyError:
-                bad(f"$.control.{key}", f"no such group {group!r} on this host")
+                problems.append(ConfigProblem(f"$.control.{key}", f"no such group {group!r} on this host"))
     if control.max_clients < 1:
-        bad("$.control.max_clients", "must be at least 1")
+        problems.append(ConfigProblem("$.control.max_clients", "must be at least 1"))
 
+
+def _check_metrics(config: Config, problems: list[ConfigProblem]) -> None:
     if config.metrics.enabled:
         try:
             split_listen(config.metrics.listen)
         except ValueError as exc:
-            bad("$.metrics.listen", str(exc))
+            problems.append(ConfigProblem("$.metrics.listen", str(exc)))
 
+
+def _check_database(config: Config, problems: list[ConfigProblem]) -> None:
     db = config.database
     if not 1 <= db.pool_min_size <= db.pool_max_size:
-        bad("$.database.pool_min_size", "need 1 <= pool_min_size <= pool_max_size")
+        problems.append(ConfigProblem("$.database.pool_min_size", "need 1 <= pool_min_size <= pool_max_size"))
     if db.retry_initial.seconds <= 0 or db.retry_max.seconds < db.retry_initial.seconds:
-        bad("$.database.retry_initial", "need 0 < retry_initial <= retry_max")
+        problems.append(ConfigProblem("$.database.retry_initial", "need 0 < retry_initial <= retry_max"))
     if db.ping_interval.seconds <= 0:
-        bad("$.database.ping_interval", "must be positive")
+        problems.append(ConfigProblem("$.database.ping_interval", "must be positive"))
 
+
+def _check_supervision(config: Config, problems: list[ConfigProblem]) -> None:
     sup = config.supervision
     if sup.max_restarts < 0:
-        bad("$.supervision.max_restarts", "must not be negative")
+        problems.append(ConfigProblem("$.supervision.max_restarts", "must not be negative"))
     if sup.backoff_max.seconds < sup.backoff_initial.seconds:
-        bad("$.supervision.backoff_max", "must not be below backoff_initial")
+        problems.append(ConfigProblem("$.supervision.backoff_max", "must not be below backoff_initial"))
 
+
+def _check_workers(config: Config, problems: list[ConfigProblem]) -> None:
     health = config.workers.health_checker
     if health.interval.seconds <= 0:
-        bad("$.workers.health_checker.interval", "must be positive")
+        problems.append(ConfigProblem("$.workers.health_checker.interval", "must be positive"))
     if health.concurrency < 1:
-        bad("$.workers.health_checker.concurrency", "must be at least 1")
-    return problems
+        problems.append(ConfigProblem("$.workers.health_checker.concurrency", "must be at least 1"))
 
 
 def split_listen(listen: str) -> tuple[str, int]:

@@ -198,25 +198,7 @@ class Database:
         running = _Running()
 
         def work() -> T:
-            try:
-                with pool.connection() as conn:
-                    with running.lock:
-                        if running.cancelled:
-                            raise _Abandoned
-                        running.conn = conn
-                    try:
-                        return fn(conn)
-                    finally:
-                        with running.lock:
-                            running.conn = None
-            except PoolTimeout as exc:
-                raise DatabaseUnavailable(f"no connection: {_reason(exc)}") from exc
-            except psycopg.errors.QueryCanceled as exc:
-                if running.cancelled:
-                    raise _Abandoned from exc
-                raise DatabaseUnavailable(_reason(exc)) from exc
-            except psycopg.OperationalError as exc:
-                raise DatabaseUnavailable(_reason(exc)) from exc
+            return _work_in_thread(pool, running, fn)
 
         finished = False
 
@@ -247,6 +229,29 @@ class Database:
                 await trio.lowlevel.checkpoint()  # raises the Cancelled that made us abandon the query
             return result.unwrap()
         raise DatabaseUnavailable(f"no answer within {timeout:g}s")
+
+
+def _work_in_thread(pool: ConnectionPool[Conn], running: _Running, fn: Callable[[Conn], T]) -> T:
+    """In a worker thread: borrow a connection, run ``fn``, map psycopg's errors to ours."""
+    try:
+        with pool.connection() as conn:
+            with running.lock:
+                if running.cancelled:
+                    raise _Abandoned
+                running.conn = conn
+            try:
+                return fn(conn)
+            finally:
+                with running.lock:
+                    running.conn = None
+    except PoolTimeout as exc:
+        raise DatabaseUnavailable(f"no connection: {_reason(exc)}") from exc
+    except psycopg.errors.QueryCanceled as exc:
+        if running.cancelled:
+            raise _Abandoned from exc
+        raise DatabaseUnavailable(_reason(exc)) from exc
+    except psycopg.OperationalError as exc:
+        raise DatabaseUnavailable(_reason(exc)) from exc
 
 
 class _Abandoned(Exception):

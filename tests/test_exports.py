@@ -1,0 +1,59 @@
+"""Each package's public names are exactly what its __init__ re-exports."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+EXPECTED = {
+    "actors": {
+        "Actor", "ActorCrashed", "ActorError", "ActorSnapshot", "ActorState", "ActorStopped", "AskTimeout",
+        "Backoff", "CheckHealth", "Child", "ChildInfo", "ChildSpec", "ChildState", "ConnectorActor",
+        "ConnectorSnapshot", "DEFAULT_ASK_TIMEOUT", "DEFAULT_MAILBOX_SIZE", "DispatchState", "Drain",
+        "Escalation", "EventKind", "HealthChecker", "HealthResult", "MailboxFull", "Pause", "Refused",
+        "RestartPolicy", "RestartType", "Resume", "Strategy", "Supervisor", "SupervisorError", "SupervisorEvent",
+        "UnknownChild", "describe_error",
+    },
+    "connectors": {
+        "AnyConnectorConfig", "Auth", "BankConnector", "Capability", "CircuitOpen", "ConnectorConfig",
+        "ConnectorError", "ConnectorKind", "Duration", "Health", "KINDS", "Network", "NullConfig", "NullConnector",
+        "REDACTED", "RateLimited", "Rejected", "Secret", "Timeout", "Validation", "build_connector", "decode_hook",
+        "encode_hook",
+    },
+    "molamd.config": {
+        "Config", "ConfigError", "ConfigProblem", "ControlSection", "DatabaseSection", "HealthCheckerSection",
+        "LogLevel", "Resolver", "SecretUnavailable", "SupervisionSection", "default_resolvers", "load_config",
+        "load_resolved", "parse_config", "resolve_secrets", "secret_values", "split_listen",
+    },
+    "molamd.control": {
+        "Access", "AlreadyRunning", "COMMANDS", "ControlError", "ControlServer", "ErrorCode", "MAX_LINE",
+        "PROTOCOL_VERSION", "Peer", "access_for", "check_socket_path",
+    },
+    "molamd.db": {
+        "Conn", "Database", "DatabaseError", "DatabaseUnavailable", "Migration", "MigrationError", "RegistryRow",
+        "config_hash", "conninfo", "current_version", "migrate", "report_states", "shipped_migrations",
+        "sync_configured",
+    },
+}
+
+
+@pytest.mark.parametrize("package", sorted(EXPECTED))
+def test_exports(package: str) -> None:
+    module = importlib.import_module(package)
+    public = {name for name in vars(module) if not name.startswith("_")}
+    submodules = {name for name in public if type(getattr(module, name)).__name__ == "module"}
+    assert public - submodules == EXPECTED[package]
+
+
+def test_error_trees() -> None:
+    import actors
+    import connectors
+
+    assert issubclass(connectors.RateLimited, connectors.ConnectorError) and connectors.RateLimited.retryable
+    assert not connectors.Rejected.retryable and connectors.Timeout.retryable
+    rejected = connectors.Rejected("bank-a", "insufficient funds", reason_code="AM04")
+    assert rejected.reason_code == "AM04" and "AM04" in str(rejected)
+    assert connectors.RateLimited("b", "slow down", retry_after=2.5).retry_after == 2.5
+    assert issubclass(actors.MailboxFull, actors.ActorError) and actors.MailboxFull.retryable
+    assert str(actors.UnknownChild("x")) == "no child named 'x'"

@@ -1,0 +1,72 @@
+"""Reload in-process: the diff, what keeps its incarnation, and that a bad config changes nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trio
+
+from molamd import reload as reloading
+from molamd.config import ConfigError, load_resolved, parse_config
+from molamd.daemon import Daemon
+from tests.conftest import connector_toml, daemon_toml
+
+
+def test_plan_diffs_connectors_and_workers(short_tmp: Path) -> None:
+    base = daemon_toml(short_tmp)
+    old = parse_config(base + connector_toml("a") + connector_toml("b") + connector_toml("c"), file="f")
+    new_text = (base.replace('interval = "1s"', 'interval = "2s"') + connector_toml("a")
+                + connector_toml("b", priority=99) + connector_toml("d"))
+    new = parse_config(new_text, file="f")
+    connectors, workers = reloading.plan(old, new, file="f")
+    assert (connectors.added, connectors.changed, connectors.removed, connectors.unchanged) == (
+        ["d"], ["b"], ["c"], 1)
+    assert workers.changed == ["health_checker"]
+    disabled = parse_config(base.replace("[workers.health_checker]", "[workers.health_checker]\nenabled = false")
+                            + connector_toml("a"), file="f")
+    _, workers = reloading.plan(old, disabled, file="f")
+    assert workers.removed == ["health_checker"]
+    moved = parse_config(base.replace("control.sock", "other.sock"), file="f")
+    with pytest.raises(ConfigError, match=r"\$\.control: \[control\] changed; this needs a restart"):
+        reloading.plan(old, moved, file="f")
+
+
+async def test_reload_applies_only_the_difference(short_tmp: Path) -> None:
+    path = short_tmp / "molamd.toml"
+    base = daemon_toml(short_tmp, health_interval="1h")
+    path.write_text(base + connector_toml("a") + connector_toml("b") + connector_toml("c"))
+    daemon = Daemon(str(path), load_resolved(str(path)))
+    rt = daemon.rt
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(daemon.run)
+        with trio.fail_after(10):
+            while rt.connectors.names() != ["a", "b", "c"] or rt.connector_actor("c") is None:  # noqa: ASYNC110
+                await trio.sleep(0.01)
+        before = {i.name: i.incarnation for i in rt.connectors.infos()}
+        a_actor = rt.connector_actor("a")
+        assert a_actor is not None
+        await a_actor.pause()  # runtime state that must survive a reload
+        worker_before = rt.workers.info("health_checker").incarnation
+
+        path.write_text(base.replace("max_restarts = 3", "max_restarts = 7") + connector_toml("a")
+                        + connector_toml("b", latency="1ms") + connector_toml("d"))
+        result = await reloading.reload(rt)
+        assert result.connectors.added == ["d"] and result.connectors.changed == ["b"]
+        assert result.connectors.removed == ["c"]
+        after = {i.name: i.incarnation for i in rt.connectors.infos()}
+        assert after["a"] == before["a"] and rt.connector_actor("a") is a_actor
+        assert a_actor.dispatch.value == "paused"
+        assert after["b"] != before["b"] and "c" not in after and after["d"]
+        assert rt.workers.info("health_checker").incarnation == worker_before
+        assert rt.connectors.policy.max_restarts == 7
+        assert rt.metrics.reload_successful._value.get() == 1
+
+        good = path.read_text()
+        path.write_text(good + "\n[[connectors]]\nname = 'e'\nkind = 'null'\nbank_profile = ''\n")
+        with pytest.raises(ConfigError, match=r"\$\.connectors\[3\]\.bank_profile"):
+            await reloading.reload(rt)
+        assert {i.name: i.incarnation for i in rt.connectors.infos()} == after
+        assert rt.metrics.reload_successful._value.get() == 0
+        assert rt.last_reload["ok"] is False
+        daemon.request_stop("test over")
