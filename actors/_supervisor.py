@@ -24,7 +24,7 @@ import enum
 import random
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol
 
 import msgspec
@@ -241,6 +241,19 @@ class Supervisor:
 
     def infos(self) -> list[ChildInfo]:
         return [self.info(name) for name in self._records]
+
+    def state_counts(self) -> dict[ChildState, int]:
+        """How many children are in each state; cheap enough for every status call."""
+        counts: dict[ChildState, int] = {}
+        for record in self._records.values():
+            counts[record.state] = counts.get(record.state, 0) + 1
+        return counts
+
+    def running(self) -> Iterator[Child]:
+        """The running instances, in start order."""
+        for record in self._records.values():
+            if record.state is ChildState.RUNNING and record.instance is not None:
+                yield record.instance
 
     # -- control ------------------------------------------------------------------------------------
 

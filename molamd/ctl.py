@@ -188,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_UNREACHABLE
     except KeyboardInterrupt:
         return EXIT_OK
+    except BrokenPipeError:  # `molamctl ... | head`: the reader left, which is fine
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
 
 
 def _watch(client: Client, out: TextIO, as_json: bool) -> int:

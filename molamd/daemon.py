@@ -61,6 +61,7 @@ class Daemon:
         check_socket_path(rt.config.control.socket)
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async with trio.open_nursery() as nursery:
+                rt.nursery = nursery
                 nursery.start_soon(self._signals, signals)
                 rt.notifier.status("starting")
                 with trio.CancelScope() as startup:

@@ -10,7 +10,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import trio
 
@@ -64,6 +64,7 @@ class Runtime:
         self.events = EventBus()
         self.notifier = notifier or Notifier()
         self.reload_lock = trio.Lock()
+        self.nursery: trio.Nursery | None = None
         self.db = db.Database(config.database, metrics=self.metrics, on_up=self.sync_registry)
         policy = restart_policy(config.supervision)
         self.connectors = Supervisor(
@@ -161,6 +162,12 @@ class Runtime:
             await self.db.transaction(lambda conn: db.report_states(conn, self.host_id, rows))
         except db.DatabaseUnavailable as exc:
             log(logger, logging.WARNING, "health report skipped: database unavailable", reason=str(exc))
+
+    def spawn(self, fn: Callable[[], Awaitable[None]]) -> None:
+        """Run background work in the daemon's nursery (set by the daemon once it runs)."""
+        if self.nursery is None:
+            raise RuntimeError("the daemon is not running")
+        self.nursery.start_soon(fn)
 
     def uptime(self) -> float:
         return time.time() - self.started_at

@@ -42,8 +42,9 @@ def _run_as_owner(args: list[str], **kw: object) -> subprocess.CompletedProcess[
 class Cluster:
     """One cluster under ``directory``; its DSN stays valid across stop and start."""
 
-    def __init__(self, directory: str | Path) -> None:
+    def __init__(self, directory: str | Path, port: int | None = None) -> None:
         self.directory = Path(directory).resolve()
+        self._wanted_port = port
         self.data = self.directory / "data"
         self.port_file = self.directory / "port"
 
@@ -66,7 +67,7 @@ class Cluster:
             [pg_bin("initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8",
              "--no-sync", "--locale=C.UTF-8"]
         )
-        self.port_file.write_text(str(_free_port()))
+        self.port_file.write_text(str(self._wanted_port or _free_port()))
         conf = self.data / "postgresql.conf"
         with conf.open("a") as f:
             f.write(

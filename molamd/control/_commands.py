@@ -60,12 +60,11 @@ async def version(rt: Runtime, args: NoArgs) -> dict[str, Any]:
 async def status(rt: Runtime, args: NoArgs) -> dict[str, Any]:
     actor_states: Counter[str] = Counter()
     for sup in (rt.connectors, rt.workers):
-        for info in sup.infos():
-            actor_states[info.state.value] += 1
-    dispatch: Counter[str] = Counter()
-    for _, actor in rt.connector_actors():
-        if actor is not None:
-            dispatch[actor.dispatch.value] += 1
+        for state, count in sup.state_counts().items():
+            actor_states[state.value] += count
+    dispatch: Counter[str] = Counter(
+        actor.dispatch.value for actor in rt.connectors.running() if isinstance(actor, ConnectorActor)
+    )
     return {
         "version": rt.version,
         "host_id": rt.host_id,
@@ -77,7 +76,7 @@ async def status(rt: Runtime, args: NoArgs) -> dict[str, Any]:
         "database": {"up": rt.db.up, "error": rt.db.last_error},
         "connectors": {"configured": len(rt.config.connectors), "dispatch": dict(dispatch)},
         "actors": dict(actor_states),
-        "workers": [info.name for info in rt.workers.infos()],
+        "workers": rt.workers.names(),
     }
 
 
