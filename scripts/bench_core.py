@@ -22,8 +22,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT))
 
-from molamd.ctl import Client  # noqa: E402
 from pgcluster import Cluster  # noqa: E402
+
+from molamd.ctl import Client  # noqa: E402
 
 BIN = ROOT / ".venv" / "bin"
 
@@ -62,6 +63,75 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
+class Figures:
+    ready_s = 0.0
+    rss_mb = 0.0
+    reload_ms = 0.0
+    reload_daemon_ms = 0.0
+    restarted: list[str]
+    others_restarted = 0
+    status_ms: list[float]
+    cli_ms = 0.0
+
+
+def start_daemon(work: Path, cfg: Path, figures: Figures) -> subprocess.Popen[bytes]:
+    notify_path = str(work / "notify.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        notify.bind(notify_path)
+        notify.settimeout(60)
+        env = {**os.environ, "NOTIFY_SOCKET": notify_path}
+        with (work / "daemon.log").open("wb") as log:
+            t0 = time.monotonic()
+            proc = subprocess.Popen([str(BIN / "molamd"), "run", "--config", str(cfg)], stdout=log,
+                                    stderr=subprocess.STDOUT, env=env)
+        while b"READY=1" not in notify.recv(4096):
+            pass
+        figures.ready_s = time.monotonic() - t0
+    return proc
+
+
+def measure_reload(client: Client, cfg: Path, text: str, changed: str, figures: Figures) -> None:
+    before = {r["name"]: r["incarnation"] for r in client.request("connectors", {})["result"]}
+    cfg.write_text(text)
+    t1 = time.perf_counter()
+    reply = client.request("reload", {})
+    figures.reload_ms = (time.perf_counter() - t1) * 1000
+    assert reply["ok"], reply
+    figures.reload_daemon_ms = reply["result"]["duration_seconds"] * 1000
+    after = {r["name"]: r["incarnation"] for r in client.request("connectors", {})["result"]}
+    figures.restarted = sorted(n for n in before if before[n] != after.get(n))
+    figures.others_restarted = len([n for n in figures.restarted if n != changed])
+
+
+def measure_status(client: Client, requests: int, socket_path: str, figures: Figures) -> None:
+    for _ in range(50):
+        client.request("status", {})
+    figures.status_ms = []
+    for _ in range(requests):
+        t = time.perf_counter()
+        client.request("status", {})
+        figures.status_ms.append((time.perf_counter() - t) * 1000)
+    t = time.perf_counter()
+    subprocess.run([str(BIN / "molamctl"), "--socket", socket_path, "status"], check=True, capture_output=True)
+    figures.cli_ms = (time.perf_counter() - t) * 1000
+
+
+def report(connectors: int, f: Figures) -> None:
+    p99 = percentile(f.status_ms, 0.99)
+    print(f"molamd core benchmark: {connectors} null connectors, {os.cpu_count()} cores")
+    print(f"start to READY=1:            {f.ready_s:.2f} s        (target <= 3 s)")
+    print(f"RSS after start:             {f.rss_mb:.1f} MB      (target <= 150 MB)")
+    print(f"reload changing 1 connector: {f.reload_ms:.1f} ms round trip, {f.reload_daemon_ms:.1f} ms in the daemon"
+          " (target <= 100 ms)")
+    print(f"  actors restarted: {f.restarted}; others restarted: {f.others_restarted} (target 0)")
+    p50 = statistics.median(f.status_ms)
+    print(f"status round trip over the socket, {len(f.status_ms)} requests: p50 {p50:.2f} ms,"
+          f" p99 {p99:.2f} ms, max {max(f.status_ms):.2f} ms (target p99 <= 10 ms)")
+    print(f"one `molamctl status` process, start to exit: {f.cli_ms:.1f} ms (includes Python start-up)")
+    print(json.dumps({"ready_s": round(f.ready_s, 3), "rss_mb": round(f.rss_mb, 1), "reload_ms": round(f.reload_ms, 2),
+                      "others_restarted": f.others_restarted, "status_p99_ms": round(p99, 3)}))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--connectors", type=int, default=1000)
@@ -72,70 +142,29 @@ def main() -> int:
     work.chmod(0o755)
     cluster = Cluster(work / "pg")
     cluster.start()
-    subprocess.run([str(BIN / "molamd"), "migrate", "--dsn", cluster.dsn()], check=True, capture_output=True)
-    cfg = work / "molamd.toml"
-    cfg.write_text(config_text(work, cluster.dsn(), args.connectors))
-    notify_path = str(work / "notify.sock")
-    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    notify.bind(notify_path)
-    notify.settimeout(60)
-    env = {**os.environ, "NOTIFY_SOCKET": notify_path}
-    log = (work / "daemon.log").open("wb")
-    t0 = time.monotonic()
-    proc = subprocess.Popen([str(BIN / "molamd"), "run", "--config", str(cfg)], stdout=log, stderr=subprocess.STDOUT,
-                            env=env)
+    proc: subprocess.Popen[bytes] | None = None
     try:
-        while b"READY=1" not in notify.recv(4096):
-            pass
-        ready_s = time.monotonic() - t0
+        subprocess.run([str(BIN / "molamd"), "migrate", "--dsn", cluster.dsn()], check=True, capture_output=True)
+        cfg = work / "molamd.toml"
+        cfg.write_text(config_text(work, cluster.dsn(), args.connectors))
+        figures = Figures()
+        proc = start_daemon(work, cfg, figures)
         time.sleep(2.0)  # settle: the database connects and the registry is synced in the background
-        rss = rss_mb(proc.pid)
-
+        figures.rss_mb = rss_mb(proc.pid)
         client = Client(str(work / "control.sock"), 30)
-        before = {r["name"]: r["incarnation"] for r in client.request("connectors", {})["result"]}
         changed = "conn-00007"
-        cfg.write_text(config_text(work, cluster.dsn(), args.connectors, changed=changed))
-        t1 = time.perf_counter()
-        reply = client.request("reload", {})
-        reload_wall_ms = (time.perf_counter() - t1) * 1000
-        assert reply["ok"], reply
-        after = {r["name"]: r["incarnation"] for r in client.request("connectors", {})["result"]}
-        restarted = sorted(n for n in before if before[n] != after.get(n))
-        others_restarted = [n for n in restarted if n != changed]
-
-        for _ in range(50):
-            client.request("status", {})
-        samples = []
-        for _ in range(args.requests):
-            t = time.perf_counter()
-            client.request("status", {})
-            samples.append((time.perf_counter() - t) * 1000)
+        measure_reload(client, cfg, config_text(work, cluster.dsn(), args.connectors, changed=changed), changed,
+                       figures)
+        measure_status(client, args.requests, str(work / "control.sock"), figures)
         client.close()
-        t = time.perf_counter()
-        subprocess.run([str(BIN / "molamctl"), "--socket", str(work / "control.sock"), "status"], check=True,
-                       capture_output=True)
-        cli_ms = (time.perf_counter() - t) * 1000
-
-        print(f"molamd core benchmark: {args.connectors} null connectors, {os.cpu_count()} cores")
-        print(f"start to READY=1:            {ready_s:.2f} s        (target <= 3 s)")
-        print(f"RSS after start:             {rss:.1f} MB      (target <= 150 MB)")
-        print(f"reload changing 1 connector: {reload_wall_ms:.1f} ms round trip, "
-              f"{reply['result']['duration_seconds'] * 1000:.1f} ms in the daemon (target <= 100 ms)")
-        print(f"  actors restarted: {restarted}; others restarted: {len(others_restarted)} (target 0)")
-        print(f"status round trip over the socket, {len(samples)} requests: p50 {statistics.median(samples):.2f} ms, "
-              f"p99 {percentile(samples, 0.99):.2f} ms, max {max(samples):.2f} ms (target p99 <= 10 ms)")
-        print(f"one `molamctl status` process, start to exit: {cli_ms:.1f} ms (includes Python start-up)")
-        print(json.dumps({"ready_s": round(ready_s, 3), "rss_mb": round(rss, 1),
-                          "reload_ms": round(reload_wall_ms, 2), "others_restarted": len(others_restarted),
-                          "status_p99_ms": round(percentile(samples, 0.99), 3)}))
+        report(args.connectors, figures)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
-        notify.close()
+        if proc is not None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
         cluster.destroy()
         subprocess.run(["rm", "-rf", str(work)], check=False)
     return 0
