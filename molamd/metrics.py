@@ -12,7 +12,7 @@ import platform
 from collections.abc import Callable, Iterable, Iterator
 
 import trio
-from prometheus_client import CollectorRegistry, Counter, Gauge, Info
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
@@ -48,6 +48,14 @@ class Metrics:
         self.database_up = Gauge("molamd_database_up", "1 while PostgreSQL answers", registry=r)
         self.control_requests = Counter(
             "molamd_control_requests", "Control socket requests", ["command", "outcome"], registry=r
+        )
+        self.reload_duration = Histogram(
+            "molamd_config_reload_duration_seconds", "Time to parse, diff and apply a reload", registry=r,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+        )
+        self.control_duration = Histogram(
+            "molamd_control_request_duration_seconds", "Time to answer a control request", ["command"],
+            registry=r, buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0, 5.0),
         )
         self.reload_successful.set(1)
 

@@ -91,6 +91,7 @@ async def reload(rt: Runtime) -> ReloadResult:
         result = ReloadResult(
             connectors=connectors, workers=workers, duration_seconds=round(trio.current_time() - started, 6)
         )
+        rt.metrics.reload_duration.observe(result.duration_seconds)
         rt.last_reload = {"ok": True, "at": time.time(), "error": None}
         rt.metrics.reload_successful.set(1)
         rt.metrics.reload_success_timestamp.set(time.time())

@@ -172,6 +172,7 @@ def test_metrics_endpoint(daemon_factory: Any) -> None:
     assert "molamd_config_last_reload_successful 1.0" in text
     assert "molamd_config_last_reload_success_timestamp_seconds " in text
     assert 'molamd_control_requests_total{command="restart",outcome="ok"} 1.0' in text
+    assert 'molamd_control_request_duration_seconds_count{command="restart"} 1.0' in text
     openmetrics = httpx.get(f"{base}/metrics", headers={"Accept": "application/openmetrics-text"}, timeout=5)
     assert openmetrics.headers["content-type"].startswith("application/openmetrics-text")
     assert openmetrics.text.rstrip().endswith("# EOF")
@@ -179,7 +180,9 @@ def test_metrics_endpoint(daemon_factory: Any) -> None:
     assert httpx.post(f"{base}/metrics", timeout=5).status_code == 405
     d.config.write_text(d.config.read_text().replace('priority = 10', 'priority = "x"', 1))
     assert d.ctl("reload").returncode == 1
-    assert "molamd_config_last_reload_successful 0.0" in httpx.get(f"{base}/metrics", timeout=5).text
+    text = httpx.get(f"{base}/metrics", timeout=5).text
+    assert "molamd_config_last_reload_successful 0.0" in text
+    assert 'molamd_config_reloads_total{outcome="failure"} 1.0' in text
     assert d.stop() == 0
 
 

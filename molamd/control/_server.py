@@ -187,7 +187,9 @@ class ControlServer:
                 metrics.labels(cmd_label, "ok").inc()
                 return False
             assert command.handler is not None
+            started = trio.current_time()
             result = await command.handler(self._rt, args)
+            self._rt.metrics.control_duration.labels(cmd_label).observe(trio.current_time() - started)
         except ControlError as exc:
             metrics.labels(cmd_label, exc.code.value).inc()
             if rid is None:
