@@ -44,8 +44,6 @@ class HealthChecker(Actor[CheckNow]):
         self.interval = interval
         self.timeout = timeout
         self._limiter = trio.CapacityLimiter(concurrency)
-        self.rounds = 0
-        self.last_results: tuple[HealthResult, ...] = ()
 
     async def setup(self) -> None:
         self.nursery.start_soon(self._ticker)
@@ -79,7 +77,5 @@ class HealthChecker(Actor[CheckNow]):
                 else:
                     nursery.start_soon(one, index, name, actor)
         final = tuple(r for r in results if r is not None)
-        self.rounds += 1
-        self.last_results = final
         await self._report(final)
         return final

@@ -197,6 +197,9 @@ class Supervisor:
             self._nursery = nursery
             for record in list(self._records.values()):
                 await self._start(record)
+                if record.spec.core and record.state is not ChildState.RUNNING:
+                    # A core service that cannot even start is not worth retrying before we are ready.
+                    raise Escalation(f"{self.name}/{record.spec.name} failed to start: {record.last_error}")
             task_status.started()
             async for item in self._events_rx:
                 if isinstance(item, _Shutdown):
@@ -219,9 +222,6 @@ class Supervisor:
         """The running instance of a child, or None while it is not running."""
         record = self._record(name)
         return record.instance if record.state is ChildState.RUNNING else None
-
-    def spec(self, name: str) -> ChildSpec:
-        return self._record(name).spec
 
     def info(self, name: str) -> ChildInfo:
         record = self._record(name)
@@ -339,6 +339,7 @@ class Supervisor:
         finally:
             done.set()
         if not started:
+            record.last_error = describe_error(error) if error is not None else "exited before it was ready"
             task_status.started()
         self._events_tx.send_nowait(_Exit(record, instance, error))
 

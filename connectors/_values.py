@@ -37,10 +37,6 @@ class Duration:
         self.seconds = total
         self.text = cleaned
 
-    @classmethod
-    def of(cls, seconds: float) -> Duration:
-        return cls(f"{seconds:g}s")
-
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Duration) and other.seconds == self.seconds
 

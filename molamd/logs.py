@@ -12,7 +12,7 @@ import contextvars
 import datetime as dt
 import logging
 import sys
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, TextIO
 
@@ -108,7 +108,3 @@ def bound(*, actor: str | None = None, trace_id: str | None = None) -> Iterator[
     finally:
         for var, token in reversed(tokens):
             var.reset(token)
-
-
-def as_fields(mapping: Mapping[str, Any]) -> dict[str, Any]:
-    return dict(mapping)

@@ -250,6 +250,17 @@ async def test_core_child_past_intensity_escalates(autojump_clock: trio.testing.
     assert EventKind.ESCALATED in h.kinds("core")
 
 
+async def test_core_child_that_cannot_start_fails_the_start(autojump_clock: trio.testing.MockClock) -> None:
+    h = Harness()
+    h.fail_start.add("control")
+    sup = Supervisor("s", [h.spec("db"), h.spec("control", core=True)], policy=POLICY)
+    with pytest.RaisesGroup(pytest.RaisesExc(Escalation, match="control failed to start: RuntimeError: cannot start"),
+                            flatten_subgroups=True):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(sup.run)
+    assert h.log == ["db:start", "control:fail-start"]
+
+
 async def test_a_child_failing_to_start_is_retried_then_failed(autojump_clock: trio.testing.MockClock) -> None:
     h = Harness()
     h.fail_start.add("bad")

@@ -87,7 +87,6 @@ class Database:
         self._wake = trio.Event()
         self.up = False
         self.last_error: str | None = "connecting"
-        self.changed_at: float | None = None
         self._backoff = Backoff(initial=section.retry_initial.seconds, maximum=section.retry_max.seconds)
         metrics.database_up.set(0)
 
@@ -158,14 +157,11 @@ class Database:
     def _set_up(self) -> None:
         self.up = True
         self.last_error = None
-        self.changed_at = trio.current_time()
         self._metrics.database_up.set(1)
         log(logger, logging.INFO, "database up")
 
     def _set_down(self, reason: str, *, quiet: bool = False) -> None:
         changed = self.up or self.last_error != reason
-        if self.up:
-            self.changed_at = trio.current_time()
         self.up = False
         self.last_error = reason
         self._metrics.database_up.set(0)
