@@ -96,6 +96,9 @@ class Actor(ABC, Generic[M]):
 
     teardown_timeout = 5.0
 
+    async def drained(self) -> None:
+        """After a graceful stop's last message: wait for the actor's own background work to finish."""
+
     @abstractmethod
     async def handle(self, msg: M) -> Any:
         """Handle one message; the return value is the reply to an ask."""
@@ -145,6 +148,7 @@ class Actor(ABC, Generic[M]):
                 self._state = ActorState.RUNNING
                 task_status.started()
                 await self._loop()
+                await self.drained()
                 nursery.cancel_scope.cancel()
         finally:
             self._state = ActorState.STOPPED

@@ -7,6 +7,7 @@ from typing import ClassVar, Protocol
 
 import msgspec
 
+from ._payments import CallRecord, PaymentRef, PaymentStatus, PayoutSlice, SendResult
 from ._values import Duration
 
 DEFAULT_PRIORITY = 100
@@ -21,6 +22,35 @@ class Capability(enum.StrEnum):
     HEALTH = "health"
 
 
+class _Table(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+class LimitsConfig(_Table, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``[connectors.limits]``: how hard this connector may push its bank."""
+
+    rate: float = 50.0  # calls per second, sustained
+    burst: int = 20  # calls allowed at once above the rate
+    concurrency: int = 32  # calls in flight at once (the bulkhead)
+    call_timeout: Duration = msgspec.field(default_factory=lambda: Duration("10s"))
+
+
+class BreakerConfig(_Table, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``[connectors.breaker]``: when to stop calling a failing bank, and how to try again."""
+
+    window: int = 50  # outcomes remembered (count window)
+    window_time: Duration | None = None  # or: outcomes within this time (time window)
+    minimum_calls: int = 10  # no decision on fewer outcomes than this
+    failure_rate: float = 0.5  # open at this share of failures
+    slow_call_rate: float = 1.0  # open at this share of slow calls (1.0: never for slowness alone)
+    slow_call_duration: Duration = msgspec.field(default_factory=lambda: Duration("5s"))
+    open_duration: Duration = msgspec.field(default_factory=lambda: Duration("5s"))
+    open_duration_max: Duration = msgspec.field(default_factory=lambda: Duration("60s"))
+    open_duration_multiplier: float = 2.0  # each reopening from half-open waits longer, up to the max
+    half_open_calls: int = 3  # probe calls let through when half-open
+    half_open_max_duration: Duration = msgspec.field(default_factory=lambda: Duration("30s"))
+
+
 class ConnectorConfig(
     msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag_field="kind"
 ):
@@ -32,6 +62,13 @@ class ConnectorConfig(
     enabled: bool = True
     mailbox_size: int = DEFAULT_MAILBOX_SIZE
     shutdown_grace: Duration = msgspec.field(default_factory=lambda: Duration(DEFAULT_SHUTDOWN_GRACE))
+    rails: list[str] = msgspec.field(default_factory=list)  # empty: every rail
+    currencies: list[str] = msgspec.field(default_factory=list)  # empty: every currency
+    limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
+    breaker: BreakerConfig = msgspec.field(default_factory=BreakerConfig)
+
+    def serves(self, rail: str, currency: str) -> bool:
+        return (not self.rails or rail in self.rails) and (not self.currencies or currency in self.currencies)
 
     @property
     def kind(self) -> str:
@@ -45,6 +82,14 @@ class Health(msgspec.Struct, frozen=True, kw_only=True):
     ok: bool
     latency_seconds: float
     detail: str = ""
+
+
+class CallContext(msgspec.Struct, frozen=True, kw_only=True):
+    """Carried into every connector call."""
+
+    trace_id: str
+    timeout: float
+    payout_slice_id: int | None = None
 
 
 class BankConnector(Protocol):
@@ -61,3 +106,19 @@ class BankConnector(Protocol):
 
     async def healthcheck(self) -> Health:
         """Ask the bank (or the transport) whether it is reachable."""
+
+
+class PaymentConnector(BankConnector, Protocol):
+    """A connector with SEND_PAYMENT and PAYMENT_STATUS."""
+
+    async def send_payment(self, slice: PayoutSlice, ctx: CallContext) -> tuple[SendResult, CallRecord]:
+        """Ask the bank to pay; the same idempotency key always means the same payment.
+
+        Raises a ConnectorError (mapped from the transport); the CallRecord of a failed call travels on
+        the error as ``exc.record``.
+        """
+        ...
+
+    async def payment_status(self, ref: PaymentRef, ctx: CallContext) -> tuple[PaymentStatus, CallRecord]:
+        """Ask the bank what became of a payment, by idempotency key (and provider reference if known)."""
+        ...

@@ -9,6 +9,7 @@ import msgspec
 
 from ._contract import BankConnector, ConnectorConfig
 from .null import NullConfig, NullConnector
+from .rest import RestConfig, RestConnector
 
 
 class ConnectorKind(msgspec.Struct, frozen=True):
@@ -19,10 +20,11 @@ class ConnectorKind(msgspec.Struct, frozen=True):
 
 KINDS: dict[str, ConnectorKind] = {
     "null": ConnectorKind("null", NullConfig, NullConnector),
+    "rest": ConnectorKind("rest", RestConfig, RestConnector),
 }
 
 # The union msgspec decodes ``[[connectors]]`` into; extend it with every kind added to KINDS.
-AnyConnectorConfig = NullConfig
+AnyConnectorConfig = NullConfig | RestConfig
 
 
 def build_connector(config: ConnectorConfig) -> BankConnector:

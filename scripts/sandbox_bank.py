@@ -1,0 +1,320 @@
+"""The sandbox bank: the bank side of the ``rest`` connector, over real sockets, for the demo, tests and benches.
+
+It verifies HMAC signatures and timestamps, keeps idempotency records (same key and body: the same answer,
+marked ``Idempotent-Replayed``; same key, other body: 409), keeps a ledger of every payment it executed, settles
+accepted payments after a delay (or rejects some), signs its responses, and injects faults chosen at run time
+over ``POST /admin/faults``: latency, 5xx, 429 with Retry-After, connection resets, hangs, garbage bodies and
+wrong signatures. Resets, hangs, garbage and bad signatures happen after the payment executed half the time:
+the client cannot know, which is exactly what idempotency keys are for.
+
+Run: ``python scripts/sandbox_bank.py --port 0`` prints ``sandbox bank listening on http://127.0.0.1:PORT``.
+Admin (no auth, loopback only): ``GET /admin/ledger``, ``GET/POST /admin/faults``, ``GET /admin/stats``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import hmac
+import itertools
+import json
+import random
+import socket
+import struct
+import sys
+import time
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import h11
+import trio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from connectors._signing import sign_response, verify_request  # noqa: E402
+
+MAX_BODY = 1 << 20
+FAULT_KEYS = ("latency_ms", "error_rate", "rate_limit_rate", "retry_after", "reset_rate", "hang_rate",
+              "garbage_rate", "bad_signature_rate")
+
+
+class Faults:
+    def __init__(self) -> None:
+        self.latency_ms = 0.0
+        self.error_rate = 0.0
+        self.rate_limit_rate = 0.0
+        self.retry_after = 1.0
+        self.reset_rate = 0.0
+        self.hang_rate = 0.0
+        self.garbage_rate = 0.0
+        self.bad_signature_rate = 0.0
+
+    def update(self, values: dict[str, Any]) -> None:
+        for key, value in values.items():
+            if key not in FAULT_KEYS:
+                raise ValueError(f"unknown fault {key!r}; known: {', '.join(FAULT_KEYS)}")
+            setattr(self, key, float(value))
+
+    def as_dict(self) -> dict[str, float]:
+        return {key: getattr(self, key) for key in FAULT_KEYS}
+
+
+class Reply:
+    def __init__(self, status: int, body: Any = None, headers: dict[str, str] | None = None, *,
+                 fault: str | None = None) -> None:
+        self.status = status
+        self.body = b"" if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+        self.headers = headers or {}
+        self.fault = fault  # "reset", "hang", "garbage", "bad_signature"
+
+
+class Bank:
+    def __init__(self, *, key_id: str, secret: bytes, settle_delay: float, reject_rate: float,
+                 rng: random.Random, max_skew: float = 300.0) -> None:
+        self.key_id = key_id
+        self.secret = secret
+        self.settle_delay = settle_delay
+        self.reject_rate = reject_rate
+        self.rng = rng
+        self.max_skew = max_skew
+        self.faults = Faults()
+        self.ledger: list[dict[str, Any]] = []
+        self.by_id: dict[str, dict[str, Any]] = {}
+        self.by_key: dict[str, tuple[str, dict[str, Any]]] = {}  # key -> (body digest, payment)
+        self.ids = itertools.count(1)
+        self.stats: dict[str, int] = {"requests": 0, "payments": 0, "replays": 0, "conflicts": 0,
+                                      "auth_failures": 0, "faults": 0}
+        self._due: list[tuple[float, str]] = []
+
+    # -- the API ------------------------------------------------------------------------------------
+
+    async def handle(self, method: str, target: str, headers: dict[str, str], body: bytes) -> Reply:
+        self.stats["requests"] += 1
+        path = urlsplit(target).path
+        if path.startswith("/admin/"):
+            return self.admin(method, path, body)
+        if path == "/health" and method == "GET":
+            return Reply(200, {"status": "ok"})
+        problem = self.authenticate(method, target, headers, body)
+        if problem is not None:
+            self.stats["auth_failures"] += 1
+            return Reply(401, {"error": "unauthorized", "message": problem})
+        if path == "/payments" and method == "POST":
+            return await self.create_payment(headers, body)
+        if path == "/payments" and method == "GET":
+            key = parse_qs(urlsplit(target).query).get("idempotency_key", [""])[0]
+            found = self.by_key.get(key)
+            return Reply(200, self.view(found[1])) if found else Reply(404, {"error": "not_found"})
+        if path.startswith("/payments/") and method == "GET":
+            payment = self.by_id.get(path.removeprefix("/payments/"))
+            return Reply(200, self.view(payment)) if payment else Reply(404, {"error": "not_found"})
+        return Reply(404, {"error": "not_found", "message": f"no route {method} {path}"})
+
+    def authenticate(self, method: str, target: str, headers: dict[str, str], body: bytes) -> str | None:
+        if headers.get("x-key-id") != self.key_id:
+            return "unknown key id"
+        return verify_request(self.secret, headers.get("x-signature", ""), method, target,
+                              headers.get("x-timestamp", ""), body, now=time.time(), max_skew=self.max_skew)
+
+    async def create_payment(self, headers: dict[str, str], body: bytes) -> Reply:
+        key = headers.get("idempotency-key", "")
+        if not key:
+            return Reply(400, {"error": "validation", "message": "Idempotency-Key header is required"})
+        f = self.faults
+        if f.latency_ms:
+            await trio.sleep(f.latency_ms / 1000 * (0.5 + self.rng.random()))
+        roll = self.rng.random()
+        if roll < f.error_rate:
+            self.stats["faults"] += 1
+            return Reply(503, {"error": "unavailable", "message": "injected 503"})
+        roll -= f.error_rate
+        if roll < f.rate_limit_rate:
+            self.stats["faults"] += 1
+            return Reply(429, {"error": "rate_limited"}, {"Retry-After": f"{f.retry_after:g}"})
+        roll -= f.rate_limit_rate
+        ambiguous = None
+        for name, rate in (("reset", f.reset_rate), ("hang", f.hang_rate), ("garbage", f.garbage_rate),
+                           ("bad_signature", f.bad_signature_rate)):
+            if roll < rate:
+                ambiguous = name
+                break
+            roll -= rate
+        if ambiguous is not None:
+            self.stats["faults"] += 1
+            if self.rng.random() < 0.5:  # fails before executing
+                return Reply(0, fault=ambiguous)
+        reply = self.execute(key, body)
+        if ambiguous is not None:
+            reply.fault = ambiguous
+        return reply
+
+    def execute(self, key: str, body: bytes) -> Reply:
+        digest = hashlib.sha256(body).hexdigest()
+        known = self.by_key.get(key)
+        if known is not None:
+            if known[0] != digest:
+                self.stats["conflicts"] += 1
+                return Reply(409, {"error": "idempotency_conflict",
+                                   "message": "this Idempotency-Key was used with a different request"})
+            self.stats["replays"] += 1
+            return Reply(201, self.view(known[1]), {"Idempotent-Replayed": "true"})
+        try:
+            request = json.loads(body)
+            amount = Decimal(str(request["amount"]))
+            currency = str(request["currency"])
+            account = str(request["creditor"]["account"])
+            if amount <= 0 or len(currency) != 3 or not account:
+                raise ValueError("amount must be positive, currency 3 letters, creditor.account set")
+        except (ValueError, KeyError, TypeError, InvalidOperation) as exc:
+            return Reply(400, {"error": "validation", "message": f"bad payment request: {exc}"})
+        payment = {
+            "id": f"pay_{next(self.ids):08d}", "idempotency_key": key, "reference": request.get("reference"),
+            "amount": str(amount), "currency": currency, "creditor_account": account, "status": "accepted",
+            "reason_code": None, "executed_at": time.time(),
+        }
+        self.by_key[key] = (digest, payment)
+        self.by_id[payment["id"]] = payment
+        self.ledger.append(payment)
+        self.stats["payments"] += 1
+        self._due.append((time.monotonic() + self.settle_delay, payment["id"]))
+        return Reply(201, self.view(payment))
+
+    @staticmethod
+    def view(payment: dict[str, Any]) -> dict[str, Any]:
+        return {"id": payment["id"], "status": payment["status"], "reason_code": payment["reason_code"],
+                "amount": payment["amount"], "currency": payment["currency"]}
+
+    def admin(self, method: str, path: str, body: bytes) -> Reply:
+        if path == "/admin/faults":
+            if method == "POST":
+                try:
+                    self.faults.update(json.loads(body or b"{}"))
+                except (ValueError, TypeError) as exc:
+                    return Reply(400, {"error": "validation", "message": str(exc)})
+            return Reply(200, self.faults.as_dict())
+        if path == "/admin/ledger":
+            return Reply(200, {"payments": self.ledger})
+        if path == "/admin/stats":
+            return Reply(200, {**self.stats, "ledger": len(self.ledger)})
+        return Reply(404, {"error": "not_found"})
+
+    # -- settlement ---------------------------------------------------------------------------------
+
+    async def settle_forever(self) -> None:
+        while True:
+            await trio.sleep(0.02)
+            now = time.monotonic()
+            due = [d for d in self._due if d[0] <= now]
+            if not due:
+                continue
+            self._due = [d for d in self._due if d[0] > now]
+            for _, pid in due:
+                payment = self.by_id[pid]
+                if self.rng.random() < self.reject_rate:
+                    payment["status"], payment["reason_code"] = "rejected", "AC04"  # closed account
+                else:
+                    payment["status"] = "settled"
+
+    # -- HTTP/1.1 over trio, with h11 ----------------------------------------------------------------
+
+    async def serve_connection(self, stream: trio.SocketStream) -> None:
+        conn = h11.Connection(h11.SERVER)
+        try:
+            while True:
+                request = await self._read_request(conn, stream)
+                if request is None:
+                    return
+                method, target, headers, body = request
+                reply = await self.handle(method, target, headers, body)
+                if reply.fault == "reset":
+                    sock = stream.socket
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    await stream.aclose()
+                    return
+                if reply.fault == "hang":
+                    await trio.sleep_forever()
+                await self._write(conn, stream, reply)
+                if conn.our_state is h11.MUST_CLOSE:
+                    return
+                conn.start_next_cycle()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, h11.RemoteProtocolError):
+            return
+        finally:
+            await stream.aclose()
+
+    @staticmethod
+    async def _read_request(conn: h11.Connection, stream: trio.SocketStream
+                            ) -> tuple[str, str, dict[str, str], bytes] | None:
+        method = target = ""
+        headers: dict[str, str] = {}
+        body = bytearray()
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                data = await stream.receive_some(65536)
+                conn.receive_data(data)
+                if not data and conn.their_state is not h11.SEND_BODY:
+                    return None
+                continue
+            if isinstance(event, h11.Request):
+                method, target = event.method.decode(), event.target.decode()
+                headers = {k.decode().lower(): v.decode() for k, v in event.headers}
+            elif isinstance(event, h11.Data):
+                body += event.data
+                if len(body) > MAX_BODY:
+                    return None
+            elif isinstance(event, h11.EndOfMessage):
+                return method, target, headers, bytes(body)
+            elif isinstance(event, h11.ConnectionClosed):
+                return None
+
+    async def _write(self, conn: h11.Connection, stream: trio.SocketStream, reply: Reply) -> None:
+        body = b'{"id": "pay_\x00garbage' if reply.fault == "garbage" else reply.body
+        timestamp = int(time.time())
+        signature = sign_response(self.secret, reply.status, timestamp, body)
+        if reply.fault == "bad_signature":
+            signature = hmac.new(b"wrong", signature.encode(), hashlib.sha256).hexdigest()
+        headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
+                   ("X-Timestamp", str(timestamp)), ("X-Signature", signature), *reply.headers.items()]
+        data = conn.send(h11.Response(status_code=reply.status, headers=headers))
+        data += conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage())
+        await stream.send_all(data)
+
+    async def serve(self, host: str, port: int, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
+                    ) -> None:
+        listeners = await trio.open_tcp_listeners(port, host=host, backlog=1024)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.settle_forever)
+            await nursery.start(trio.serve_listeners, self.serve_connection, listeners)
+            task_status.started(listeners[0].socket.getsockname()[1])
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="The molamd sandbox bank.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--key-id", default="molamd-demo")
+    parser.add_argument("--secret", default="sandbox-hmac-secret", help="HMAC secret shared with molamd")
+    parser.add_argument("--settle-delay", type=float, default=0.2, help="seconds from accepted to settled")
+    parser.add_argument("--reject-rate", type=float, default=0.0, help="share of payments the bank rejects")
+    parser.add_argument("--faults", default="{}", help='JSON, e.g. {"error_rate": 0.2, "hang_rate": 0.05}')
+    parser.add_argument("--seed", type=int, default=None)
+    return parser.parse_args(argv)
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    bank = Bank(key_id=args.key_id, secret=args.secret.encode(), settle_delay=args.settle_delay,
+                reject_rate=args.reject_rate, rng=random.Random(args.seed))
+    bank.faults.update(json.loads(args.faults))
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(bank.serve, args.host, args.port)
+        print(f"sandbox bank listening on http://{args.host}:{port}", flush=True)
+
+
+if __name__ == "__main__":
+    try:
+        trio.run(main_async, parse_args())
+    except KeyboardInterrupt:
+        pass
