@@ -11,6 +11,7 @@ payment that may have reached the bank is retried with its idempotency key, whic
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import uuid
 from collections.abc import Awaitable, Callable
@@ -238,10 +239,9 @@ class ConnectorActor(Actor[ConnectorMsg]):
                 self._idle.set()
                 if self._dispatch is DispatchState.DRAINING:
                     self._dispatch = DispatchState.DRAINED
-            try:
+            # The caller may have stopped waiting (its own deadline): then the result is not needed.
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, trio.WouldBlock):
                 reply.send_nowait(outcome)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, trio.WouldBlock):
-                pass  # the caller stopped waiting (its own deadline); the result is not needed
             reply.close()
 
     async def _guarded(

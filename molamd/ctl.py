@@ -30,7 +30,14 @@ ARITY: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "reload": ((), ()),
     "stats": ((), ()),
     "watch": ((), ()),
+    "health": (("name",), ()),
+    "logs": (("name",), ()),
+    "reset-circuit": (("name",), ()),
+    "force-open": (("name",), ()),
+    "set-rate": (("name", "rate"), ("burst",)),
+    "dlq": (("action",), ("id", "reason")),
 }
+NUMBERS: dict[str, type] = {"rate": float, "burst": int, "id": int}
 
 
 class Unreachable(Exception):
@@ -122,7 +129,8 @@ def print_mapping(value: Any, out: TextIO, prefix: str = "") -> None:
 
 CONNECTOR_COLUMNS = [
     ("name", "NAME"), ("kind", "KIND"), ("bank_profile", "PROFILE"), ("priority", "PRIO"), ("state", "STATE"),
-    ("dispatch", "DISPATCH"), ("restarts", "RESTARTS"), ("mailbox_depth", "MAILBOX"), ("health", "HEALTH"),
+    ("dispatch", "DISPATCH"), ("breaker", "BREAKER"), ("restarts", "RESTARTS"), ("mailbox_depth", "MAILBOX"),
+    ("health", "HEALTH"),
     ("uptime_seconds", "UPTIME_S"), ("last_error", "LAST_ERROR"),
 ]
 
@@ -130,6 +138,13 @@ CONNECTOR_COLUMNS = [
 def print_result(cmd: str, result: Any, out: TextIO) -> None:
     if cmd == "connectors":
         print_table(result, CONNECTOR_COLUMNS, out)
+    elif cmd == "logs":
+        print_table(result, [("at", "AT"), ("operation", "OPERATION"), ("outcome", "OUTCOME"),
+                             ("error_code", "ERROR"), ("http_status", "HTTP"), ("duration_seconds", "SECONDS"),
+                             ("payout_slice_id", "SLICE"), ("trace_id", "TRACE")], out)
+    elif cmd == "dlq" and isinstance(result, list):
+        print_table(result, [("id", "ID"), ("payout_id", "PAYOUT"), ("amount", "AMOUNT"), ("currency", "CUR"),
+                             ("attempts", "ATTEMPTS"), ("connector", "CONNECTOR"), ("last_error", "LAST_ERROR")], out)
     elif cmd in ("pause", "resume", "drain"):
         rows = [{"name": n, **r} for n, r in result["connectors"].items()]
         print_table(rows, [("name", "NAME"), ("dispatch", "DISPATCH"), ("error", "ERROR")], out)
@@ -152,6 +167,8 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, dict[str, Any]]:
                         help=f"control socket (default: $MOLAMD_SOCKET or {DEFAULT_SOCKET})")
     parser.add_argument("--json", action="store_true", help="print the raw JSON result")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for a reply (default 30)")
+    parser.add_argument("--limit", type=int, help="logs: how many rows (default 20)")
+    parser.add_argument("--all", action="store_true", help="dlq retry: every dead slice")
     parser.add_argument("command", help=", ".join(ARITY))
     parser.add_argument("args", nargs="*")
     ns = parser.parse_args(argv)
@@ -160,7 +177,18 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, dict[str, Any]]:
         parser.error(f"{ns.command} needs: {' '.join(n.upper() for n in required)}")
     if len(ns.args) > len(required) + len(optional):
         parser.error(f"{ns.command}: too many arguments")
-    return ns, dict(zip(required + optional, ns.args, strict=False))
+    args: dict[str, Any] = dict(zip(required + optional, ns.args, strict=False))
+    for key, kind in NUMBERS.items():
+        if key in args:
+            try:
+                args[key] = kind(args[key])
+            except ValueError:
+                parser.error(f"{ns.command}: {key.upper()} must be a number, got {args[key]!r}")
+    if ns.limit is not None:
+        args["limit"] = ns.limit
+    if ns.all:
+        args["all"] = True
+    return ns, args
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -57,6 +57,29 @@ class Metrics:
             "molamd_control_request_duration_seconds", "Time to answer a control request", ["command"],
             registry=r, buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0, 5.0),
         )
+        self.connector_requests = Counter(
+            "molamd_connector_requests", "Calls to banks", ["connector", "operation", "outcome"], registry=r)
+        self.connector_duration = Histogram(
+            "molamd_connector_request_duration_seconds", "Duration of calls to banks", ["connector", "operation"],
+            registry=r, buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+        )
+        self.connector_failures = Counter(
+            "molamd_connector_failures", "Failed calls to banks by error", ["connector", "error"], registry=r)
+        self.breaker_state = Gauge(
+            "molamd_circuit_breaker_state", "1 for the state each connector's breaker is in",
+            ["connector", "state"], registry=r)
+        self.breaker_transitions = Counter(
+            "molamd_circuit_breaker_transitions", "Breaker state changes", ["connector", "from_state", "to_state"],
+            registry=r)
+        self.limiter_wait = Histogram(
+            "molamd_rate_limiter_wait_seconds", "Time calls waited for the rate limiter", ["connector"], registry=r,
+            buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0))
+        self.payout_slices = Gauge(
+            "molamd_payout_slices", "Payout slices by status and currency (refreshed by telemetry)",
+            ["status", "currency"], registry=r)
+        self.dlq_slices = Gauge("molamd_dlq_slices", "Payout slices in the dead-letter queue", registry=r)
+        self.connector_up = Gauge("molamd_connector_up", "1 when the last health check passed", ["connector"],
+                                  registry=r)
         self.reload_successful.set(1)
 
     def watch_supervisors(self, supervisors: Callable[[], Iterable[Supervisor]]) -> None:

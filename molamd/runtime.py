@@ -16,29 +16,60 @@ import trio
 
 from actors import (
     Backoff,
+    BreakerState,
     ChildSpec,
     ConnectorActor,
+    Dispatcher,
+    DispatcherSettings,
+    FollowerSettings,
     HealthChecker,
     HealthResult,
+    Periodic,
     RestartPolicy,
+    StatusFollower,
     Strategy,
     Supervisor,
     SupervisorEvent,
+    UnknownChild,
 )
 from connectors import ConnectorConfig, build_connector
 
 from . import __version__, db
 from .config import Config, HealthCheckerSection, SupervisionSection, secret_values
+from .config._model import DispatcherSection, StatusFollowerSection
 from .events import EventBus
 from .logs import log, redactor
 from .metrics import Metrics
+from .payouts import PayoutStore
 from .sdnotify import Notifier
+from .telemetry import Telemetry
 
 logger = logging.getLogger("molamd.runtime")
 
 CONNECTORS = "connectors"
 WORKERS = "workers"
 HEALTH_CHECKER = "health_checker"
+DISPATCHER = "dispatcher"
+STATUS_FOLLOWER = "status_follower"
+TELEMETRY = "telemetry"
+
+
+def dispatcher_settings(section: DispatcherSection) -> DispatcherSettings:
+    return DispatcherSettings(
+        batch_size=section.batch_size, lease=section.lease.seconds, idle_poll=section.idle_poll.seconds,
+        max_in_flight=section.max_in_flight, flush_interval=section.flush_interval.seconds,
+        call_timeout=section.call_timeout.seconds, first_status_check=section.first_status_check.seconds,
+        retry_backoff=Backoff(initial=section.retry_initial.seconds, maximum=section.retry_max.seconds, jitter=1.0),
+    )
+
+
+def follower_settings(section: StatusFollowerSection) -> FollowerSettings:
+    return FollowerSettings(
+        batch_size=section.batch_size, interval=section.interval.seconds, lease=section.lease.seconds,
+        concurrency=section.concurrency, call_timeout=section.call_timeout.seconds,
+        unknown_after=section.unknown_after.seconds,
+        backoff=Backoff(initial=section.backoff_initial.seconds, maximum=section.backoff_max.seconds),
+    )
 
 
 def restart_policy(section: SupervisionSection) -> RestartPolicy:
@@ -66,6 +97,10 @@ class Runtime:
         self.reload_lock = trio.Lock()
         self.nursery: trio.Nursery | None = None
         self.db = db.Database(config.database, metrics=self.metrics, on_up=self.sync_registry)
+        self.telemetry = Telemetry(self.metrics, self.db, self.host_id)
+        self.store = PayoutStore(self.db, self.host_id)
+        self._routes: dict[str, list[ConnectorConfig]] = {}
+        self.index_routes(config)
         policy = restart_policy(config.supervision)
         self.connectors = Supervisor(
             CONNECTORS,
@@ -84,18 +119,54 @@ class Runtime:
     # -- specs --------------------------------------------------------------------------------------
 
     def connector_spec(self, config: ConnectorConfig) -> ChildSpec:
+        self.telemetry.set_breaker(config.name, BreakerState.CLOSED)
         return ChildSpec(
             name=config.name,
-            factory=lambda: ConnectorActor(config, build_connector(config)),
+            factory=lambda: ConnectorActor(config, build_connector(config), observer=self.telemetry),
             shutdown_grace=config.shutdown_grace.seconds,
         )
 
     def worker_specs(self, config: Config) -> list[ChildSpec]:
         specs = []
-        health = config.workers.health_checker
-        if health.enabled:
+        workers = config.workers
+        grace = config.daemon.shutdown_grace.seconds
+        if workers.telemetry.enabled:
+            interval = workers.telemetry.interval.seconds
+            specs.append(ChildSpec(name=TELEMETRY, factory=lambda: Periodic(TELEMETRY, interval, self.telemetry.tick)))
+        if workers.health_checker.enabled:
+            health = workers.health_checker
             specs.append(ChildSpec(name=HEALTH_CHECKER, factory=lambda: self._health_checker(health)))
+        if workers.dispatcher.enabled:
+            dispatch = dispatcher_settings(workers.dispatcher)
+            specs.append(ChildSpec(name=DISPATCHER, factory=lambda: Dispatcher(self.store, self, dispatch),
+                                   shutdown_grace=grace))
+        if workers.status_follower.enabled:
+            follow = follower_settings(workers.status_follower)
+            specs.append(ChildSpec(name=STATUS_FOLLOWER, factory=lambda: StatusFollower(
+                self.store, self.connector_by_name, follow)))
         return specs
+
+    # -- routing (the dispatcher's Router) ----------------------------------------------------------
+
+    def index_routes(self, config: Config) -> None:
+        routes: dict[str, list[ConnectorConfig]] = {}
+        for entry in config.connectors:
+            routes.setdefault(entry.bank_profile, []).append(entry)
+        for entries in routes.values():
+            entries.sort(key=lambda c: (c.priority, c.name))
+        self._routes = routes
+
+    def candidates(self, bank_profile: str, rail: str, currency: str) -> tuple[int, list[ConnectorActor]]:
+        configured = [c for c in self._routes.get(bank_profile, ()) if c.serves(rail, currency)]
+        available = []
+        for entry in configured:
+            actor = self.connector_actor(entry.name)
+            if actor is not None and actor.accepting:
+                available.append(actor)
+        return len(configured), available
+
+    def connector_by_name(self, name: str | None) -> ConnectorActor | None:
+        return self.connector_actor(name) if name else None
 
     def _health_checker(self, section: HealthCheckerSection) -> HealthChecker:
         return HealthChecker(
@@ -109,7 +180,10 @@ class Runtime:
     # -- lookups ------------------------------------------------------------------------------------
 
     def connector_actor(self, name: str) -> ConnectorActor | None:
-        child = self.connectors.child(name)
+        try:
+            child = self.connectors.child(name)
+        except UnknownChild:
+            return None
         return child if isinstance(child, ConnectorActor) else None
 
     def connector_actors(self) -> list[tuple[str, ConnectorActor | None]]:
@@ -142,6 +216,8 @@ class Runtime:
 
     async def report_health(self, results: Sequence[HealthResult]) -> None:
         by_name = {r.connector: r for r in results}
+        for r in results:
+            self.metrics.connector_up.labels(r.connector).set(1.0 if r.health is not None and r.health.ok else 0.0)
         rows = []
         for info in self.connectors.infos():
             actor = self.connector_actor(info.name)

@@ -14,6 +14,7 @@ Admin (no auth, loopback only): ``GET /admin/ledger``, ``GET/POST /admin/faults`
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import hmac
 import itertools
@@ -33,7 +34,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from connectors._signing import sign_response, verify_request  # noqa: E402
+from connectors._signing import sign_response, verify_request
 
 MAX_BODY = 1 << 20
 FAULT_KEYS = ("latency_ms", "error_rate", "rate_limit_rate", "retry_after", "reset_rate", "hang_rate",
@@ -314,7 +315,5 @@ async def main_async(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    try:
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how the sandbox is stopped by hand
         trio.run(main_async, parse_args())
-    except KeyboardInterrupt:
-        pass

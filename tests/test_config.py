@@ -52,8 +52,13 @@ def test_example_documents_every_key() -> None:
                     assert f"\n{sub} =" in text, f"{section}.{key}.{sub}"
             else:
                 assert f"\n{key} =" in text or f"# {key} =" in text, f"{section}.{key}"
-    for key in ("name", "kind", "bank_profile", "priority", "enabled", "mailbox_size", "shutdown_grace"):
-        assert f"\n{key} =" in text, key
+    from connectors import BreakerConfig, LimitsConfig, NullConfig, RestOptions
+
+    for key in NullConfig.__struct_fields__:
+        assert f"\n{key} =" in text or f"\n[connectors.{key}]" in text, key
+    for struct in (LimitsConfig, BreakerConfig, RestOptions):
+        for key in struct.__struct_fields__:
+            assert f"\n{key} =" in text or f"\n# {key} =" in text, f"{struct.__name__}.{key}"
 
 
 def test_broken_toml() -> None:

@@ -89,6 +89,19 @@ def _check_connectors(config: Config, problems: list[ConfigProblem]) -> None:
             problems.append(ConfigProblem(f"{path}.bank_profile", "must not be empty"))
         if not 1 <= entry.mailbox_size <= 1_000_000:
             problems.append(ConfigProblem(f"{path}.mailbox_size", "must be between 1 and 1000000"))
+        limits = entry.limits
+        if limits.rate <= 0 or limits.burst < 1 or limits.concurrency < 1:
+            problems.append(ConfigProblem(f"{path}.limits", "rate must be positive, burst and concurrency >= 1"))
+        breaker = entry.breaker
+        if not 0 < breaker.failure_rate <= 1 or not 0 < breaker.slow_call_rate <= 1:
+            problems.append(ConfigProblem(f"{path}.breaker", "failure_rate and slow_call_rate must be in (0, 1]"))
+        if breaker.window < 1 or breaker.minimum_calls < 1 or breaker.half_open_calls < 1:
+            problems.append(ConfigProblem(f"{path}.breaker", "window, minimum_calls and half_open_calls must be >= 1"))
+        if breaker.open_duration_max.seconds < breaker.open_duration.seconds:
+            problems.append(ConfigProblem(f"{path}.breaker.open_duration_max", "must not be below open_duration"))
+        for currency in entry.currencies:
+            if not (len(currency) == 3 and currency.isalpha() and currency.isupper()):
+                problems.append(ConfigProblem(f"{path}.currencies", f"{currency!r} is not an ISO 4217 code"))
 
 
 def _check_control(config: Config, problems: list[ConfigProblem]) -> None:
@@ -141,6 +154,15 @@ def _check_supervision(config: Config, problems: list[ConfigProblem]) -> None:
 
 
 def _check_workers(config: Config, problems: list[ConfigProblem]) -> None:
+    d = config.workers.dispatcher
+    if d.batch_size < 1 or d.max_in_flight < 1:
+        problems.append(ConfigProblem("$.workers.dispatcher.batch_size", "batch_size and max_in_flight must be >= 1"))
+    if d.lease.seconds <= d.call_timeout.seconds:
+        problems.append(ConfigProblem("$.workers.dispatcher.lease", "must be longer than call_timeout"))
+    follower = config.workers.status_follower
+    if follower.batch_size < 1 or follower.concurrency < 1:
+        problems.append(ConfigProblem("$.workers.status_follower.batch_size",
+                                      "batch_size and concurrency must be >= 1"))
     health = config.workers.health_checker
     if health.interval.seconds <= 0:
         problems.append(ConfigProblem("$.workers.health_checker.interval", "must be positive"))

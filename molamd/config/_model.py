@@ -78,8 +78,42 @@ class HealthCheckerSection(_Section, frozen=True, kw_only=True, forbid_unknown_f
     concurrency: int = 16
 
 
+class DispatcherSection(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    enabled: bool = True
+    batch_size: int = 200
+    lease: Duration = msgspec.field(default_factory=lambda: _d("60s"))
+    idle_poll: Duration = msgspec.field(default_factory=lambda: _d("200ms"))
+    max_in_flight: int = 256
+    call_timeout: Duration = msgspec.field(default_factory=lambda: _d("30s"))
+    first_status_check: Duration = msgspec.field(default_factory=lambda: _d("500ms"))
+    retry_initial: Duration = msgspec.field(default_factory=lambda: _d("1s"))
+    retry_max: Duration = msgspec.field(default_factory=lambda: _d("5m"))
+    flush_interval: Duration = msgspec.field(default_factory=lambda: _d("20ms"))
+
+
+class StatusFollowerSection(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    enabled: bool = True
+    batch_size: int = 200
+    interval: Duration = msgspec.field(default_factory=lambda: _d("500ms"))
+    lease: Duration = msgspec.field(default_factory=lambda: _d("30s"))
+    concurrency: int = 64
+    call_timeout: Duration = msgspec.field(default_factory=lambda: _d("30s"))
+    unknown_after: Duration = msgspec.field(default_factory=lambda: _d("1h"))
+    backoff_initial: Duration = msgspec.field(default_factory=lambda: _d("500ms"))
+    backoff_max: Duration = msgspec.field(default_factory=lambda: _d("60s"))
+
+
+class TelemetrySection(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    enabled: bool = True
+    # How often audit rows of status and health calls are written, and payout counts refreshed for metrics.
+    interval: Duration = msgspec.field(default_factory=lambda: _d("1s"))
+
+
 class WorkersSection(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     health_checker: HealthCheckerSection = msgspec.field(default_factory=HealthCheckerSection)
+    dispatcher: DispatcherSection = msgspec.field(default_factory=DispatcherSection)
+    status_follower: StatusFollowerSection = msgspec.field(default_factory=StatusFollowerSection)
+    telemetry: TelemetrySection = msgspec.field(default_factory=TelemetrySection)
 
 
 class Config(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):

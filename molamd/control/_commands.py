@@ -10,11 +10,22 @@ from typing import Any
 import msgspec
 import trio
 
-from actors import ActorError, ChildState, ConnectorActor, SupervisorError, UnknownChild
+from actors import (
+    ActorError,
+    ChildState,
+    ConnectorActor,
+    ForceOpen,
+    ResetCircuit,
+    SetRate,
+    SupervisorError,
+    UnknownChild,
+)
 from connectors import encode_hook
 
+from .. import payouts
 from .. import reload as reloading
 from ..config import ConfigError
+from ..db import DatabaseUnavailable
 from ..runtime import Runtime
 from ._protocol import PROTOCOL_VERSION, ControlError, ErrorCode
 
@@ -31,6 +42,24 @@ class NameArg(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 class OptionalName(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     name: str | None = None
+
+
+class SetRateArgs(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    name: str
+    rate: float
+    burst: int | None = None
+
+
+class LogsArgs(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    name: str
+    limit: int = 20
+
+
+class DlqArgs(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    action: str
+    id: int | None = None
+    all: bool = False
+    reason: str = "dropped by an operator"
 
 
 Handler = Callable[[Runtime, Any], Awaitable[Any]]
@@ -97,6 +126,7 @@ def _connector_row(rt: Runtime, name: str) -> dict[str, Any]:
         "mailbox_depth": None,
         "mailbox_size": spec_config.mailbox_size if spec_config else None,
         "in_flight": None,
+        "breaker": None,
         "health": None,
         "last_error": info.last_error,
     }
@@ -105,6 +135,7 @@ def _connector_row(rt: Runtime, name: str) -> dict[str, Any]:
         row["dispatch"] = snap.dispatch.value
         row["mailbox_depth"] = snap.actor.mailbox_depth
         row["in_flight"] = snap.in_flight
+        row["breaker"] = snap.breaker.state.value
         if snap.last_health is not None:
             row["health"] = "ok" if snap.last_health.ok else "failing"
     return row
@@ -215,6 +246,92 @@ async def restart(rt: Runtime, args: NameArg) -> dict[str, Any]:
     raise ControlError(ErrorCode.NOT_FOUND, f"no connector or worker named {args.name!r}")
 
 
+def _actor(rt: Runtime, name: str) -> ConnectorActor:
+    _known(rt, name)
+    actor = rt.connector_actor(name)
+    if actor is None:
+        raise ControlError(ErrorCode.BUSY, f"{name} is not running ({rt.connectors.info(name).state.value})")
+    return actor
+
+
+async def health(rt: Runtime, args: NameArg) -> dict[str, Any]:
+    actor = _actor(rt, args.name)
+    try:
+        result = await actor.check_health(timeout=ASK_TIMEOUT)
+    except ActorError as exc:
+        raise ControlError(ErrorCode.BUSY, str(exc)) from None
+    return {"name": args.name, **_to_builtins(result), "breaker": _to_builtins(actor.breaker.snapshot())}
+
+
+async def reset_circuit(rt: Runtime, args: NameArg) -> dict[str, Any]:
+    state = await _actor(rt, args.name).ask(ResetCircuit(), timeout=ASK_TIMEOUT)
+    return {"name": args.name, "breaker": state.value}
+
+
+async def force_open(rt: Runtime, args: NameArg) -> dict[str, Any]:
+    state = await _actor(rt, args.name).ask(ForceOpen(), timeout=ASK_TIMEOUT)
+    return {"name": args.name, "breaker": state.value}
+
+
+async def set_rate(rt: Runtime, args: SetRateArgs) -> dict[str, Any]:
+    actor = _actor(rt, args.name)
+    burst = args.burst if args.burst is not None else actor.limiter.burst
+    if args.rate <= 0 or burst < 1:
+        raise ControlError(ErrorCode.BAD_ARGS, "set-rate: RATE must be positive and BURST at least 1")
+    result = await actor.ask(SetRate(args.rate, burst), timeout=ASK_TIMEOUT)
+    return {"name": args.name, **result}
+
+
+def _database(exc: DatabaseUnavailable) -> ControlError:
+    return ControlError(ErrorCode.UNAVAILABLE, f"database unavailable: {exc}")
+
+
+async def logs(rt: Runtime, args: LogsArgs) -> list[dict[str, Any]]:
+    if not 1 <= args.limit <= 1000:
+        raise ControlError(ErrorCode.BAD_ARGS, "logs: --limit must be between 1 and 1000")
+
+    def query(conn: Any) -> list[dict[str, Any]]:
+        rows = conn.execute(
+            "SELECT at::text, trace_id, operation, round(duration_seconds::numeric, 4)::float8, outcome, error_code,"
+            " http_status, payout_slice_id, request, response FROM bank_connector_logs WHERE connector_name = %s"
+            " ORDER BY at DESC, id DESC LIMIT %s", (args.name, args.limit)).fetchall()
+        keys = ("at", "trace_id", "operation", "duration_seconds", "outcome", "error_code", "http_status",
+                "payout_slice_id", "request", "response")
+        return [dict(zip(keys, row, strict=True)) for row in rows]
+
+    try:
+        return await rt.db.transaction(query)
+    except DatabaseUnavailable as exc:
+        raise _database(exc) from None
+
+
+async def dlq(rt: Runtime, args: DlqArgs) -> Any:
+    who = f"molamctl pid {rt.pid}"
+    try:
+        if args.action == "list":
+            rows = await rt.db.transaction(lambda c: payouts.dlq_list(c, 100))
+            return [_to_builtins(r) for r in rows]
+        if args.action == "retry":
+            if args.id is None and not args.all:
+                raise ControlError(ErrorCode.BAD_ARGS, "dlq retry needs an ID or --all")
+            ids = None if args.all else [args.id]
+            retried = await rt.db.transaction(lambda c: payouts.dlq_retry(c, ids, who))  # type: ignore[arg-type]
+            if args.id is not None and not retried:
+                raise ControlError(ErrorCode.NOT_FOUND, f"payout slice {args.id} is not in the dead-letter queue")
+            return {"retried": retried}
+        if args.action == "drop":
+            if args.id is None:
+                raise ControlError(ErrorCode.BAD_ARGS, "dlq drop needs an ID")
+            slice_id = args.id
+            dropped = await rt.db.transaction(lambda c: payouts.dlq_drop(c, slice_id, who, args.reason))
+            if not dropped:
+                raise ControlError(ErrorCode.NOT_FOUND, f"payout slice {slice_id} is not in the dead-letter queue")
+            return {"dropped": slice_id, "status": "failed", "audited": True}
+    except DatabaseUnavailable as exc:
+        raise _database(exc) from None
+    raise ControlError(ErrorCode.BAD_ARGS, f"dlq: unknown action {args.action!r}; use list, retry or drop")
+
+
 async def reload(rt: Runtime, args: NoArgs) -> dict[str, Any]:
     try:
         result = await reloading.reload(rt)
@@ -239,6 +356,12 @@ COMMANDS: dict[str, Command] = {
         Command("drain", OptionalName, True, drain),
         Command("restart", NameArg, True, restart),
         Command("reload", NoArgs, True, reload),
+        Command("health", NameArg, False, health),
+        Command("logs", LogsArgs, False, logs),
+        Command("reset-circuit", NameArg, True, reset_circuit),
+        Command("force-open", NameArg, True, force_open),
+        Command("set-rate", SetRateArgs, True, set_rate),
+        Command("dlq", DlqArgs, True, dlq),
     )
 }
 

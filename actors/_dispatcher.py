@@ -1,0 +1,285 @@
+"""The dispatcher: claims payout slices, routes each to a connector actor, records what the bank said.
+
+Design §6. Claims come in batches (``FOR UPDATE SKIP LOCKED`` with a lease, in the store). Routing: slice →
+treasury account → bank profile → the connectors that serve its rail and currency, by priority; paused,
+draining, failed or open-circuit connectors are skipped and the next is tried. A slice no configured
+connector can ever take goes to ``dead`` with the reason; one whose connectors are all unavailable right now
+goes back to ``pending`` and that is not an attempt. A slice is marked ``sending`` (an attempt) in the
+database before the bank is called, so a crash leaves evidence: a slice recovered from ``sending`` is first
+looked up at the bank by its idempotency key, and only sent again (with the same key) if the bank has not
+got it. Retryable failures are durable (``retry_scheduled`` with backoff or the bank's Retry-After); past
+``max_attempts`` the slice is looked up once more and otherwise goes to ``dead``.
+
+Results and their audit records are written together, in batches, by one flusher. Stopping (drain) stops
+claiming, lets calls in flight finish within the grace and flushes; anything cut short stays ``sending``
+under its lease and is recovered as above.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import msgspec
+import trio
+
+from connectors import (
+    Busy,
+    CallRecord,
+    CircuitOpen,
+    ConnectorError,
+    PaymentRef,
+    PaymentState,
+    RateLimited,
+    Rejected,
+    SendResult,
+)
+
+from ._actor import Actor
+from ._backoff import Backoff
+from ._connector_actor import ConnectorActor
+from ._payout_types import Claimed, Outcome, OutcomeKind, PayoutStore
+
+logger = logging.getLogger("molamd.dispatcher")
+
+
+class Router(Protocol):
+    def candidates(self, bank_profile: str, rail: str, currency: str) -> tuple[int, list[ConnectorActor]]:
+        """(how many connectors are configured for this route, the ones accepting work now by priority)."""
+        ...
+
+
+class DispatcherSettings(msgspec.Struct, frozen=True, kw_only=True):
+    batch_size: int = 200
+    lease: float = 60.0
+    idle_poll: float = 0.2
+    max_in_flight: int = 256
+    flush_interval: float = 0.02
+    call_timeout: float = 30.0  # the connector's own call timeout applies inside this
+    first_status_check: float = 0.5
+    retry_backoff: Backoff = msgspec.field(default_factory=lambda: Backoff(initial=1.0, maximum=300.0, jitter=1.0))
+
+
+class Wake(msgspec.Struct, frozen=True):
+    pass
+
+
+def _describe(exc: ConnectorError) -> str:
+    return f"{exc.code}: {exc}"
+
+
+class Dispatcher(Actor[Wake]):
+    def __init__(self, store: PayoutStore, router: Router, settings: DispatcherSettings,
+                 rng: random.Random | None = None) -> None:
+        super().__init__("dispatcher", mailbox_size=16)
+        self._store = store
+        self._router = router
+        self.settings = settings
+        self._rng = rng or random.Random()
+        self._in_flight = 0
+        self._idle = trio.Event()
+        self._idle.set()
+        self._room = trio.Event()
+        self._wake = trio.Event()
+        self._outcomes: list[Outcome] = []
+        self._audit: list[CallRecord] = []
+        self._flushed = trio.Event()
+        self.counts: dict[str, int] = {}
+
+    async def setup(self) -> None:
+        self.nursery.start_soon(self._claim_loop)
+        self.nursery.start_soon(self._flush_loop)
+
+    async def handle(self, msg: Wake) -> None:
+        self._wake.set()
+
+    def request_stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        super().request_stop()
+
+    _stopping = False
+
+    async def drained(self) -> None:
+        await self._idle.wait()
+        await self._flush()
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    # -- claiming and routing ------------------------------------------------------------------------
+
+    async def _claim_loop(self) -> None:
+        failures = 0
+        while not self._stopping:
+            room = self.settings.max_in_flight - self._in_flight
+            if room < max(1, min(self.settings.batch_size, self.settings.max_in_flight) // 4):
+                self._room = trio.Event()
+                await self._room.wait()
+                continue
+            try:
+                claimed = await self._store.claim(min(room, self.settings.batch_size), self.settings.lease)
+                sent = await self._dispatch(claimed) if claimed else 0
+            except Exception as exc:
+                if not getattr(exc, "retryable", False):
+                    raise
+                failures += 1
+                logger.warning("dispatcher: store unavailable (%s); retrying", exc)
+                await trio.sleep(Backoff(initial=0.2, maximum=5.0).delay(failures, self._rng))
+                continue
+            failures = 0
+            if not sent:
+                with trio.move_on_after(self.settings.idle_poll):
+                    await self._wake.wait()
+                self._wake = trio.Event()
+
+    async def _dispatch(self, claimed: Sequence[Claimed]) -> int:
+        """Route a claimed batch; returns how many sends started."""
+        assignments: list[tuple[int, str]] = []
+        routes: dict[int, tuple[Claimed, list[ConnectorActor]]] = {}
+        for c in claimed:
+            s = c.slice
+            if c.account_currency != s.currency:
+                self._emit(Outcome(slice_id=s.id, kind=OutcomeKind.DEAD, error=(
+                    f"currency {s.currency} does not match treasury account currency {c.account_currency}")))
+                continue
+            configured, available = self._router.candidates(c.bank_profile, s.rail, s.currency)
+            if not configured:
+                self._emit(Outcome(slice_id=s.id, kind=OutcomeKind.DEAD, error=(
+                    f"no connector serves bank profile {c.bank_profile!r}, rail {s.rail!r}, currency {s.currency}")))
+            elif not available:
+                self._emit(Outcome(slice_id=s.id, kind=OutcomeKind.RELEASE))
+            elif c.recovering:
+                self._start(self._recover, c, available)
+            else:
+                assignments.append((s.id, available[0].name))
+                routes[s.id] = (c, available)
+        if not assignments:
+            return len(routes)
+        held = await self._store.mark_sending(assignments, self.settings.lease)
+        for slice_id in held:
+            claimed_slice, available = routes[slice_id]
+            self._start(self._send, claimed_slice, available)
+        return len(held)
+
+    def _start(self, fn: Any, claimed: Claimed, available: list[ConnectorActor]) -> None:
+        self._in_flight += 1
+        self._idle = trio.Event()
+        self.nursery.start_soon(self._run, fn, claimed, available)
+
+    async def _run(self, fn: Any, claimed: Claimed, available: list[ConnectorActor]) -> None:
+        try:
+            await fn(claimed, available)
+        finally:
+            self._in_flight -= 1
+            self._room.set()
+            if self._in_flight == 0:
+                self._idle.set()
+
+    # -- one slice -----------------------------------------------------------------------------------
+
+    async def _send(self, c: Claimed, available: list[ConnectorActor]) -> None:
+        attempt = c.attempts + 1
+        for actor in available:
+            try:
+                result, record = await actor.send(c.slice, timeout=self.settings.call_timeout)
+            except (Busy, CircuitOpen):
+                continue  # not an attempt at this connector: fall back to the next
+            except ConnectorError as exc:
+                self._emit(await self._failed(c, actor, exc, attempt), exc.record)
+                return
+            self._emit(self._succeeded(c.slice.id, actor.name, result), record)
+            return
+        self._emit(Outcome(slice_id=c.slice.id, kind=OutcomeKind.RELEASE))
+
+    def _succeeded(self, slice_id: int, connector: str, result: SendResult) -> Outcome:
+        if result.state is PaymentState.SETTLED:
+            return Outcome(slice_id=slice_id, kind=OutcomeKind.SETTLED, connector=connector,
+                           provider_ref=result.provider_ref)
+        if result.state is PaymentState.REJECTED:
+            return Outcome(slice_id=slice_id, kind=OutcomeKind.FAILED, connector=connector,
+                           provider_ref=result.provider_ref, error=f"rejected by the bank: {result.reason_code}")
+        return Outcome(slice_id=slice_id, kind=OutcomeKind.SENT, connector=connector, provider_ref=result.provider_ref,
+                       delay=self.settings.first_status_check)
+
+    async def _failed(self, c: Claimed, actor: ConnectorActor, exc: ConnectorError, attempt: int) -> Outcome:
+        sid = c.slice.id
+        if isinstance(exc, Rejected):
+            return Outcome(slice_id=sid, kind=OutcomeKind.FAILED, connector=actor.name, error=_describe(exc))
+        if not exc.retryable:
+            return Outcome(slice_id=sid, kind=OutcomeKind.DEAD, connector=actor.name,
+                           error=f"attempt {attempt}: {_describe(exc)}")
+        if attempt >= c.max_attempts:
+            found = await self._lookup(c, actor)
+            if found is not None:
+                return found
+            return Outcome(slice_id=sid, kind=OutcomeKind.DEAD, connector=actor.name,
+                           error=f"gave up after {attempt} attempts (max_attempts); last: {_describe(exc)}")
+        delay = self.settings.retry_backoff.delay(attempt, self._rng)
+        if isinstance(exc, RateLimited) and exc.retry_after is not None:
+            delay = max(exc.retry_after, 0.0)
+        return Outcome(slice_id=sid, kind=OutcomeKind.RETRY, connector=actor.name, delay=delay,
+                       error=f"attempt {attempt}: {_describe(exc)}")
+
+    async def _lookup(self, c: Claimed, actor: ConnectorActor) -> Outcome | None:
+        """Ask the bank about this slice's key: an Outcome if it has the payment, None if not or unknown."""
+        try:
+            status, _ = await actor.status(PaymentRef(idempotency_key=c.slice.idempotency_key),
+                                           timeout=self.settings.call_timeout)
+        except ConnectorError:
+            return None
+        if status.state is PaymentState.NOT_FOUND or status.provider_ref is None:
+            return None
+        return self._succeeded(c.slice.id, actor.name, SendResult(
+            provider_ref=status.provider_ref, state=status.state, reason_code=status.reason_code))
+
+    async def _recover(self, c: Claimed, available: list[ConnectorActor]) -> None:
+        """A slice found 'sending' after a crash: the bank decides whether it still needs sending."""
+        named = [a for a in available if a.name == c.connector_name] or available
+        try:
+            status, _ = await named[0].status(PaymentRef(idempotency_key=c.slice.idempotency_key),
+                                              timeout=self.settings.call_timeout)
+        except ConnectorError as exc:
+            self._emit(Outcome(slice_id=c.slice.id, kind=OutcomeKind.RETRY, connector=named[0].name,
+                               delay=self.settings.retry_backoff.delay(1, self._rng),
+                               error=f"recovery lookup failed: {_describe(exc)}"))
+            return
+        if status.state is not PaymentState.NOT_FOUND and status.provider_ref is not None:
+            self._emit(self._succeeded(c.slice.id, named[0].name, SendResult(
+                provider_ref=status.provider_ref, state=status.state, reason_code=status.reason_code)))
+            return
+        held = await self._store.mark_sending([(c.slice.id, available[0].name)], self.settings.lease)
+        if c.slice.id in held:
+            await self._send(c, available)
+
+    # -- writing results -----------------------------------------------------------------------------
+
+    def _emit(self, outcome: Outcome, record: CallRecord | None = None) -> None:
+        self._outcomes.append(outcome)
+        if record is not None:
+            self._audit.append(record)
+        self.counts[outcome.kind.value] = self.counts.get(outcome.kind.value, 0) + 1
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await trio.sleep(self.settings.flush_interval)
+            await self._flush()
+
+    async def _flush(self) -> None:
+        if not self._outcomes and not self._audit:
+            return
+        outcomes, audit = self._outcomes, self._audit
+        self._outcomes, self._audit = [], []
+        try:
+            await self._store.record(outcomes, audit)
+        except Exception as exc:
+            # Keep them: the slices stay claimed/sending under our lease until this write succeeds.
+            self._outcomes[:0] = outcomes
+            self._audit[:0] = audit
+            if not getattr(exc, "retryable", False):
+                raise
+            logger.warning("dispatcher: could not record %d outcomes (%s); will retry", len(outcomes), exc)
+            await trio.sleep(0.5)

@@ -1,0 +1,72 @@
+"""Values the dispatcher and the status follower exchange with the payout store (implemented by molamd)."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from typing import Protocol
+
+import msgspec
+
+from connectors import CallRecord, PayoutSlice
+
+
+class Claimed(msgspec.Struct, frozen=True, kw_only=True):
+    slice: PayoutSlice
+    bank_profile: str
+    account_currency: str
+    attempts: int
+    max_attempts: int
+    recovering: bool  # it was 'sending' when its lease ran out: ask the bank before sending again
+    connector_name: str | None = None
+    provider_ref: str | None = None
+
+
+class OutcomeKind(enum.StrEnum):
+    SENT = "sent"
+    SETTLED = "settled"
+    FAILED = "failed"
+    RETRY = "retry"
+    DEAD = "dead"
+    RELEASE = "release"  # not an attempt: back to pending
+
+
+class Outcome(msgspec.Struct, frozen=True, kw_only=True):
+    slice_id: int
+    kind: OutcomeKind
+    connector: str | None = None
+    provider_ref: str | None = None
+    error: str | None = None
+    delay: float = 0.0  # RETRY: seconds until the next attempt; SENT: until the first status check
+
+
+class SentSlice(msgspec.Struct, frozen=True, kw_only=True):
+    slice_id: int
+    idempotency_key: str
+    provider_ref: str | None
+    connector_name: str | None
+    age_seconds: float
+    checks: int
+    flagged: bool
+
+
+class StatusOutcome(msgspec.Struct, frozen=True, kw_only=True):
+    slice_id: int
+    final_status: str | None = None  # "settled" or "failed"; None: still pending
+    error: str | None = None
+    next_check: float = 0.0
+    flag: bool = False
+
+
+class PayoutStore(Protocol):
+    async def claim(self, limit: int, lease: float) -> list[Claimed]: ...
+
+    async def mark_sending(self, assignments: Sequence[tuple[int, str]], lease: float) -> set[int]: ...
+
+    async def record(self, outcomes: Sequence[Outcome], audit: Sequence[CallRecord]) -> int: ...
+
+    async def audit(self, audit: Sequence[CallRecord]) -> None: ...
+
+    async def claim_sent(self, limit: int, lease: float) -> list[SentSlice]: ...
+
+    async def record_status(self, outcomes: Sequence[StatusOutcome], audit: Sequence[CallRecord]) -> None: ...

@@ -1,0 +1,111 @@
+"""The status follower: drives ``sent`` slices to ``settled`` or ``failed`` by asking the bank, with backoff.
+
+A slice whose outcome is still unknown after ``unknown_after`` seconds is flagged (once) for people to look at.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+
+import msgspec
+import trio
+
+from connectors import ConnectorError, PaymentRef, PaymentState
+
+from ._actor import Actor
+from ._backoff import Backoff
+from ._connector_actor import ConnectorActor
+from ._payout_types import PayoutStore, SentSlice, StatusOutcome
+
+logger = logging.getLogger("molamd.status_follower")
+
+
+class FollowerSettings(msgspec.Struct, frozen=True, kw_only=True):
+    batch_size: int = 200
+    interval: float = 0.5
+    lease: float = 30.0
+    concurrency: int = 64
+    call_timeout: float = 30.0
+    unknown_after: float = 3600.0
+    backoff: Backoff = msgspec.field(default_factory=lambda: Backoff(initial=0.5, maximum=60.0, jitter=0.5))
+
+
+class Tick(msgspec.Struct, frozen=True):
+    pass
+
+
+class StatusFollower(Actor[Tick]):
+    def __init__(self, store: PayoutStore, connector: Callable[[str | None], ConnectorActor | None],
+                 settings: FollowerSettings, rng: random.Random | None = None) -> None:
+        super().__init__("status_follower", mailbox_size=4)
+        self._store = store
+        self._lookup = connector
+        self.settings = settings
+        self._rng = rng or random.Random()
+        self._limiter = trio.CapacityLimiter(settings.concurrency)
+        self.flagged = 0
+
+    async def setup(self) -> None:
+        self.nursery.start_soon(self._loop_forever)
+
+    async def handle(self, msg: Tick) -> None:
+        return None
+
+    async def _loop_forever(self) -> None:
+        failures = 0
+        while True:
+            try:
+                batch = await self._store.claim_sent(self.settings.batch_size, self.settings.lease)
+                if batch:
+                    await self._follow(batch)
+            except Exception as exc:
+                if not getattr(exc, "retryable", False):
+                    raise
+                failures += 1
+                await trio.sleep(Backoff(initial=0.2, maximum=5.0).delay(failures, self._rng))
+                continue
+            failures = 0
+            if len(batch) < self.settings.batch_size:
+                await trio.sleep(self.settings.interval)
+
+    async def _follow(self, batch: list[SentSlice]) -> None:
+        outcomes: list[StatusOutcome] = []
+
+        async def one(item: SentSlice) -> None:
+            async with self._limiter:
+                outcomes.append(await self._check(item))
+
+        async with trio.open_nursery() as nursery:
+            for item in batch:
+                nursery.start_soon(one, item)
+        await self._store.record_status(outcomes, [])
+
+    async def _check(self, item: SentSlice) -> StatusOutcome:
+        actor = self._lookup(item.connector_name)
+        next_check = self.settings.backoff.delay(item.checks + 1, self._rng)
+        flag = item.age_seconds > self.settings.unknown_after and not item.flagged
+        if actor is None:
+            return self._pending(item, next_check, flag, f"connector {item.connector_name!r} is not running")
+        try:
+            status, _ = await actor.status(
+                PaymentRef(idempotency_key=item.idempotency_key, provider_ref=item.provider_ref),
+                timeout=self.settings.call_timeout)
+        except ConnectorError as exc:
+            return self._pending(item, next_check, flag, f"status lookup failed: {exc.code}: {exc}")
+        if status.state is PaymentState.SETTLED:
+            return StatusOutcome(slice_id=item.slice_id, final_status="settled")
+        if status.state is PaymentState.REJECTED:
+            return StatusOutcome(slice_id=item.slice_id, final_status="failed",
+                                 error=f"rejected by the bank: {status.reason_code}")
+        if status.state is PaymentState.NOT_FOUND:
+            return self._pending(item, next_check, flag, "the bank does not know this payment")
+        return self._pending(item, next_check, flag, None)
+
+    def _pending(self, item: SentSlice, next_check: float, flag: bool, error: str | None) -> StatusOutcome:
+        if flag:
+            self.flagged += 1
+            logger.warning("payout slice %s: outcome still unknown after %.0fs", item.slice_id, item.age_seconds)
+            error = f"outcome unknown after {item.age_seconds:.0f}s" + (f"; {error}" if error else "")
+        return StatusOutcome(slice_id=item.slice_id, next_check=next_check, flag=flag, error=error)

@@ -1,0 +1,238 @@
+"""The payout queue in PostgreSQL: claims with SKIP LOCKED and leases, results, the status follower's work,
+the dead-letter queue. Each function is one transaction's worth of SQL on a sync psycopg connection; the
+``PayoutStore`` runs them through the database service (one thread hop per transaction).
+
+Every write that settles a claimed slice is guarded by ``claimed_by = this host``: a host whose lease ran out
+and whose slice another host took over cannot overwrite the newer state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from decimal import Decimal
+from typing import Any
+
+import msgspec
+from psycopg.types.json import Jsonb
+
+from actors import Claimed, Outcome, OutcomeKind, SentSlice, StatusOutcome
+from connectors import CallRecord, PayoutSlice
+
+from .db import Database
+
+_CLAIM = """
+WITH picked AS (
+    SELECT s.id, s.status AS previous
+    FROM payout_slices s
+    WHERE s.status = 'pending'
+       OR (s.status = 'retry_scheduled' AND s.next_attempt_at <= now())
+       OR (s.status IN ('claimed', 'sending') AND s.lease_until < now())
+    ORDER BY s.priority DESC, s.id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE payout_slices p
+SET status = 'claimed', claimed_by = %(host)s, lease_until = now() + %(lease)s * interval '1 second'
+FROM picked, treasury_accounts t
+WHERE p.id = picked.id AND t.id = p.treasury_account_id
+RETURNING p.id, p.payout_id, p.idempotency_key, p.amount, p.currency, p.rail, p.beneficiary_name,
+          p.beneficiary_account, p.beneficiary_bic, p.remittance_info, coalesce(t.iban, t.account_number),
+          t.bank_profile_id, t.currency, p.attempts, p.max_attempts, picked.previous, p.connector_name,
+          p.provider_ref
+"""
+
+
+def claim(conn: Any, host: str, limit: int, lease: float) -> list[Claimed]:
+    rows = conn.execute(_CLAIM, {"host": host, "limit": limit, "lease": lease}).fetchall()
+    claimed = []
+    for r in rows:
+        slice_ = PayoutSlice(
+            id=r[0], payout_id=r[1], idempotency_key=r[2], amount=Decimal(r[3]), currency=r[4], rail=r[5],
+            beneficiary_name=r[6], beneficiary_account=r[7], beneficiary_bic=r[8], remittance_info=r[9],
+            debtor_account=r[10],
+        )
+        claimed.append(Claimed(
+            slice=slice_, bank_profile=r[11], account_currency=r[12], attempts=r[13], max_attempts=r[14],
+            recovering=r[15] == "sending", connector_name=r[16], provider_ref=r[17],
+        ))
+    return claimed
+
+
+def mark_sending(conn: Any, host: str, assignments: Sequence[tuple[int, str]], lease: float) -> set[int]:
+    """Claimed → sending (an attempt); returns the ids this host still held."""
+    if not assignments:
+        return set()
+    rows = conn.execute(
+        "UPDATE payout_slices p SET status = 'sending', attempts = p.attempts + 1, connector_name = u.connector,"
+        " lease_until = now() + %s * interval '1 second'"
+        " FROM unnest(%s::bigint[], %s::text[]) AS u(id, connector)"
+        " WHERE p.id = u.id AND p.claimed_by = %s AND p.status = 'claimed' RETURNING p.id",
+        (lease, [a[0] for a in assignments], [a[1] for a in assignments], host),
+    ).fetchall()
+    return {r[0] for r in rows}
+
+
+def record(conn: Any, host: str, outcomes: Sequence[Outcome], audit: Sequence[CallRecord]) -> int:
+    """Write outcomes and their audit rows in one transaction; returns how many slices changed."""
+    changed = 0
+    by_kind: dict[OutcomeKind, list[Outcome]] = {}
+    for outcome in outcomes:
+        by_kind.setdefault(outcome.kind, []).append(outcome)
+    for kind, group in by_kind.items():
+        ids = [o.slice_id for o in group]
+        refs = [o.provider_ref for o in group]
+        errors = [o.error for o in group]
+        delays = [o.delay for o in group]
+        connectors = [o.connector for o in group]
+        sql = _RECORD[kind]
+        cur = conn.execute(sql, (ids, refs, errors, delays, connectors, host))
+        changed += cur.rowcount
+    write_audit(conn, host, audit)
+    return changed
+
+
+_GUARD = " WHERE p.id = u.id AND p.claimed_by = %s AND p.status IN ('claimed', 'sending')"
+_UNNEST = (" FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::float8[], %s::text[])"
+           " AS u(id, ref, err, delay, connector)")
+_RELEASE = ", claimed_by = NULL, lease_until = NULL, connector_name = coalesce(u.connector, p.connector_name)"
+_RECORD: dict[OutcomeKind, str] = {
+    OutcomeKind.SENT: "UPDATE payout_slices p SET status = 'sent', provider_ref = u.ref, sent_at = now(),"
+    " last_error = NULL, next_attempt_at = now() + u.delay * interval '1 second'" + _RELEASE + _UNNEST + _GUARD,
+    OutcomeKind.SETTLED: "UPDATE payout_slices p SET status = 'settled', provider_ref = u.ref, final_at = now(),"
+    " sent_at = coalesce(p.sent_at, now()), last_error = NULL, next_attempt_at = NULL" + _RELEASE + _UNNEST + _GUARD,
+    OutcomeKind.FAILED: "UPDATE payout_slices p SET status = 'failed', provider_ref = coalesce(u.ref, p.provider_ref),"
+    " final_at = now(), last_error = u.err, next_attempt_at = NULL" + _RELEASE + _UNNEST + _GUARD,
+    OutcomeKind.RETRY: "UPDATE payout_slices p SET status = 'retry_scheduled', last_error = u.err,"
+    " next_attempt_at = now() + u.delay * interval '1 second'" + _RELEASE + _UNNEST + _GUARD,
+    OutcomeKind.DEAD: "UPDATE payout_slices p SET status = 'dead', last_error = u.err, next_attempt_at = NULL"
+    + _RELEASE + _UNNEST + _GUARD,
+    # Not an attempt (breaker open, every connector busy): back to the queue, the attempt given back.
+    OutcomeKind.RELEASE: "UPDATE payout_slices p SET status = 'pending', next_attempt_at = NULL,"
+    " attempts = CASE WHEN p.status = 'sending' THEN greatest(p.attempts - 1, 0) ELSE p.attempts END"
+    + _RELEASE + _UNNEST + _GUARD,
+}
+
+
+def write_audit(conn: Any, host: str, audit: Sequence[CallRecord]) -> None:
+    if not audit:
+        return
+    with conn.cursor().copy(
+        "COPY bank_connector_logs (host_id, connector_name, trace_id, operation, duration_seconds, outcome,"
+        " error_code, http_status, payout_slice_id, request, response) FROM STDIN"
+    ) as copy:
+        for r in audit:
+            copy.write_row((
+                host, r.connector, r.trace_id, r.operation, r.duration_seconds, r.outcome, r.error_code,
+                r.http_status, r.payout_slice_id, Jsonb(r.request) if r.request is not None else None,
+                Jsonb(r.response) if r.response is not None else None,
+            ))
+
+
+# -- the status follower ------------------------------------------------------------------------------
+
+
+def claim_sent(conn: Any, limit: int, lease: float) -> list[SentSlice]:
+    rows = conn.execute(
+        "UPDATE payout_slices p SET next_attempt_at = now() + %s * interval '1 second'"
+        " WHERE p.id IN (SELECT id FROM payout_slices WHERE status = 'sent' AND next_attempt_at <= now()"
+        "  ORDER BY next_attempt_at LIMIT %s FOR UPDATE SKIP LOCKED)"
+        " RETURNING p.id, p.idempotency_key, p.provider_ref, p.connector_name,"
+        "  extract(epoch FROM now() - p.sent_at), p.status_checks, p.flagged_at IS NOT NULL",
+        (lease, limit),
+    ).fetchall()
+    return [SentSlice(slice_id=r[0], idempotency_key=r[1], provider_ref=r[2], connector_name=r[3],
+                      age_seconds=float(r[4] or 0), checks=r[5], flagged=r[6]) for r in rows]
+
+
+def record_status(conn: Any, host: str, outcomes: Sequence[StatusOutcome], audit: Sequence[CallRecord]) -> None:
+    for o in outcomes:
+        if o.final_status is not None:
+            conn.execute(
+                "UPDATE payout_slices SET status = %s, final_at = now(), last_error = %s, next_attempt_at = NULL"
+                " WHERE id = %s AND status = 'sent'", (o.final_status, o.error, o.slice_id))
+        else:
+            conn.execute(
+                "UPDATE payout_slices SET next_attempt_at = now() + %s * interval '1 second',"
+                " status_checks = status_checks + 1,"
+                " flagged_at = CASE WHEN %s THEN coalesce(flagged_at, now()) ELSE flagged_at END,"
+                " last_error = CASE WHEN %s THEN %s ELSE last_error END"
+                " WHERE id = %s AND status = 'sent'",
+                (o.next_check, o.flag, o.flag, o.error, o.slice_id))
+    write_audit(conn, host, audit)
+
+
+# -- the dead-letter queue and counts ----------------------------------------------------------------
+
+
+class DeadSlice(msgspec.Struct, frozen=True):
+    id: int
+    payout_id: str
+    amount: str
+    currency: str
+    attempts: int
+    connector: str | None
+    last_error: str | None
+    dead_since: str
+
+
+def dlq_list(conn: Any, limit: int) -> list[DeadSlice]:
+    rows = conn.execute(
+        "SELECT id, payout_id, amount::text, currency, attempts, connector_name, last_error, updated_at::text"
+        " FROM payout_slices WHERE status = 'dead' ORDER BY updated_at LIMIT %s", (limit,)).fetchall()
+    return [DeadSlice(*r) for r in rows]
+
+
+def dlq_retry(conn: Any, ids: Sequence[int] | None, actor: str) -> list[int]:
+    """Dead → pending with a fresh attempt budget (the idempotency key is kept); audited."""
+    where, params = ("status = 'dead'", []) if ids is None else ("status = 'dead' AND id = ANY(%s)", [list(ids)])
+    rows = conn.execute(
+        "WITH moved AS (UPDATE payout_slices SET status = 'pending', attempts = 0, next_attempt_at = NULL,"
+        " claimed_by = NULL, lease_until = NULL WHERE " + where + " RETURNING id, last_error)"
+        " INSERT INTO payout_slice_audit (payout_slice_id, action, actor, from_status, to_status, detail)"
+        " SELECT id, 'dlq_retry', %s, 'dead', 'pending', last_error FROM moved RETURNING payout_slice_id",
+        (*params, actor),
+    ).fetchall()
+    return sorted(r[0] for r in rows)
+
+
+def dlq_drop(conn: Any, slice_id: int, actor: str, reason: str) -> bool:
+    """Dead → failed (final): the operator gives up on it; the row and an audit entry stay."""
+    row = conn.execute(
+        "WITH moved AS (UPDATE payout_slices SET status = 'failed', final_at = now(),"
+        " last_error = 'dropped from the DLQ: ' || %s || coalesce(' (was: ' || last_error || ')', '')"
+        " WHERE id = %s AND status = 'dead' RETURNING id)"
+        " INSERT INTO payout_slice_audit (payout_slice_id, action, actor, from_status, to_status, detail)"
+        " SELECT id, 'dlq_drop', %s, 'dead', 'failed', %s FROM moved RETURNING payout_slice_id",
+        (reason, slice_id, actor, reason)).fetchone()
+    return row is not None
+
+
+def status_counts(conn: Any) -> list[tuple[str, str, int]]:
+    rows = conn.execute("SELECT status, currency, count(*) FROM payout_slices GROUP BY 1, 2").fetchall()
+    return [(r[0], r[1], int(r[2])) for r in rows]
+
+
+class PayoutStore:
+    """The dispatcher's and follower's view of the queue, one database transaction per call."""
+
+    def __init__(self, db: Database, host: str) -> None:
+        self._db = db
+        self.host = host
+
+    async def claim(self, limit: int, lease: float) -> list[Claimed]:
+        return await self._db.transaction(lambda c: claim(c, self.host, limit, lease))
+
+    async def mark_sending(self, assignments: Sequence[tuple[int, str]], lease: float) -> set[int]:
+        return await self._db.transaction(lambda c: mark_sending(c, self.host, assignments, lease))
+
+    async def record(self, outcomes: Sequence[Outcome], audit: Sequence[CallRecord]) -> int:
+        return await self._db.transaction(lambda c: record(c, self.host, outcomes, audit))
+
+    async def audit(self, audit: Sequence[CallRecord]) -> None:
+        await self._db.transaction(lambda c: write_audit(c, self.host, audit))
+
+    async def claim_sent(self, limit: int, lease: float) -> list[SentSlice]:
+        return await self._db.transaction(lambda c: claim_sent(c, limit, lease))
+
+    async def record_status(self, outcomes: Sequence[StatusOutcome], audit: Sequence[CallRecord]) -> None:
+        await self._db.transaction(lambda c: record_status(c, self.host, outcomes, audit))

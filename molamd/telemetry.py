@@ -1,0 +1,87 @@
+"""Where connector actors report their calls: Prometheus metrics, and the audit rows of bank calls.
+
+Audit rows of payment sends travel with their results and are written in the same transaction by the
+dispatcher. Rows of other calls (status lookups, health checks) are buffered here and written by the
+telemetry worker every ``interval``; while the database is down they wait (bounded; an overflow is counted
+and logged, never silent).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from actors import BreakerEvent, BreakerState
+from connectors import CallRecord, ConnectorError
+
+from . import db, payouts
+from .logs import log
+from .metrics import Metrics
+
+logger = logging.getLogger("molamd.telemetry")
+MAX_BUFFERED = 100_000
+
+
+class Telemetry:
+    def __init__(self, metrics: Metrics, database: db.Database, host_id: str) -> None:
+        self._metrics = metrics
+        self._db = database
+        self._host = host_id
+        self._audit: list[CallRecord] = []
+        self.dropped_audit = 0
+
+    # -- CallObserver -------------------------------------------------------------------------------
+
+    def call_finished(self, connector: str, operation: str, error: ConnectorError | None, seconds: float) -> None:
+        m = self._metrics
+        m.connector_requests.labels(connector, operation, "ok" if error is None else error.code).inc()
+        m.connector_duration.labels(connector, operation).observe(seconds)
+        if error is not None:
+            m.connector_failures.labels(connector, error.code).inc()
+
+    def limiter_waited(self, connector: str, seconds: float) -> None:
+        self._metrics.limiter_wait.labels(connector).observe(seconds)
+
+    def breaker_changed(self, event: BreakerEvent) -> None:
+        self.set_breaker(event.breaker, event.to_state)
+        self._metrics.breaker_transitions.labels(event.breaker, event.from_state.value, event.to_state.value).inc()
+        level = logging.WARNING if event.to_state is not BreakerState.CLOSED else logging.INFO
+        log(logger, level, f"circuit {event.to_state.value}", actor=event.breaker, reason=event.reason,
+            from_state=event.from_state.value)
+
+    def set_breaker(self, connector: str, state: BreakerState) -> None:
+        for candidate in BreakerState:
+            self._metrics.breaker_state.labels(connector, candidate.value).set(float(candidate is state))
+
+    def audit(self, record: CallRecord) -> None:
+        if len(self._audit) >= MAX_BUFFERED:
+            self.dropped_audit += 1
+            if self.dropped_audit % 1000 == 1:
+                log(logger, logging.ERROR, "audit buffer full while the database is away; dropping rows",
+                    dropped=self.dropped_audit)
+            return
+        self._audit.append(record)
+
+    # -- the worker's tick --------------------------------------------------------------------------
+
+    async def tick(self) -> None:
+        """Write buffered audit rows and refresh the payout gauges; quiet while the database is down."""
+        if not self._db.up:
+            return
+        rows, self._audit = self._audit, []
+        try:
+            counts = await self._db.transaction(lambda conn: self._write(conn, rows))
+        except db.DatabaseUnavailable:
+            self._audit[:0] = rows
+            return
+        self._metrics.payout_slices.clear()
+        dead = 0
+        for status, currency, count in counts:
+            self._metrics.payout_slices.labels(status, currency).set(count)
+            if status == "dead":
+                dead += count
+        self._metrics.dlq_slices.set(dead)
+
+    def _write(self, conn: db.Conn, rows: Sequence[CallRecord]) -> list[tuple[str, str, int]]:
+        payouts.write_audit(conn, self._host, rows)
+        return payouts.status_counts(conn)
