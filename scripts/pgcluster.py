@@ -116,6 +116,14 @@ class Cluster:
                 check=True, capture_output=True,
             )
 
+    def recreate_database(self, name: str) -> None:
+        """Drop and create a database (the demo starts from a fresh one every run)."""
+        import psycopg
+
+        with psycopg.connect(self.dsn("postgres"), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            conn.execute(f'CREATE DATABASE "{name}"')
+
     def destroy(self) -> None:
         try:
             self.stop("immediate")

@@ -1,5 +1,5 @@
 -- Sample data for the demo: two West African banks, their XOF treasury accounts, and a few payout slices.
--- Idempotent: re-running changes nothing.
+-- __SLICES__ is replaced by the number of slices to seed. Idempotent: re-running changes nothing.
 INSERT INTO bank_profiles (id, name, bic, country) VALUES
     ('ecobank-sn', 'Ecobank Sénégal', 'ECOCSNDA', 'SN'),
     ('sgbci-ci', 'Société Générale Côte d''Ivoire', 'SGCICIAB', 'CI')
@@ -17,5 +17,5 @@ SELECT 'demo-' || lpad(n::text, 5, '0'), 1,
                                           AND label = 'payouts-xof'),
        (5000 + (n * 37) % 95000)::numeric, 'XOF', 'ach', (n % 2)::smallint,
        'Beneficiary ' || n, 'SN08' || lpad((100000000 + n)::text, 20, '0'), 'Molam payout demo ' || n
-FROM generate_series(1, 50) AS n
+FROM generate_series(1, __SLICES__) AS n
 ON CONFLICT (payout_id, slice_no) DO NOTHING;
