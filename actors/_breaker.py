@@ -161,10 +161,10 @@ class CircuitBreaker:
             self._window.popleft()
 
     def _open(self, reason: str) -> None:
-        grow = self.config.open_duration_multiplier ** self._reopenings
-        duration = min(self.config.open_duration_max.seconds, self.config.open_duration.seconds * grow)
         if self._state is BreakerState.HALF_OPEN:
             self._reopenings += 1
+        grow = self.config.open_duration_multiplier ** min(self._reopenings, 64)
+        duration = min(self.config.open_duration_max.seconds, self.config.open_duration.seconds * grow)
         self._open_until = trio.current_time() + duration
         self._window.clear()
         self.times_opened += 1

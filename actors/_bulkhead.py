@@ -35,13 +35,16 @@ class Bulkhead:
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
         """Hold one slot for the body; raises Busy at once when too many already wait."""
-        if self.max_waiting is not None and self._limiter.available_tokens == 0 and self._waiting >= self.max_waiting:
-            raise Busy(self.name, f"bulkhead full ({self.limit} in flight, {self._waiting} waiting)")
-        self._waiting += 1
         try:
-            await self._limiter.acquire()
-        finally:
-            self._waiting -= 1
+            self._limiter.acquire_nowait()
+        except trio.WouldBlock:
+            if self.max_waiting is not None and self._waiting >= self.max_waiting:
+                raise Busy(self.name, f"bulkhead full ({self.limit} in flight, {self._waiting} waiting)") from None
+            self._waiting += 1
+            try:
+                await self._limiter.acquire()
+            finally:
+                self._waiting -= 1
         try:
             yield
         finally:

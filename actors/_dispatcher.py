@@ -50,6 +50,10 @@ class Router(Protocol):
         """(how many connectors are configured for this route, the ones accepting work now by priority)."""
         ...
 
+    def any_accepting(self) -> bool:
+        """Whether any connector takes work now (if none does, claiming would only churn)."""
+        ...
+
 
 class DispatcherSettings(msgspec.Struct, frozen=True, kw_only=True):
     batch_size: int = 200
@@ -59,6 +63,7 @@ class DispatcherSettings(msgspec.Struct, frozen=True, kw_only=True):
     flush_interval: float = 0.02
     call_timeout: float = 30.0  # the connector's own call timeout applies inside this
     first_status_check: float = 0.5
+    release_delay: float = 1.0  # a slice no connector can take right now waits this long (still pending)
     retry_backoff: Backoff = msgspec.field(default_factory=lambda: Backoff(initial=1.0, maximum=300.0, jitter=1.0))
 
 
@@ -115,6 +120,11 @@ class Dispatcher(Actor[Wake]):
     async def _claim_loop(self) -> None:
         failures = 0
         while not self._stopping:
+            if not self._router.any_accepting():
+                with trio.move_on_after(self.settings.idle_poll):
+                    await self._wake.wait()
+                self._wake = trio.Event()
+                continue
             room = self.settings.max_in_flight - self._in_flight
             if room < max(1, min(self.settings.batch_size, self.settings.max_in_flight) // 4):
                 self._room = trio.Event()
@@ -151,7 +161,7 @@ class Dispatcher(Actor[Wake]):
                 self._emit(Outcome(slice_id=s.id, kind=OutcomeKind.DEAD, error=(
                     f"no connector serves bank profile {c.bank_profile!r}, rail {s.rail!r}, currency {s.currency}")))
             elif not available:
-                self._emit(Outcome(slice_id=s.id, kind=OutcomeKind.RELEASE))
+                self._emit(Outcome(slice_id=s.id, kind=OutcomeKind.RELEASE, delay=self.settings.release_delay))
             elif c.recovering:
                 self._start(self._recover, c, available)
             else:
@@ -193,7 +203,7 @@ class Dispatcher(Actor[Wake]):
                 return
             self._emit(self._succeeded(c.slice.id, actor.name, result), record)
             return
-        self._emit(Outcome(slice_id=c.slice.id, kind=OutcomeKind.RELEASE))
+        self._emit(Outcome(slice_id=c.slice.id, kind=OutcomeKind.RELEASE, delay=self.settings.release_delay))
 
     def _succeeded(self, slice_id: int, connector: str, result: SendResult) -> Outcome:
         if result.state is PaymentState.SETTLED:

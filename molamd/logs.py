@@ -85,8 +85,14 @@ def configure(level: str = "info", stream: TextIO | None = None) -> None:
     set_level(level)
 
 
+# Libraries that narrate every request at INFO/DEBUG: our own audit trail and metrics already cover it.
+QUIET_LOGGERS = ("httpx", "httpcore", "hpack")
+
+
 def set_level(level: str) -> None:
     logging.getLogger().setLevel(level.upper())
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def log(logger: logging.Logger, level: int, message: str, *, actor: str | None = None, **fields: Any) -> None:

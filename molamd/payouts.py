@@ -24,7 +24,7 @@ _CLAIM = """
 WITH picked AS (
     SELECT s.id, s.status AS previous
     FROM payout_slices s
-    WHERE s.status = 'pending'
+    WHERE (s.status = 'pending' AND (s.next_attempt_at IS NULL OR s.next_attempt_at <= now()))
        OR (s.status = 'retry_scheduled' AND s.next_attempt_at <= now())
        OR (s.status IN ('claimed', 'sending') AND s.lease_until < now())
     ORDER BY s.priority DESC, s.id
@@ -107,7 +107,8 @@ _RECORD: dict[OutcomeKind, str] = {
     OutcomeKind.DEAD: "UPDATE payout_slices p SET status = 'dead', last_error = u.err, next_attempt_at = NULL"
     + _RELEASE + _UNNEST + _GUARD,
     # Not an attempt (breaker open, every connector busy): back to the queue, the attempt given back.
-    OutcomeKind.RELEASE: "UPDATE payout_slices p SET status = 'pending', next_attempt_at = NULL,"
+    OutcomeKind.RELEASE: "UPDATE payout_slices p SET status = 'pending',"
+    " next_attempt_at = now() + u.delay * interval '1 second',"
     " attempts = CASE WHEN p.status = 'sending' THEN greatest(p.attempts - 1, 0) ELSE p.attempts END"
     + _RELEASE + _UNNEST + _GUARD,
 }

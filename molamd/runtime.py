@@ -59,6 +59,7 @@ def dispatcher_settings(section: DispatcherSection) -> DispatcherSettings:
         batch_size=section.batch_size, lease=section.lease.seconds, idle_poll=section.idle_poll.seconds,
         max_in_flight=section.max_in_flight, flush_interval=section.flush_interval.seconds,
         call_timeout=section.call_timeout.seconds, first_status_check=section.first_status_check.seconds,
+        release_delay=section.release_delay.seconds,
         retry_backoff=Backoff(initial=section.retry_initial.seconds, maximum=section.retry_max.seconds, jitter=1.0),
     )
 
@@ -164,6 +165,9 @@ class Runtime:
             if actor is not None and actor.accepting:
                 available.append(actor)
         return len(configured), available
+
+    def any_accepting(self) -> bool:
+        return any(isinstance(a, ConnectorActor) and a.accepting for a in self.connectors.running())
 
     def connector_by_name(self, name: str | None) -> ConnectorActor | None:
         return self.connector_actor(name) if name else None

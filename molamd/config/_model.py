@@ -86,6 +86,7 @@ class DispatcherSection(_Section, frozen=True, kw_only=True, forbid_unknown_fiel
     max_in_flight: int = 256
     call_timeout: Duration = msgspec.field(default_factory=lambda: _d("30s"))
     first_status_check: Duration = msgspec.field(default_factory=lambda: _d("500ms"))
+    release_delay: Duration = msgspec.field(default_factory=lambda: _d("1s"))
     retry_initial: Duration = msgspec.field(default_factory=lambda: _d("1s"))
     retry_max: Duration = msgspec.field(default_factory=lambda: _d("5m"))
     flush_interval: Duration = msgspec.field(default_factory=lambda: _d("20ms"))

@@ -1,0 +1,162 @@
+"""Helpers for payout integration tests: the sandbox bank as a process, config, seeding, waiting."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+
+from tests.conftest import daemon_toml
+
+ROOT = Path(__file__).resolve().parent.parent
+HMAC = "integration-hmac-secret"
+FINAL = ("settled", "failed", "dead")
+
+
+class Bank:
+    """scripts/sandbox_bank.py in its own process, on a free port."""
+
+    def __init__(self, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "scripts" / "sandbox_bank.py"), "--port", "0", "--secret", HMAC,
+             "--settle-delay", "0.05", "--seed", "7", *args], stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        self.url = self.proc.stdout.readline().split()[-1]
+        assert self.url.startswith("http://"), self.url
+
+    def faults(self, **values: float) -> None:
+        httpx.post(f"{self.url}/admin/faults", json=values, timeout=5).raise_for_status()
+
+    def ledger(self) -> list[dict[str, Any]]:
+        return list(httpx.get(f"{self.url}/admin/ledger", timeout=10).json()["payments"])
+
+    def stats(self) -> dict[str, int]:
+        return dict(httpx.get(f"{self.url}/admin/stats", timeout=10).json())
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+def rest_connector(name: str, bank_url: str, *, profile: str = "bank-a", priority: int = 10,
+                   currencies: str = '["XOF"]', rate: float = 1000.0, call_timeout: str = "2s") -> str:
+    return textwrap.dedent(f"""
+        [[connectors]]
+        name = "{name}"
+        kind = "rest"
+        bank_profile = "{profile}"
+        priority = {priority}
+        currencies = {currencies}
+        shutdown_grace = "3s"
+        [connectors.rest]
+        base_url = "{bank_url}"
+        key_id = "molamd-demo"
+        hmac_secret = "env:MOLAMD_TEST_HMAC"
+        [connectors.limits]
+        rate = {rate}
+        burst = 100
+        concurrency = 64
+        call_timeout = "{call_timeout}"
+        [connectors.breaker]
+        window = 20
+        minimum_calls = 10
+        failure_rate = 0.9
+        open_duration = "200ms"
+        open_duration_max = "1s"
+        """)
+
+
+def payout_toml(directory: Path, dsn: str, connectors: str, *, lease: str = "20s", host: str = "test-host",
+                **kw: Any) -> str:
+    base = daemon_toml(directory, dsn=dsn, connectors="", **kw).replace('host_id = "test-host"', f'host_id = "{host}"')
+    return base + textwrap.dedent(f"""
+        [workers.dispatcher]
+        idle_poll = "50ms"
+        lease = "{lease}"
+        call_timeout = "5s"
+        first_status_check = "100ms"
+        retry_initial = "50ms"
+        retry_max = "200ms"
+        flush_interval = "10ms"
+
+        [workers.status_follower]
+        interval = "50ms"
+        backoff_initial = "100ms"
+        backoff_max = "300ms"
+
+        [workers.telemetry]
+        interval = "200ms"
+        """) + connectors
+
+
+def seed(dsn: str, count: int, *, profile: str = "bank-a", currency: str = "XOF", account_currency: str = "XOF",
+         rail: str = "ach", max_attempts: int = 8, prefix: str = "p") -> list[int]:
+    with psycopg.connect(dsn) as conn:
+        conn.execute("INSERT INTO bank_profiles (id, name, country) VALUES (%s, %s, 'SN') ON CONFLICT DO NOTHING",
+                     (profile, profile))
+        account = conn.execute(
+            "INSERT INTO treasury_accounts (bank_profile_id, label, account_number, currency)"
+            " VALUES (%s, %s, 'ACC-123456', %s) ON CONFLICT (bank_profile_id, label)"
+            " DO UPDATE SET currency = EXCLUDED.currency RETURNING id",
+            (profile, f"main-{account_currency}", account_currency)).fetchone()[0]
+        rows = conn.execute(
+            "INSERT INTO payout_slices (payout_id, treasury_account_id, amount, currency, rail, beneficiary_name,"
+            " beneficiary_account, max_attempts)"
+            " SELECT %s || '-' || n, %s, 1000 + n, %s, %s, 'Beneficiary ' || n, 'SN08' || lpad(n::text, 12, '0'), %s"
+            " FROM generate_series(1, %s) AS n RETURNING id",
+            (f"{prefix}{time.monotonic_ns()}", account, currency, rail, max_attempts, count)).fetchall()
+    return [r[0] for r in rows]
+
+
+def statuses(dsn: str, ids: list[int] | None = None) -> dict[str, int]:
+    with psycopg.connect(dsn) as conn:
+        if ids is None:
+            rows = conn.execute("SELECT status, count(*) FROM payout_slices GROUP BY status").fetchall()
+        else:
+            rows = conn.execute("SELECT status, count(*) FROM payout_slices WHERE id = ANY(%s) GROUP BY status",
+                                (ids,)).fetchall()
+    return {r[0]: int(r[1]) for r in rows}
+
+
+def wait_for(predicate: Any, timeout: float = 60.0, what: str = "condition", detail: Any = None) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}: {detail() if detail else ''}")
+        time.sleep(0.1)
+
+
+def wait_final(dsn: str, ids: list[int], timeout: float = 60.0) -> dict[str, int]:
+    wait_for(lambda: sum(statuses(dsn, ids).get(s, 0) for s in FINAL) == len(ids), timeout,
+             "every slice final", lambda: statuses(dsn, ids))
+    return statuses(dsn, ids)
+
+
+def assert_paid_once(dsn: str, bank: Bank) -> None:
+    """Every settled slice is in the ledger exactly once under its own reference; nothing paid twice."""
+    ledger = bank.ledger()
+    references = [p["reference"] for p in ledger]
+    assert len(references) == len(set(references)), "paid twice"
+    by_ref = {p["reference"]: p for p in ledger}
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute("SELECT payout_id || '/' || id, status, provider_ref FROM payout_slices").fetchall()
+    for reference, status, provider_ref in rows:
+        if status in ("settled", "sent"):
+            assert reference in by_ref and by_ref[reference]["id"] == provider_ref, reference
+        elif status in ("dead", "pending", "retry_scheduled"):
+            assert reference not in by_ref, f"{reference} executed by the bank but {status}"
+
+
+def env() -> dict[str, str]:
+    return {"MOLAMD_TEST_HMAC": HMAC}
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, default=str)

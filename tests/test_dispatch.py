@@ -1,0 +1,219 @@
+"""Payouts end to end: real daemon processes, the real sandbox bank and real PostgreSQL."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.conftest import DaemonProcess
+from tests.payout_helpers import (
+    Bank,
+    assert_paid_once,
+    env,
+    payout_toml,
+    rest_connector,
+    seed,
+    statuses,
+    wait_final,
+    wait_for,
+)
+
+
+@pytest.fixture
+def bank() -> Iterator[Bank]:
+    b = Bank()
+    yield b
+    b.close()
+
+
+def two_connectors(bank: Bank) -> str:
+    return rest_connector("primary", bank.url, priority=10) + rest_connector("backup", bank.url, priority=20)
+
+
+def test_routing_fallback_audit_and_resume(daemon_factory: Any, short_tmp: Path, migrated_dsn: str, bank: Bank) -> None:
+    d = daemon_factory(payout_toml(short_tmp, migrated_dsn, two_connectors(bank)), env=env())
+    assert d.ctl_json("pause", "primary")["connectors"]["primary"]["dispatch"] == "paused"
+    first = seed(migrated_dsn, 40)
+    assert wait_final(migrated_dsn, first) == {"settled": 40}
+    with psycopg.connect(migrated_dsn) as conn:
+        used = conn.execute("SELECT DISTINCT connector_name FROM payout_slices WHERE id = ANY(%s)",
+                            (first,)).fetchall()
+    assert used == [("backup",)], "the paused primary is skipped; the backup takes the work"
+    d.ctl("resume", "primary")
+    second = seed(migrated_dsn, 40)
+    assert wait_final(migrated_dsn, second) == {"settled": 40}
+    with psycopg.connect(migrated_dsn) as conn:
+        used = conn.execute("SELECT DISTINCT connector_name FROM payout_slices WHERE id = ANY(%s)",
+                            (second,)).fetchall()
+        audit = conn.execute("SELECT count(*), count(DISTINCT payout_slice_id), bool_and(host_id = 'test-host')"
+                             " FROM bank_connector_logs WHERE operation = 'send_payment'").fetchone()
+        sample = conn.execute("SELECT request::text FROM bank_connector_logs WHERE operation = 'send_payment'"
+                              " LIMIT 1").fetchone()[0]
+    assert used == [("primary",)]
+    assert audit == (80, 80, True), "every bank call leaves an audit row"
+    assert "SN08" in sample and "SN08000000000001" not in sample and "integration-hmac" not in sample
+    assert_paid_once(migrated_dsn, bank)
+    logs = d.ctl_json("logs", "primary", "--limit", "3")
+    assert len(logs) == 3 and {row["operation"] for row in logs} <= {"send_payment", "payment_status"}
+    assert "BREAKER" in d.ctl("connectors").stdout
+    assert d.ctl_json("health", "primary")["ok"] is True
+    assert d.stop() == 0
+
+
+def test_unroutable_slices_go_dead_with_a_reason(daemon_factory: Any, short_tmp: Path, migrated_dsn: str, bank: Bank) -> None:
+    d = daemon_factory(payout_toml(short_tmp, migrated_dsn, two_connectors(bank)), env=env())
+    unknown_profile = seed(migrated_dsn, 2, profile="bank-z")
+    wrong_currency = seed(migrated_dsn, 2, currency="EUR", account_currency="XOF")
+    no_connector_for_currency = seed(migrated_dsn, 2, currency="EUR", account_currency="EUR")
+    ids = unknown_profile + wrong_currency + no_connector_for_currency
+    assert wait_final(migrated_dsn, ids) == {"dead": 6}
+    with psycopg.connect(migrated_dsn) as conn:
+        reasons = dict(conn.execute("SELECT id, last_error FROM payout_slices WHERE id = ANY(%s)", (ids,)).fetchall())
+        attempts = conn.execute("SELECT max(attempts) FROM payout_slices WHERE id = ANY(%s)", (ids,)).fetchone()[0]
+    assert "no connector serves bank profile 'bank-z'" in reasons[unknown_profile[0]]
+    assert "does not match treasury account currency XOF" in reasons[wrong_currency[0]]
+    assert "currency EUR" in reasons[no_connector_for_currency[0]]
+    assert attempts == 0, "routing failures are not attempts at a bank"
+    assert bank.stats()["payments"] == 0
+    assert d.ctl("status").returncode == 0, "no crash loop"
+    assert d.stop() == 0
+
+
+def test_durable_retries_dlq_and_retry_after(daemon_factory: Any, short_tmp: Path, migrated_dsn: str, bank: Bank) -> None:
+    d = daemon_factory(payout_toml(short_tmp, migrated_dsn, two_connectors(bank)), env=env())
+    bank.faults(error_rate=1.0)
+    doomed = seed(migrated_dsn, 4, max_attempts=3)
+    assert wait_final(migrated_dsn, doomed) == {"dead": 4}
+    with psycopg.connect(migrated_dsn) as conn:
+        rows = conn.execute("SELECT attempts, last_error FROM payout_slices WHERE id = ANY(%s)", (doomed,)).fetchall()
+    assert all(a == 3 and "gave up after 3 attempts" in e and "503" in e for a, e in rows)
+    listed = d.ctl_json("dlq", "list")
+    assert sorted(r["id"] for r in listed) == sorted(doomed)
+    assert "LAST_ERROR" in d.ctl("dlq", "list").stdout
+    dropped = d.ctl_json("dlq", "drop", str(doomed[0]), "beneficiary closed the account")
+    assert dropped["status"] == "failed"
+    assert d.ctl("dlq", "drop", str(doomed[0])).returncode == 1, "already gone from the DLQ"
+    assert d.ctl("dlq", "retry").returncode == 1, "retry needs an ID or --all"
+    bank.faults(error_rate=0.0)
+    assert d.ctl_json("dlq", "retry", "--all")["retried"] == sorted(doomed[1:])
+    assert wait_final(migrated_dsn, doomed) == {"failed": 1, "settled": 3}
+    with psycopg.connect(migrated_dsn) as conn:
+        audit = conn.execute("SELECT action, count(*) FROM payout_slice_audit GROUP BY action ORDER BY action").fetchall()
+        dropped_error = conn.execute("SELECT last_error FROM payout_slices WHERE id = %s", (doomed[0],)).fetchone()[0]
+    assert audit == [("dlq_drop", 1), ("dlq_retry", 3)]
+    assert dropped_error.startswith("dropped from the DLQ: beneficiary closed the account (was: gave up")
+    assert_paid_once(migrated_dsn, bank)
+
+    bank.faults(rate_limit_rate=1.0, retry_after=2.0)
+    limited = seed(migrated_dsn, 1)
+    wait_for(lambda: statuses(migrated_dsn, limited).get("retry_scheduled") == 1, 10, "a rate-limited retry")
+    with psycopg.connect(migrated_dsn) as conn:
+        wait_s, error = conn.execute(
+            "SELECT extract(epoch FROM next_attempt_at - updated_at), last_error FROM payout_slices WHERE id = %s",
+            (limited[0],)).fetchone()
+    assert 1.9 <= float(wait_s) <= 2.1 and "rate_limited" in error, "the bank's Retry-After sets the next attempt"
+    bank.faults(rate_limit_rate=0.0)
+    assert wait_final(migrated_dsn, limited) == {"settled": 1}
+    assert d.stop() == 0
+
+
+def test_pause_drain_resume(daemon_factory: Any, short_tmp: Path, migrated_dsn: str, bank: Bank) -> None:
+    d = daemon_factory(payout_toml(short_tmp, migrated_dsn, two_connectors(bank)), env=env())
+    d.ctl("pause")
+    held = seed(migrated_dsn, 20)
+    time.sleep(1.0)
+    assert statuses(migrated_dsn, held) == {"pending": 20} and bank.stats()["payments"] == 0
+    d.ctl("resume")
+    assert wait_final(migrated_dsn, held) == {"settled": 20}
+    drained = d.ctl_json("drain")["connectors"]
+    assert {v["dispatch"] for v in drained.values()} == {"drained"}
+    later = seed(migrated_dsn, 10)
+    time.sleep(1.0)
+    assert statuses(migrated_dsn, later) == {"pending": 10}
+    d.ctl("resume")
+    assert wait_final(migrated_dsn, later) == {"settled": 10}
+    assert d.stop() == 0
+
+
+def test_two_dispatchers_never_claim_the_same_slice(migrated_dsn: str, bank: Bank) -> None:
+    dirs = [Path(tempfile.mkdtemp(prefix="md-", dir="/tmp")) for _ in range(2)]
+    daemons = [DaemonProcess(dirs[i], payout_toml(dirs[i], migrated_dsn, two_connectors(bank), host=f"host-{i}"),
+                             env()) for i in range(2)]
+    try:
+        ids = seed(migrated_dsn, 600)
+        for d in daemons:
+            d.start()
+        assert wait_final(migrated_dsn, ids, timeout=90) == {"settled": 600}
+        stats = bank.stats()
+        assert stats["payments"] == 600 and stats["replays"] == 0, "no slice was sent twice"
+        assert_paid_once(migrated_dsn, bank)
+        with psycopg.connect(migrated_dsn) as conn:
+            hosts = dict(conn.execute("SELECT host_id, count(*) FROM bank_connector_logs"
+                                      " WHERE operation = 'send_payment' GROUP BY host_id").fetchall())
+        assert set(hosts) == {"host-0", "host-1"} and sum(hosts.values()) == 600
+        for d in daemons:
+            assert d.stop() == 0
+    finally:
+        for d in daemons:
+            d.kill()
+        for directory in dirs:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_sigkill_mid_batch_then_restart_pays_each_slice_once(daemon_factory: Any, short_tmp: Path, migrated_dsn: str) -> None:
+    bank = Bank()
+    try:
+        bank.faults(latency_ms=400)
+        directory = short_tmp
+        config = payout_toml(directory, migrated_dsn, two_connectors(bank), lease="6s")
+        ids = seed(migrated_dsn, 300)
+        d = daemon_factory(config, env=env())
+        wait_for(lambda: bank.stats()["payments"] >= 30, 30, "payments under way")
+        d.signal(signal.SIGKILL)
+        d.proc.wait(10)
+        in_doubt = statuses(migrated_dsn, ids).get("sending", 0)
+        assert in_doubt > 0, "the kill left slices in 'sending': the bank may or may not have them"
+        bank.faults(latency_ms=0)
+        again = DaemonProcess(directory, config, env()).start()
+        try:
+            assert wait_final(migrated_dsn, ids, timeout=90) == {"settled": 300}
+            assert_paid_once(migrated_dsn, bank)
+            assert bank.stats()["payments"] == 300
+            assert again.stop() == 0
+        finally:
+            again.kill()
+    finally:
+        bank.close()
+
+
+def test_database_restart_mid_batch(daemon_factory: Any, short_tmp: Path, bank: Bank) -> None:
+    from pgcluster import Cluster
+
+    from molamd.db import migrate
+
+    cluster = Cluster(tempfile.mkdtemp(prefix="molamd-pg-restart-"))
+    cluster.start()
+    try:
+        with psycopg.connect(cluster.dsn()) as conn:
+            migrate(conn)
+        bank.faults(latency_ms=20)
+        ids = seed(cluster.dsn(), 400)
+        d = daemon_factory(payout_toml(short_tmp, cluster.dsn(), two_connectors(bank)), env=env())
+        wait_for(lambda: bank.stats()["payments"] >= 50, 30, "payments under way")
+        cluster.stop()
+        time.sleep(1.5)
+        assert d.ctl_json("status")["database"]["up"] is False
+        cluster.start()
+        assert wait_final(cluster.dsn(), ids, timeout=90) == {"settled": 400}
+        assert_paid_once(cluster.dsn(), bank)
+        assert d.stop() == 0
+    finally:
+        cluster.destroy()
