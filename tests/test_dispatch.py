@@ -38,7 +38,9 @@ def two_connectors(bank: Bank) -> str:
     return rest_connector("primary", bank.url, priority=10) + rest_connector("backup", bank.url, priority=20)
 
 
-def test_routing_fallback_audit_and_resume(daemon_factory: Any, short_tmp: Path, migrated_dsn: str, bank: Bank) -> None:
+def test_routing_fallback_audit_and_resume(
+    daemon_factory: Any, short_tmp: Path, migrated_dsn: str, bank: Bank
+) -> None:
     d = daemon_factory(payout_toml(short_tmp, migrated_dsn, two_connectors(bank)), env=env())
     assert d.ctl_json("pause", "primary")["connectors"]["primary"]["dispatch"] == "paused"
     first = seed(migrated_dsn, 40)
@@ -68,7 +70,9 @@ def test_routing_fallback_audit_and_resume(daemon_factory: Any, short_tmp: Path,
     assert d.stop() == 0
 
 
-def test_unroutable_slices_go_dead_with_a_reason(daemon_factory: Any, short_tmp: Path, migrated_dsn: str, bank: Bank) -> None:
+def test_unroutable_slices_go_dead_with_a_reason(
+    daemon_factory: Any, short_tmp: Path, migrated_dsn: str, bank: Bank
+) -> None:
     d = daemon_factory(payout_toml(short_tmp, migrated_dsn, two_connectors(bank)), env=env())
     unknown_profile = seed(migrated_dsn, 2, profile="bank-z")
     wrong_currency = seed(migrated_dsn, 2, currency="EUR", account_currency="XOF")
@@ -76,7 +80,8 @@ def test_unroutable_slices_go_dead_with_a_reason(daemon_factory: Any, short_tmp:
     ids = unknown_profile + wrong_currency + no_connector_for_currency
     assert wait_final(migrated_dsn, ids) == {"dead": 6}
     with psycopg.connect(migrated_dsn) as conn:
-        reasons = dict(conn.execute("SELECT id, last_error FROM payout_slices WHERE id = ANY(%s)", (ids,)).fetchall())
+        reasons = dict(conn.execute("SELECT id, last_error FROM payout_slices WHERE id = ANY(%s)",
+                                    (ids,)).fetchall())
         attempts = conn.execute("SELECT max(attempts) FROM payout_slices WHERE id = ANY(%s)", (ids,)).fetchone()[0]
     assert "no connector serves bank profile 'bank-z'" in reasons[unknown_profile[0]]
     assert "does not match treasury account currency XOF" in reasons[wrong_currency[0]]
@@ -87,13 +92,16 @@ def test_unroutable_slices_go_dead_with_a_reason(daemon_factory: Any, short_tmp:
     assert d.stop() == 0
 
 
-def test_durable_retries_dlq_and_retry_after(daemon_factory: Any, short_tmp: Path, migrated_dsn: str, bank: Bank) -> None:
+def test_durable_retries_dlq_and_retry_after(
+    daemon_factory: Any, short_tmp: Path, migrated_dsn: str, bank: Bank
+) -> None:
     d = daemon_factory(payout_toml(short_tmp, migrated_dsn, two_connectors(bank)), env=env())
     bank.faults(error_rate=1.0)
     doomed = seed(migrated_dsn, 4, max_attempts=3)
     assert wait_final(migrated_dsn, doomed) == {"dead": 4}
     with psycopg.connect(migrated_dsn) as conn:
-        rows = conn.execute("SELECT attempts, last_error FROM payout_slices WHERE id = ANY(%s)", (doomed,)).fetchall()
+        rows = conn.execute("SELECT attempts, last_error FROM payout_slices WHERE id = ANY(%s)",
+                            (doomed,)).fetchall()
     assert all(a == 3 and "gave up after 3 attempts" in e and "503" in e for a, e in rows)
     listed = d.ctl_json("dlq", "list")
     assert sorted(r["id"] for r in listed) == sorted(doomed)
@@ -106,7 +114,8 @@ def test_durable_retries_dlq_and_retry_after(daemon_factory: Any, short_tmp: Pat
     assert d.ctl_json("dlq", "retry", "--all")["retried"] == sorted(doomed[1:])
     assert wait_final(migrated_dsn, doomed) == {"failed": 1, "settled": 3}
     with psycopg.connect(migrated_dsn) as conn:
-        audit = conn.execute("SELECT action, count(*) FROM payout_slice_audit GROUP BY action ORDER BY action").fetchall()
+        audit = conn.execute(
+            "SELECT action, count(*) FROM payout_slice_audit GROUP BY action ORDER BY action").fetchall()
         dropped_error = conn.execute("SELECT last_error FROM payout_slices WHERE id = %s", (doomed[0],)).fetchone()[0]
     assert audit == [("dlq_drop", 1), ("dlq_retry", 3)]
     assert dropped_error.startswith("dropped from the DLQ: beneficiary closed the account (was: gave up")
@@ -125,7 +134,9 @@ def test_durable_retries_dlq_and_retry_after(daemon_factory: Any, short_tmp: Pat
     assert d.stop() == 0
 
 
-def test_pause_drain_resume(daemon_factory: Any, short_tmp: Path, migrated_dsn: str, bank: Bank) -> None:
+def test_pause_drain_resume(
+    daemon_factory: Any, short_tmp: Path, migrated_dsn: str, bank: Bank
+) -> None:
     d = daemon_factory(payout_toml(short_tmp, migrated_dsn, two_connectors(bank)), env=env())
     d.ctl("pause")
     held = seed(migrated_dsn, 20)
@@ -168,7 +179,9 @@ def test_two_dispatchers_never_claim_the_same_slice(migrated_dsn: str, bank: Ban
             shutil.rmtree(directory, ignore_errors=True)
 
 
-def test_sigkill_mid_batch_then_restart_pays_each_slice_once(daemon_factory: Any, short_tmp: Path, migrated_dsn: str) -> None:
+def test_sigkill_mid_batch_then_restart_pays_each_slice_once(
+    daemon_factory: Any, short_tmp: Path, migrated_dsn: str
+) -> None:
     bank = Bank()
     try:
         bank.faults(latency_ms=400)
@@ -194,7 +207,9 @@ def test_sigkill_mid_batch_then_restart_pays_each_slice_once(daemon_factory: Any
         bank.close()
 
 
-def test_database_restart_mid_batch(daemon_factory: Any, short_tmp: Path, bank: Bank) -> None:
+def test_database_restart_mid_batch(
+    daemon_factory: Any, short_tmp: Path, bank: Bank
+) -> None:
     from pgcluster import Cluster
 
     from molamd.db import migrate
