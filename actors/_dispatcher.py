@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import msgspec
@@ -77,18 +77,21 @@ def _describe(exc: ConnectorError) -> str:
 
 class Dispatcher(Actor[Wake]):
     def __init__(self, store: PayoutStore, router: Router, settings: DispatcherSettings,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None,
+                 on_recorded: Callable[[Sequence[Outcome], float], None] | None = None) -> None:
         super().__init__("dispatcher", mailbox_size=16)
         self._store = store
         self._router = router
         self.settings = settings
         self._rng = rng or random.Random()
+        self._on_recorded = on_recorded
         self._in_flight = 0
         self._idle = trio.Event()
         self._idle.set()
         self._room = trio.Event()
         self._wake = trio.Event()
         self._outcomes: list[Outcome] = []
+        self._claimed_at: dict[int, float] = {}
         self._audit: list[CallRecord] = []
         self._flushed = trio.Event()
         self.counts: dict[str, int] = {}
@@ -150,6 +153,9 @@ class Dispatcher(Actor[Wake]):
         """Route a claimed batch; returns how many sends started."""
         assignments: list[tuple[int, str]] = []
         routes: dict[int, tuple[Claimed, list[ConnectorActor]]] = {}
+        now = trio.current_time()
+        for c in claimed:
+            self._claimed_at[c.slice.id] = now
         for c in claimed:
             s = c.slice
             if c.account_currency != s.currency:
@@ -170,6 +176,9 @@ class Dispatcher(Actor[Wake]):
         if not assignments:
             return len(routes)
         held = await self._store.mark_sending(assignments, self.settings.lease)
+        for slice_id, _ in assignments:
+            if slice_id not in held:
+                self._claimed_at.pop(slice_id, None)  # another host took it over meanwhile
         for slice_id in held:
             claimed_slice, available = routes[slice_id]
             self._start(self._send, claimed_slice, available)
@@ -268,6 +277,9 @@ class Dispatcher(Actor[Wake]):
     # -- writing results -----------------------------------------------------------------------------
 
     def _emit(self, outcome: Outcome, record: CallRecord | None = None) -> None:
+        claimed_at = self._claimed_at.pop(outcome.slice_id, None)
+        if claimed_at is not None:
+            outcome = msgspec.structs.replace(outcome, claimed_at=claimed_at)
         self._outcomes.append(outcome)
         if record is not None:
             self._audit.append(record)
@@ -285,6 +297,8 @@ class Dispatcher(Actor[Wake]):
         self._outcomes, self._audit = [], []
         try:
             await self._store.record(outcomes, audit)
+            if self._on_recorded is not None:
+                self._on_recorded(outcomes, trio.current_time())
         except Exception as exc:
             # Keep them: the slices stay claimed/sending under our lease until this write succeeds.
             self._outcomes[:0] = outcomes

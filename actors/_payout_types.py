@@ -38,6 +38,7 @@ class Outcome(msgspec.Struct, frozen=True, kw_only=True):
     provider_ref: str | None = None
     error: str | None = None
     delay: float = 0.0  # RETRY: seconds until the next attempt; SENT: until the first status check
+    claimed_at: float | None = None  # trio time of the claim, for the claim-to-recorded latency
 
 
 class SentSlice(msgspec.Struct, frozen=True, kw_only=True):

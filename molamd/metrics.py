@@ -77,6 +77,11 @@ class Metrics:
         self.payout_slices = Gauge(
             "molamd_payout_slices", "Payout slices by status and currency (refreshed by telemetry)",
             ["status", "currency"], registry=r)
+        self.dispatch_duration = Histogram(
+            "molamd_payout_dispatch_duration_seconds", "From claim to the bank's answer recorded in the database",
+            ["outcome"], registry=r,
+            buckets=(0.002, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5,
+                     5.0, 10.0, 30.0))
         self.dlq_slices = Gauge("molamd_dlq_slices", "Payout slices in the dead-letter queue", registry=r)
         self.connector_up = Gauge("molamd_connector_up", "1 when the last health check passed", ["connector"],
                                   registry=r)

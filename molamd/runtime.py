@@ -24,6 +24,7 @@ from actors import (
     FollowerSettings,
     HealthChecker,
     HealthResult,
+    Outcome,
     Periodic,
     RestartPolicy,
     StatusFollower,
@@ -139,8 +140,9 @@ class Runtime:
             specs.append(ChildSpec(name=HEALTH_CHECKER, factory=lambda: self._health_checker(health)))
         if workers.dispatcher.enabled:
             dispatch = dispatcher_settings(workers.dispatcher)
-            specs.append(ChildSpec(name=DISPATCHER, factory=lambda: Dispatcher(self.store, self, dispatch),
-                                   shutdown_grace=grace))
+            specs.append(ChildSpec(
+                name=DISPATCHER, factory=lambda: Dispatcher(self.store, self, dispatch, on_recorded=self.recorded),
+                shutdown_grace=grace))
         if workers.status_follower.enabled:
             follow = follower_settings(workers.status_follower)
             specs.append(ChildSpec(name=STATUS_FOLLOWER, factory=lambda: StatusFollower(
@@ -165,6 +167,12 @@ class Runtime:
             if actor is not None and actor.accepting:
                 available.append(actor)
         return len(configured), available
+
+    def recorded(self, outcomes: Sequence[Outcome], now: float) -> None:
+        histogram = self.metrics.dispatch_duration
+        for outcome in outcomes:
+            if outcome.claimed_at is not None:
+                histogram.labels(outcome.kind.value).observe(now - outcome.claimed_at)
 
     def any_accepting(self) -> bool:
         return any(isinstance(a, ConnectorActor) and a.accepting for a in self.connectors.running())

@@ -29,7 +29,8 @@ def problems(text: str) -> list[str]:
     return [str(p) for p in info.value.problems]
 
 
-def test_shipped_configs_are_valid() -> None:
+def test_shipped_configs_are_valid(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MOLAMD_SANDBOX_HMAC", "demo-secret")  # scripts/demo sets it for the dev config
     example = load_resolved(str(EXAMPLE))
     assert example.connectors[0].name == "ecobank-sn-null"
     assert load_resolved(str(DEV)).daemon.host_id == "demo-host"
