@@ -32,6 +32,9 @@ class BreakerState(enum.StrEnum):
     FORCED_OPEN = "forced_open"
 
 
+_CLOSED = BreakerState.CLOSED  # module constants for the per-call path
+
+
 class BreakerEvent(msgspec.Struct, frozen=True, kw_only=True):
     breaker: str
     from_state: BreakerState
@@ -57,6 +60,8 @@ class CircuitBreaker:
         self._on_transition = on_transition
         self._state = BreakerState.CLOSED
         self._window: deque[tuple[float, bool, bool]] = deque()
+        self._failures = 0  # failed outcomes in the window, kept in step with it
+        self._slows = 0
         self._open_until = 0.0
         self._half_open_until = 0.0
         self._probes_started = 0
@@ -69,11 +74,18 @@ class CircuitBreaker:
         self.config = config
         self._window_size = config.window
         self._window_time = config.window_time.seconds if config.window_time else None
+        # Plain floats for the per-call path.
+        self._slow_seconds = config.slow_call_duration.seconds
+        self._minimum_calls = config.minimum_calls
+        self._failure_rate = config.failure_rate
+        self._slow_rate = config.slow_call_rate
 
     # -- state --------------------------------------------------------------------------------------
 
     @property
     def state(self) -> BreakerState:
+        if self._state is BreakerState.CLOSED or self._state is BreakerState.FORCED_OPEN:
+            return self._state  # no timed transitions leave these states
         now = trio.current_time()
         if self._state is BreakerState.OPEN and now >= self._open_until:
             self._to(BreakerState.HALF_OPEN, "open duration elapsed")
@@ -92,6 +104,8 @@ class CircuitBreaker:
 
     def acquire(self) -> None:
         """Take permission for one call; raises CircuitOpen (not an attempt) when there is none."""
+        if self._state is _CLOSED:
+            return
         state = self.state
         if state is BreakerState.CLOSED:
             return
@@ -107,8 +121,10 @@ class CircuitBreaker:
 
     def record(self, ok: bool, duration: float) -> None:
         """The outcome of a permitted call."""
-        state = self.state
-        slow = duration >= self.config.slow_call_duration.seconds
+        state = self._state
+        if state is not _CLOSED:
+            state = self.state
+        slow = duration >= self._slow_seconds
         if state is BreakerState.HALF_OPEN:
             if not ok:
                 self._open("a half-open probe failed")
@@ -117,19 +133,26 @@ class CircuitBreaker:
             if self._probes_ok >= self.config.half_open_calls:
                 self._close("half-open probes succeeded")
             return
-        if state is not BreakerState.CLOSED:
+        if state is not _CLOSED:
             return  # a call admitted before the breaker opened; its outcome no longer decides anything
-        now = trio.current_time()
-        self._window.append((now, not ok, slow))
-        self._trim(now)
-        calls = len(self._window)
-        if calls < self.config.minimum_calls:
-            return
-        failures = sum(1 for _, failed, _ in self._window if failed)
-        slows = sum(1 for _, _, is_slow in self._window if is_slow)
-        if failures / calls >= self.config.failure_rate:
+        window = self._window
+        if self._window_time is not None:
+            now = trio.current_time()
+            window.append((now, not ok, slow))
+            self._trim(now)
+        else:
+            window.append((0.0, not ok, slow))
+            if len(window) > self._window_size:
+                self._forget()
+        self._failures += not ok
+        self._slows += slow
+        calls = len(window)
+        if calls < self._minimum_calls or (ok and not slow):
+            return  # a success that is not slow cannot raise either rate
+        failures, slows = self._failures, self._slows
+        if failures / calls >= self._failure_rate:
             self._open(f"failure rate {failures}/{calls}")
-        elif slows / calls >= self.config.slow_call_rate:
+        elif slows / calls >= self._slow_rate:
             self._open(f"slow-call rate {slows}/{calls}")
 
     def force_open(self) -> None:
@@ -140,10 +163,10 @@ class CircuitBreaker:
 
     def snapshot(self) -> BreakerSnapshot:
         state = self.state
-        self._trim(trio.current_time())
+        if self._window_time is not None:
+            self._trim(trio.current_time())
         calls = len(self._window)
-        failures = sum(1 for _, failed, _ in self._window if failed)
-        slows = sum(1 for _, _, is_slow in self._window if is_slow)
+        failures, slows = self._failures, self._slows
         left = max(0.0, self._open_until - trio.current_time()) if state is BreakerState.OPEN else 0.0
         return BreakerSnapshot(
             state=state, calls_in_window=calls, failure_rate=round(failures / calls, 4) if calls else 0.0,
@@ -154,11 +177,21 @@ class CircuitBreaker:
     # -- internals ----------------------------------------------------------------------------------
 
     def _trim(self, now: float) -> None:
+        window = self._window
         if self._window_time is not None:
-            while self._window and now - self._window[0][0] > self._window_time:
-                self._window.popleft()
-        while len(self._window) > self._window_size:
-            self._window.popleft()
+            while window and now - window[0][0] > self._window_time:
+                self._forget()
+        while len(window) > self._window_size:
+            self._forget()
+
+    def _forget(self) -> None:
+        _, failed, slow = self._window.popleft()
+        self._failures -= failed
+        self._slows -= slow
+
+    def _clear(self) -> None:
+        self._window.clear()
+        self._failures = self._slows = 0
 
     def _open(self, reason: str) -> None:
         if self._state is BreakerState.HALF_OPEN:
@@ -166,12 +199,12 @@ class CircuitBreaker:
         grow = self.config.open_duration_multiplier ** min(self._reopenings, 64)
         duration = min(self.config.open_duration_max.seconds, self.config.open_duration.seconds * grow)
         self._open_until = trio.current_time() + duration
-        self._window.clear()
+        self._clear()
         self.times_opened += 1
         self._to(BreakerState.OPEN, f"{reason}; open for {duration:g}s")
 
     def _close(self, reason: str) -> None:
-        self._window.clear()
+        self._clear()
         self._reopenings = 0
         self._probes_started = self._probes_ok = 0
         self._to(BreakerState.CLOSED, reason)

@@ -1,9 +1,10 @@
-"""A concurrency bulkhead: at most ``limit`` calls in flight, at most ``max_waiting`` queued for a slot."""
+"""A concurrency bulkhead: at most ``limit`` calls in flight, at most ``max_waiting`` queued for a slot.
+
+The fast path (a free slot) is synchronous and costs a comparison. A released slot is handed straight to the
+longest waiter, so no newcomer can starve it.
+"""
 
 from __future__ import annotations
-
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import trio
 
@@ -12,40 +13,81 @@ from connectors import Busy
 
 class Bulkhead:
     def __init__(self, name: str, limit: int, max_waiting: int | None = None) -> None:
+        if limit < 1:
+            raise ValueError("a bulkhead needs a limit of at least 1")
         self.name = name
-        self._limiter = trio.CapacityLimiter(limit)
+        self._limit = limit
         self.max_waiting = max_waiting
-        self._waiting = 0
+        self._in_flight = 0
+        self._waiters = 0  # len(self._lot), kept as an int for the per-call path
+        self._lot = trio.lowlevel.ParkingLot()
 
     @property
     def limit(self) -> int:
-        return int(self._limiter.total_tokens)
+        return self._limit
 
     def set_limit(self, limit: int) -> None:
-        self._limiter.total_tokens = limit
+        if limit < 1:
+            raise ValueError("a bulkhead needs a limit of at least 1")
+        self._limit = limit
+        while self._waiters and self._in_flight < self._limit:
+            self._in_flight += 1
+            self._waiters -= 1
+            self._lot.unpark()
 
     @property
     def in_flight(self) -> int:
-        return self._limiter.borrowed_tokens
+        return self._in_flight
 
     @property
     def waiting(self) -> int:
-        return self._waiting
+        return self._waiters
 
-    @asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        """Hold one slot for the body; raises Busy at once when too many already wait."""
+    def try_enter(self) -> bool:
+        """Take a slot if one is free, without waiting."""
+        if self._in_flight < self._limit and not self._waiters:
+            self._in_flight += 1
+            return True
+        return False
+
+    async def enter(self) -> None:
+        """Take a slot, waiting in line; raises Busy at once when max_waiting are already waiting.
+
+        Cancelled while waiting: no slot is taken.
+        """
+        if self.try_enter():
+            return
+        if self.max_waiting is not None and self._waiters >= self.max_waiting:
+            raise Busy(self.name, f"bulkhead full ({self._limit} in flight, {self._waiters} waiting)")
+        self._waiters += 1
         try:
-            self._limiter.acquire_nowait()
-        except trio.WouldBlock:
-            if self.max_waiting is not None and self._waiting >= self.max_waiting:
-                raise Busy(self.name, f"bulkhead full ({self.limit} in flight, {self._waiting} waiting)") from None
-            self._waiting += 1
-            try:
-                await self._limiter.acquire()
-            finally:
-                self._waiting -= 1
-        try:
-            yield
-        finally:
-            self._limiter.release()
+            await self._lot.park()  # a leaving caller hands us its slot
+        except BaseException:
+            # Cancelled in line (trio never cancels a park that was already unparked): no slot was taken.
+            self._waiters -= 1
+            raise
+
+    def leave(self) -> None:
+        if self._waiters:
+            self._waiters -= 1
+            self._lot.unpark()  # the slot passes to the next in line; in_flight stays the same
+        else:
+            self._in_flight -= 1
+
+    def slot(self) -> _Slot:
+        """``async with bulkhead.slot():`` holds one slot for the body."""
+        return _Slot(self)
+
+
+class _Slot:
+    __slots__ = ("_bulkhead",)
+
+    def __init__(self, bulkhead: Bulkhead) -> None:
+        self._bulkhead = bulkhead
+
+    async def __aenter__(self) -> None:
+        if not self._bulkhead.try_enter():
+            await self._bulkhead.enter()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._bulkhead.leave()

@@ -249,12 +249,14 @@ class ConnectorActor(Actor[ConnectorMsg]):
     ) -> tuple[R, CallRecord]:
         if not self.breaker.allows():
             self.breaker.acquire()  # raises CircuitOpen with the state
-        waited = await self.limiter.acquire()
-        if waited:
-            self._observer.limiter_waited(self.name, waited)
-        async with self.bulkhead.slot():
-            self.breaker.acquire()
+        start = trio.current_time()
+        if not self.limiter.try_acquire(start):
+            self._observer.limiter_waited(self.name, await self.limiter.acquire())
             start = trio.current_time()
+        if not self.bulkhead.try_enter():
+            await self.bulkhead.enter()
+        try:
+            self.breaker.acquire()
             try:
                 result = await call(ctx)
             except ConnectorError as exc:
@@ -271,6 +273,8 @@ class ConnectorActor(Actor[ConnectorMsg]):
             self.breaker.record(True, seconds)
             self._observer.call_finished(self.name, operation, None, seconds)
             return result
+        finally:
+            self.bulkhead.leave()
 
     def _payments(self) -> PaymentConnector:
         connector = self.connector

@@ -236,3 +236,25 @@ async def test_retry_policy(autojump_clock: trio.testing.MockClock) -> None:
     start = trio.current_time()
     assert await RetryPolicy(attempts=5, total_seconds=60).call(slow_down) == "ok"
     assert trio.current_time() - start == pytest.approx(14.0)
+
+
+async def test_bulkhead_cancelled_waiter_takes_no_slot(autojump_clock: trio.testing.MockClock) -> None:
+    bulkhead = Bulkhead("bank-a", limit=1)
+    async with trio.open_nursery() as nursery:
+
+        async def holder() -> None:
+            async with bulkhead.slot():
+                await trio.sleep(1)
+
+        nursery.start_soon(holder)
+        await trio.testing.wait_all_tasks_blocked()
+        with trio.move_on_after(0.5):
+            async with bulkhead.slot():
+                raise AssertionError("never admitted while the holder holds the only slot")
+        assert bulkhead.waiting == 0 and bulkhead.in_flight == 1
+    assert bulkhead.in_flight == 0
+    async with bulkhead.slot():
+        assert bulkhead.in_flight == 1
+    bulkhead.set_limit(3)
+    with pytest.raises(ValueError):
+        Bulkhead("x", 0)
