@@ -91,6 +91,7 @@ class Dispatcher(Actor[Wake]):
         self._room = trio.Event()
         self._wake = trio.Event()
         self._outcomes: list[Outcome] = []
+        self._pending = trio.Event()
         self._claimed_at: dict[int, float] = {}
         self._audit: list[CallRecord] = []
         self._flushed = trio.Event()
@@ -101,6 +102,10 @@ class Dispatcher(Actor[Wake]):
         self.nursery.start_soon(self._flush_loop)
 
     async def handle(self, msg: Wake) -> None:
+        self._wake.set()
+
+    def wake(self) -> None:
+        """Claim now instead of at the next idle poll (safe to call from any task on the trio thread)."""
         self._wake.set()
 
     def request_stop(self) -> None:
@@ -277,6 +282,7 @@ class Dispatcher(Actor[Wake]):
     # -- writing results -----------------------------------------------------------------------------
 
     def _emit(self, outcome: Outcome, record: CallRecord | None = None) -> None:
+        self._pending.set()
         claimed_at = self._claimed_at.pop(outcome.slice_id, None)
         if claimed_at is not None:
             outcome = msgspec.structs.replace(outcome, claimed_at=claimed_at)
@@ -286,8 +292,11 @@ class Dispatcher(Actor[Wake]):
         self.counts[outcome.kind.value] = self.counts.get(outcome.kind.value, 0) + 1
 
     async def _flush_loop(self) -> None:
+        """Write as soon as there is something to write, gathering for at most flush_interval first."""
         while True:
+            await self._pending.wait()
             await trio.sleep(self.settings.flush_interval)
+            self._pending = trio.Event()
             await self._flush()
 
     async def _flush(self) -> None:
@@ -303,6 +312,7 @@ class Dispatcher(Actor[Wake]):
             # Keep them: the slices stay claimed/sending under our lease until this write succeeds.
             self._outcomes[:0] = outcomes
             self._audit[:0] = audit
+            self._pending.set()
             if not getattr(exc, "retryable", False):
                 raise
             logger.warning("dispatcher: could not record %d outcomes (%s); will retry", len(outcomes), exc)

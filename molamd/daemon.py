@@ -17,7 +17,7 @@ import trio
 
 from actors import ChildSpec, RestartPolicy, Strategy, Supervisor, describe_error
 
-from . import logs
+from . import db, logs
 from .config import Config, ConfigError, split_listen
 from .control import ControlServer, check_socket_path
 from .logs import log
@@ -46,6 +46,9 @@ class Daemon:
             self.metrics_server = MetricsServer(self.rt.metrics, host, port)
             specs.append(ChildSpec(name="metrics", factory=lambda: self.metrics_server, core=True))
         grace = config.daemon.shutdown_grace.seconds
+        if config.workers.dispatcher.enabled:
+            listener = db.Listener(config.database, "molamd_payout_slices", self.rt.wake_dispatcher)
+            specs.append(ChildSpec(name="listener", factory=lambda: listener, shutdown_grace=_CORE_GRACE))
         specs += [
             ChildSpec(name="connectors", factory=lambda: self.rt.connectors, core=True, shutdown_grace=grace),
             ChildSpec(name="workers", factory=lambda: self.rt.workers, core=True, shutdown_grace=grace),

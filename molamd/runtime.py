@@ -174,6 +174,15 @@ class Runtime:
             if outcome.claimed_at is not None:
                 histogram.labels(outcome.kind.value).observe(now - outcome.claimed_at)
 
+    def wake_dispatcher(self) -> None:
+        """New slices arrived (PostgreSQL NOTIFY): claim now rather than at the next poll."""
+        try:
+            child = self.workers.child(DISPATCHER)
+        except UnknownChild:
+            return
+        if isinstance(child, Dispatcher):
+            child.wake()
+
     def any_accepting(self) -> bool:
         return any(isinstance(a, ConnectorActor) and a.accepting for a in self.connectors.running())
 

@@ -30,8 +30,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT))
 
-from connectors import BreakerConfig, CallContext, PayoutSlice, RestConfig, RestConnector, RestOptions, Secret  # noqa: E402
 from pgcluster import Cluster  # noqa: E402
+
+from connectors import BreakerConfig, CallContext, PayoutSlice, RestConfig, RestConnector, RestOptions, Secret  # noqa: E402
 
 BIN = ROOT / ".venv" / "bin"
 SECRET = "bench-hmac-secret"
@@ -57,8 +58,8 @@ enabled = false
 [workers.dispatcher]
 batch_size = {concurrency * 2}
 max_in_flight = {concurrency}
-idle_poll = "5ms"
-flush_interval = "5ms"
+idle_poll = "200ms"
+flush_interval = "2ms"
 call_timeout = "10s"
 [[connectors]]
 name = "bench-bank"
@@ -129,10 +130,12 @@ async def bare_httpx(bank: str, concurrency: int, total: int) -> float:
     return total / elapsed
 
 
-def histogram_quantiles(text: str, quantiles: tuple[float, ...]) -> dict[float, float]:
+def histogram_quantiles(text: str, quantiles: tuple[float, ...],
+                        prefix: str = "molamd_payout_dispatch_duration_seconds_bucket",
+                        match: str = 'outcome="sent"') -> dict[float, float]:
     buckets: list[tuple[float, float]] = []
     for line in text.splitlines():
-        if line.startswith("molamd_payout_dispatch_duration_seconds_bucket") and 'outcome="sent"' in line:
+        if line.startswith(prefix) and match in line:
             le = line.split('le="')[1].split('"')[0]
             buckets.append((float("inf") if le == "+Inf" else float(le), float(line.rsplit(" ", 1)[1])))
     buckets.sort()
@@ -223,7 +226,9 @@ def main() -> int:
         metrics_port = 19000 + os.getpid() % 1000
         cfg = work / "molamd.toml"
         cfg.write_text(bench_config(work, cluster.dsn(), bank_url, args.concurrency, metrics_port))
-        bare_rps = trio.run(bare_httpx, bank_url, args.concurrency, args.slices)
+        # The bare loop runs before and after the daemon's run and the two are averaged: this machine's speed
+        # drifts by tens of percent between minutes, and the ratio should compare like with like.
+        bare_before = trio.run(bare_httpx, bank_url, args.concurrency, args.slices)
 
         env = {**os.environ, "MOLAMD_BENCH_HMAC": SECRET}
         with (work / "daemon.log").open("wb") as log:
@@ -236,6 +241,8 @@ def main() -> int:
         start = time.monotonic()
         wait_until(lambda: done_count(conn) >= args.slices, 300)
         daemon_rps = args.slices / (time.monotonic() - start)
+        bare_after = trio.run(bare_httpx, bank_url, args.concurrency, args.slices)
+        bare_rps = (bare_before + bare_after) / 2
 
         # Half the throughput: a steady trickle of new slices, latency from the daemon's own histogram.
         half = daemon_rps / 2
@@ -243,7 +250,7 @@ def main() -> int:
         paced = int(half * 10)
         metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
         baseline = httpx.get(metrics_url, timeout=10).text
-        step = 0.05
+        step = 0.01
         per_step = max(1, round(half * step))
         start = time.monotonic()
         sent = 0
@@ -253,15 +260,20 @@ def main() -> int:
             time.sleep(max(0.0, start + sent / half - time.monotonic()))
         wait_until(lambda: done_count(conn) >= before + sent, 120)
         after = httpx.get(metrics_url, timeout=10).text
-        quantiles = histogram_quantiles(diff_histogram(baseline, after), (0.5, 0.95, 0.99))
+        paced_histograms = diff_histogram(baseline, after)
+        quantiles = histogram_quantiles(paced_histograms, (0.5, 0.95, 0.99))
+        bank_q = histogram_quantiles(paced_histograms, (0.5, 0.99), "molamd_connector_request_duration_seconds_bucket",
+                                     'operation="send_payment"')
         ours, theirs, bare_await = trio.run(resilience_overhead, 200_000)
 
         print(f"molamd payout benchmark: {args.slices} slices, concurrency {args.concurrency}, {os.cpu_count()} cores")
-        print(f"bare httpx loop (signed POST /payments): {bare_rps:.0f} req/s")
+        print(f"bare httpx loop (signed POST /payments): {bare_rps:.0f} req/s "
+              f"(before {bare_before:.0f}, after {bare_after:.0f})")
         print(f"daemon end to end (claim -> bank -> recorded): {daemon_rps:.0f} slices/s")
         print(f"pipeline efficiency: {daemon_rps / bare_rps:.2f} (target >= 0.8)")
         print(f"latency at {half:.0f} slices/s ({sent} slices), claim -> recorded: p50 {quantiles[0.5] * 1000:.1f} ms,"
-              f" p95 {quantiles[0.95] * 1000:.1f} ms, p99 {quantiles[0.99] * 1000:.1f} ms (target p99 <= 50 ms)")
+              f" p95 {quantiles[0.95] * 1000:.1f} ms, p99 {quantiles[0.99] * 1000:.1f} ms (target p99 <= 50 ms);"
+              f" of which the bank call: p50 {bank_q[0.5] * 1000:.1f} ms, p99 {bank_q[0.99] * 1000:.1f} ms")
         print(f"resilience per call: ours {ours:.2f} us (limiter + bulkhead + breaker), pybreaker.call "
               f"{theirs:.2f} us (bare await {bare_await:.2f} us)")
         print(json.dumps({"bare_rps": round(bare_rps), "daemon_rps": round(daemon_rps),
@@ -284,11 +296,11 @@ def main() -> int:
 
 
 def diff_histogram(before: str, after: str) -> str:
-    """The histogram lines of ``after`` minus ``before`` (so the paced run is measured alone)."""
+    """The histogram bucket lines of ``after`` minus ``before`` (so the paced run is measured alone)."""
     def lines(text: str) -> dict[str, float]:
         out = {}
         for line in text.splitlines():
-            if line.startswith("molamd_payout_dispatch_duration_seconds_bucket"):
+            if "_bucket{" in line:
                 key, value = line.rsplit(" ", 1)
                 out[key] = float(value)
         return out

@@ -107,7 +107,7 @@ class StatusFollowerSection(_Section, frozen=True, kw_only=True, forbid_unknown_
 class TelemetrySection(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     enabled: bool = True
     # How often audit rows of status and health calls are written, and payout counts refreshed for metrics.
-    interval: Duration = msgspec.field(default_factory=lambda: _d("1s"))
+    interval: Duration = msgspec.field(default_factory=lambda: _d("5s"))
 
 
 class WorkersSection(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -140,7 +140,8 @@ class Database:
             max_size=section.pool_max_size,
             open=False,
             timeout=section.connect_timeout.seconds,
-            check=ConnectionPool.check_connection,
+            # No check on every checkout (a round trip per transaction): a broken connection fails its
+            # statement, is mapped to DatabaseUnavailable, and the pool discards it on return.
             name="molamd",
         )
 
