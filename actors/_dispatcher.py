@@ -180,7 +180,14 @@ class Dispatcher(Actor[Wake]):
                 routes[s.id] = (c, available)
         if not assignments:
             return len(routes)
-        held = await self._store.mark_sending(assignments, self.settings.lease)
+        try:
+            held = await self._store.mark_sending(assignments, self.settings.lease)
+        except Exception as exc:
+            if getattr(exc, "retryable", False):
+                # Still 'claimed' by us: hand them back as soon as the database is, not when the lease ends.
+                for slice_id, _ in assignments:
+                    self._emit(Outcome(slice_id=slice_id, kind=OutcomeKind.RELEASE))
+            raise
         for slice_id, _ in assignments:
             if slice_id not in held:
                 self._claimed_at.pop(slice_id, None)  # another host took it over meanwhile

@@ -46,6 +46,7 @@ class StatusFollower(Actor[Tick]):
         self._rng = rng or random.Random()
         self._limiter = trio.CapacityLimiter(settings.concurrency)
         self.flagged = 0
+        self._unwritten: list[StatusOutcome] = []  # what the bank said while the database was away
 
     async def setup(self) -> None:
         self.nursery.start_soon(self._loop_forever)
@@ -57,6 +58,9 @@ class StatusFollower(Actor[Tick]):
         failures = 0
         while True:
             try:
+                if self._unwritten:
+                    await self._store.record_status(self._unwritten, [])
+                    self._unwritten = []
                 batch = await self._store.claim_sent(self.settings.batch_size, self.settings.lease)
                 if batch:
                     await self._follow(batch)
@@ -80,7 +84,11 @@ class StatusFollower(Actor[Tick]):
         async with trio.open_nursery() as nursery:
             for item in batch:
                 nursery.start_soon(one, item)
-        await self._store.record_status(outcomes, [])
+        try:
+            await self._store.record_status(outcomes, [])
+        except Exception:
+            self._unwritten.extend(outcomes)  # written first thing once the database answers again
+            raise
 
     async def _check(self, item: SentSlice) -> StatusOutcome:
         actor = self._lookup(item.connector_name)

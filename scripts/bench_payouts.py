@@ -136,11 +136,11 @@ def histogram_quantiles(text: str, quantiles: tuple[float, ...],
     buckets: list[tuple[float, float]] = []
     for line in text.splitlines():
         if line.startswith(prefix) and match in line:
-            le = line.split('le="')[1].split('"')[0]
-            buckets.append((float("inf") if le == "+Inf" else float(le), float(line.rsplit(" ", 1)[1])))
+            bound = line.split('le="')[1].split('"')[0]
+            buckets.append((float("inf") if bound == "+Inf" else float(bound), float(line.rsplit(" ", 1)[1])))
     buckets.sort()
     total = buckets[-1][1]
-    result = {}
+    result: dict[float, float] = {}
     for q in quantiles:
         target = q * total
         previous_le, previous_count = 0.0, 0.0
@@ -207,6 +207,54 @@ async def resilience_overhead(calls: int, rounds: int = 5) -> tuple[float, float
     return await best(ours) - bare_us, await best(theirs), bare_us
 
 
+def measure_throughput(conn: Any, slices: int) -> float:
+    seed(conn, slices, "full")
+    start = time.monotonic()
+    wait_until(lambda: done_count(conn) >= slices, 300)
+    return slices / (time.monotonic() - start)
+
+
+def measure_latency(conn: Any, rate: float, metrics_url: str) -> tuple[int, dict[float, float], dict[float, float]]:
+    """Seed at ``rate`` slices/s for 10 s in 10 ms steps; quantiles of claim→recorded and of the bank call."""
+    before = done_count(conn)
+    paced = int(rate * 10)
+    baseline = httpx.get(metrics_url, timeout=10).text
+    step = 0.01
+    per_step = max(1, round(rate * step))
+    start = time.monotonic()
+    sent = 0
+    while sent < paced:
+        seed(conn, per_step, f"paced{sent}-")
+        sent += per_step
+        time.sleep(max(0.0, start + sent / rate - time.monotonic()))
+    wait_until(lambda: done_count(conn) >= before + sent, 120)
+    paced_histograms = diff_histogram(baseline, httpx.get(metrics_url, timeout=10).text)
+    ours = histogram_quantiles(paced_histograms, (0.5, 0.95, 0.99))
+    bank = histogram_quantiles(paced_histograms, (0.5, 0.99), "molamd_connector_request_duration_seconds_bucket",
+                               'operation="send_payment"')
+    return sent, ours, bank
+
+
+def report(args: argparse.Namespace, bare: tuple[float, float], daemon_rps: float, half: float,
+           latency: tuple[int, dict[float, float], dict[float, float]], overhead: tuple[float, float, float]) -> None:
+    bare_rps = sum(bare) / 2
+    sent, q, bank_q = latency
+    ours, theirs, bare_await = overhead
+    print(f"molamd payout benchmark: {args.slices} slices, concurrency {args.concurrency}, {os.cpu_count()} cores")
+    print(f"bare httpx loop (signed POST /payments): {bare_rps:.0f} req/s (before {bare[0]:.0f}, after {bare[1]:.0f})")
+    print(f"daemon end to end (claim -> bank -> recorded): {daemon_rps:.0f} slices/s")
+    print(f"pipeline efficiency: {daemon_rps / bare_rps:.2f} (target >= 0.8)")
+    print(f"latency at {half:.0f} slices/s ({sent} slices), claim -> recorded: p50 {q[0.5] * 1000:.1f} ms,"
+          f" p95 {q[0.95] * 1000:.1f} ms, p99 {q[0.99] * 1000:.1f} ms (target p99 <= 50 ms);"
+          f" of which the bank call: p50 {bank_q[0.5] * 1000:.1f} ms, p99 {bank_q[0.99] * 1000:.1f} ms")
+    print(f"resilience per call: ours {ours:.2f} us (limiter + bulkhead + breaker), pybreaker.call "
+          f"{theirs:.2f} us (bare await {bare_await:.2f} us)")
+    print(json.dumps({"bare_rps": round(bare_rps), "daemon_rps": round(daemon_rps),
+                      "efficiency": round(daemon_rps / bare_rps, 3), "p50_ms": round(q[0.5] * 1000, 2),
+                      "p95_ms": round(q[0.95] * 1000, 2), "p99_ms": round(q[0.99] * 1000, 2),
+                      "ours_us": round(ours, 2), "pybreaker_us": round(theirs, 2)}))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--slices", type=int, default=6000)
@@ -229,58 +277,19 @@ def main() -> int:
         # The bare loop runs before and after the daemon's run and the two are averaged: this machine's speed
         # drifts by tens of percent between minutes, and the ratio should compare like with like.
         bare_before = trio.run(bare_httpx, bank_url, args.concurrency, args.slices)
-
         env = {**os.environ, "MOLAMD_BENCH_HMAC": SECRET}
         with (work / "daemon.log").open("wb") as log:
             daemon = subprocess.Popen([str(BIN / "molamd"), "run", "--config", str(cfg)], stdout=log,
                                       stderr=subprocess.STDOUT, env=env)
-        wait_until(lambda: (work / "control.sock").exists(), 30)
+        wait_until((work / "control.sock").exists, 30)
         time.sleep(1.0)
         conn = psycopg.connect(cluster.dsn(), autocommit=True)
-        seed(conn, args.slices, "full")
-        start = time.monotonic()
-        wait_until(lambda: done_count(conn) >= args.slices, 300)
-        daemon_rps = args.slices / (time.monotonic() - start)
+        daemon_rps = measure_throughput(conn, args.slices)
         bare_after = trio.run(bare_httpx, bank_url, args.concurrency, args.slices)
-        bare_rps = (bare_before + bare_after) / 2
-
-        # Half the throughput: a steady trickle of new slices, latency from the daemon's own histogram.
         half = daemon_rps / 2
-        before = done_count(conn)
-        paced = int(half * 10)
-        metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
-        baseline = httpx.get(metrics_url, timeout=10).text
-        step = 0.01
-        per_step = max(1, round(half * step))
-        start = time.monotonic()
-        sent = 0
-        while sent < paced:
-            seed(conn, per_step, f"paced{sent}-")
-            sent += per_step
-            time.sleep(max(0.0, start + sent / half - time.monotonic()))
-        wait_until(lambda: done_count(conn) >= before + sent, 120)
-        after = httpx.get(metrics_url, timeout=10).text
-        paced_histograms = diff_histogram(baseline, after)
-        quantiles = histogram_quantiles(paced_histograms, (0.5, 0.95, 0.99))
-        bank_q = histogram_quantiles(paced_histograms, (0.5, 0.99), "molamd_connector_request_duration_seconds_bucket",
-                                     'operation="send_payment"')
-        ours, theirs, bare_await = trio.run(resilience_overhead, 200_000)
-
-        print(f"molamd payout benchmark: {args.slices} slices, concurrency {args.concurrency}, {os.cpu_count()} cores")
-        print(f"bare httpx loop (signed POST /payments): {bare_rps:.0f} req/s "
-              f"(before {bare_before:.0f}, after {bare_after:.0f})")
-        print(f"daemon end to end (claim -> bank -> recorded): {daemon_rps:.0f} slices/s")
-        print(f"pipeline efficiency: {daemon_rps / bare_rps:.2f} (target >= 0.8)")
-        print(f"latency at {half:.0f} slices/s ({sent} slices), claim -> recorded: p50 {quantiles[0.5] * 1000:.1f} ms,"
-              f" p95 {quantiles[0.95] * 1000:.1f} ms, p99 {quantiles[0.99] * 1000:.1f} ms (target p99 <= 50 ms);"
-              f" of which the bank call: p50 {bank_q[0.5] * 1000:.1f} ms, p99 {bank_q[0.99] * 1000:.1f} ms")
-        print(f"resilience per call: ours {ours:.2f} us (limiter + bulkhead + breaker), pybreaker.call "
-              f"{theirs:.2f} us (bare await {bare_await:.2f} us)")
-        print(json.dumps({"bare_rps": round(bare_rps), "daemon_rps": round(daemon_rps),
-                          "efficiency": round(daemon_rps / bare_rps, 3),
-                          "p50_ms": round(quantiles[0.5] * 1000, 2), "p95_ms": round(quantiles[0.95] * 1000, 2),
-                          "p99_ms": round(quantiles[0.99] * 1000, 2), "ours_us": round(ours, 2),
-                          "pybreaker_us": round(theirs, 2)}))
+        latency = measure_latency(conn, half, f"http://127.0.0.1:{metrics_port}/metrics")
+        overhead = trio.run(resilience_overhead, 200_000)
+        report(args, (bare_before, bare_after), daemon_rps, half, latency, overhead)
     finally:
         if daemon is not None:
             daemon.send_signal(signal.SIGTERM)
