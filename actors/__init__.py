@@ -41,6 +41,7 @@ from ._payout_types import Claimed as Claimed
 from ._payout_types import Outcome as Outcome
 from ._payout_types import OutcomeKind as OutcomeKind
 from ._payout_types import PayoutStore as PayoutStore
+from ._payout_types import PushedOutcome as PushedOutcome
 from ._payout_types import SentSlice as SentSlice
 from ._payout_types import StatusOutcome as StatusOutcome
 from ._periodic import Periodic as Periodic

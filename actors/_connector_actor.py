@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
@@ -30,6 +31,7 @@ from connectors import (
     Health,
     Network,
     PaymentConnector,
+    PaymentEvent,
     PaymentRef,
     PaymentStatus,
     PayoutSlice,
@@ -39,6 +41,7 @@ from connectors import (
 )
 
 from ._actor import DEFAULT_ASK_TIMEOUT, Actor, ActorSnapshot
+from ._backoff import Backoff
 from ._breaker import BreakerEvent, BreakerSnapshot, CircuitBreaker
 from ._bulkhead import Bulkhead
 from ._errors import ActorStopped, MailboxFull
@@ -46,6 +49,7 @@ from ._limiter import RateLimiter
 from ._retry import RetryPolicy
 
 R = TypeVar("R")
+logger = logging.getLogger("molamd.connector")
 Reply = trio.MemorySendChannel[Any]
 
 
@@ -140,6 +144,9 @@ class ConnectorSnapshot(msgspec.Struct, frozen=True, kw_only=True):
     limiter_tokens: float
     last_health: Health | None
     last_health_error: str | None
+    events_connected: bool
+    events_seen: int
+    events_since: int
 
 
 def _counts_against_breaker(exc: ConnectorError) -> bool:
@@ -151,6 +158,7 @@ class ConnectorActor(Actor[ConnectorMsg]):
     def __init__(
         self, config: ConnectorConfig, connector: BankConnector, observer: CallObserver | None = None,
         status_retry: RetryPolicy | None = None,
+        on_event: Callable[[str, PaymentEvent], None] | None = None,
     ) -> None:
         super().__init__(config.name, mailbox_size=config.mailbox_size)
         self.config = config
@@ -167,6 +175,10 @@ class ConnectorActor(Actor[ConnectorMsg]):
         self._idle = trio.Event()
         self._idle.set()
         self._in_flight = 0
+        self._on_event = on_event
+        self.events_seen = 0
+        self.events_since = 0  # last pushed sequence seen: a reconnect resumes after it
+        self.events_connected = False
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
@@ -185,6 +197,34 @@ class ConnectorActor(Actor[ConnectorMsg]):
 
     async def setup(self) -> None:
         await self.connector.open()
+        if self._on_event is not None and getattr(self.connector, "pushes_events", False):
+            self.nursery.start_soon(self._follow_events)
+
+    async def _follow_events(self) -> None:
+        """Keep the bank's event stream open, reconnecting with backoff and resuming from the last sequence."""
+        stream = getattr(self.connector, "stream_events")  # noqa: B009 - optional capability
+        failures = 0
+
+        def deliver(event: PaymentEvent) -> None:
+            nonlocal failures
+            failures = 0
+            self.events_connected = True
+            self.events_since = max(self.events_since, event.seq)
+            self.events_seen += 1
+            assert self._on_event is not None
+            self._on_event(self.name, event)
+
+        while True:
+            try:
+                await stream(self.events_since, deliver)
+            except ConnectorError as exc:
+                self.events_connected = False
+                failures += 1
+                delay = self._event_backoff.delay(failures)
+                logger.info("%s: event stream down (%s); reconnecting in %.1fs", self.name, exc, delay)
+                await trio.sleep(delay)
+
+    _event_backoff = Backoff(initial=0.2, maximum=30.0)
 
     async def teardown(self) -> None:
         await self.connector.aclose()
@@ -374,6 +414,9 @@ class ConnectorActor(Actor[ConnectorMsg]):
             limiter_tokens=round(self.limiter.tokens(), 2),
             last_health=self._last_health,
             last_health_error=self._last_health_error,
+            events_connected=self.events_connected,
+            events_seen=self.events_seen,
+            events_since=self.events_since,
         )
 
     async def pause(self, timeout: float = DEFAULT_ASK_TIMEOUT) -> DispatchState:

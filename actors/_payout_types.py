@@ -59,6 +59,13 @@ class StatusOutcome(msgspec.Struct, frozen=True, kw_only=True):
     flag: bool = False
 
 
+class PushedOutcome(msgspec.Struct, frozen=True, kw_only=True):
+    connector: str
+    provider_ref: str
+    final_status: str  # "settled" or "failed"
+    error: str | None = None
+
+
 class PayoutStore(Protocol):
     async def claim(self, limit: int, lease: float) -> list[Claimed]: ...
 
@@ -71,3 +78,5 @@ class PayoutStore(Protocol):
     async def claim_sent(self, limit: int, lease: float) -> list[SentSlice]: ...
 
     async def record_status(self, outcomes: Sequence[StatusOutcome], audit: Sequence[CallRecord]) -> None: ...
+
+    async def apply_pushed(self, outcomes: Sequence[PushedOutcome]) -> int: ...

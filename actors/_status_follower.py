@@ -5,6 +5,7 @@ A slice whose outcome is still unknown after ``unknown_after`` seconds is flagge
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 from collections.abc import Callable
@@ -12,12 +13,13 @@ from collections.abc import Callable
 import msgspec
 import trio
 
-from connectors import ConnectorError, PaymentRef, PaymentState
+from connectors import ConnectorError, PaymentEvent, PaymentRef, PaymentState
 
 from ._actor import Actor
 from ._backoff import Backoff
 from ._connector_actor import ConnectorActor
-from ._payout_types import PayoutStore, SentSlice, StatusOutcome
+from ._errors import ActorError
+from ._payout_types import PayoutStore, PushedOutcome, SentSlice, StatusOutcome
 
 logger = logging.getLogger("molamd.status_follower")
 
@@ -32,14 +34,20 @@ class FollowerSettings(msgspec.Struct, frozen=True, kw_only=True):
     backoff: Backoff = msgspec.field(default_factory=lambda: Backoff(initial=0.5, maximum=60.0, jitter=0.5))
 
 
-class Tick(msgspec.Struct, frozen=True):
-    pass
+PUSHED_MAILBOX = 4096
 
 
-class StatusFollower(Actor[Tick]):
+class Pushed(msgspec.Struct, frozen=True):
+    """A status change a connector received on its bank's event stream."""
+
+    connector: str
+    event: PaymentEvent
+
+
+class StatusFollower(Actor[Pushed]):
     def __init__(self, store: PayoutStore, connector: Callable[[str | None], ConnectorActor | None],
                  settings: FollowerSettings, rng: random.Random | None = None) -> None:
-        super().__init__("status_follower", mailbox_size=4)
+        super().__init__("status_follower", mailbox_size=PUSHED_MAILBOX)
         self._store = store
         self._lookup = connector
         self.settings = settings
@@ -47,17 +55,39 @@ class StatusFollower(Actor[Tick]):
         self._limiter = trio.CapacityLimiter(settings.concurrency)
         self.flagged = 0
         self._unwritten: list[StatusOutcome] = []  # what the bank said while the database was away
+        self._pushed: list[PushedOutcome] = []
+        self._wake = trio.Event()
 
     async def setup(self) -> None:
         self.nursery.start_soon(self._loop_forever)
 
-    async def handle(self, msg: Tick) -> None:
-        return None
+    async def handle(self, msg: Pushed) -> None:
+        event = msg.event
+        if event.state is PaymentState.SETTLED:
+            self._pushed.append(PushedOutcome(connector=msg.connector, provider_ref=event.provider_ref,
+                                              final_status="settled"))
+        elif event.state is PaymentState.REJECTED:
+            self._pushed.append(PushedOutcome(
+                connector=msg.connector, provider_ref=event.provider_ref, final_status="failed",
+                error=f"rejected by the bank: {event.reason_code}"))
+        self._wake.set()
+
+    def push(self, connector: str, event: PaymentEvent) -> None:
+        """Hand over a pushed event; when the mailbox is full it is dropped (polling settles that slice)."""
+        with contextlib.suppress(ActorError):
+            self.tell(Pushed(connector, event))
 
     async def _loop_forever(self) -> None:
         failures = 0
         while True:
             try:
+                if self._pushed:
+                    pushed, self._pushed = self._pushed, []
+                    try:
+                        await self._store.apply_pushed(pushed)
+                    except Exception:
+                        self._pushed[:0] = pushed
+                        raise
                 if self._unwritten:
                     await self._store.record_status(self._unwritten, [])
                     self._unwritten = []
@@ -72,7 +102,9 @@ class StatusFollower(Actor[Tick]):
                 continue
             failures = 0
             if len(batch) < self.settings.batch_size:
-                await trio.sleep(self.settings.interval)
+                with trio.move_on_after(self.settings.interval):
+                    await self._wake.wait()
+                self._wake = trio.Event()
 
     async def _follow(self, batch: list[SentSlice]) -> None:
         outcomes: list[StatusOutcome] = []

@@ -21,6 +21,7 @@ from ._errors import ServerError as ServerError
 from ._errors import Timeout as Timeout
 from ._errors import Validation as Validation
 from ._payments import CallRecord as CallRecord
+from ._payments import PaymentEvent as PaymentEvent
 from ._payments import PaymentRef as PaymentRef
 from ._payments import PaymentState as PaymentState
 from ._payments import PaymentStatus as PaymentStatus

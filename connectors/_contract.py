@@ -20,6 +20,7 @@ class Capability(enum.StrEnum):
     PAYMENT_STATUS = "payment_status"
     STATEMENTS = "statements"
     HEALTH = "health"
+    PUSH_EVENTS = "push_events"  # the bank streams status changes
 
 
 class _Table(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -50,6 +50,16 @@ class PaymentStatus(msgspec.Struct, frozen=True, kw_only=True):
     reason: str | None = None
 
 
+class PaymentEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """A status change the bank pushed (websocket), numbered so a reconnecting client can resume."""
+
+    seq: int
+    provider_ref: str
+    idempotency_key: str | None
+    state: PaymentState
+    reason_code: str | None = None
+
+
 class CallRecord(msgspec.Struct, frozen=True, kw_only=True):
     """What one bank call leaves for the audit trail: sanitized, secrets and account numbers masked."""
 

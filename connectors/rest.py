@@ -16,12 +16,14 @@ from __future__ import annotations
 import json
 import ssl
 import time
+from collections.abc import Callable
 from typing import Any, ClassVar
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import httpx
 import msgspec
 import trio
+import trio_websocket
 
 from ._contract import CallContext, Capability, ConnectorConfig, Health
 from ._errors import (
@@ -36,7 +38,16 @@ from ._errors import (
     Timeout,
     Validation,
 )
-from ._payments import CallRecord, PaymentRef, PaymentState, PaymentStatus, PayoutSlice, SendResult, mask_account
+from ._payments import (
+    CallRecord,
+    PaymentEvent,
+    PaymentRef,
+    PaymentState,
+    PaymentStatus,
+    PayoutSlice,
+    SendResult,
+    mask_account,
+)
 from ._signing import sign_request, verify_response
 from ._values import Duration, Secret
 
@@ -60,6 +71,7 @@ class RestOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     client_cert: str | None = None
     client_key: str | None = None
     ca_file: str | None = None
+    events_url: str | None = None  # ws(s)://.../events: the bank pushes status changes; resumes by sequence
 
 
 class RestConfig(ConnectorConfig, frozen=True, kw_only=True, tag="rest"):
@@ -76,7 +88,7 @@ def _state(text: object) -> PaymentState:
 class RestConnector:
     kind: ClassVar[str] = "rest"
     capabilities: ClassVar[frozenset[Capability]] = frozenset(
-        {Capability.SEND_PAYMENT, Capability.PAYMENT_STATUS, Capability.HEALTH}
+        {Capability.SEND_PAYMENT, Capability.PAYMENT_STATUS, Capability.HEALTH, Capability.PUSH_EVENTS}
     )
 
     def __init__(self, config: RestConfig, transport: httpx.AsyncBaseTransport | None = None) -> None:
@@ -169,6 +181,42 @@ class RestConnector:
         except (KeyError, TypeError, ValueError) as exc:
             raise self._fail(BadResponse(self.name, f"unexpected status answer: {exc}"), record) from exc
         return status, record
+
+    @property
+    def pushes_events(self) -> bool:
+        return self._options.events_url is not None
+
+    async def stream_events(self, since: int, deliver: Callable[[PaymentEvent], None]) -> None:
+        """Receive pushed status changes after sequence ``since`` until the stream breaks.
+
+        Raises Network (or Auth) when it ends; the caller reconnects from the last sequence it saw.
+        Cancellation closes the websocket.
+        """
+        url = self._options.events_url
+        if url is None:
+            raise Validation(self.name, "this bank pushes no events (rest.events_url is not set)")
+        timestamp = int(time.time())
+        path = urlsplit(url).path or "/"
+        signature = sign_request(self._secret, "GET", path, timestamp, b"")
+        query = urlencode({"since": since, "key_id": self._options.key_id, "ts": timestamp, "sig": signature})
+        try:
+            async with trio_websocket.open_websocket_url(f"{url}?{query}", connect_timeout=10) as ws:
+                while True:
+                    message = await ws.get_message()
+                    try:
+                        data = json.loads(message)
+                        event = PaymentEvent(
+                            seq=int(data["seq"]), provider_ref=str(data["id"]),
+                            idempotency_key=data.get("idempotency_key"), state=_state(data["status"]),
+                            reason_code=data.get("reason_code"),
+                        )
+                    except (KeyError, TypeError, ValueError) as exc:
+                        raise BadResponse(self.name, f"unreadable pushed event: {exc}") from exc
+                    deliver(event)
+        except trio_websocket.HandshakeError as exc:
+            raise Auth(self.name, f"event stream refused: {exc}") from exc
+        except (trio_websocket.ConnectionClosed, OSError, trio.TooSlowError) as exc:
+            raise Network(self.name, f"event stream ended: {type(exc).__name__}: {exc}") from exc
 
     async def healthcheck(self) -> Health:
         start = trio.current_time()

@@ -14,7 +14,7 @@ from typing import Any
 
 import msgspec
 
-from actors import Claimed, Outcome, OutcomeKind, SentSlice, StatusOutcome
+from actors import Claimed, Outcome, OutcomeKind, PushedOutcome, SentSlice, StatusOutcome
 from connectors import CallRecord, PayoutSlice
 
 from .db import Database
@@ -169,6 +169,20 @@ def record_status(conn: Any, host: str, outcomes: Sequence[StatusOutcome], audit
     write_audit(conn, host, audit)
 
 
+def apply_pushed(conn: Any, outcomes: Sequence[PushedOutcome]) -> int:
+    """Final states the banks pushed; only slices still 'sent' change (polling may have been first)."""
+    if not outcomes:
+        return 0
+    cur = conn.execute(
+        "UPDATE payout_slices p SET status = u.status, final_at = now(), last_error = u.err, next_attempt_at = NULL"
+        " FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[]) AS u(connector, ref, status, err)"
+        " WHERE p.connector_name = u.connector AND p.provider_ref = u.ref AND p.status = 'sent'",
+        ([o.connector for o in outcomes], [o.provider_ref for o in outcomes], [o.final_status for o in outcomes],
+         [o.error for o in outcomes]),
+    )
+    return int(cur.rowcount)
+
+
 # -- the dead-letter queue and counts ----------------------------------------------------------------
 
 
@@ -250,3 +264,6 @@ class PayoutStore:
 
     async def record_status(self, outcomes: Sequence[StatusOutcome], audit: Sequence[CallRecord]) -> None:
         await self._db.transaction(lambda c: record_status(c, self.host, outcomes, audit))
+
+    async def apply_pushed(self, outcomes: Sequence[PushedOutcome]) -> int:
+        return await self._db.transaction(lambda c: apply_pushed(c, outcomes))

@@ -33,7 +33,7 @@ from actors import (
     SupervisorEvent,
     UnknownChild,
 )
-from connectors import ConnectorConfig, build_connector
+from connectors import ConnectorConfig, PaymentEvent, build_connector
 
 from . import __version__, db
 from .config import Config, HealthCheckerSection, SupervisionSection, secret_values
@@ -124,7 +124,8 @@ class Runtime:
         self.telemetry.set_breaker(config.name, BreakerState.CLOSED)
         return ChildSpec(
             name=config.name,
-            factory=lambda: ConnectorActor(config, build_connector(config), observer=self.telemetry),
+            factory=lambda: ConnectorActor(config, build_connector(config), observer=self.telemetry,
+                                           on_event=self.pushed_event),
             shutdown_grace=config.shutdown_grace.seconds,
         )
 
@@ -182,6 +183,15 @@ class Runtime:
             return
         if isinstance(child, Dispatcher):
             child.wake()
+
+    def pushed_event(self, connector: str, event: PaymentEvent) -> None:
+        """A bank pushed a status change: the status follower applies it (polling covers it otherwise)."""
+        try:
+            child = self.workers.child(STATUS_FOLLOWER)
+        except UnknownChild:
+            return
+        if isinstance(child, StatusFollower):
+            child.push(connector, event)
 
     def any_accepting(self) -> bool:
         return any(isinstance(a, ConnectorActor) and a.accepting for a in self.connectors.running())

@@ -31,6 +31,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import h11
 import trio
+import trio_websocket
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -88,6 +89,10 @@ class Bank:
         self.stats: dict[str, int] = {"requests": 0, "payments": 0, "replays": 0, "conflicts": 0,
                                       "auth_failures": 0, "faults": 0}
         self._due: list[tuple[float, str]] = []
+        self.events: list[dict[str, Any]] = []  # pushed status changes, numbered from 1
+        self._event_added = trio.Event()
+        self._streams: set[Any] = set()
+        self.events_url = ""
 
     # -- the API ------------------------------------------------------------------------------------
 
@@ -198,7 +203,15 @@ class Bank:
         if path == "/admin/ledger":
             return Reply(200, {"payments": self.ledger})
         if path == "/admin/stats":
-            return Reply(200, {**self.stats, "ledger": len(self.ledger)})
+            return Reply(200, {**self.stats, "ledger": len(self.ledger), "events": len(self.events),
+                               "streams": len(self._streams)})
+        if path == "/admin/info":
+            return Reply(200, {"events_url": self.events_url})
+        if path == "/admin/drop_streams" and method == "POST":
+            dropped = len(self._streams)
+            for ws in list(self._streams):
+                ws.dropped = True
+            return Reply(200, {"dropped": dropped})
         return Reply(404, {"error": "not_found"})
 
     # -- settlement ---------------------------------------------------------------------------------
@@ -217,6 +230,11 @@ class Bank:
                     payment["status"], payment["reason_code"] = "rejected", "AC04"  # closed account
                 else:
                     payment["status"] = "settled"
+                self.events.append({"seq": len(self.events) + 1, "id": pid, "status": payment["status"],
+                                    "reason_code": payment["reason_code"],
+                                    "idempotency_key": payment["idempotency_key"]})
+            self._event_added.set()
+            self._event_added = trio.Event()
 
     # -- HTTP/1.1 over trio, with h11 ----------------------------------------------------------------
 
@@ -283,12 +301,44 @@ class Bank:
         data += conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage())
         await stream.send_all(data)
 
+    # -- pushed events over a websocket ----------------------------------------------------------------
+
+    async def serve_events_stream(self, request: Any) -> None:
+        """``/events?since=N&key_id=..&ts=..&sig=..``: every event after N, then new ones as they happen."""
+        target = urlsplit(request.path)
+        params = {k: v[0] for k, v in parse_qs(target.query).items()}
+        problem = None if params.get("key_id") == self.key_id else "unknown key id"
+        if problem is None:
+            problem = verify_request(self.secret, params.get("sig", ""), "GET", target.path, params.get("ts", ""),
+                                     b"", now=time.time(), max_skew=self.max_skew)
+        if target.path != "/events" or problem is not None:
+            await request.reject(401 if problem else 404, body=(problem or "no such stream").encode())
+            return
+        ws = await request.accept()
+        ws.dropped = False
+        self._streams.add(ws)
+        try:
+            sent = int(params.get("since", "0") or 0)
+            while not ws.dropped:
+                for event in self.events[sent:]:
+                    await ws.send_message(json.dumps(event))
+                    sent = event["seq"]
+                with trio.move_on_after(0.2):
+                    await self._event_added.wait()
+            await ws.aclose(code=1012, reason="dropped by the sandbox")
+        except trio_websocket.ConnectionClosed:
+            pass
+        finally:
+            self._streams.discard(ws)
+
     async def serve(self, host: str, port: int, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
                     ) -> None:
         listeners = await trio.open_tcp_listeners(port, host=host, backlog=1024)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.settle_forever)
             await nursery.start(trio.serve_listeners, self.serve_connection, listeners)
+            server = await nursery.start(trio_websocket.serve_websocket, self.serve_events_stream, host, 0, None)
+            self.events_url = f"ws://{host}:{server.port}/events"
             task_status.started(listeners[0].socket.getsockname()[1])
 
 

@@ -40,13 +40,20 @@ class Bank:
     def stats(self) -> dict[str, int]:
         return dict(httpx.get(f"{self.url}/admin/stats", timeout=10).json())
 
+    def events_url(self) -> str:
+        return str(httpx.get(f"{self.url}/admin/info", timeout=5).json()["events_url"])
+
+    def drop_streams(self) -> int:
+        return int(httpx.post(f"{self.url}/admin/drop_streams", timeout=5).json()["dropped"])
+
     def close(self) -> None:
         self.proc.terminate()
         self.proc.wait(10)
 
 
 def rest_connector(name: str, bank_url: str, *, profile: str = "bank-a", priority: int = 10,
-                   currencies: str = '["XOF"]', rate: float = 1000.0, call_timeout: str = "2s") -> str:
+                   currencies: str = '["XOF"]', rate: float = 1000.0, call_timeout: str = "2s",
+                   events_url: str | None = None) -> str:
     return textwrap.dedent(f"""
         [[connectors]]
         name = "{name}"
@@ -59,6 +66,7 @@ def rest_connector(name: str, bank_url: str, *, profile: str = "bank-a", priorit
         base_url = "{bank_url}"
         key_id = "molamd-demo"
         hmac_secret = "env:MOLAMD_TEST_HMAC"
+        {f'events_url = "{events_url}"' if events_url else ""}
         [connectors.limits]
         rate = {rate}
         burst = 100
@@ -74,14 +82,14 @@ def rest_connector(name: str, bank_url: str, *, profile: str = "bank-a", priorit
 
 
 def payout_toml(directory: Path, dsn: str, connectors: str, *, lease: str = "20s", host: str = "test-host",
-                **kw: Any) -> str:
+                first_status_check: str = "100ms", **kw: Any) -> str:
     base = daemon_toml(directory, dsn=dsn, connectors="", **kw).replace('host_id = "test-host"', f'host_id = "{host}"')
     return base + textwrap.dedent(f"""
         [workers.dispatcher]
         idle_poll = "50ms"
         lease = "{lease}"
         call_timeout = "5s"
-        first_status_check = "100ms"
+        first_status_check = "{first_status_check}"
         retry_initial = "50ms"
         retry_max = "200ms"
         flush_interval = "10ms"

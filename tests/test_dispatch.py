@@ -232,3 +232,22 @@ def test_database_restart_mid_batch(
         assert d.stop() == 0
     finally:
         cluster.destroy()
+
+
+def test_pushed_events_settle_slices_and_the_stream_resumes(
+    daemon_factory: Any, short_tmp: Path, migrated_dsn: str, bank: Bank
+) -> None:
+    """With status polls pushed 60 s out, only the bank's event stream can settle these slices in time."""
+    connectors = rest_connector("primary", bank.url, events_url=bank.events_url())
+    d = daemon_factory(payout_toml(short_tmp, migrated_dsn, connectors, first_status_check="60s"), env=env())
+    wait_for(lambda: d.ctl_json("connector", "primary")["snapshot"]["events_connected"] or bank.stats()["streams"],
+             10, "the event stream")
+    first = seed(migrated_dsn, 30)
+    assert wait_final(migrated_dsn, first, timeout=20) == {"settled": 30}
+    assert bank.drop_streams() == 1
+    second = seed(migrated_dsn, 30)
+    assert wait_final(migrated_dsn, second, timeout=20) == {"settled": 30}
+    snapshot = d.ctl_json("connector", "primary")["snapshot"]
+    assert snapshot["events_seen"] >= 60 and snapshot["events_since"] >= 60
+    assert_paid_once(migrated_dsn, bank)
+    assert d.stop() == 0

@@ -13,18 +13,18 @@ EXPECTED = {
         "Child", "ChildInfo", "ChildSpec", "ChildState", "CircuitBreaker", "Claimed", "ConnectorActor",
         "ConnectorSnapshot", "DEFAULT_ASK_TIMEOUT", "DEFAULT_MAILBOX_SIZE", "DispatchState", "Dispatcher",
         "DispatcherSettings", "Drain", "Escalation", "EventKind", "FollowerSettings", "ForceOpen", "HealthChecker",
-        "HealthResult", "MailboxFull", "Outcome", "OutcomeKind", "Pause", "PayoutStore", "Periodic", "RateLimiter",
-        "Refused", "ResetCircuit", "RestartPolicy", "RestartType", "Resume", "RetryPolicy", "Router", "RunNow",
-        "SentSlice", "SetRate", "StatusFollower", "StatusOutcome", "Strategy", "Supervisor", "SupervisorError",
-        "SupervisorEvent", "UnknownChild", "describe_error",
+        "HealthResult", "MailboxFull", "Outcome", "OutcomeKind", "Pause", "PayoutStore", "Periodic",
+        "PushedOutcome", "RateLimiter", "Refused", "ResetCircuit", "RestartPolicy", "RestartType", "Resume",
+        "RetryPolicy", "Router", "RunNow", "SentSlice", "SetRate", "StatusFollower", "StatusOutcome", "Strategy",
+        "Supervisor", "SupervisorError", "SupervisorEvent", "UnknownChild", "describe_error",
     },
     "connectors": {
         "AnyConnectorConfig", "Auth", "BadResponse", "BankConnector", "BreakerConfig", "Busy", "CallContext",
         "CallRecord", "Capability", "CircuitOpen", "ConnectorConfig", "ConnectorError", "ConnectorKind", "Duration",
         "Health", "IdempotencyConflict", "KINDS", "LimitsConfig", "Network", "NullConfig", "NullConnector",
-        "PaymentConnector", "PaymentRef", "PaymentState", "PaymentStatus", "PayoutSlice", "REDACTED", "RateLimited",
-        "Rejected", "RestConfig", "RestConnector", "RestOptions", "Secret", "SendResult", "ServerError", "Timeout",
-        "Validation", "build_connector", "decode_hook", "encode_hook", "mask_account",
+        "PaymentConnector", "PaymentEvent", "PaymentRef", "PaymentState", "PaymentStatus", "PayoutSlice",
+        "REDACTED", "RateLimited", "Rejected", "RestConfig", "RestConnector", "RestOptions", "Secret", "SendResult",
+        "ServerError", "Timeout", "Validation", "build_connector", "decode_hook", "encode_hook", "mask_account",
     },
     "molamd.config": {
         "Config", "ConfigError", "ConfigProblem", "ControlSection", "DatabaseSection", "HealthCheckerSection",
@@ -36,9 +36,9 @@ EXPECTED = {
         "PROTOCOL_VERSION", "Peer", "access_for", "check_socket_path",
     },
     "molamd.db": {
-        "Conn", "Database", "DatabaseError", "DatabaseUnavailable", "Migration", "MigrationError", "RegistryRow",
-        "config_hash", "conninfo", "current_version", "migrate", "report_states", "shipped_migrations",
-        "sync_configured",
+        "Conn", "Database", "DatabaseError", "DatabaseUnavailable", "Listener", "Migration", "MigrationError",
+        "RegistryRow", "config_hash", "conninfo", "current_version", "migrate", "report_states",
+        "shipped_migrations", "sync_configured",
     },
 }
 
