@@ -64,6 +64,7 @@ class PushedOutcome(msgspec.Struct, frozen=True, kw_only=True):
     provider_ref: str
     final_status: str  # "settled" or "failed"
     error: str | None = None
+    received_at: float = 0.0  # trio time; an event for a slice not yet recorded 'sent' is retried a while
 
 
 class PayoutStore(Protocol):
@@ -79,4 +80,4 @@ class PayoutStore(Protocol):
 
     async def record_status(self, outcomes: Sequence[StatusOutcome], audit: Sequence[CallRecord]) -> None: ...
 
-    async def apply_pushed(self, outcomes: Sequence[PushedOutcome]) -> int: ...
+    async def apply_pushed(self, outcomes: Sequence[PushedOutcome]) -> set[tuple[str, str]]: ...

@@ -35,6 +35,7 @@ class FollowerSettings(msgspec.Struct, frozen=True, kw_only=True):
 
 
 PUSHED_MAILBOX = 4096
+PUSHED_RETENTION = 30.0  # seconds an unmatched pushed event is retried
 
 
 class Pushed(msgspec.Struct, frozen=True):
@@ -65,11 +66,11 @@ class StatusFollower(Actor[Pushed]):
         event = msg.event
         if event.state is PaymentState.SETTLED:
             self._pushed.append(PushedOutcome(connector=msg.connector, provider_ref=event.provider_ref,
-                                              final_status="settled"))
+                                              final_status="settled", received_at=trio.current_time()))
         elif event.state is PaymentState.REJECTED:
             self._pushed.append(PushedOutcome(
                 connector=msg.connector, provider_ref=event.provider_ref, final_status="failed",
-                error=f"rejected by the bank: {event.reason_code}"))
+                error=f"rejected by the bank: {event.reason_code}", received_at=trio.current_time()))
         self._wake.set()
 
     def push(self, connector: str, event: PaymentEvent) -> None:
@@ -82,12 +83,7 @@ class StatusFollower(Actor[Pushed]):
         while True:
             try:
                 if self._pushed:
-                    pushed, self._pushed = self._pushed, []
-                    try:
-                        await self._store.apply_pushed(pushed)
-                    except Exception:
-                        self._pushed[:0] = pushed
-                        raise
+                    await self._apply_pushed()
                 if self._unwritten:
                     await self._store.record_status(self._unwritten, [])
                     self._unwritten = []
@@ -105,6 +101,18 @@ class StatusFollower(Actor[Pushed]):
                 with trio.move_on_after(self.settings.interval):
                     await self._wake.wait()
                 self._wake = trio.Event()
+
+    async def _apply_pushed(self) -> None:
+        pushed, self._pushed = self._pushed, []
+        try:
+            matched = await self._store.apply_pushed(pushed)
+        except Exception:
+            self._pushed[:0] = pushed
+            raise
+        # An event can overtake the dispatcher's write of 'sent'; keep those a while, then leave them to polling.
+        horizon = trio.current_time() - PUSHED_RETENTION
+        self._pushed[:0] = [p for p in pushed
+                            if (p.connector, p.provider_ref) not in matched and p.received_at > horizon]
 
     async def _follow(self, batch: list[SentSlice]) -> None:
         outcomes: list[StatusOutcome] = []

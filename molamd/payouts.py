@@ -169,18 +169,22 @@ def record_status(conn: Any, host: str, outcomes: Sequence[StatusOutcome], audit
     write_audit(conn, host, audit)
 
 
-def apply_pushed(conn: Any, outcomes: Sequence[PushedOutcome]) -> int:
-    """Final states the banks pushed; only slices still 'sent' change (polling may have been first)."""
+def apply_pushed(conn: Any, outcomes: Sequence[PushedOutcome]) -> set[tuple[str, str]]:
+    """Final states the banks pushed; only slices still 'sent' change (polling may have been first).
+
+    Returns the (connector, provider_ref) pairs that matched a slice still 'sent'.
+    """
     if not outcomes:
-        return 0
-    cur = conn.execute(
+        return set()
+    rows = conn.execute(
         "UPDATE payout_slices p SET status = u.status, final_at = now(), last_error = u.err, next_attempt_at = NULL"
         " FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[]) AS u(connector, ref, status, err)"
-        " WHERE p.connector_name = u.connector AND p.provider_ref = u.ref AND p.status = 'sent'",
+        " WHERE p.connector_name = u.connector AND p.provider_ref = u.ref AND p.status = 'sent'"
+        " RETURNING p.connector_name, p.provider_ref",
         ([o.connector for o in outcomes], [o.provider_ref for o in outcomes], [o.final_status for o in outcomes],
          [o.error for o in outcomes]),
-    )
-    return int(cur.rowcount)
+    ).fetchall()
+    return {(r[0], r[1]) for r in rows}
 
 
 # -- the dead-letter queue and counts ----------------------------------------------------------------
@@ -265,5 +269,5 @@ class PayoutStore:
     async def record_status(self, outcomes: Sequence[StatusOutcome], audit: Sequence[CallRecord]) -> None:
         await self._db.transaction(lambda c: record_status(c, self.host, outcomes, audit))
 
-    async def apply_pushed(self, outcomes: Sequence[PushedOutcome]) -> int:
+    async def apply_pushed(self, outcomes: Sequence[PushedOutcome]) -> set[tuple[str, str]]:
         return await self._db.transaction(lambda c: apply_pushed(c, outcomes))

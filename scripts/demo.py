@@ -74,6 +74,7 @@ def start_bank(faults: bool) -> tuple[subprocess.Popen[str], str]:
     mix = FAULT_MIX if faults else {}
     bank = subprocess.Popen(
         [str(BIN / "python"), str(ROOT / "scripts" / "sandbox_bank.py"), "--port", str(BANK_PORT),
+         "--events-port", str(BANK_PORT + 1),
          "--secret", SANDBOX_SECRET, "--settle-delay", "0.2", "--reject-rate", "0.01", "--faults", json.dumps(mix)],
         stdout=subprocess.PIPE, text=True)
     assert bank.stdout is not None

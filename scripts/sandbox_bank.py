@@ -331,13 +331,14 @@ class Bank:
         finally:
             self._streams.discard(ws)
 
-    async def serve(self, host: str, port: int, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
-                    ) -> None:
+    async def serve(self, host: str, port: int, events_port: int = 0, *,
+                    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         listeners = await trio.open_tcp_listeners(port, host=host, backlog=1024)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.settle_forever)
             await nursery.start(trio.serve_listeners, self.serve_connection, listeners)
-            server = await nursery.start(trio_websocket.serve_websocket, self.serve_events_stream, host, 0, None)
+            server = await nursery.start(trio_websocket.serve_websocket, self.serve_events_stream, host,
+                                         events_port, None)
             self.events_url = f"ws://{host}:{server.port}/events"
             task_status.started(listeners[0].socket.getsockname()[1])
 
@@ -346,6 +347,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="The molamd sandbox bank.")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--events-port", type=int, default=0, help="websocket port for pushed payment events")
     parser.add_argument("--key-id", default="molamd-demo")
     parser.add_argument("--secret", default="sandbox-hmac-secret", help="HMAC secret shared with molamd")
     parser.add_argument("--settle-delay", type=float, default=0.2, help="seconds from accepted to settled")
@@ -360,7 +362,7 @@ async def main_async(args: argparse.Namespace) -> None:
                 reject_rate=args.reject_rate, rng=random.Random(args.seed))
     bank.faults.update(json.loads(args.faults))
     async with trio.open_nursery() as nursery:
-        port = await nursery.start(bank.serve, args.host, args.port)
+        port = await nursery.start(bank.serve, args.host, args.port, args.events_port)
         print(f"sandbox bank listening on http://{args.host}:{port}", flush=True)
 
 
