@@ -278,7 +278,7 @@ class RestConnector:
             else:
                 data = parsed
         if error is not None:
-            text = response.text[:_MAX_ERROR_TEXT]
+            text = _printable(response.text[:_MAX_ERROR_TEXT])
             raise self._fail(error, record("error", code=error.code, status=response.status_code,
                                            response={"status": response.status_code, "body": text}))
         summary: dict[str, object] = {k: data[k] for k in ("id", "status", "reason_code") if k in data}
@@ -314,6 +314,11 @@ class RestConnector:
     def _fail(error: ConnectorError, record: CallRecord) -> ConnectorError:
         error.record = record
         return error
+
+
+def _printable(text: str) -> str:
+    """A bank's bytes made safe for logs and the audit table: control characters shown as escapes."""
+    return "".join(c if c.isprintable() or c in "\n\t" else f"\\x{ord(c):02x}" for c in text)
 
 
 def _json(response: httpx.Response) -> dict[str, Any]:

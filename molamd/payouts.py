@@ -116,6 +116,13 @@ _RECORD: dict[OutcomeKind, str] = {
 _json = msgspec.json.Encoder()
 
 
+def _jsonb_text(value: dict[str, object] | None) -> str | None:
+    """JSON text PostgreSQL's jsonb accepts: it refuses \\u0000, which a garbled bank answer can carry."""
+    if value is None:
+        return None
+    return _json.encode(value).decode().replace("\\u0000", "\\\\u0000")
+
+
 def write_audit(conn: Any, host: str, audit: Sequence[CallRecord]) -> None:
     """One INSERT for the whole batch (arrays unnested server-side): one round trip whatever its size."""
     if not audit:
@@ -130,8 +137,8 @@ def write_audit(conn: Any, host: str, audit: Sequence[CallRecord]) -> None:
             [r.connector for r in audit], [r.trace_id for r in audit], [r.operation for r in audit],
             [r.duration_seconds for r in audit], [r.outcome for r in audit], [r.error_code for r in audit],
             [r.http_status for r in audit], [r.payout_slice_id for r in audit],
-            [_json.encode(r.request).decode() if r.request is not None else None for r in audit],
-            [_json.encode(r.response).decode() if r.response is not None else None for r in audit],
+            [_jsonb_text(r.request) for r in audit],
+            [_jsonb_text(r.response) for r in audit],
         ),
     )
 

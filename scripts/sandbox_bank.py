@@ -149,8 +149,8 @@ class Bank:
             roll -= rate
         if ambiguous is not None:
             self.stats["faults"] += 1
-            if self.rng.random() < 0.5:  # fails before executing
-                return Reply(0, fault=ambiguous)
+            if self.rng.random() < 0.5:  # fails before executing (a gateway answering for a bank that is away)
+                return Reply(502, {"error": "bad_gateway"}, fault=ambiguous)
         reply = self.execute(key, body)
         if ambiguous is not None:
             reply.fault = ambiguous
@@ -259,6 +259,9 @@ class Bank:
                     return
                 conn.start_next_cycle()
         except (trio.BrokenResourceError, trio.ClosedResourceError, h11.RemoteProtocolError):
+            return
+        except Exception as exc:  # one broken exchange must not take the bank down
+            print(f"sandbox bank: connection error: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
             return
         finally:
             await stream.aclose()

@@ -201,3 +201,16 @@ def test_registry_sync_and_report(migrated_dsn: str) -> None:
         db.sync_configured(conn, "h1", [a, b])
         assert conn.execute("SELECT state FROM bank_connectors_registry WHERE name = 'a'").fetchone()[0] == "starting"
     assert db.config_hash(a) != db.config_hash(b)
+
+
+def test_audit_rows_survive_what_a_garbled_bank_sends(migrated_dsn: str) -> None:
+    from connectors import CallRecord
+    from molamd.payouts import write_audit
+
+    record = CallRecord(connector="bank-a", trace_id="t1", operation="send_payment", duration_seconds=0.01,
+                        outcome="error", error_code="bad_response", http_status=201,
+                        request={"idempotency_key": "k"}, response={"status": 201, "body": '{"id": "pay_\x00'})
+    with psycopg.connect(migrated_dsn) as conn:
+        write_audit(conn, "h1", [record, record])
+        rows = conn.execute("SELECT response->>'body' FROM bank_connector_logs").fetchall()
+    assert rows == [('{"id": "pay_\\u0000',)] * 2

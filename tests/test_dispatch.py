@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
+import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 
-from tests.conftest import DaemonProcess
+from tests.conftest import MOLAMD, DaemonProcess, free_port
 from tests.payout_helpers import (
     Bank,
     assert_paid_once,
@@ -251,3 +254,60 @@ def test_pushed_events_settle_slices_and_the_stream_resumes(
     assert snapshot["events_seen"] >= 60 and snapshot["events_since"] >= 60
     assert_paid_once(migrated_dsn, bank)
     assert d.stop() == 0
+
+
+def test_every_fault_the_sandbox_injects_still_pays_once(
+    daemon_factory: Any, short_tmp: Path, migrated_dsn: str, bank: Bank
+) -> None:
+    bank.faults(error_rate=0.1, reset_rate=0.05, hang_rate=0.03, garbage_rate=0.05, bad_signature_rate=0.05,
+                rate_limit_rate=0.05, retry_after=0.2, latency_ms=5)
+    connectors = (rest_connector("primary", bank.url, call_timeout="500ms")
+                  + rest_connector("backup", bank.url, priority=20, call_timeout="500ms"))
+    d = daemon_factory(payout_toml(short_tmp, migrated_dsn, connectors), env=env())
+    ids = seed(migrated_dsn, 150)
+    final = wait_final(migrated_dsn, ids, timeout=120)
+    assert set(final) <= {"settled", "dead"} and final.get("settled", 0) >= 140
+    assert_paid_once(migrated_dsn, bank)
+    stats = bank.stats()
+    assert stats["faults"] > 20 and stats["replays"] > 0, "ambiguous outcomes were retried with the same key"
+    with psycopg.connect(migrated_dsn) as conn:
+        errors = {r[0] for r in conn.execute(
+            "SELECT DISTINCT error_code FROM bank_connector_logs WHERE outcome = 'error'").fetchall()}
+        dead = conn.execute("SELECT attempts, max_attempts, last_error FROM payout_slices"
+                            " WHERE status = 'dead'").fetchall()
+    assert {"server_error", "bad_response", "timeout", "rate_limited"} <= errors
+    assert all(a >= m and "gave up after" in e for a, m, e in dead)
+    assert d.stop() == 0
+
+
+def test_breaker_and_rate_commands(daemon_factory: Any, short_tmp: Path, migrated_dsn: str, bank: Bank) -> None:
+    port = free_port()
+    d = daemon_factory(payout_toml(short_tmp, migrated_dsn, two_connectors(bank), metrics_port=port), env=env())
+    assert d.ctl_json("force-open", "primary") == {"name": "primary", "breaker": "forced_open"}
+    ids = seed(migrated_dsn, 20)
+    assert wait_final(migrated_dsn, ids) == {"settled": 20}
+    with psycopg.connect(migrated_dsn) as conn:
+        used = conn.execute("SELECT DISTINCT connector_name FROM payout_slices").fetchall()
+    assert used == [("backup",)], "a forced-open breaker sends the work to the next connector"
+    assert d.ctl_json("reset-circuit", "primary")["breaker"] == "closed"
+    assert d.ctl_json("set-rate", "primary", "5", "2") == {"name": "primary", "rate": 5.0, "burst": 2}
+    assert d.ctl_json("connector", "primary")["snapshot"]["limiter_rate"] == 5.0
+    assert d.ctl("set-rate", "primary", "fast").returncode == 2
+    assert d.ctl("set-rate", "primary", "0").returncode == 1
+    metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    assert 'molamd_connector_requests_total{connector="backup",operation="send_payment",outcome="ok"} 20.0' in metrics
+    assert 'molamd_circuit_breaker_state{connector="primary",state="closed"} 1.0' in metrics
+    assert 'molamd_circuit_breaker_transitions_total{connector="primary",from_state="closed",to_state="forced_open"}' \
+        in metrics
+    assert "molamd_payout_dispatch_duration_seconds_bucket" in metrics
+    assert d.stop() == 0
+
+
+def test_a_connector_whose_secret_is_missing(short_tmp: Path, migrated_dsn: str, bank: Bank) -> None:
+    config = short_tmp / "molamd.toml"
+    config.write_text(payout_toml(short_tmp, migrated_dsn, two_connectors(bank)))
+    environ = {k: v for k, v in os.environ.items() if k != "MOLAMD_TEST_HMAC"}
+    result = subprocess.run([MOLAMD, "run", "--config", str(config)], capture_output=True, text=True, env=environ,
+                            timeout=30, check=False)
+    assert result.returncode == 1
+    assert "$.connectors[0].rest.hmac_secret: secret env:MOLAMD_TEST_HMAC: environment variable" in result.stderr
