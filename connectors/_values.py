@@ -6,6 +6,7 @@ is reported by msgspec with its path, like any other type error.
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any, Final
 
@@ -16,6 +17,22 @@ _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNIT_SECONDS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
+@functools.lru_cache(maxsize=4096)
+def _parse_duration(text: str) -> tuple[str, float]:
+    """(normalised text, seconds); cached, as a config repeats the same few durations thousands of times."""
+    cleaned = text.strip()
+    pos = 0
+    total = 0.0
+    for match in _DURATION_PART.finditer(cleaned):
+        if match.start() != pos:
+            break
+        total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        pos = match.end()
+    if not cleaned or pos != len(cleaned):
+        raise ValueError(f"invalid duration {text!r}: use a number and a unit (ms, s, m, h, d), e.g. '30s'")
+    return cleaned, total
+
+
 class Duration:
     """A span of time given in config as "250ms", "30s", "5m", "1h30m", "1d"."""
 
@@ -24,18 +41,7 @@ class Duration:
     def __init__(self, text: str) -> None:
         if not isinstance(text, str):
             raise TypeError(f"a duration is a string like '30s', not {type(text).__name__}")
-        cleaned = text.strip()
-        pos = 0
-        total = 0.0
-        for match in _DURATION_PART.finditer(cleaned):
-            if match.start() != pos:
-                break
-            total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-            pos = match.end()
-        if not cleaned or pos != len(cleaned):
-            raise ValueError(f"invalid duration {text!r}: use a number and a unit (ms, s, m, h, d), e.g. '30s'")
-        self.seconds = total
-        self.text = cleaned
+        self.text, self.seconds = _parse_duration(text)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Duration) and other.seconds == self.seconds

@@ -9,6 +9,7 @@ same state, same in-flight work.
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 
@@ -92,6 +93,7 @@ async def reload(rt: Runtime) -> ReloadResult:
             connectors=connectors, workers=workers, duration_seconds=round(trio.current_time() - started, 6)
         )
         rt.metrics.reload_duration.observe(result.duration_seconds)
+        gc.freeze()  # the new config and actors are long-lived too (see daemon.py)
         rt.last_reload = {"ok": True, "at": time.time(), "error": None}
         rt.metrics.reload_successful.set(1)
         rt.metrics.reload_success_timestamp.set(time.time())

@@ -9,6 +9,7 @@ later the network): run it in a worker thread.
 from __future__ import annotations
 
 import os
+import typing
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -83,6 +84,8 @@ def resolve_secrets(config: T, *, file: str, resolvers: Mapping[str, Resolver] |
     problems: list[ConfigProblem] = []
 
     def walk(value: Any, path: str) -> Any:
+        if isinstance(value, msgspec.Struct) and not _may_hold_secret(type(value)):
+            return value
         if isinstance(value, Secret):
             resolver = table.get(value.scheme)
             if resolver is None:
@@ -112,6 +115,28 @@ def resolve_secrets(config: T, *, file: str, resolvers: Mapping[str, Resolver] |
     return resolved  # type: ignore[no-any-return]
 
 
+_SECRET_BEARING: dict[type, bool] = {}
+
+
+def _may_hold_secret(struct_type: type) -> bool:
+    """Whether a Struct type can contain a Secret anywhere below it (from its annotations; cached)."""
+    known = _SECRET_BEARING.get(struct_type)
+    if known is not None:
+        return known
+    _SECRET_BEARING[struct_type] = False  # cycles cannot hold one through themselves
+    found = any(_type_may_hold_secret(hint) for hint in typing.get_type_hints(struct_type).values())
+    _SECRET_BEARING[struct_type] = found
+    return found
+
+
+def _type_may_hold_secret(hint: Any) -> bool:
+    if hint is Secret:
+        return True
+    if isinstance(hint, type) and issubclass(hint, msgspec.Struct):
+        return _may_hold_secret(hint)
+    return any(_type_may_hold_secret(arg) for arg in typing.get_args(hint))
+
+
 def secret_values(config: object) -> list[str]:
     """Every resolved secret value in a config, for the log redactor."""
     found: list[str] = []
@@ -119,7 +144,7 @@ def secret_values(config: object) -> list[str]:
     def walk(value: Any) -> None:
         if isinstance(value, Secret) and value.resolved:
             found.append(value.reveal())
-        elif isinstance(value, msgspec.Struct):
+        elif isinstance(value, msgspec.Struct) and _may_hold_secret(type(value)):
             for name in value.__struct_fields__:
                 walk(getattr(value, name))
         elif isinstance(value, list):
