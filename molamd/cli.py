@@ -67,6 +67,7 @@ def migrate(config_path: str, dsn: str | None) -> int:
             config = load_resolved(config_path)
             target, kwargs = config.database.dsn, conninfo(config.database, "molamd-migrate")
         kwargs.pop("options", None)  # migrations may run longer than the daemon's statement timeout
+        kwargs.pop("autocommit", None)  # migrate() opens its own transaction
         with psycopg.connect(target, **kwargs) as conn:
             applied = apply(conn)
             version = current_version(conn)

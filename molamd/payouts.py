@@ -259,22 +259,22 @@ class PayoutStore:
         self.host = host
 
     async def claim(self, limit: int, lease: float) -> list[Claimed]:
-        return await self._db.transaction(lambda c: claim(c, self.host, limit, lease))
+        return await self._db.statement(lambda c: claim(c, self.host, limit, lease))
 
     async def mark_sending(self, assignments: Sequence[tuple[int, str]], lease: float) -> set[int]:
-        return await self._db.transaction(lambda c: mark_sending(c, self.host, assignments, lease))
+        return await self._db.statement(lambda c: mark_sending(c, self.host, assignments, lease))
 
     async def record(self, outcomes: Sequence[Outcome], audit: Sequence[CallRecord]) -> int:
         return await self._db.transaction(lambda c: record(c, self.host, outcomes, audit))
 
     async def audit(self, audit: Sequence[CallRecord]) -> None:
-        await self._db.transaction(lambda c: write_audit(c, self.host, audit))
+        await self._db.statement(lambda c: write_audit(c, self.host, audit))
 
     async def claim_sent(self, limit: int, lease: float) -> list[SentSlice]:
-        return await self._db.transaction(lambda c: claim_sent(c, limit, lease))
+        return await self._db.statement(lambda c: claim_sent(c, limit, lease))
 
     async def record_status(self, outcomes: Sequence[StatusOutcome], audit: Sequence[CallRecord]) -> None:
         await self._db.transaction(lambda c: record_status(c, self.host, outcomes, audit))
 
     async def apply_pushed(self, outcomes: Sequence[PushedOutcome]) -> set[tuple[str, str]]:
-        return await self._db.transaction(lambda c: apply_pushed(c, outcomes))
+        return await self._db.statement(lambda c: apply_pushed(c, outcomes))

@@ -300,7 +300,7 @@ async def logs(rt: Runtime, args: LogsArgs) -> list[dict[str, Any]]:
         return [dict(zip(keys, row, strict=True)) for row in rows]
 
     try:
-        return await rt.db.transaction(query)
+        return await rt.db.statement(query)
     except DatabaseUnavailable as exc:
         raise _database(exc) from None
 
@@ -309,13 +309,13 @@ async def dlq(rt: Runtime, args: DlqArgs) -> Any:
     who = f"molamctl pid {rt.pid}"
     try:
         if args.action == "list":
-            rows = await rt.db.transaction(lambda c: payouts.dlq_list(c, 100))
+            rows = await rt.db.statement(lambda c: payouts.dlq_list(c, 100))
             return [_to_builtins(r) for r in rows]
         if args.action == "retry":
             if args.id is None and not args.all:
                 raise ControlError(ErrorCode.BAD_ARGS, "dlq retry needs an ID or --all")
             ids = None if args.all else [args.id]
-            retried = await rt.db.transaction(lambda c: payouts.dlq_retry(c, ids, who))  # type: ignore[arg-type]
+            retried = await rt.db.statement(lambda c: payouts.dlq_retry(c, ids, who))  # type: ignore[arg-type]
             if args.id is not None and not retried:
                 raise ControlError(ErrorCode.NOT_FOUND, f"payout slice {args.id} is not in the dead-letter queue")
             return {"retried": retried}
@@ -323,7 +323,7 @@ async def dlq(rt: Runtime, args: DlqArgs) -> Any:
             if args.id is None:
                 raise ControlError(ErrorCode.BAD_ARGS, "dlq drop needs an ID")
             slice_id = args.id
-            dropped = await rt.db.transaction(lambda c: payouts.dlq_drop(c, slice_id, who, args.reason))
+            dropped = await rt.db.statement(lambda c: payouts.dlq_drop(c, slice_id, who, args.reason))
             if not dropped:
                 raise ControlError(ErrorCode.NOT_FOUND, f"payout slice {slice_id} is not in the dead-letter queue")
             return {"dropped": slice_id, "status": "failed", "audited": True}

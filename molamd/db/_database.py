@@ -51,6 +51,9 @@ def conninfo(section: DatabaseSection, application_name: str = "molamd") -> dict
     """Keyword arguments for psycopg.connect / the pool, from the [database] section."""
     kwargs: dict[str, Any] = {
         "application_name": application_name,
+        # Autocommit: a single statement is its own transaction (one round trip, not BEGIN/stmt/COMMIT);
+        # work of several statements opens one explicitly (Database.transaction).
+        "autocommit": True,
         "connect_timeout": max(1, round(section.connect_timeout.seconds)),
         "options": f"-c statement_timeout={int(section.statement_timeout.seconds * 1000)}",
     }
@@ -187,8 +190,15 @@ class Database:
 
         return await self.run_sync(in_transaction, timeout=timeout)
 
+    async def statement(self, fn: Callable[[Conn], T], *, timeout: float | None = None) -> T:
+        """Run ``fn(conn)`` that executes exactly one statement: atomic by itself, one round trip.
+
+        Cancellation and errors behave as in ``transaction``.
+        """
+        return await self.run_sync(fn, timeout=timeout)
+
     async def run_sync(self, fn: Callable[[Conn], T], *, timeout: float | None = None) -> T:
-        """Like ``transaction`` but ``fn`` manages transactions itself (autocommit off: psycopg's default)."""
+        """Run ``fn(conn)`` on an autocommit connection; ``fn`` opens transactions itself if it needs one."""
         pool = self._pool
         if pool is None:
             raise DatabaseUnavailable(self.last_error or "not connected")
