@@ -214,3 +214,20 @@ def test_audit_rows_survive_what_a_garbled_bank_sends(migrated_dsn: str) -> None
         write_audit(conn, "h1", [record, record])
         rows = conn.execute("SELECT response->>'body' FROM bank_connector_logs").fetchall()
     assert rows == [('{"id": "pay_\\u0000',)] * 2
+
+
+async def test_listener_turns_notifications_into_callbacks(migrated_dsn: str) -> None:
+    calls: list[int] = []
+    listener = db.Listener(_section(migrated_dsn), "molamd_payout_slices", lambda: calls.append(1))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(listener.run)
+        await _wait_for(lambda: listener.connected)
+        await trio.to_thread.run_sync(_seed_one_slice, migrated_dsn)
+        await _wait_for(lambda: calls, timeout=10)
+        assert listener.received >= 1
+        listener.request_stop()
+
+
+def _seed_one_slice(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        _slice(conn)

@@ -66,8 +66,8 @@ class Listener:
         self._stop.set()
 
     def _connect(self) -> psycopg.Connection[Any]:
-        kwargs = conninfo(self._section, "molamd-listen")
-        conn: psycopg.Connection[Any] = psycopg.connect(self._section.dsn, autocommit=True, **kwargs)
+        kwargs = conninfo(self._section, "molamd-listen")  # autocommit, as LISTEN needs
+        conn: psycopg.Connection[Any] = psycopg.connect(self._section.dsn, **kwargs)
         conn.execute(f"LISTEN {self._channel}")
         return conn
 
