@@ -5,7 +5,6 @@ A slice whose outcome is still unknown after ``unknown_after`` seconds is flagge
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import random
 from collections.abc import Callable
@@ -55,6 +54,7 @@ class StatusFollower(Actor[Pushed]):
         self._rng = rng or random.Random()
         self._limiter = trio.CapacityLimiter(settings.concurrency)
         self.flagged = 0
+        self.pushes_dropped = 0
         self._unwritten: list[StatusOutcome] = []  # what the bank said while the database was away
         self._pushed: list[PushedOutcome] = []
         self._wake = trio.Event()
@@ -74,9 +74,14 @@ class StatusFollower(Actor[Pushed]):
         self._wake.set()
 
     def push(self, connector: str, event: PaymentEvent) -> None:
-        """Hand over a pushed event; when the mailbox is full it is dropped (polling settles that slice)."""
-        with contextlib.suppress(ActorError):
+        """Hand over a pushed event. When the mailbox is full it is counted, logged and left to polling,
+        which settles that slice all the same."""
+        try:
             self.tell(Pushed(connector, event))
+        except ActorError:
+            self.pushes_dropped += 1
+            if self.pushes_dropped % 1000 == 1:
+                logger.warning("status follower busy: %d pushed events left to polling", self.pushes_dropped)
 
     async def _loop_forever(self) -> None:
         failures = 0
