@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
 
 import msgspec
 import trio
@@ -40,7 +40,7 @@ from connectors import (
 from ._actor import Actor
 from ._backoff import Backoff
 from ._connector_actor import ConnectorActor
-from ._payout_types import Claimed, Outcome, OutcomeKind, PayoutStore
+from ._payout_types import STORE_RETRY, Claimed, Outcome, OutcomeKind, PayoutStore
 
 logger = logging.getLogger("molamd.dispatcher")
 
@@ -65,6 +65,9 @@ class DispatcherSettings(msgspec.Struct, frozen=True, kw_only=True):
     first_status_check: float = 0.5
     release_delay: float = 1.0  # a slice no connector can take right now waits this long (still pending)
     retry_backoff: Backoff = msgspec.field(default_factory=lambda: Backoff(initial=1.0, maximum=300.0, jitter=1.0))
+
+
+SliceTask = Callable[[Claimed, list[ConnectorActor]], Awaitable[None]]
 
 
 class Wake(msgspec.Struct, frozen=True):
@@ -95,7 +98,7 @@ class Dispatcher(Actor[Wake]):
         self._claimed_at: dict[int, float] = {}
         self._audit: list[CallRecord] = []
         self._flushed = trio.Event()
-        self.counts: dict[str, int] = {}
+        self._stopping = False
 
     async def setup(self) -> None:
         self.nursery.start_soon(self._claim_loop)
@@ -112,8 +115,6 @@ class Dispatcher(Actor[Wake]):
         self._stopping = True
         self._wake.set()
         super().request_stop()
-
-    _stopping = False
 
     async def drained(self) -> None:
         await self._idle.wait()
@@ -146,7 +147,7 @@ class Dispatcher(Actor[Wake]):
                     raise
                 failures += 1
                 logger.warning("dispatcher: store unavailable (%s); retrying", exc)
-                await trio.sleep(Backoff(initial=0.2, maximum=5.0).delay(failures, self._rng))
+                await trio.sleep(STORE_RETRY.delay(failures, self._rng))
                 continue
             failures = 0
             if not sent:
@@ -196,12 +197,12 @@ class Dispatcher(Actor[Wake]):
             self._start(self._send, claimed_slice, available)
         return len(held)
 
-    def _start(self, fn: Any, claimed: Claimed, available: list[ConnectorActor]) -> None:
+    def _start(self, fn: SliceTask, claimed: Claimed, available: list[ConnectorActor]) -> None:
         self._in_flight += 1
         self._idle = trio.Event()
         self.nursery.start_soon(self._run, fn, claimed, available)
 
-    async def _run(self, fn: Any, claimed: Claimed, available: list[ConnectorActor]) -> None:
+    async def _run(self, fn: SliceTask, claimed: Claimed, available: list[ConnectorActor]) -> None:
         try:
             await fn(claimed, available)
         finally:
@@ -296,7 +297,6 @@ class Dispatcher(Actor[Wake]):
         self._outcomes.append(outcome)
         if record is not None:
             self._audit.append(record)
-        self.counts[outcome.kind.value] = self.counts.get(outcome.kind.value, 0) + 1
 
     async def _flush_loop(self) -> None:
         """Write as soon as there is something to write, gathering for at most flush_interval first."""

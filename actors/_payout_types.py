@@ -10,6 +10,11 @@ import msgspec
 
 from connectors import CallRecord, PayoutSlice
 
+from ._backoff import Backoff
+
+# How the dispatcher and the status follower wait between attempts to reach a store that is away.
+STORE_RETRY = Backoff(initial=0.2, maximum=5.0)
+
 
 class Claimed(msgspec.Struct, frozen=True, kw_only=True):
     slice: PayoutSlice

@@ -18,7 +18,7 @@ from ._actor import Actor
 from ._backoff import Backoff
 from ._connector_actor import ConnectorActor
 from ._errors import ActorError
-from ._payout_types import PayoutStore, PushedOutcome, SentSlice, StatusOutcome
+from ._payout_types import STORE_RETRY, PayoutStore, PushedOutcome, SentSlice, StatusOutcome
 
 logger = logging.getLogger("molamd.status_follower")
 
@@ -99,7 +99,7 @@ class StatusFollower(Actor[Pushed]):
                 if not getattr(exc, "retryable", False):
                     raise
                 failures += 1
-                await trio.sleep(Backoff(initial=0.2, maximum=5.0).delay(failures, self._rng))
+                await trio.sleep(STORE_RETRY.delay(failures, self._rng))
                 continue
             failures = 0
             if len(batch) < self.settings.batch_size:

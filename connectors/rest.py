@@ -290,15 +290,18 @@ class RestConnector:
         if status < 400:
             return None
         where = f"{method} {target}: HTTP {status}"
-        detail = _error_detail(response)
+        body = _json(response)  # parsed once; a bank's text is shown escaped (it ends up in logs and rows)
+        message = body.get("message")
+        detail = f": {_printable(str(message)[:_MAX_ERROR_TEXT])}" if message else ""
         if status == 429:
             return RateLimited(self.name, f"{where}{detail}", retry_after=_retry_after(response))
         if status in (401, 403):
             return Auth(self.name, f"{where}{detail}")
         if status == 409:
             return IdempotencyConflict(self.name, f"{where}{detail}")
-        if status == 422 and _error_code(response) == "rejected":
-            return Rejected(self.name, f"{where}{detail}", reason_code=_reason_code(response))
+        if status == 422 and body.get("error") == "rejected":
+            reason_code = _printable(str(body.get("reason_code") or "UNKNOWN"))
+            return Rejected(self.name, f"{where}{detail}", reason_code=reason_code)
         if status >= 500:
             return ServerError(self.name, f"{where}{detail}", http_status=status)
         return Validation(self.name, f"{where}{detail}")
@@ -327,20 +330,6 @@ def _json(response: httpx.Response) -> dict[str, Any]:
     except ValueError:
         return {}
     return data if isinstance(data, dict) else {}
-
-
-def _error_code(response: httpx.Response) -> str | None:
-    value = _json(response).get("error")
-    return str(value) if value is not None else None
-
-
-def _reason_code(response: httpx.Response) -> str:
-    return str(_json(response).get("reason_code") or "UNKNOWN")
-
-
-def _error_detail(response: httpx.Response) -> str:
-    message = _json(response).get("message")
-    return f": {str(message)[:_MAX_ERROR_TEXT]}" if message else ""
 
 
 def _retry_after(response: httpx.Response) -> float | None:
