@@ -162,9 +162,9 @@ def test_two_dispatchers_never_claim_the_same_slice(migrated_dsn: str, bank: Ban
     daemons = [DaemonProcess(dirs[i], payout_toml(dirs[i], migrated_dsn, two_connectors(bank), host=f"host-{i}"),
                              env()) for i in range(2)]
     try:
-        ids = seed(migrated_dsn, 600)
         for d in daemons:
-            d.start()
+            d.start()  # both ready before the work arrives, so both compete for it
+        ids = seed(migrated_dsn, 600)
         assert wait_final(migrated_dsn, ids, timeout=90) == {"settled": 600}
         stats = bank.stats()
         assert stats["payments"] == 600 and stats["replays"] == 0, "no slice was sent twice"
