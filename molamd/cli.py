@@ -30,7 +30,18 @@ def main(argv: list[str] | None = None) -> int:
     migrate_p = sub.add_parser("migrate", help="apply pending database migrations (idempotent)")
     _config_arg(migrate_p)
     migrate_p.add_argument("--dsn", help="connect here instead of [database] of the config")
+    parse_p = sub.add_parser("parse-statement", help="show what molamd reads from a bank statement file (JSON)")
+    parse_p.add_argument("file")
+    parse_p.add_argument("--format", choices=("mt940", "csv", "camt053"), help="default: guessed from the file")
+    parse_p.add_argument("--csv-profile", default="molamd",
+                         help="a [csv_profiles.NAME] of the config, or the built-in 'molamd' (default)")
+    _config_arg(parse_p)
     args = parser.parse_args(argv)
+
+    if args.command == "parse-statement":
+        from .statement_cli import parse_statement
+
+        return parse_statement(args.file, args.format, args.csv_profile, args.config)
 
     if args.command == "check-config":
         return check_config(args.file)

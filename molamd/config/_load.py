@@ -71,7 +71,7 @@ def _check_kinds(data: dict[str, Any], file: str) -> None:
 def validate(config: Config) -> list[ConfigProblem]:
     """Rules no single type can express; returns every problem found."""
     problems: list[ConfigProblem] = []
-    for check in (_check_connectors, _check_control, _check_metrics, _check_database, _check_supervision,
+    for check in (_check_connectors, _check_csv_profiles, _check_control, _check_metrics, _check_database, _check_supervision,
                   _check_workers):
         check(config, problems)
     return problems
@@ -105,6 +105,11 @@ def _check_connectors(config: Config, problems: list[ConfigProblem]) -> None:
         for currency in entry.currencies:
             if not (len(currency) == 3 and currency.isalpha() and currency.isupper()):
                 problems.append(ConfigProblem(f"{path}.currencies", f"{currency!r} is not an ISO 4217 code"))
+
+
+def _check_csv_profiles(config: Config, problems: list[ConfigProblem]) -> None:
+    for name, profile in config.csv_profiles.items():
+        problems.extend(ConfigProblem(f"$.csv_profiles.{name}", problem) for problem in profile.problems())
 
 
 def _check_control(config: Config, problems: list[ConfigProblem]) -> None:

@@ -8,6 +8,7 @@ from typing import Final
 import msgspec
 
 from connectors import AnyConnectorConfig, Duration, Secret
+from connectors.statements import CsvProfile
 
 DEFAULT_SOCKET: Final = "/run/molamd/control.sock"
 DEFAULT_SOCKET_MODE: Final = "0660"
@@ -126,6 +127,7 @@ class Config(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     supervision: SupervisionSection = msgspec.field(default_factory=SupervisionSection)
     workers: WorkersSection = msgspec.field(default_factory=WorkersSection)
     connectors: list[AnyConnectorConfig] = msgspec.field(default_factory=list)
+    csv_profiles: dict[str, CsvProfile] = msgspec.field(default_factory=dict)
 
     def connector(self, name: str) -> AnyConnectorConfig | None:
         for entry in self.connectors:

@@ -1,0 +1,110 @@
+"""The information field (MT940 ``:86:``) in the dialects banks send, read into named subfields.
+
+Three dialects exist in the wild, told apart by their first characters:
+
+* German ``?NN`` subfields (``166?00GUTSCHRIFT?20EREF+...?30BIC?31IBAN?32NAME``), with the SEPA markers
+  ``EREF+``, ``SVWZ+``, ``MREF+``, ``CRED+`` ... inside the purpose lines ``?20``-``?29`` and ``?60``-``?63``;
+* ``/CODE/value/`` pairs (Dutch banks and the SWIFT usage guideline: ``/EREF/``, ``/IBAN/``, ``/BIC/``,
+  ``/NAME/``, ``/REMI/``, ``/TRTP/``, ``/CNTP/iban/bic/name/city/``, ...);
+* free text, kept as it is.
+
+Lines of a structured field are wrapped wherever the 65-character limit fell, so they are joined without a
+separator; free text keeps its line breaks.
+"""
+
+from __future__ import annotations
+
+import re
+
+import msgspec
+
+_GERMAN = re.compile(r"\?(\d\d)")
+_GERMAN_START = re.compile(r"\d{3}\?|\?\d\d")
+_SEPA_MARKER = re.compile(r"(EREF|KREF|MREF|CRED|DEBT|SVWZ|ABWA|ABWE|COAM|OAMT|BREF|RREF)\+")
+_CODES = frozenset({
+    "TRTP", "EREF", "IBAN", "BIC", "NAME", "REMI", "MARF", "CSID", "PREF", "RTRN", "ORDP", "BENM", "CNTP",
+    "ADDR", "ID", "PURP", "ULTC", "ULTD", "ULTB", "EXCH", "CHGS", "OCMT", "SVCL", "RETR", "BUSP", "ISDT",
+    "CDTRREF", "CDTRREFTP", "CD", "SCOR", "ISSR", "ACCW", "CPRP", "SUM", "COUNT", "TRCD", "ORIG", "ORDR",
+})
+_NOT_PROVIDED = frozenset({"", "NOTPROVIDED", "NONREF", "NONE"})
+
+
+class Details(msgspec.Struct, frozen=True, kw_only=True):
+    """What an information field says, by meaning; ``fields`` keeps every subfield as the bank named it."""
+
+    text: str
+    transaction_code: str | None = None
+    end_to_end_id: str | None = None
+    counterparty_name: str | None = None
+    counterparty_iban: str | None = None
+    counterparty_bic: str | None = None
+    remittance: str | None = None
+    fields: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+def parse_details(lines: list[str]) -> Details:
+    """Read an information field given as its physical lines (without the ``:86:`` tag)."""
+    first = lines[0] if lines else ""
+    if _GERMAN_START.match(first):
+        return _german("".join(lines))
+    if first.startswith("/") and first[1:first.find("/", 1)] in _CODES:
+        return _slashed("".join(lines))
+    text = "\n".join(lines)
+    return Details(text=text, remittance=text.strip() or None)
+
+
+def _german(text: str) -> Details:
+    parts = _GERMAN.split(text)
+    code = parts[0].strip() or None
+    fields: dict[str, str] = {}
+    for i in range(1, len(parts) - 1, 2):
+        key, value = parts[i], parts[i + 1]
+        fields[key] = fields.get(key, "") + value
+    purpose = "".join(fields.get(f"{n:02d}", "") for n in range(20, 30))
+    sepa = _sepa_markers(purpose)  # ?60-?63 add free purpose text after the SEPA fields; no markers there
+    fields.update(sepa)
+    name = (fields.get("32", "") + fields.get("33", "")).strip() or None
+    remittance = sepa.get("SVWZ") if "SVWZ" in sepa else (purpose.strip() or fields.get("00") or None)
+    return Details(
+        text=text, transaction_code=code, end_to_end_id=_ref(sepa.get("EREF")), counterparty_name=name,
+        counterparty_iban=fields.get("31") or None, counterparty_bic=fields.get("30") or None,
+        remittance=remittance, fields=fields,
+    )
+
+
+def _sepa_markers(purpose: str) -> dict[str, str]:
+    parts = _SEPA_MARKER.split(purpose)
+    return {parts[i]: parts[i + 1].strip() for i in range(1, len(parts) - 1, 2)}
+
+
+def _slashed(text: str) -> Details:
+    fields: dict[str, str] = {}
+    key: str | None = None
+    value: list[str] = []
+    for token in text.split("/")[1:]:
+        if token in _CODES and (key is None or key != "CNTP" or len(value) >= 4):
+            if key is not None:
+                fields[key] = "/".join(value).strip("/").strip()
+            key, value = token, []
+        else:
+            value.append(token)
+    if key is not None:
+        fields[key] = "/".join(value).strip("/").strip()
+    name, iban, bic = fields.get("NAME"), fields.get("IBAN"), fields.get("BIC")
+    if "CNTP" in fields:
+        cntp = [*fields["CNTP"].split("/"), "", "", ""]
+        iban, bic, name = iban or cntp[0] or None, bic or cntp[1] or None, name or cntp[2] or None
+    remittance = fields.get("REMI")
+    if remittance is not None:
+        remittance = re.sub(r"^(USTD/+|STRD/+(CUR/+)?)", "", remittance)
+    return Details(
+        text=text, transaction_code=fields.get("TRTP"), end_to_end_id=_ref(fields.get("EREF")),
+        counterparty_name=name or None, counterparty_iban=iban or None, counterparty_bic=bic or None,
+        remittance=remittance or None, fields=fields,
+    )
+
+
+def _ref(value: str | None) -> str | None:
+    if value is None or value.strip().upper() in _NOT_PROVIDED:
+        return None
+    return value.strip()

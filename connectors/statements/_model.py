@@ -1,0 +1,99 @@
+"""What every statement format normalises to: a Statement of StatementLines, money as Decimal."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from decimal import Decimal
+
+import msgspec
+
+from ._errors import BalanceMismatch
+
+
+class Balance(msgspec.Struct, frozen=True, kw_only=True):
+    """A booked or available balance: signed amount (debit balances negative), its currency and date."""
+
+    amount: Decimal
+    currency: str
+    date: dt.date
+
+
+class StatementLine(msgspec.Struct, frozen=True, kw_only=True):
+    """One booked entry; ``amount`` is signed: money in is positive, money out (and credit reversals) negative."""
+
+    account: str
+    currency: str
+    amount: Decimal
+    value_date: dt.date
+    booking_date: dt.date | None = None
+    reversal: bool = False
+    transaction_code: str | None = None  # MT940 N-code or GV code, camt bank transaction code
+    customer_ref: str | None = None  # our reference as the bank echoes it (MT940 :61: reference for the owner)
+    bank_ref: str | None = None  # the bank's own reference (AcctSvcrRef)
+    end_to_end_id: str | None = None
+    counterparty_name: str | None = None
+    counterparty_iban: str | None = None
+    counterparty_bic: str | None = None
+    remittance: str | None = None
+    details: dict[str, str] = msgspec.field(default_factory=dict)  # structured fields the format carried
+    raw: str = ""  # the line as the bank wrote it
+    source_line: int = 0  # where in the file it starts (line number, or entry index for XML)
+
+    @property
+    def credit_debit(self) -> str:
+        """C or D as booked (a reversal keeps the mark of the entry it reverses)."""
+        credit = self.amount >= 0
+        return ("D" if credit else "C") if self.reversal else ("C" if credit else "D")
+
+    @property
+    def reference(self) -> str | None:
+        """The reference to show first: end-to-end, else the customer reference, else the bank's."""
+        return self.end_to_end_id or self.customer_ref or self.bank_ref
+
+
+class Statement(msgspec.Struct, frozen=True, kw_only=True):
+    """One statement of one account; ``lines`` in the order the bank listed them."""
+
+    format: str  # mt940, mt942, csv, camt053
+    account: str
+    currency: str
+    number: str | None
+    reference: str | None = None  # MT940 :20:, camt Stmt/Id
+    sequence: str | None = None
+    opening: Balance | None = None
+    closing: Balance | None = None
+    closing_available: Balance | None = None
+    forward_available: tuple[Balance, ...] = ()
+    lines: tuple[StatementLine, ...] = ()
+    info: str | None = None  # statement-level free text
+    declared: dict[str, str] = msgspec.field(default_factory=dict)  # control totals the file declares
+    source_line: int = 0
+
+    @property
+    def label(self) -> str:
+        return self.number or self.reference or "?"
+
+
+def check_balance(statement: Statement, where: str) -> None:
+    """Opening + credits - debits must equal closing, in the statement's currency; raise BalanceMismatch."""
+    opening, closing = statement.opening, statement.closing
+    if opening is None or closing is None:
+        return
+    if opening.currency != closing.currency:
+        raise BalanceMismatch(statement.label, where, Decimal(0),
+                              f"opening balance in {opening.currency} but closing balance in {closing.currency}")
+    total = opening.amount + sum_amounts(statement.lines)
+    if total != closing.amount:
+        raise BalanceMismatch(
+            statement.label, where, closing.amount - total,
+            f"opening {opening.amount:f} + lines {total - opening.amount:+f} = {total:f}, "
+            f"but the closing balance is {closing.amount:f} {closing.currency}",
+        )
+
+
+def sum_amounts(lines: Iterable[StatementLine]) -> Decimal:
+    total = Decimal(0)
+    for line in lines:
+        total += line.amount
+    return total

@@ -1,0 +1,399 @@
+"""SWIFT MT940 (end of day) and MT942 (interim) statements: bytes in, Statements out, one at a time.
+
+The reader walks physical lines (CRLF, LF or CR), so a file of any size is parsed in bounded memory:
+``iter_mt940`` yields each statement as soon as its closing balance is read and checked. Real files come
+with SWIFT block wrappers (``{1:...}{2:...}{4:`` ... ``-}``), bank header lines before ``:20:``, separator
+lines (``-``) and trailing junk; anything outside a statement's tags is skipped, anything inside one that
+is not what the format allows is a StatementFormatError naming the line.
+
+Tags: ``:20:`` reference, ``:21:`` related reference, ``:25:`` account, ``:28:``/``:28C:`` statement and
+sequence number, ``:60F:``/``:60M:`` opening, ``:61:`` entry, ``:86:`` information (of the entry before it,
+or of the statement), ``:62F:``/``:62M:`` closing, ``:64:`` closing available, ``:65:`` forward available,
+``:13:``/``:13D:`` date-time indication, ``:34F:`` floor limit, ``:90D:``/``:90C:`` number and sum of debit
+and credit entries, ``:NS:`` bank-specific (kept in ``declared``).
+"""
+
+from __future__ import annotations
+
+import calendar
+import datetime as dt
+import re
+from collections.abc import Iterable, Iterator
+from decimal import Decimal
+
+from ._details import parse_details
+from ._errors import BalanceMismatch, StatementFormatError
+from ._model import Balance, Statement, StatementLine, check_balance
+
+_TAG = re.compile(r":(\d\d[A-Z]?|NS):")
+_KNOWN = frozenset({
+    "20", "21", "25", "28", "28C", "60F", "60M", "61", "86", "62F", "62M", "64", "65", "13", "13D", "34F",
+    "90D", "90C", "NS",
+})
+_AMOUNT = r"\d+(?:,\d*)?"
+_BALANCE = re.compile(rf"([CD])(\d{{6}})([A-Z]{{3}})({_AMOUNT})\s*$")
+_ENTRY = re.compile(
+    rf"(\d{{6}})(\d{{4}}|\s{{4}})?(R?[CD])([A-Z])?({_AMOUNT})([A-Z][A-Z0-9 ]{{3}})(.*?)(?://(.*))?$",
+    re.DOTALL,
+)
+_NUMBER = re.compile(r"(\d+)(?:/(\d+))?\s*$")
+_FLOOR = re.compile(rf"([A-Z]{{3}})([CD])?({_AMOUNT})\s*$")
+_SUMS = re.compile(rf"(\d+)([A-Z]{{3}})({_AMOUNT})\s*$")
+_DATETIME = re.compile(r"(\d{6})(\d{4})([+-]\d{4})?\s*$")
+
+
+def parse_mt940(data: bytes, *, check: bool = True) -> list[Statement]:
+    """Every statement of an MT940/MT942 file; raises StatementFormatError or BalanceMismatch.
+
+    ``check=False`` skips the balance check (to show an operator what a file that does not balance says).
+    """
+    return list(iter_mt940(data.splitlines(keepends=True), check=check))
+
+
+def iter_mt940(lines: Iterable[bytes], *, check: bool = True) -> Iterator[Statement]:
+    """Statements from physical lines (a binary file object works), each checked before it is yielded."""
+    reader = _Reader(check)
+    ready = reader.ready
+    line_no = 0
+    for raw in lines:
+        line_no += 1
+        for text in _decode(raw).split("\r"):  # a bare CR ends a line too
+            reader.feed(text.rstrip("\n"), line_no)
+        if ready:
+            yield from ready
+            ready.clear()
+    reader.end(line_no)
+    yield from ready
+
+
+class _Reader:
+    """Physical lines to tags (with their continuation lines), tags to statements (into ``ready``)."""
+
+    def __init__(self, check: bool) -> None:
+        self.check = check
+        self.ready: list[Statement] = []
+        self.builder: _Builder | None = None
+        self.tag: str | None = None
+        self.value: list[str] = []
+        self.tag_line = 0
+        self.colon_line = False  # a lone ":" line: some banks wrap right after the tag's first colon
+        self.seen_tag = False
+
+    def feed(self, text: str, line_no: int) -> None:
+        if text.startswith("{"):  # SWIFT block headers; the text block {4: holds the statement
+            start = text.find("{4:")
+            text = text[start + 3:] if start >= 0 else ""
+        if self.colon_line and not text.startswith(":"):
+            text = ":" + text
+        match = _TAG.match(text) if text.startswith(":") else None
+        self.colon_line = False
+        if match is not None and match.group(1) in _KNOWN:
+            self._close_tag()
+            self.tag, self.value, self.tag_line, self.seen_tag = match.group(1), [text[match.end():]], line_no, True
+            return
+        stripped = text.strip()
+        if stripped == ":":
+            self.colon_line = True
+        elif stripped and stripped[0] == "-" and stripped.rstrip("-}\x03") == "":  # end of a statement block
+            self._close_tag()
+            self._finish(line_no)
+        elif self.tag is not None and stripped:
+            self.value.append(text)
+
+    def end(self, line_no: int) -> None:
+        self._close_tag()
+        self._finish(line_no)
+        if not self.seen_tag:
+            raise StatementFormatError("line 1", "no MT940 tag found (expected a statement starting with :20:)")
+
+    def _finish(self, line_no: int) -> None:
+        if self.builder is not None:
+            builder, self.builder = self.builder, None
+            self.ready.append(builder.finish(line_no, check=self.check))
+
+    def _close_tag(self) -> None:
+        """Hand the tag read so far to its statement; a :20: finishes the previous statement."""
+        tag, value, line = self.tag, self.value, self.tag_line
+        self.tag, self.value = None, []
+        if tag is None:
+            return
+        if tag == "20":
+            self._finish(line)
+            self.builder = _Builder(value[0].strip(), line)
+        elif self.builder is None:
+            raise StatementFormatError(f"line {line}", f":{tag}: before the :20: that starts a statement")
+        else:
+            self.builder.take(tag, value, line)
+
+
+def _decode(raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("cp1252", errors="replace")
+
+
+_DATES: dict[str, dt.date] = {}
+
+
+def _date(text: str, line: int) -> dt.date:
+    """YYMMDD; a day past the month's end (some banks book on "February 30") becomes its last day."""
+    cached = _DATES.get(text)
+    if cached is not None:
+        return cached
+    try:
+        year, month, day = 2000 + int(text[0:2]), int(text[2:4]), int(text[4:6])
+        last = calendar.monthrange(year, month)[1]
+        if not 1 <= day <= 31:
+            raise ValueError(day)
+        date = dt.date(year, month, min(day, last))
+    except (ValueError, calendar.IllegalMonthError):
+        raise StatementFormatError(f"line {line}", f"{text!r} is not a date (expected YYMMDD)") from None
+    if len(_DATES) < 100_000:
+        _DATES[text] = date
+    return date
+
+
+def _amount(text: str) -> Decimal:
+    return Decimal(text.replace(",", "."))
+
+
+def _entry_date(mmdd: str, value_date: dt.date, line: int) -> dt.date:
+    """The booking date has no year: take the one that puts it nearest the value date."""
+    month, day = int(mmdd[:2]), int(mmdd[2:])
+    best: dt.date | None = None
+    for year in (value_date.year, value_date.year + 1, value_date.year - 1):
+        try:
+            last = calendar.monthrange(year, month)[1]
+            candidate = dt.date(year, month, min(day, last)) if 1 <= day <= 31 else None
+        except (ValueError, calendar.IllegalMonthError):
+            candidate = None
+        if candidate is not None and (best is None or abs(candidate - value_date) < abs(best - value_date)):
+            best = candidate
+    if best is None:
+        raise StatementFormatError(f"line {line}", f"entry date {mmdd!r} is not a date (expected MMDD)")
+    return best
+
+
+class _Builder:
+    """One statement being read, tag by tag."""
+
+    def __init__(self, reference: str, line: int) -> None:
+        self.reference = reference
+        self.line = line
+        self.related: str | None = None
+        self.account: str | None = None
+        self.number: str | None = None
+        self.sequence: str | None = None
+        self.opening: Balance | None = None
+        self.closing: Balance | None = None
+        self.available: Balance | None = None
+        self.forward: list[Balance] = []
+        self.floor_currency: str | None = None
+        self.interim = False
+        self.declared: dict[str, str] = {}
+        self.lines: list[StatementLine] = []
+        self.pending: tuple[list[str], int] | None = None  # the last :61: waiting for its :86:
+        self.info: list[str] = []
+        self.sums: dict[str, tuple[int, Decimal, int]] = {}
+
+    @property
+    def where(self) -> str:
+        return f"line {self.line}"
+
+    def take(self, tag: str, value: list[str], line: int) -> None:
+        first = value[0].strip()
+        if tag == "61":
+            self._flush_entry()
+            if self.opening is None and not self.interim:
+                raise StatementFormatError(f"line {line}", ":61: before the opening balance (expected :60F: or :60M:)")
+            if self.closing is not None:
+                raise StatementFormatError(f"line {line}", ":61: after the closing balance (expected :20:)")
+            self.pending = (value, line)
+        elif tag == "86":
+            if self.pending is not None:
+                entry, entry_line = self.pending
+                self.pending = None
+                self.lines.append(self._entry(entry, value, entry_line, line))
+            else:
+                self.info.append("\n".join(value))
+        else:
+            self._flush_entry()
+            self._header(tag, first, line)
+
+    def _header(self, tag: str, first: str, line: int) -> None:
+        where = f"line {line}"
+        if tag in ("21", "25", "28", "28C", "60F", "60M") and (self.lines or self.closing is not None):
+            raise StatementFormatError(
+                where, f":{tag}: after the entries of statement {self.reference} (expected :61:, :86: or :62F:)")
+        if tag == "21":
+            self.related = first
+        elif tag == "25":
+            if self.account is not None:
+                raise StatementFormatError(where, f"second :25: in statement {self.reference} (expected :20: first)")
+            self.account = first
+        elif tag in ("28", "28C"):
+            match = _NUMBER.match(first)
+            if match is None:
+                raise StatementFormatError(where, f":{tag}: {first!r} (expected number[/sequence])")
+            self.number, self.sequence = match.group(1), match.group(2)
+        elif tag in ("60F", "60M"):
+            if self.opening is not None:
+                raise StatementFormatError(where, f"second opening balance in statement {self.reference}")
+            self.opening = _balance(tag, first, line)
+        elif tag in ("62F", "62M"):
+            if self.opening is None:
+                raise StatementFormatError(where, f":{tag}: without an opening balance (expected :60F: before it)")
+            if self.closing is not None:
+                raise StatementFormatError(where, f"second closing balance in statement {self.reference}")
+            self.closing = _balance(tag, first, line)
+        elif tag == "64":
+            self.available = _balance(tag, first, line)
+        elif tag == "65":
+            self.forward.append(_balance(tag, first, line))
+        elif tag == "34F":
+            match = _FLOOR.match(first)
+            if match is None:
+                raise StatementFormatError(where, f":34F: {first!r} (expected currency, optional D/C, amount)")
+            self.interim = True
+            self.floor_currency = match.group(1)
+            self.declared[f"floor_limit_{match.group(2) or 'DC'}"] = f"{_amount(match.group(3)):f}"
+        elif tag in ("13", "13D"):
+            match = _DATETIME.match(first)
+            if match is None:
+                raise StatementFormatError(where, f":{tag}: {first!r} (expected YYMMDDhhmm and a UTC offset)")
+            self.interim = True
+            self.declared["date_time"] = _datetime(match, line).isoformat()
+        elif tag in ("90D", "90C"):
+            match = _SUMS.match(first)
+            if match is None:
+                raise StatementFormatError(where, f":{tag}: {first!r} (expected count, currency, amount)")
+            self.sums[tag] = (int(match.group(1)), _amount(match.group(3)), line)
+            self.declared[f"sum_{tag[-1]}"] = f"{match.group(1)} {match.group(2)} {_amount(match.group(3)):f}"
+        elif tag == "NS":
+            self.declared["NS"] = (self.declared.get("NS", "") + "\n" + first).strip("\n")
+
+    def _flush_entry(self) -> None:
+        if self.pending is not None:
+            entry, entry_line = self.pending
+            self.pending = None
+            self.lines.append(self._entry(entry, [], entry_line, None))
+
+    def _entry(self, value: list[str], info: list[str], line: int, info_line: int | None) -> StatementLine:
+        main = value[0].strip()
+        supplementary = value[1].strip() if len(value) > 1 else None
+        match = _ENTRY.match(main)
+        if match is None and supplementary is not None:
+            match = _ENTRY.match(main + supplementary)  # wrapped inside the first subfield
+            supplementary = value[2].strip() if len(value) > 2 else None
+        if match is None:
+            raise StatementFormatError(
+                f"line {line}", f":61: {main!r} (expected YYMMDD[MMDD]D|C|RD|RC[funds code]amount type reference)")
+        value_date = _date(match.group(1), line)
+        entry = match.group(2)
+        booking = _entry_date(entry, value_date, line) if entry and entry.strip() else None
+        mark = match.group(3)
+        amount = _amount(match.group(5))
+        if mark in ("D", "RC"):
+            amount = -amount
+        details = parse_details(info) if info else None
+        reference = match.group(7)
+        customer = reference[:16].strip() or None  # 16x; some banks write the counterparty after it
+        if len(reference) > 16 and reference[16:].strip():
+            fields_extra = reference[16:].strip()
+        else:
+            fields_extra = None
+        bank = (match.group(8) or "").strip() or None
+        fields = dict(details.fields) if details else {}
+        if match.group(4):
+            fields["funds_code"] = match.group(4)
+        fields["type"] = match.group(6)
+        if fields_extra:
+            fields["reference_extra"] = fields_extra
+        if supplementary:
+            fields["supplementary"] = supplementary
+        currency = self._currency(line)
+        raw = "\n".join(value) if not info else "\n".join(value) + "\n:86:" + "\n".join(info)
+        return StatementLine(
+            account=self.account or "", currency=currency, amount=amount, value_date=value_date,
+            booking_date=booking, reversal=mark.startswith("R"),
+            transaction_code=(details.transaction_code if details and details.transaction_code else match.group(6)),
+            customer_ref=customer, bank_ref=bank,
+            end_to_end_id=details.end_to_end_id if details else None,
+            counterparty_name=details.counterparty_name if details else None,
+            counterparty_iban=details.counterparty_iban if details else None,
+            counterparty_bic=details.counterparty_bic if details else None,
+            remittance=details.remittance if details else None,
+            details=fields, raw=raw, source_line=line,
+        )
+
+    def _currency(self, line: int) -> str:
+        if self.opening is not None:
+            return self.opening.currency
+        if self.floor_currency is not None:
+            return self.floor_currency
+        raise StatementFormatError(f"line {line}", "entry before any balance or floor limit gives the currency")
+
+    def finish(self, line: int, *, check: bool) -> Statement:
+        """Close this statement at ``line`` (where the next begins or the file ends) and check it."""
+        self._flush_entry()
+        if self.account is None:
+            raise StatementFormatError(self.where, f"statement {self.reference} has no :25: account")
+        if self.interim:
+            statement = self._statement("mt942")
+            if check:
+                self._check_sums(statement)
+            return statement
+        if self.opening is None:
+            raise StatementFormatError(
+                self.where, f"statement {self.reference} has no opening balance (expected :60F: or :60M:)")
+        if self.closing is None:
+            raise StatementFormatError(
+                f"line {line}", f"statement {self.reference} ends without a closing balance (expected :62F: or :62M:)")
+        statement = self._statement("mt940")
+        if check:
+            check_balance(statement, self.where)
+        return statement
+
+    def _statement(self, kind: str) -> Statement:
+        currency = self.opening.currency if self.opening else (self.floor_currency or "")
+        account = self.account or ""
+        return Statement(
+            format=kind, account=account, currency=currency, number=self.number, reference=self.reference,
+            sequence=self.sequence, opening=self.opening, closing=self.closing, closing_available=self.available,
+            forward_available=tuple(self.forward), lines=tuple(self.lines),
+            info="\n".join(self.info) or None, declared=self.declared, source_line=self.line,
+        )
+
+    def _check_sums(self, statement: Statement) -> None:
+        for tag, sign in (("90D", -1), ("90C", 1)):
+            if tag not in self.sums:
+                continue
+            count, total, line = self.sums[tag]
+            booked = [e.amount for e in statement.lines if (e.amount < 0) == (sign < 0)]
+            actual = abs(sum(booked, Decimal(0)))
+            if count != len(booked) or total != actual:
+                raise BalanceMismatch(
+                    statement.label, f"line {line}", total - actual,
+                    f":{tag}: declares {count} entries totalling {total:f}, "
+                    f"the statement has {len(booked)} totalling {actual:f}",
+                )
+
+
+def _balance(tag: str, text: str, line: int) -> Balance:
+    match = _BALANCE.match(text)
+    if match is None:
+        raise StatementFormatError(f"line {line}", f":{tag}: {text!r} (expected C|D, YYMMDD, currency, amount)")
+    amount = _amount(match.group(4))
+    return Balance(amount=-amount if match.group(1) == "D" else amount, currency=match.group(3),
+                   date=_date(match.group(2), line))
+
+
+def _datetime(match: re.Match[str], line: int) -> dt.datetime:
+    date = _date(match.group(1), line)
+    hhmm, offset = match.group(2), match.group(3) or "+0000"
+    try:
+        tz = dt.timezone((-1 if offset[0] == "-" else 1) * dt.timedelta(hours=int(offset[1:3]), minutes=int(offset[3:])))
+        return dt.datetime(date.year, date.month, date.day, int(hhmm[:2]), int(hhmm[2:]), tzinfo=tz)
+    except ValueError:
+        raise StatementFormatError(f"line {line}", f"{match.group(0)!r} is not a date and time") from None
