@@ -47,10 +47,10 @@ def csv_profile(name: str, config_path: str) -> CsvProfile | str:
     """The named profile from the config (or the built-in one); a message when there is none."""
     if name == "molamd":
         return MOLAMD_PROFILE
-    from .config import ConfigError, load
+    from .config import ConfigError, load_config
 
     try:
-        config = load(config_path)
+        config = load_config(config_path)
     except ConfigError as exc:
         return "; ".join(exc.lines())
     profile = config.csv_profiles.get(name)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+
 def _find() -> Path:
     """$MOLAMD_CORPORA, else ../shared/corpora beside the checkout, else the workspace's copy."""
     if "MOLAMD_CORPORA" in os.environ:

@@ -139,8 +139,13 @@ def _statement(tree: etree._ElementTree, container: _Element, kind: str) -> Stat
         reference=_text(container, "Id"), opening=opening, closing=closing,
         closing_available=balances.get("CLAV"), forward_available=tuple(forward), lines=tuple(lines),
         info=_text(container, "AddtlStmtInf") or _text(container, "AddtlRptInf") or _text(container, "AddtlNtfctnInf"),
-        declared=declared, source_line=container.sourceline or 0,
+        declared=declared, source_line=_line_of(container),
     )
+
+
+def _line_of(element: _Element) -> int:
+    line = element.sourceline
+    return line if isinstance(line, int) else 0
 
 
 def _lines(
@@ -154,13 +159,13 @@ def _lines(
     details = entry.findall("NtryDtls/TxDtls")
     parts: list[tuple[Decimal, _Element | None]] = [(amount, details[0] if details else None)]
     if len(details) > 1:  # a batch booking: one line per transaction when their amounts add up to the entry
-        split = []
-        for tx in details:
-            tx_amount = _text(tx, "AmtDtls/TxAmt/Amt") or _text(tx, "Amt")
+        split: list[tuple[Decimal, _Element | None]] = []
+        for detail in details:
+            tx_amount = _text(detail, "AmtDtls/TxAmt/Amt") or _text(detail, "Amt")
             if tx_amount is None:
                 break
             try:
-                split.append((Decimal(tx_amount).copy_abs() * (1 if amount >= 0 else -1), tx))
+                split.append((Decimal(tx_amount).copy_abs() * (1 if amount >= 0 else -1), detail))
             except InvalidOperation:
                 break
         if len(split) == len(details) and sum(a for a, _ in split) == amount:
@@ -170,7 +175,8 @@ def _lines(
     lines = []
     for amount_part, tx in parts:
         side = "Dbtr" if amount_part >= 0 else "Cdtr"
-        remittance = " ".join((t.text or "").strip() for t in tx.findall("RmtInf/Ustrd")).strip() if tx is not None else ""
+        ustrd = tx.findall("RmtInf/Ustrd") if tx is not None else []
+        remittance = " ".join((t.text or "").strip() for t in ustrd).strip()
         if not remittance and tx is not None:
             remittance = _text(tx, "RmtInf/Strd/CdtrRefInf/Ref") or ""
         e2e = _text(tx, "Refs/EndToEndId")

@@ -140,9 +140,8 @@ def _index(row: list[str], profile: CsvProfile, line: int) -> tuple[dict[str, in
     cols = profile.columns
     mapped = {name: getattr(cols, name) for name in _FIELDS if getattr(cols, name) is not None}
     names = [c.strip().lower() for c in row]
-    by_name = all(isinstance(v, int) or str(v).lower() in names for v in mapped.values())
-    is_header = profile.header == "yes" or (profile.header == "auto" and by_name and any(
-        isinstance(v, str) for v in mapped.values()))
+    named = [str(v).lower() for v in mapped.values() if isinstance(v, str)]
+    is_header = profile.header == "yes" or (profile.header == "auto" and any(n in names for n in named))
     index: dict[str, int] = {}
     for name, col in mapped.items():
         if isinstance(col, int):
@@ -207,7 +206,7 @@ def _line(line: int, cells: dict[str, str], profile: CsvProfile) -> tuple[Statem
         raise StatementFormatError(where, "no value or booking date")
     style = profile.amount_style
     if style == "signed":
-        amount = _number(cells, "amount", profile, where, required=True)
+        amount = _required(cells, "amount", profile, where)
     elif style == "debit_credit":
         debit = _number(cells, "debit", profile, where, required=False)
         credit = _number(cells, "credit", profile, where, required=False)
@@ -215,7 +214,7 @@ def _line(line: int, cells: dict[str, str], profile: CsvProfile) -> tuple[Statem
             raise StatementFormatError(where, "expected an amount in exactly one of the debit and credit columns")
         amount = (credit or Decimal(0)) - abs(debit or Decimal(0))
     else:
-        amount = abs(_number(cells, "amount", profile, where, required=True))
+        amount = abs(_required(cells, "amount", profile, where))
         mark = cells["indicator"].upper()
         if mark in profile.debit_marks:
             amount = -amount
@@ -238,6 +237,12 @@ def _line(line: int, cells: dict[str, str], profile: CsvProfile) -> tuple[Statem
         counterparty_bic=cells.get("counterparty_bic") or None, remittance=cells.get("remittance") or None,
         raw=profile.delimiter.join(cells.values()), source_line=line,
     ), balance
+
+
+def _required(cells: dict[str, str], name: str, profile: CsvProfile, where: str) -> Decimal:
+    value = _number(cells, name, profile, where, required=True)
+    assert value is not None  # required=True raises instead
+    return value
 
 
 def _number(cells: dict[str, str], name: str, profile: CsvProfile, where: str, *, required: bool) -> Decimal | None:

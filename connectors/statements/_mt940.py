@@ -299,10 +299,7 @@ class _Builder:
         details = parse_details(info) if info else None
         reference = match.group(7)
         customer = reference[:16].strip() or None  # 16x; some banks write the counterparty after it
-        if len(reference) > 16 and reference[16:].strip():
-            fields_extra = reference[16:].strip()
-        else:
-            fields_extra = None
+        fields_extra = reference[16:].strip() or None
         bank = (match.group(8) or "").strip() or None
         fields = dict(details.fields) if details else {}
         if match.group(4):
@@ -393,7 +390,8 @@ def _datetime(match: re.Match[str], line: int) -> dt.datetime:
     date = _date(match.group(1), line)
     hhmm, offset = match.group(2), match.group(3) or "+0000"
     try:
-        tz = dt.timezone((-1 if offset[0] == "-" else 1) * dt.timedelta(hours=int(offset[1:3]), minutes=int(offset[3:])))
+        sign = -1 if offset[0] == "-" else 1
+        tz = dt.timezone(sign * dt.timedelta(hours=int(offset[1:3]), minutes=int(offset[3:])))
         return dt.datetime(date.year, date.month, date.day, int(hhmm[:2]), int(hhmm[2:]), tzinfo=tz)
     except ValueError:
         raise StatementFormatError(f"line {line}", f"{match.group(0)!r} is not a date and time") from None
