@@ -42,3 +42,12 @@ from .null import NullConnector as NullConnector
 from .rest import RestConfig as RestConfig
 from .rest import RestConnector as RestConnector
 from .rest import RestOptions as RestOptions
+from .sftp import Camt053SftpConfig as Camt053SftpConfig
+from .sftp import CsvSftpConfig as CsvSftpConfig
+from .sftp import FileChanged as FileChanged
+from .sftp import FileRefused as FileRefused
+from .sftp import Mt940SftpConfig as Mt940SftpConfig
+from .sftp import RemoteFile as RemoteFile
+from .sftp import SftpConfig as SftpConfig
+from .sftp import SftpOptions as SftpOptions
+from .sftp import SftpStatementConnector as SftpStatementConnector

@@ -10,6 +10,7 @@ import msgspec
 from ._contract import BankConnector, ConnectorConfig
 from .null import NullConfig, NullConnector
 from .rest import RestConfig, RestConnector
+from .sftp import Camt053SftpConfig, CsvSftpConfig, Mt940SftpConfig, SftpStatementConnector
 
 
 class ConnectorKind(msgspec.Struct, frozen=True):
@@ -21,10 +22,13 @@ class ConnectorKind(msgspec.Struct, frozen=True):
 KINDS: dict[str, ConnectorKind] = {
     "null": ConnectorKind("null", NullConfig, NullConnector),
     "rest": ConnectorKind("rest", RestConfig, RestConnector),
+    "mt940-sftp": ConnectorKind("mt940-sftp", Mt940SftpConfig, SftpStatementConnector),
+    "csv-sftp": ConnectorKind("csv-sftp", CsvSftpConfig, SftpStatementConnector),
+    "camt053-sftp": ConnectorKind("camt053-sftp", Camt053SftpConfig, SftpStatementConnector),
 }
 
 # The union msgspec decodes ``[[connectors]]`` into; extend it with every kind added to KINDS.
-AnyConnectorConfig = NullConfig | RestConfig
+AnyConnectorConfig = NullConfig | RestConfig | Mt940SftpConfig | CsvSftpConfig | Camt053SftpConfig
 
 
 def build_connector(config: ConnectorConfig) -> BankConnector:

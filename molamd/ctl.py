@@ -36,6 +36,7 @@ ARITY: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "force-open": (("name",), ()),
     "set-rate": (("name", "rate"), ("burst",)),
     "dlq": (("action",), ("id", "reason")),
+    "statements": ((), ("action", "id")),
 }
 NUMBERS: dict[str, type] = {"rate": float, "burst": int, "id": int}
 
@@ -145,6 +146,10 @@ def print_result(cmd: str, result: Any, out: TextIO) -> None:
     elif cmd == "dlq" and isinstance(result, list):
         print_table(result, [("id", "ID"), ("payout_id", "PAYOUT"), ("amount", "AMOUNT"), ("currency", "CUR"),
                              ("attempts", "ATTEMPTS"), ("connector", "CONNECTOR"), ("last_error", "LAST_ERROR")], out)
+    elif cmd == "statements" and isinstance(result, list):
+        print_table(result, [("id", "ID"), ("source", "SOURCE"), ("remote_name", "FILE"), ("format", "FORMAT"),
+                             ("status", "STATUS"), ("statements", "STMTS"), ("lines", "LINES"),
+                             ("matched", "MATCHED"), ("received_at", "RECEIVED"), ("error", "ERROR")], out)
     elif cmd in ("pause", "resume", "drain"):
         rows = [{"name": n, **r} for n, r in result["connectors"].items()]
         print_table(rows, [("name", "NAME"), ("dispatch", "DISPATCH"), ("error", "ERROR")], out)
@@ -179,11 +184,13 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, dict[str, Any]]:
         parser.error(f"{ns.command}: too many arguments")
     args: dict[str, Any] = dict(zip(required + optional, ns.args, strict=False))
     for key, kind in NUMBERS.items():
-        if key in args:
+        if key in args and not (ns.command == "statements" and args.get("action") == "poll"):
             try:
                 args[key] = kind(args[key])
             except ValueError:
                 parser.error(f"{ns.command}: {key.upper()} must be a number, got {args[key]!r}")
+    if ns.command == "statements" and args.get("action") == "reprocess":
+        ns.command = "statements-reprocess"  # a write: its own command, for the operator group only
     if ns.limit is not None:
         args["limit"] = ns.limit
     if ns.all:

@@ -85,6 +85,17 @@ class Metrics:
         self.dlq_slices = Gauge("molamd_dlq_slices", "Payout slices in the dead-letter queue", registry=r)
         self.connector_up = Gauge("molamd_connector_up", "1 when the last health check passed", ["connector"],
                                   registry=r)
+        self.statement_files = Counter(
+            "molamd_statement_files", "Statement files taken from sources, by outcome "
+            "(parsed, duplicate, parse_failed, balance_failed, refused, changed)", ["source", "outcome"], registry=r)
+        self.statement_lines = Counter(
+            "molamd_statement_lines", "Statement lines committed", ["source"], registry=r)
+        self.statement_lines_unmatched = Gauge(
+            "molamd_statement_lines_unmatched", "Statement lines not (yet) linked to a payout slice",
+            ["bank_profile"], registry=r)
+        self.statement_poll_duration = Histogram(
+            "molamd_statement_poll_duration_seconds", "One poll of a statement source, files included", ["source"],
+            registry=r, buckets=(0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0))
         self.reload_successful.set(1)
 
     def watch_supervisors(self, supervisors: Callable[[], Iterable[Supervisor]]) -> None:

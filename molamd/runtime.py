@@ -11,6 +11,7 @@ import os
 import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import trio
 
@@ -33,7 +34,9 @@ from actors import (
     SupervisorEvent,
     UnknownChild,
 )
-from connectors import ConnectorConfig, PaymentEvent, build_connector
+from connectors import ConnectorConfig, PaymentEvent, SftpStatementConnector, build_connector
+from connectors.sftp import _SftpConfig
+from connectors.statements import MOLAMD_PROFILE, CsvProfile
 
 from . import __version__, db
 from .config import Config, HealthCheckerSection, SupervisionSection, secret_values
@@ -43,6 +46,8 @@ from .logs import log, redactor
 from .metrics import Metrics
 from .payouts import PayoutStore
 from .sdnotify import Notifier
+from .statement_poller import StatementPoller
+from .statements import StatementStore
 from .telemetry import Telemetry
 
 logger = logging.getLogger("molamd.runtime")
@@ -101,6 +106,7 @@ class Runtime:
         self.db = db.Database(config.database, metrics=self.metrics, on_up=self.sync_registry)
         self.telemetry = Telemetry(self.metrics, self.db, self.host_id)
         self.store = PayoutStore(self.db, self.host_id)
+        self.statements = StatementStore(self.db, self._lock_connection)
         self._routes: dict[str, list[ConnectorConfig]] = {}
         self.index_routes(config)
         policy = restart_policy(config.supervision)
@@ -121,6 +127,9 @@ class Runtime:
     # -- specs --------------------------------------------------------------------------------------
 
     def connector_spec(self, config: ConnectorConfig) -> ChildSpec:
+        if isinstance(config, _SftpConfig):
+            return ChildSpec(name=config.name, factory=lambda: self.statement_poller(config),
+                             shutdown_grace=config.shutdown_grace.seconds)
         self.telemetry.set_breaker(config.name, BreakerState.CLOSED)
         return ChildSpec(
             name=config.name,
@@ -128,6 +137,30 @@ class Runtime:
                                            on_event=self.pushed_event),
             shutdown_grace=config.shutdown_grace.seconds,
         )
+
+    def statement_poller(self, config: _SftpConfig) -> StatementPoller:
+        profile: CsvProfile | None = None
+        if config.statement_format == "csv":
+            profile = self.config.csv_profiles.get(config.sftp.csv_profile, MOLAMD_PROFILE)
+        sources = [c.name for c in self.config.connectors
+                   if isinstance(c, _SftpConfig) and c.bank_profile == config.bank_profile]
+        return StatementPoller(config, SftpStatementConnector(config), self.statements, self.metrics,
+                               csv_profile=profile, profile_sources=sources)
+
+    def statement_source(self, name: str) -> StatementPoller | None:
+        try:
+            child = self.connectors.child(name)
+        except UnknownChild:
+            return None
+        return child if isinstance(child, StatementPoller) else None
+
+    def _lock_connection(self) -> Any:
+        import psycopg
+
+        section = self.config.database
+        kwargs = db.conninfo(section, "molamd-statement-lock")
+        kwargs.pop("options", None)
+        return psycopg.connect(section.dsn, **kwargs)
 
     def worker_specs(self, config: Config) -> list[ChildSpec]:
         specs = []
@@ -155,7 +188,8 @@ class Runtime:
     def index_routes(self, config: Config) -> None:
         routes: dict[str, list[ConnectorConfig]] = {}
         for entry in config.connectors:
-            routes.setdefault(entry.bank_profile, []).append(entry)
+            if not isinstance(entry, _SftpConfig):  # statement sources take no payouts
+                routes.setdefault(entry.bank_profile, []).append(entry)
         for entries in routes.values():
             entries.sort(key=lambda c: (c.priority, c.name))
         self._routes = routes
@@ -218,7 +252,8 @@ class Runtime:
         return child if isinstance(child, ConnectorActor) else None
 
     def connector_actors(self) -> list[tuple[str, ConnectorActor | None]]:
-        return [(name, self.connector_actor(name)) for name in self.connectors.names()]
+        sources = {c.name for c in self.config.connectors if isinstance(c, _SftpConfig)}
+        return [(name, self.connector_actor(name)) for name in self.connectors.names() if name not in sources]
 
     # -- events and the registry -------------------------------------------------------------------
 

@@ -20,13 +20,17 @@ from actors import (
     SupervisorError,
     UnknownChild,
 )
-from connectors import encode_hook
+from connectors import ConnectorError, encode_hook
+from connectors.sftp import _SftpConfig
+from connectors.statements import MOLAMD_PROFILE
 
 from .. import payouts
 from .. import reload as reloading
+from .. import statements as stored
 from ..config import ConfigError
 from ..db import DatabaseUnavailable
 from ..runtime import Runtime
+from ..statement_poller import PollNow
 from ._protocol import PROTOCOL_VERSION, ControlError, ErrorCode
 
 ASK_TIMEOUT = 5.0
@@ -60,6 +64,12 @@ class DlqArgs(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     id: int | None = None
     all: bool = False
     reason: str = "dropped by an operator"
+
+
+class StatementsArgs(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    action: str = "list"
+    id: int | str | None = None  # show/reprocess: a stored file id; poll: a source name
+    limit: int = 50
 
 
 Handler = Callable[[Runtime, Any], Awaitable[Any]]
@@ -332,6 +342,58 @@ async def dlq(rt: Runtime, args: DlqArgs) -> Any:
     raise ControlError(ErrorCode.BAD_ARGS, f"dlq: unknown action {args.action!r}; use list, retry or drop")
 
 
+def _file_id(args: StatementsArgs) -> int:
+    try:
+        return int(args.id if args.id is not None else "")
+    except ValueError:
+        raise ControlError(ErrorCode.BAD_ARGS, f"statements {args.action} needs a file ID (a number)") from None
+
+
+async def statements(rt: Runtime, args: StatementsArgs) -> Any:
+    """``statements list``, ``statements show ID``, ``statements poll SOURCE`` (poll now, answer the summary)."""
+    try:
+        if args.action == "list":
+            return await rt.db.statement(lambda c: stored.list_files(c, None, args.limit))
+        if args.action == "show":
+            raw_id = _file_id(args)
+            found = await rt.db.statement(lambda c: stored.show_file(c, raw_id, args.limit))
+            if found is None:
+                raise ControlError(ErrorCode.NOT_FOUND, f"no stored statement file {raw_id}")
+            return found
+    except DatabaseUnavailable as exc:
+        raise _database(exc) from None
+    if args.action == "poll":
+        poller = rt.statement_source(str(args.id or ""))
+        if poller is None:
+            raise ControlError(ErrorCode.NOT_FOUND, f"no running statement source {args.id!r}")
+        try:
+            summary = await poller.ask(PollNow(), timeout=600)
+        except (ConnectorError, DatabaseUnavailable) as exc:
+            raise ControlError(ErrorCode.UNAVAILABLE, f"poll failed: {exc}") from None
+        return _to_builtins(summary)
+    raise ControlError(ErrorCode.BAD_ARGS, f"statements: unknown action {args.action!r}; use list, show or poll")
+
+
+async def statements_reprocess(rt: Runtime, args: StatementsArgs) -> Any:
+    """Parse a stored file again from its raw bytes (after a parser or profile fix)."""
+    raw_id = _file_id(args)
+    try:
+        source = await rt.db.statement(lambda c: c.execute(
+            "SELECT source FROM bank_statements_raw WHERE id = %s", [raw_id]).fetchone())
+        if source is None:
+            raise ControlError(ErrorCode.NOT_FOUND, f"no stored statement file {raw_id}")
+        config = rt.config.connector(source[0])
+        profile = None
+        if isinstance(config, _SftpConfig) and config.statement_format == "csv":
+            profile = rt.config.csv_profiles.get(config.sftp.csv_profile, MOLAMD_PROFILE)
+        result = await rt.db.transaction(lambda c: stored.reprocess(c, raw_id, profile))
+    except ValueError as exc:
+        raise ControlError(ErrorCode.BAD_ARGS, str(exc)) from None
+    except DatabaseUnavailable as exc:
+        raise _database(exc) from None
+    return _to_builtins(result)
+
+
 async def reload(rt: Runtime, args: NoArgs) -> dict[str, Any]:
     try:
         result = await reloading.reload(rt)
@@ -362,6 +424,8 @@ COMMANDS: dict[str, Command] = {
         Command("force-open", NameArg, True, force_open),
         Command("set-rate", SetRateArgs, True, set_rate),
         Command("dlq", DlqArgs, True, dlq),
+        Command("statements", StatementsArgs, False, statements),
+        Command("statements-reprocess", StatementsArgs, True, statements_reprocess),
     )
 }
 

@@ -1,0 +1,14 @@
+-- Statement ingestion: exact amounts at any scale, the bank's own line kept beside each row, and the lookups
+-- reconciliation needs.
+
+-- numeric(20, 4) would round a five-decimal camt amount without a word: keep every digit the bank sent.
+ALTER TABLE bank_statement_lines ALTER COLUMN amount TYPE numeric;
+ALTER TABLE bank_statement_lines
+    ADD COLUMN raw_line     text,
+    ADD COLUMN source_line  integer CHECK (source_line >= 0);
+ALTER TABLE bank_statements_raw ADD COLUMN statement_count integer CHECK (statement_count >= 0);
+
+-- Reconciliation finds a slice by the end-to-end reference we sent (the idempotency key, which has its own
+-- unique index) or by the bank's payment id.
+CREATE INDEX payout_slices_provider_ref_idx ON payout_slices (provider_ref) WHERE provider_ref IS NOT NULL;
+CREATE INDEX bank_statement_lines_raw_idx ON bank_statement_lines (statement_raw_id);

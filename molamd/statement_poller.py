@@ -1,0 +1,188 @@
+"""The statement poller: one actor per statement source (design §7).
+
+Each poll: take the source's advisory lock (another host may hold it: then do nothing), list the inbox, keep
+the files whose size and mtime stayed the same for ``stable_for`` (or that have their done marker), and take
+them one by one: download to a spool file, ingest in one transaction, and only then move the remote file to
+``archive/`` or ``error/``. A crash between the commit and the move leaves the file in the inbox; the next
+poll finds its sha256 already stored and only archives it, so no line is written twice. A database that is
+down leaves the file where it is. Polls back off on errors and while the inbox stays empty.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+import trio
+
+from actors import Actor, Backoff
+from connectors import ConnectorError, FileChanged, FileRefused, RemoteFile, SftpStatementConnector
+from connectors.sftp import _SftpConfig
+from connectors.statements import CsvProfile
+
+from .db import DatabaseUnavailable
+from .logs import log
+from .metrics import Metrics
+from .statements import Ingested, Spooled, StatementStore
+
+logger = logging.getLogger("molamd.statements")
+
+
+class PollNow(msgspec.Struct, frozen=True):
+    """Poll at once (``molamctl statements poll``, tests); answers with the poll's summary."""
+
+
+class PollSummary(msgspec.Struct, frozen=True, kw_only=True):
+    source: str
+    locked_elsewhere: bool = False
+    listed: int = 0
+    taken: list[dict[str, Any]] = msgspec.field(default_factory=list)
+
+
+class StatementPoller(Actor[PollNow]):
+    def __init__(
+        self, config: _SftpConfig, connector: SftpStatementConnector, store: StatementStore, metrics: Metrics, *,
+        csv_profile: CsvProfile | None, profile_sources: list[str],
+        after_commit: Callable[[RemoteFile, Ingested], Awaitable[None]] | None = None,
+    ) -> None:
+        super().__init__(config.name, mailbox_size=8)
+        self.config = config
+        self.options = config.sftp
+        self.connector = connector
+        self.store = store
+        self.metrics = metrics
+        self.csv_profile = csv_profile
+        self.profile_sources = profile_sources
+        self.after_commit = after_commit  # a test seam: runs between the commit and the remote move
+        self._lock = trio.Lock()
+        self._wake = trio.Event()
+        self._errors = Backoff(initial=self.options.poll_interval.seconds,
+                               maximum=self.options.error_backoff_max.seconds, jitter=0.2)
+
+    async def setup(self) -> None:
+        self.nursery.start_soon(self._poll_forever)
+
+    async def teardown(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.store.release_lock(self.name)
+        with contextlib.suppress(Exception):
+            await self.connector.aclose()
+
+    async def handle(self, msg: PollNow) -> PollSummary:
+        return await self.poll_once()
+
+    async def _poll_forever(self) -> None:
+        interval = self.options.poll_interval.seconds
+        idle = interval
+        failures = 0
+        while True:
+            try:
+                summary = await self.poll_once()
+            except (ConnectorError, DatabaseUnavailable) as exc:
+                failures += 1
+                delay = self._errors.delay(failures)
+                log(logger, logging.WARNING, "statement poll failed", source=self.name, error=str(exc),
+                    retry_in_seconds=round(delay, 3))
+            else:
+                failures = 0
+                if summary.taken or summary.listed:
+                    idle = interval
+                else:  # nothing there: look less often, up to idle_backoff_max
+                    idle = min(idle * 2, self.options.idle_backoff_max.seconds)
+                delay = idle if not summary.taken else interval
+            with trio.move_on_after(delay):
+                await self._wake.wait()
+            self._wake = trio.Event()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def poll_once(self) -> PollSummary:
+        async with self._lock:
+            started = time.monotonic()
+            try:
+                return await self._poll()
+            finally:
+                self.metrics.statement_poll_duration.labels(self.name).observe(time.monotonic() - started)
+
+    async def _poll(self) -> PollSummary:
+        if not await self.store.hold_lock(self.name):
+            return PollSummary(source=self.name, locked_elsewhere=True)
+        first = await self.connector.list_statements()
+        if not first:
+            return PollSummary(source=self.name)
+        ready = first
+        if not self.options.done_marker:  # stable: same size and mtime across two listings
+            await trio.sleep(self.options.stable_for.seconds)
+            before = {(f.name, f.size, f.mtime) for f in first}
+            ready = [f for f in await self.connector.list_statements() if (f.name, f.size, f.mtime) in before]
+        taken = [await self._take(f) for f in ready]
+        if any(t.get("lines") for t in taken):
+            await self._update_unmatched()
+        return PollSummary(source=self.name, listed=len(first), taken=taken)
+
+    async def _take(self, remote: RemoteFile) -> dict[str, Any]:
+        fd, path = tempfile.mkstemp(prefix=f"molamd-{self.name}-", suffix=".part",
+                                    dir=self.options.spool_dir or None)
+        os.close(fd)
+        try:
+            try:
+                fetched = await self.connector.fetch(remote, path)
+            except FileChanged as exc:
+                self._count("changed")
+                log(logger, logging.INFO, "statement file still changing", source=self.name, file=remote.name,
+                    reason=str(exc))
+                return {"file": remote.name, "outcome": "changed"}
+            except FileRefused as exc:
+                self._count("refused")
+                moved = await self.connector.acknowledge(remote, ok=False, reason=str(exc))
+                log(logger, logging.ERROR, "statement file refused", source=self.name, file=remote.name,
+                    reason=str(exc), moved_to=moved)
+                return {"file": remote.name, "outcome": "refused", "error": str(exc), "moved_to": moved}
+            spooled = Spooled(path=fetched.path, sha256=fetched.sha256, size=fetched.size)
+            result = await self.store.ingest(source=self.name, remote_name=remote.name,
+                                             fmt=self.config.statement_format, spooled=spooled,
+                                             csv_profile=self.csv_profile)
+            if self.after_commit is not None:
+                await self.after_commit(remote, result)
+            ok, reason = _verdict(result)
+            moved = await self.connector.acknowledge(remote, ok=ok, reason=reason)
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        self._count(result.outcome)
+        if result.lines:
+            self.metrics.statement_lines.labels(self.name).inc(result.lines)
+        level = logging.INFO if ok else logging.ERROR
+        log(logger, level, "statement file taken", source=self.name, file=remote.name, outcome=result.outcome,
+            raw_id=result.raw_id, statements=result.statements, lines=result.lines, matched=result.matched,
+            settled=result.settled, error=reason, moved_to=moved)
+        return {"file": remote.name, "outcome": result.outcome, "raw_id": result.raw_id, "lines": result.lines,
+                "matched": result.matched, "settled": result.settled, "error": reason, "moved_to": moved}
+
+    def _count(self, outcome: str) -> None:
+        self.metrics.statement_files.labels(self.name, outcome).inc()
+
+    async def _update_unmatched(self) -> None:
+        try:
+            count = await self.store.unmatched(self.profile_sources)
+        except DatabaseUnavailable:
+            return
+        self.metrics.statement_lines_unmatched.labels(self.config.bank_profile).set(count)
+
+
+def _verdict(result: Ingested) -> tuple[bool, str | None]:
+    """Archive (True) or error/ with a reason."""
+    if result.outcome == "parsed":
+        return True, None
+    if result.outcome == "duplicate":
+        if result.previous_status == "parsed":
+            return True, None
+        return False, f"same bytes as stored statement file {result.raw_id}, which ended {result.previous_status}"
+    return False, result.error

@@ -1,0 +1,322 @@
+"""Statement ingestion in PostgreSQL: raw bytes and lines in one transaction, reconciliation, the source lock.
+
+Everything here is synchronous and runs in a worker thread, one transaction per file (design §7, §8):
+
+    dedup by sha256 -> raw row (COPY, streamed from the spool file) -> parse -> lines (COPY, one statement at a
+    time) -> link lines to the payout slices they settle -> commit
+
+A file that does not parse or balance rolls back to a savepoint: its raw row stays, marked ``parse_failed`` or
+``balance_failed`` with the error, and no line of it is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import msgspec
+import psycopg
+
+from connectors.statements import CsvProfile, Statement, StatementError, iter_statements
+
+RAW_CHUNK = 1024 * 1024
+LINE_COLUMNS = (
+    "statement_raw_id", "statement_no", "line_no", "account", "statement_ref", "booking_date", "value_date",
+    "credit_debit", "reversal", "amount", "currency", "transaction_code", "customer_ref", "bank_ref",
+    "end_to_end_id", "counterparty_name", "counterparty_account", "counterparty_bic", "remittance_info", "details",
+    "raw_line", "source_line",
+)
+_COPY_LINES = f"COPY bank_statement_lines ({', '.join(LINE_COLUMNS)}) FROM STDIN"
+_json = msgspec.json.Encoder()
+
+
+class Ingested(msgspec.Struct, frozen=True, kw_only=True):
+    """What became of one file."""
+
+    raw_id: int
+    outcome: str  # parsed, duplicate, parse_failed, balance_failed
+    statements: int = 0
+    lines: int = 0
+    matched: int = 0
+    settled: int = 0
+    error: str | None = None
+    previous_status: str | None = None  # for a duplicate: how the first copy ended
+
+
+class Spooled(msgspec.Struct, frozen=True, kw_only=True):
+    """A downloaded file on local disk, with what was measured while it arrived."""
+
+    path: str
+    sha256: bytes
+    size: int
+
+
+def spool_digest(path: str) -> Spooled:
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(RAW_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return Spooled(path=path, sha256=digest.digest(), size=size)
+
+
+def ingest(
+    conn: psycopg.Connection[Any], *, source: str, remote_name: str, fmt: str, spooled: Spooled,
+    csv_profile: CsvProfile | None = None,
+) -> Ingested:
+    """Store one spooled file and its lines, in the caller's transaction."""
+    conn.execute("SET LOCAL statement_timeout = 0")  # a million-line COPY outlives the daemon's default
+    row = conn.execute("SELECT id, status FROM bank_statements_raw WHERE sha256 = %s", [spooled.sha256]).fetchone()
+    if row is not None:
+        return Ingested(raw_id=row[0], outcome="duplicate", previous_status=row[1])
+    raw_id = conn.execute("SELECT nextval(pg_get_serial_sequence('bank_statements_raw', 'id'))").fetchone()[0]  # type: ignore[index]
+    _copy_raw(conn, raw_id, source, remote_name, fmt, spooled)
+    with open(spooled.path, "rb") as f:
+        return _parse_into(conn, raw_id, fmt, f, csv_profile)
+
+
+def reprocess(conn: psycopg.Connection[Any], raw_id: int, csv_profile: CsvProfile | None) -> Ingested:
+    """Parse a stored file again (after a parser or profile fix); only files that have no lines yet."""
+    row = conn.execute(
+        "SELECT status, format, raw FROM bank_statements_raw WHERE id = %s FOR UPDATE", [raw_id]).fetchone()
+    if row is None:
+        raise LookupError(f"no stored statement file {raw_id}")
+    status, fmt, raw = row
+    if status == "parsed":
+        raise ValueError(f"statement file {raw_id} is already parsed; its lines are in bank_statement_lines")
+    conn.execute("SET LOCAL statement_timeout = 0")
+    return _parse_into(conn, raw_id, fmt, io.BytesIO(raw), csv_profile)
+
+
+def _parse_into(
+    conn: psycopg.Connection[Any], raw_id: int, fmt: str, f: BinaryIO, csv_profile: CsvProfile | None
+) -> Ingested:
+    statements = lines = 0
+    try:
+        with conn.transaction():  # a savepoint: a bad file loses its lines, never its raw row
+            with conn.cursor().copy(_COPY_LINES) as copy:
+                for statements, statement in enumerate(iter_statements(fmt, f, csv_profile=csv_profile), start=1):
+                    for row in _rows(raw_id, statements, statement):
+                        copy.write_row(row)
+                    lines += len(statement.lines)
+            if statements == 0:
+                raise _Empty
+    except StatementError as exc:
+        return _failed(conn, raw_id, exc.code, str(exc))
+    except _Empty:
+        return _failed(conn, raw_id, "parse_failed", "the file holds no statement")
+    matched, settled = reconcile(conn, raw_id)
+    conn.execute(
+        "UPDATE bank_statements_raw SET status = 'parsed', error = NULL, line_count = %s, statement_count = %s,"
+        " processed_at = now() WHERE id = %s", [lines, statements, raw_id])
+    return Ingested(raw_id=raw_id, outcome="parsed", statements=statements, lines=lines, matched=matched,
+                    settled=settled)
+
+
+class _Empty(Exception):
+    pass
+
+
+def _failed(conn: psycopg.Connection[Any], raw_id: int, outcome: str, error: str) -> Ingested:
+    error = error.replace("\x00", "\\x00")
+    conn.execute("UPDATE bank_statements_raw SET status = %s, error = %s, processed_at = now() WHERE id = %s",
+                 [outcome, error, raw_id])
+    return Ingested(raw_id=raw_id, outcome=outcome, error=error)
+
+
+def _copy_raw(conn: psycopg.Connection[Any], raw_id: int, source: str, name: str, fmt: str, spooled: Spooled) -> None:
+    """The raw row, its bytes streamed from disk as COPY text (hex bytea): never the whole file in memory."""
+    head = "\t".join((str(raw_id), _copy_text(source), _copy_text(name), fmt, "\\\\x" + spooled.sha256.hex(),
+                      str(spooled.size), "received"))
+    with conn.cursor().copy(
+        "COPY bank_statements_raw (id, source, remote_name, format, sha256, size_bytes, status, raw) FROM STDIN"
+    ) as copy:
+        copy.write(head.encode() + b"\t\\\\x")
+        with open(spooled.path, "rb") as f:
+            while chunk := f.read(RAW_CHUNK):
+                copy.write(chunk.hex().encode())
+        copy.write(b"\n")
+
+
+def _copy_text(value: str) -> str:
+    return (value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+            .replace("\x00", ""))
+
+
+def _clean(value: str | None) -> str | None:
+    return value.replace("\x00", "\ufffd") if value is not None and "\x00" in value else value
+
+
+def _rows(raw_id: int, statement_no: int, statement: Statement) -> Iterator[tuple[Any, ...]]:
+    ref = statement.number or statement.reference
+    dirty = any("\x00" in line.raw for line in statement.lines)
+    for line_no, line in enumerate(statement.lines, start=1):
+        amount = line.amount
+        row = (
+            raw_id, statement_no, line_no, line.account, ref, line.booking_date, line.value_date,
+            line.credit_debit, line.reversal, -amount if amount < 0 else amount, line.currency,
+            line.transaction_code, line.customer_ref, line.bank_ref, line.end_to_end_id, line.counterparty_name,
+            line.counterparty_iban, line.counterparty_bic, line.remittance,
+            _json.encode(line.details).decode() if line.details else None, line.raw, line.source_line,
+        )
+        yield tuple(_clean(v) if isinstance(v, str) else v for v in row) if dirty else row
+
+
+# Lines that carry a payout's end-to-end reference (our idempotency key), in the end-to-end field or echoed as
+# the customer reference, or the bank's payment id, are linked to that slice when the money agrees: same
+# currency, same amount, money out. A slice is linked once; a slice the bank reported sent is settled.
+_MATCH = """
+WITH candidates AS (
+    SELECT DISTINCT ON (l.id) l.id AS line_id, s.id AS slice_id
+    FROM bank_statement_lines l
+    JOIN payout_slices s
+      ON s.idempotency_key = l.end_to_end_id OR s.idempotency_key = l.customer_ref OR s.provider_ref = l.bank_ref
+    WHERE l.statement_raw_id = %(raw)s AND l.payout_slice_id IS NULL
+      AND l.credit_debit = 'D' AND NOT l.reversal AND l.amount = s.amount AND l.currency = s.currency
+      AND NOT EXISTS (SELECT 1 FROM bank_statement_lines x WHERE x.payout_slice_id = s.id)
+    ORDER BY l.id, s.id
+), firsts AS (
+    SELECT DISTINCT ON (slice_id) line_id, slice_id FROM candidates ORDER BY slice_id, line_id
+)
+UPDATE bank_statement_lines l SET payout_slice_id = f.slice_id, matched_at = now()
+FROM firsts f WHERE l.id = f.line_id
+RETURNING f.slice_id
+"""
+_SETTLE = """
+UPDATE payout_slices SET status = 'settled', final_at = now()
+WHERE id = ANY(%s) AND status = 'sent'
+"""
+
+
+def reconcile(conn: psycopg.Connection[Any], raw_id: int) -> tuple[int, int]:
+    """Link this file's lines to payout slices; returns (lines linked, slices settled by them)."""
+    slices = [r[0] for r in conn.execute(_MATCH, {"raw": raw_id}).fetchall()]
+    if not slices:
+        return 0, 0
+    settled = conn.execute(_SETTLE, [slices]).rowcount
+    return len(slices), settled
+
+
+def unmatched_count(conn: psycopg.Connection[Any], sources: Iterable[str]) -> int:
+    row = conn.execute(
+        "SELECT count(*) FROM bank_statement_lines l JOIN bank_statements_raw r ON r.id = l.statement_raw_id"
+        " WHERE l.payout_slice_id IS NULL AND r.source = ANY(%s)", [list(sources)]).fetchone()
+    return int(row[0]) if row else 0
+
+
+def list_files(conn: psycopg.Connection[Any], source: str | None, limit: int) -> list[dict[str, Any]]:
+    rows = conn.execute(
+        "SELECT r.id, r.source, r.remote_name, r.format, r.status, r.size_bytes, r.statement_count, r.line_count,"
+        " r.error, r.received_at, (SELECT count(*) FROM bank_statement_lines l"
+        "   WHERE l.statement_raw_id = r.id AND l.payout_slice_id IS NOT NULL)"
+        " FROM bank_statements_raw r WHERE %(source)s::text IS NULL OR r.source = %(source)s"
+        " ORDER BY r.id DESC LIMIT %(limit)s", {"source": source, "limit": limit}).fetchall()
+    keys = ("id", "source", "remote_name", "format", "status", "size_bytes", "statements", "lines", "error",
+            "received_at", "matched")
+    return [dict(zip(keys, (v.isoformat() if hasattr(v, "isoformat") else v for v in r), strict=True))
+            for r in rows]
+
+
+def show_file(conn: psycopg.Connection[Any], raw_id: int, limit: int = 1000) -> dict[str, Any] | None:
+    files = conn.execute(
+        "SELECT id, source, remote_name, format, status, size_bytes, statement_count, line_count, error,"
+        " received_at, processed_at, encode(sha256, 'hex') FROM bank_statements_raw WHERE id = %s",
+        [raw_id]).fetchone()
+    if files is None:
+        return None
+    keys = ("id", "source", "remote_name", "format", "status", "size_bytes", "statements", "lines", "error",
+            "received_at", "processed_at", "sha256")
+    out = dict(zip(keys, (v.isoformat() if hasattr(v, "isoformat") else v for v in files), strict=True))
+    lines = conn.execute(
+        "SELECT statement_no, line_no, account, statement_ref, value_date, booking_date, credit_debit, amount,"
+        " currency, end_to_end_id, customer_ref, bank_ref, counterparty_name, remittance_info, payout_slice_id"
+        " FROM bank_statement_lines WHERE statement_raw_id = %s ORDER BY statement_no, line_no LIMIT %s",
+        [raw_id, limit]).fetchall()
+    line_keys = ("statement_no", "line_no", "account", "statement", "value_date", "booking_date", "credit_debit",
+                 "amount", "currency", "end_to_end_id", "customer_ref", "bank_ref", "counterparty_name",
+                 "remittance", "payout_slice_id")
+    out["lines"] = [
+        dict(zip(line_keys, (v.isoformat() if hasattr(v, "isoformat") else (f"{v:f}" if k == "amount" else v)
+                             for k, v in zip(line_keys, r, strict=True)), strict=True))
+        for r in lines
+    ]
+    return out
+
+
+class SourceLock:
+    """A session advisory lock per statement source, on a connection of its own: one host polls a source.
+
+    ``hold()`` answers whether this process holds the lock now (taking it if free); a lost connection loses the
+    lock with it, and the next ``hold()`` tries again on a new connection.
+    """
+
+    def __init__(self, connect: Callable[[], psycopg.Connection[Any]], source: str) -> None:
+        self._connect = connect
+        self._key = f"molamd.statement-source:{source}"
+        self._conn: psycopg.Connection[Any] | None = None
+        self._held = False
+
+    def hold(self) -> bool:
+        try:
+            if self._conn is None or self._conn.closed:
+                self._conn, self._held = self._connect(), False
+            if self._held:
+                self._conn.execute("SELECT 1")
+                return True
+            row = self._conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", [self._key]).fetchone()
+            self._held = bool(row and row[0])
+            return self._held
+        except psycopg.Error:
+            self.release()
+            raise
+
+    def release(self) -> None:
+        conn, self._conn, self._held = self._conn, None, False
+        if conn is not None:
+            conn.close()  # the session ends and PostgreSQL drops its advisory locks
+
+
+def remove_spool(path: str) -> None:
+    Path(path).unlink(missing_ok=True)
+
+
+class StatementStore:
+    """The trio face of the above: each call is one worker-thread hop through the Database service."""
+
+    def __init__(self, database: Any, connect: Callable[[], psycopg.Connection[Any]]) -> None:
+        self.db = database
+        self._connect = connect
+        self._locks: dict[str, SourceLock] = {}
+
+    async def hold_lock(self, source: str) -> bool:
+        """True while this process is the one polling ``source`` (PostgreSQL advisory lock)."""
+        import trio
+
+        from .db import DatabaseUnavailable
+
+        lock = self._locks.setdefault(source, SourceLock(self._connect, source))
+        try:
+            return await trio.to_thread.run_sync(lock.hold)
+        except psycopg.Error as exc:
+            raise DatabaseUnavailable(f"statement source lock: {exc}") from exc
+
+    async def release_lock(self, source: str) -> None:
+        import trio
+
+        lock = self._locks.pop(source, None)
+        if lock is not None:
+            await trio.to_thread.run_sync(lock.release)
+
+    async def ingest(self, *, source: str, remote_name: str, fmt: str, spooled: Spooled,
+                     csv_profile: CsvProfile | None) -> Ingested:
+        result: Ingested = await self.db.transaction(lambda conn: ingest(
+            conn, source=source, remote_name=remote_name, fmt=fmt, spooled=spooled, csv_profile=csv_profile))
+        return result
+
+    async def unmatched(self, sources: list[str]) -> int:
+        count: int = await self.db.statement(lambda conn: unmatched_count(conn, sources))
+        return count
