@@ -193,10 +193,13 @@ class SftpStatementConnector:
             attrs = entry.attrs
             mode = attrs.permissions or 0
             if stat.S_ISLNK(mode):
-                target = await sftp.realpath(posixpath.join(o.inbox, name))
-                if posixpath.dirname(target) != inbox:
-                    continue  # a link out of the inbox: never followed
-                attrs = await sftp.stat(target)
+                try:
+                    target = await sftp.realpath(posixpath.join(o.inbox, name))
+                    if posixpath.dirname(target) != inbox:
+                        continue  # a link out of the inbox: never followed
+                    attrs = await sftp.stat(target)
+                except asyncssh.SFTPNoSuchFile:
+                    continue  # a dangling link, or one the server will not resolve
                 mode = attrs.permissions or 0
             if not stat.S_ISREG(mode):
                 continue

@@ -9,6 +9,5 @@ ALTER TABLE bank_statement_lines
 ALTER TABLE bank_statements_raw ADD COLUMN statement_count integer CHECK (statement_count >= 0);
 
 -- Reconciliation finds a slice by the end-to-end reference we sent (the idempotency key, which has its own
--- unique index) or by the bank's payment id.
-CREATE INDEX payout_slices_provider_ref_idx ON payout_slices (provider_ref) WHERE provider_ref IS NOT NULL;
-CREATE INDEX bank_statement_lines_raw_idx ON bank_statement_lines (statement_raw_id);
+-- unique index) or by the bank's payment id alone (0001 indexes it behind the connector name).
+CREATE INDEX payout_slices_bank_ref_idx ON payout_slices (provider_ref) WHERE provider_ref IS NOT NULL;
