@@ -60,6 +60,8 @@ class StatementPoller(Actor[PollNow]):
         self.csv_profile = csv_profile
         self.profile_sources = profile_sources
         self.after_commit = after_commit  # a test seam: runs between the commit and the remote move
+        self.last_poll_ok: bool | None = None  # None until the first poll ends
+        self.last_error: str | None = None
         self._lock = trio.Lock()
         self._wake = trio.Event()
         self._errors = Backoff(initial=self.options.poll_interval.seconds,
@@ -85,11 +87,13 @@ class StatementPoller(Actor[PollNow]):
             try:
                 summary = await self.poll_once()
             except (ConnectorError, DatabaseUnavailable) as exc:
+                self.last_poll_ok, self.last_error = False, str(exc)
                 failures += 1
                 delay = self._errors.delay(failures)
                 log(logger, logging.WARNING, "statement poll failed", source=self.name, error=str(exc),
                     retry_in_seconds=round(delay, 3))
             else:
+                self.last_poll_ok, self.last_error = True, None
                 failures = 0
                 if summary.taken or summary.listed:
                     idle = interval

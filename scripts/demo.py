@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import pwd
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,6 +26,10 @@ CONFIG = ROOT / "config" / "molamd.dev.toml"
 BIN = ROOT / ".venv" / "bin"
 DEMO_PORT = 55432  # the ports config/molamd.dev.toml names
 BANK_PORT = 58080
+SFTP_PORT = 58022
+SFTP_ROOT = Path("/tmp/molamd-demo/sftp")  # config/molamd.dev.toml pins the host key kept beside it
+SFTP_STATE = Path("/tmp/molamd-demo/sftp-state")
+SFTP_PASSWORD = "sandbox-sftp-password"
 SANDBOX_SECRET = "sandbox-hmac-secret"
 IDLE_TIMEOUT = 300.0
 LOG_PATH = ROOT / "var" / "molamd.log"
@@ -70,11 +75,26 @@ def healthy(status: Any, connectors: Any) -> bool:
     )
 
 
+def start_sftp() -> subprocess.Popen[str]:
+    """The bank's SFTP server; its inbox starts empty, like the demo database."""
+    shutil.rmtree(SFTP_ROOT, ignore_errors=True)
+    sftp = subprocess.Popen(
+        [str(BIN / "python"), str(ROOT / "scripts" / "sandbox_sftp.py"), "--root", str(SFTP_ROOT),
+         "--state", str(SFTP_STATE), "--port", str(SFTP_PORT), "--password", SFTP_PASSWORD],
+        stdout=subprocess.PIPE, text=True)
+    assert sftp.stdout is not None
+    line = sftp.stdout.readline().strip()
+    if "listening" not in line:
+        raise SystemExit(f"demo: the sandbox SFTP server did not start: {line!r}")
+    return sftp
+
+
 def start_bank(faults: bool) -> tuple[subprocess.Popen[str], str]:
     mix = FAULT_MIX if faults else {}
     bank = subprocess.Popen(
         [str(BIN / "python"), str(ROOT / "scripts" / "sandbox_bank.py"), "--port", str(BANK_PORT),
-         "--events-port", str(BANK_PORT + 1),
+         "--events-port", str(BANK_PORT + 1), "--statements-dir", str(SFTP_ROOT / "outgoing"),
+         "--statement-interval", "1",
          "--secret", SANDBOX_SECRET, "--settle-delay", "0.2", "--reject-rate", "0.01", "--faults", json.dumps(mix)],
         stdout=subprocess.PIPE, text=True)
     assert bank.stdout is not None
@@ -127,6 +147,19 @@ def reconcile(cluster: Cluster, bank_url: str) -> tuple[int, int, list[str]]:
     return paid_twice, lost, notes
 
 
+def statement_counts(cluster: Cluster) -> dict[str, int]:
+    """Statement files and lines in the database, and how many lines are linked to the payouts they carry."""
+    with psycopg.connect(cluster.dsn()) as conn:
+        files, failed = conn.execute(
+            "SELECT count(*), count(*) FILTER (WHERE status <> 'parsed') FROM bank_statements_raw").fetchone()
+        lines, linked, settled_linked = conn.execute(
+            "SELECT count(*), count(l.payout_slice_id), count(*) FILTER (WHERE s.status = 'settled')"
+            " FROM bank_statement_lines l LEFT JOIN payout_slices s ON s.id = l.payout_slice_id").fetchone()
+        settled = conn.execute("SELECT count(*) FROM payout_slices WHERE status = 'settled'").fetchone()[0]
+    return {"files": files, "failed": failed, "lines": lines, "linked": linked, "settled_linked": settled_linked,
+            "settled": settled}
+
+
 def summary(cluster: Cluster, bank_url: str, elapsed: float) -> int:
     status, connectors = ctl("status"), ctl("connectors") or []
     counts = slice_counts(cluster)
@@ -153,6 +186,10 @@ def summary(cluster: Cluster, bank_url: str, elapsed: float) -> int:
           + ", ".join(f"{c['name']}={c['breaker']}" for c in connectors))
     for attempts, max_attempts, error in dead:
         print(f"dead: after {attempts}/{max_attempts} attempts: {error}")
+    st = statement_counts(cluster)
+    print(f"statements: {st['files']} MT940 files ingested over SFTP ({st['failed']} failed), {st['lines']} lines, "
+          f"{st['linked']} linked to the payouts they carry; {st['settled_linked']} of {st['settled']} settled "
+          f"payouts confirmed by a statement line; {st['lines'] - st['linked']} lines unmatched")
     print(f"paid twice: {paid_twice}")
     print(f"lost: {lost}")
     for note in notes[:10]:
@@ -183,7 +220,10 @@ def watch(daemon: subprocess.Popen[bytes], cluster: Cluster, bank_url: str, unti
             now, final, counts = progress(cluster, connectors, mark)
             mark = (now, final)
             done = final == sum(counts.values())
-            if until_idle and done and healthy(status, connectors):
+            st = statement_counts(cluster)
+            say(f"statements: {st['files']} files, {st['lines']} lines, {st['linked']} linked")
+            reported = st["settled_linked"] == st["settled"]
+            if until_idle and done and reported and healthy(status, connectors):
                 return summary(cluster, bank_url, time.monotonic() - started)
             if done and not announced:
                 say("every slice is final; Ctrl-C stops the daemon, the bank and PostgreSQL")
@@ -195,7 +235,8 @@ def watch(daemon: subprocess.Popen[bytes], cluster: Cluster, bank_url: str, unti
         time.sleep(1.0 if until_idle else 2.0)
 
 
-def stop(daemon: subprocess.Popen[bytes] | None, bank: subprocess.Popen[str] | None, cluster: Cluster) -> None:
+def stop(daemon: subprocess.Popen[bytes] | None, bank: subprocess.Popen[str] | None, cluster: Cluster,
+         sftp: subprocess.Popen[str] | None = None) -> None:
     if daemon is not None and daemon.poll() is None:
         daemon.send_signal(signal.SIGTERM)
         try:
@@ -204,9 +245,10 @@ def stop(daemon: subprocess.Popen[bytes] | None, bank: subprocess.Popen[str] | N
             daemon.kill()
             code = daemon.wait()
         say(f"molamd stopped (exit {code})")
-    if bank is not None:
-        bank.terminate()
-        bank.wait(10)
+    for peer in (bank, sftp):
+        if peer is not None:
+            peer.terminate()
+            peer.wait(10)
     cluster.stop()
     say("sandbox bank and PostgreSQL stopped")
 
@@ -218,8 +260,11 @@ def run(until_idle: bool, faults: bool, slices: int) -> int:
     cluster.start()
     daemon: subprocess.Popen[bytes] | None = None
     bank: subprocess.Popen[str] | None = None
+    sftp: subprocess.Popen[str] | None = None
     try:
         prepare(cluster, slices)
+        sftp = start_sftp()
+        say(f"sandbox SFTP statement drop at 127.0.0.1:{SFTP_PORT} (inbox {SFTP_ROOT / 'outgoing'})")
         bank, bank_url = start_bank(faults)
         say(f"sandbox bank at {bank_url}" + (f" with faults {json.dumps(FAULT_MIX)}" if faults else ""))
         LOG_PATH.parent.mkdir(parents=True, exist_ok=True)
@@ -233,7 +278,7 @@ def run(until_idle: bool, faults: bool, slices: int) -> int:
         say("stopping")
         return 0
     finally:
-        stop(daemon, bank, cluster)
+        stop(daemon, bank, cluster, sftp)
 
 
 def main() -> int:
@@ -250,6 +295,7 @@ def main() -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     os.environ["MOLAMD_SANDBOX_HMAC"] = SANDBOX_SECRET  # config/molamd.dev.toml reads it as env:
+    os.environ["MOLAMD_SANDBOX_SFTP"] = SFTP_PASSWORD
     return run(args.until_idle, args.faults, args.slices)
 
 

@@ -37,6 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from connectors._signing import sign_response, verify_request
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sandbox_statements import StatementWriter
+
 MAX_BODY = 1 << 20
 FAULT_KEYS = ("latency_ms", "error_rate", "rate_limit_rate", "retry_after", "reset_rate", "hang_rate",
               "garbage_rate", "bad_signature_rate")
@@ -357,6 +360,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--reject-rate", type=float, default=0.0, help="share of payments the bank rejects")
     parser.add_argument("--faults", default="{}", help='JSON, e.g. {"error_rate": 0.2, "hang_rate": 0.05}')
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--statements-dir", help="write MT940 statements of settled payments here (an SFTP inbox)")
+    parser.add_argument("--statement-interval", type=float, default=2.0, help="seconds between statement files")
+    parser.add_argument("--statement-account", default="SN08SN0100152000048500003035")
     return parser.parse_args(argv)
 
 
@@ -366,7 +372,17 @@ async def main_async(args: argparse.Namespace) -> None:
     bank.faults.update(json.loads(args.faults))
     async with trio.open_nursery() as nursery:
         port = await nursery.start(bank.serve, args.host, args.port, args.events_port)
+        if args.statements_dir:
+            writer = StatementWriter(Path(args.statements_dir), account=args.statement_account)
+            nursery.start_soon(write_statements, bank, writer, args.statement_interval)
         print(f"sandbox bank listening on http://{args.host}:{port}", flush=True)
+
+
+async def write_statements(bank: Bank, writer: StatementWriter, interval: float) -> None:
+    """Every interval, the payments settled since the last statement go out as one MT940 file."""
+    while True:
+        await trio.sleep(interval)
+        writer.write(bank.ledger)
 
 
 if __name__ == "__main__":

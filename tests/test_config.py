@@ -43,7 +43,7 @@ def test_example_documents_every_key() -> None:
     text = EXAMPLE.read_text()
 
     for section in Config.__struct_fields__:
-        if section == "connectors":
+        if section in ("connectors", "csv_profiles"):
             continue
         assert f"[{section}" in text, section
         value = getattr(Config(), section)
@@ -57,9 +57,13 @@ def test_example_documents_every_key() -> None:
 
     for key in NullConfig.__struct_fields__:
         assert f"\n{key} =" in text or f"\n[connectors.{key}]" in text, key
-    for struct in (LimitsConfig, BreakerConfig, RestOptions):
+    from connectors import SftpOptions
+    from connectors.statements import CsvColumns, CsvProfile
+
+    assert "\n[csv_profiles." in text
+    for struct in (LimitsConfig, BreakerConfig, RestOptions, SftpOptions, CsvProfile, CsvColumns):
         for key in struct.__struct_fields__:
-            assert f"\n{key} =" in text or f"\n# {key} =" in text, f"{struct.__name__}.{key}"
+            assert f"\n{key} =" in text or f"\n# {key} =" in text or f".{key}]" in text, f"{struct.__name__}.{key}"
 
 
 def test_broken_toml() -> None:

@@ -148,6 +148,10 @@ def _connector_row(rt: Runtime, name: str) -> dict[str, Any]:
         row["breaker"] = snap.breaker.state.value
         if snap.last_health is not None:
             row["health"] = "ok" if snap.last_health.ok else "failing"
+    poller = rt.statement_source(name)
+    if poller is not None and poller.last_poll_ok is not None:
+        row["health"] = "ok" if poller.last_poll_ok else "failing"
+        row["last_error"] = poller.last_error or info.last_error
     return row
 
 
