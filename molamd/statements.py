@@ -99,7 +99,9 @@ def _parse_into(
     try:
         with conn.transaction():  # a savepoint: a bad file loses its lines, never its raw row
             with conn.cursor().copy(_COPY_LINES) as copy:
-                for statements, statement in enumerate(iter_statements(fmt, f, csv_profile=csv_profile), start=1):
+                chunks = iter(lambda: f.read(RAW_CHUNK), b"")
+                for statements, statement in enumerate(iter_statements(fmt, chunks, csv_profile=csv_profile),
+                                                       start=1):
                     for row in _rows(raw_id, statements, statement):
                         copy.write_row(row)
                     lines += len(statement.lines)

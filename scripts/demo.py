@@ -183,7 +183,7 @@ def summary(cluster: Cluster, bank_url: str, elapsed: float) -> int:
           f"{stats['faults']} faults injected, {stats['requests']} requests")
     print(f"audit: {calls} bank calls in bank_connector_logs")
     print(f"breakers: opened {opened:.0f} times, closed {closed:.0f} times; now "
-          + ", ".join(f"{c['name']}={c['breaker']}" for c in connectors))
+          + ", ".join(f"{c['name']}={c['breaker']}" for c in connectors if c["breaker"]))
     for attempts, max_attempts, error in dead:
         print(f"dead: after {attempts}/{max_attempts} attempts: {error}")
     st = statement_counts(cluster)

@@ -21,7 +21,7 @@ def _amount(value: Decimal) -> str:
 
 
 def mt940(payments: Iterable[dict[str, Any]], *, account: str, currency: str, number: int, opening: Decimal,
-          day: dt.date) -> tuple[bytes, Decimal]:
+          day: dt.date, fee: Decimal = Decimal(0)) -> tuple[bytes, Decimal]:
     """One statement (bytes) and its closing balance."""
     lines = [
         "{1:F01SANDBOXXXXXX0000000000}{2:O940SANDBOXXXXXXN}{4:",
@@ -38,6 +38,10 @@ def mt940(payments: Iterable[dict[str, Any]], *, account: str, currency: str, nu
         lines.append(f":61:{day:%y%m%d}{day:%m%d}D{_amount(amount)}NTRF{key[:16]}//{payment['id']}")
         lines.append(f":86:/EREF/{key}/NAME/{str(payment['creditor_account'])[:35]}"
                      f"/REMI/{str(payment.get('reference') or '')[:60]}/")
+    if fee:  # the bank's own charge: a line no payout carries, so it stays unmatched
+        balance -= fee
+        lines.append(f":61:{day:%y%m%d}{day:%m%d}D{_amount(fee)}NCHGNONREF//FEE{number:08d}")
+        lines.append(":86:/REMI/Frais de tenue de compte/")
     lines.append(f":62F:{'C' if balance >= 0 else 'D'}{day:%y%m%d}{currency}{_amount(abs(balance))}")
     lines.append("-}")
     return ("\r\n".join(lines) + "\r\n").encode("ascii", errors="replace"), balance
@@ -63,7 +67,7 @@ class StatementWriter:
             return None
         self.number += 1
         data, closing = mt940(due, account=self.account, currency=self.currency, number=self.number,
-                              opening=self.balance, day=dt.date.today())
+                              opening=self.balance, day=dt.date.today(), fee=Decimal(500))
         path = self.directory / f"STMT_{self.number:06d}.sta"
         partial = self.directory / f".{path.name}.part"
         partial.write_bytes(data)

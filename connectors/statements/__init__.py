@@ -29,13 +29,13 @@ FORMATS = ("mt940", "csv", "camt053")
 
 
 def iter_statements(
-    fmt: str, lines: Iterable[bytes], *, csv_profile: CsvProfile | None = None, check: bool = True,
+    fmt: str, chunks: Iterable[bytes], *, csv_profile: CsvProfile | None = None, check: bool = True,
     max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> Iterator[Statement]:
-    """Statements of a file given as binary lines; MT940 streams, the others read the whole file first."""
+    """Statements of a file given in byte pieces; MT940 streams, the others read the whole file first."""
     if fmt == "mt940":
-        return iter_mt940(lines, check=check)
-    data = b"".join(lines)
+        return iter_mt940(chunks, check=check)
+    data = b"".join(chunks)
     return iter(parse_statements(fmt, data, csv_profile=csv_profile, check=check, max_bytes=max_bytes))
 
 

@@ -26,6 +26,7 @@ _CODES = frozenset({
     "ADDR", "ID", "PURP", "ULTC", "ULTD", "ULTB", "EXCH", "CHGS", "OCMT", "SVCL", "RETR", "BUSP", "ISDT",
     "CDTRREF", "CDTRREFTP", "CD", "SCOR", "ISSR", "ACCW", "CPRP", "SUM", "COUNT", "TRCD", "ORIG", "ORDR",
 })
+_PURPOSE = tuple(f"{n:02d}" for n in range(20, 30))
 _NOT_PROVIDED = frozenset({"", "NOTPROVIDED", "NONREF", "NONE"})
 
 
@@ -39,7 +40,7 @@ class Details(msgspec.Struct, frozen=True, kw_only=True):
     counterparty_iban: str | None = None
     counterparty_bic: str | None = None
     remittance: str | None = None
-    fields: dict[str, str] = msgspec.field(default_factory=dict)
+    fields: dict[str, str] = msgspec.field(default_factory=dict)  # a new dict per field read: the caller owns it
 
 
 def parse_details(lines: list[str]) -> Details:
@@ -60,7 +61,7 @@ def _german(text: str) -> Details:
     for i in range(1, len(parts) - 1, 2):
         key, value = parts[i], parts[i + 1]
         fields[key] = fields.get(key, "") + value
-    purpose = "".join(fields.get(f"{n:02d}", "") for n in range(20, 30))
+    purpose = "".join([fields[k] for k in _PURPOSE if k in fields])
     sepa = _sepa_markers(purpose)  # ?60-?63 add free purpose text after the SEPA fields; no markers there
     fields.update(sepa)
     name = (fields.get("32", "") + fields.get("33", "")).strip() or None

@@ -11,7 +11,7 @@ import msgspec
 from ._errors import BalanceMismatch
 
 
-class Balance(msgspec.Struct, frozen=True, kw_only=True):
+class Balance(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """A booked or available balance: signed amount (debit balances negative), its currency and date."""
 
     amount: Decimal
@@ -19,7 +19,7 @@ class Balance(msgspec.Struct, frozen=True, kw_only=True):
     date: dt.date
 
 
-class StatementLine(msgspec.Struct, frozen=True, kw_only=True):
+class StatementLine(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """One booked entry; ``amount`` is signed: money in is positive, money out (and credit reversals) negative."""
 
     account: str
@@ -52,7 +52,7 @@ class StatementLine(msgspec.Struct, frozen=True, kw_only=True):
         return self.end_to_end_id or self.customer_ref or self.bank_ref
 
 
-class Statement(msgspec.Struct, frozen=True, kw_only=True):
+class Statement(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """One statement of one account; ``lines`` in the order the bank listed them."""
 
     format: str  # mt940, mt942, csv, camt053

@@ -21,11 +21,14 @@ import re
 from collections.abc import Iterable, Iterator
 from decimal import Decimal
 
-from ._details import parse_details
+from ._details import Details, parse_details
 from ._errors import BalanceMismatch, StatementFormatError
 from ._model import Balance, Statement, StatementLine, check_balance
 
 _TAG = re.compile(r":(\d\d[A-Z]?|NS):")
+# A tag and its continuation lines: every following line that does not start with ":", "{" or "-" (those may
+# begin a tag, a SWIFT block or the end of a statement, and go through the line-by-line path).
+_FIELD = re.compile(r"^:(\d\d[A-Z]?|NS):([^\n]*(?:\n(?![:{\-]|[ \t]*:[ \t]*\n)[^\n]*)*)\n", re.MULTILINE)
 _KNOWN = frozenset({
     "20", "21", "25", "28", "28C", "60F", "60M", "61", "86", "62F", "62M", "64", "65", "13", "13D", "34F",
     "90D", "90C", "NS",
@@ -47,23 +50,47 @@ def parse_mt940(data: bytes, *, check: bool = True) -> list[Statement]:
 
     ``check=False`` skips the balance check (to show an operator what a file that does not balance says).
     """
-    return list(iter_mt940(data.splitlines(keepends=True), check=check))
+    return list(iter_mt940((data,), check=check))
 
 
-def iter_mt940(lines: Iterable[bytes], *, check: bool = True) -> Iterator[Statement]:
-    """Statements from physical lines (a binary file object works), each checked before it is yielded."""
+def iter_mt940(chunks: Iterable[bytes], *, check: bool = True) -> Iterator[Statement]:
+    """Statements from the file's bytes in pieces of any size (``iter(lambda: f.read(1 << 20), b"")``), each
+    statement checked before it is yielded; memory holds one piece and one statement."""
     reader = _Reader(check)
     ready = reader.ready
-    line_no = 0
-    for raw in lines:
-        line_no += 1
-        for text in _decode(raw).split("\r"):  # a bare CR ends a line too
-            reader.feed(text.rstrip("\n"), line_no)
+    line_no = 1
+    rest = b""
+    for chunk in chunks:
+        data = rest + chunk if rest else chunk
+        cut = max(data.rfind(b"\n"), data.rfind(b"\r")) + 1  # whole lines only; the rest waits for more
+        if cut == len(data) and data[cut - 1:cut] == b"\r":
+            cut -= 1  # a CR at the end may be the first half of CRLF
+        if cut <= 0:
+            rest = data
+            continue
+        rest = data[cut:]
+        line_no = reader.feed_block(_text(data[:cut]), line_no)
         if ready:
             yield from ready
             ready.clear()
-    reader.end(line_no)
+    if rest:
+        line_no = reader.feed_block(_text(rest) + "\n", line_no)
+    reader.end(max(1, line_no - 1))
     yield from ready
+
+
+def _value_lines(value: str) -> list[str]:
+    """A field's lines: the first as it is, the following ones without blank lines."""
+    lines = value.split("\n")
+    return [lines[0], *(line for line in lines[1:] if line.strip())]
+
+
+def _text(block: bytes) -> str:
+    """Bytes as text with LF line ends (CRLF, LF and a bare CR all end a line)."""
+    text = _decode(block)
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return text
 
 
 class _Reader:
@@ -79,13 +106,45 @@ class _Reader:
         self.colon_line = False  # a lone ":" line: some banks wrap right after the tag's first colon
         self.seen_tag = False
 
+    def feed_block(self, text: str, line_no: int) -> int:
+        """Whole lines (each ending in a newline) from line ``line_no`` on; returns the number of the next line.
+
+        One regex match takes a tag with all its continuation lines; what lies between matches (block markers,
+        junk, a tag wrapped after its colon) goes line by line through ``feed``.
+        """
+        pos = 0
+        for match in _FIELD.finditer(text):
+            start = match.start()
+            if start != pos:
+                line_no = self._lines(text[pos:start], line_no)
+            tag, value = match.group(1, 2)
+            if tag in _KNOWN and not self.colon_line:
+                self._close_tag()
+                self.tag, self.tag_line, self.seen_tag = tag, line_no, True
+                self.value = _value_lines(value) if "\n" in value else [value]
+                line_no += value.count("\n") + 1
+            else:  # ":26:" and the like inside a field are text, not tags
+                line_no = self._lines(match.group(0), line_no)
+            pos = match.end()
+        if pos < len(text):
+            line_no = self._lines(text[pos:], line_no)
+        return line_no
+
+    def _lines(self, text: str, line_no: int) -> int:
+        for line in text.split("\n")[:-1]:
+            self.feed(line, line_no)
+            line_no += 1
+        return line_no
+
     def feed(self, text: str, line_no: int) -> None:
-        if text.startswith("{"):  # SWIFT block headers; the text block {4: holds the statement
+        first = text[:1]
+        if first == "{":  # SWIFT block headers; the text block {4: holds the statement
             start = text.find("{4:")
             text = text[start + 3:] if start >= 0 else ""
-        if self.colon_line and not text.startswith(":"):
-            text = ":" + text
-        match = _TAG.match(text) if text.startswith(":") else None
+            first = text[:1]
+        if self.colon_line and first != ":":
+            text, first = ":" + text, ":"
+        match = _TAG.match(text) if first == ":" else None
         self.colon_line = False
         if match is not None and match.group(1) in _KNOWN:
             self._close_tag()
@@ -134,6 +193,7 @@ def _decode(raw: bytes) -> str:
 
 
 _DATES: dict[str, dt.date] = {}
+_NO_DETAILS = Details(text="")
 
 
 def _date(text: str, line: int) -> dt.date:
@@ -158,8 +218,22 @@ def _amount(text: str) -> Decimal:
     return Decimal(text.replace(",", "."))
 
 
+_ENTRY_DATES: dict[tuple[str, dt.date], dt.date] = {}
+
+
 def _entry_date(mmdd: str, value_date: dt.date, line: int) -> dt.date:
     """The booking date has no year: take the one that puts it nearest the value date."""
+    key = (mmdd, value_date)
+    cached = _ENTRY_DATES.get(key)
+    if cached is not None:
+        return cached
+    found = _nearest(mmdd, value_date, line)
+    if len(_ENTRY_DATES) < 100_000:
+        _ENTRY_DATES[key] = found
+    return found
+
+
+def _nearest(mmdd: str, value_date: dt.date, line: int) -> dt.date:
     month, day = int(mmdd[:2]), int(mmdd[2:])
     best: dt.date | None = None
     for year in (value_date.year, value_date.year + 1, value_date.year - 1):
@@ -289,40 +363,42 @@ class _Builder:
         if match is None:
             raise StatementFormatError(
                 f"line {line}", f":61: {main!r} (expected YYMMDD[MMDD]D|C|RD|RC[funds code]amount type reference)")
-        value_date = _date(match.group(1), line)
-        entry = match.group(2)
-        booking = _entry_date(entry, value_date, line) if entry and entry.strip() else None
-        mark = match.group(3)
-        amount = _amount(match.group(5))
-        if mark in ("D", "RC"):
+        value_text, entry, mark, funds, amount_text, kind, reference, bank = match.groups()
+        value_date = _date(value_text, line)
+        booking = _entry_date(entry, value_date, line) if entry and entry != "    " else None
+        amount = Decimal(amount_text.replace(",", "."))
+        if mark == "D" or mark == "RC":
             amount = -amount
-        details = parse_details(info) if info else None
-        reference = match.group(7)
         customer = reference[:16].strip() or None  # 16x; some banks write the counterparty after it
-        fields_extra = reference[16:].strip() or None
-        bank = (match.group(8) or "").strip() or None
-        fields = dict(details.fields) if details else {}
-        if match.group(4):
-            fields["funds_code"] = match.group(4)
-        fields["type"] = match.group(6)
-        if fields_extra:
-            fields["reference_extra"] = fields_extra
+        raw = "\n".join(value)
+        if info:
+            details = parse_details(info)
+            fields = details.fields
+            raw = raw + "\n:86:" + "\n".join(info)
+        else:
+            details, fields = _NO_DETAILS, {}
+        fields["type"] = kind
+        if funds:
+            fields["funds_code"] = funds
+        if len(reference) > 16 and reference[16:].strip():
+            fields["reference_extra"] = reference[16:].strip()
         if supplementary:
             fields["supplementary"] = supplementary
-        currency = self._currency(line)
-        raw = "\n".join(value) if not info else "\n".join(value) + "\n:86:" + "\n".join(info)
         return StatementLine(
-            account=self.account or "", currency=currency, amount=amount, value_date=value_date,
-            booking_date=booking, reversal=mark.startswith("R"),
-            transaction_code=(details.transaction_code if details and details.transaction_code else match.group(6)),
-            customer_ref=customer, bank_ref=bank,
-            end_to_end_id=details.end_to_end_id if details else None,
-            counterparty_name=details.counterparty_name if details else None,
-            counterparty_iban=details.counterparty_iban if details else None,
-            counterparty_bic=details.counterparty_bic if details else None,
-            remittance=details.remittance if details else None,
-            details=fields, raw=raw, source_line=line,
+            account=self.account or "", currency=self.currency or self._currency(line), amount=amount,
+            value_date=value_date, booking_date=booking, reversal=mark[0] == "R",
+            transaction_code=details.transaction_code or kind,
+            customer_ref=customer, bank_ref=bank.strip() or None if bank else None,
+            end_to_end_id=details.end_to_end_id, counterparty_name=details.counterparty_name,
+            counterparty_iban=details.counterparty_iban, counterparty_bic=details.counterparty_bic,
+            remittance=details.remittance, details=fields, raw=raw, source_line=line,
         )
+
+    @property
+    def currency(self) -> str | None:
+        if self.opening is not None:
+            return self.opening.currency
+        return self.floor_currency
 
     def _currency(self, line: int) -> str:
         if self.opening is not None:
