@@ -18,7 +18,7 @@ import re
 
 import msgspec
 
-_GERMAN = re.compile(r"\?(\d\d)")
+_GERMAN = re.compile(r"\?(\d\d)")  # a "?" not before two digits is text
 _GERMAN_START = re.compile(r"\d{3}\?|\?\d\d")
 _SEPA_MARKER = re.compile(r"(EREF|KREF|MREF|CRED|DEBT|SVWZ|ABWA|ABWE|COAM|OAMT|BREF|RREF)\+")
 _CODES = frozenset({
@@ -26,7 +26,6 @@ _CODES = frozenset({
     "ADDR", "ID", "PURP", "ULTC", "ULTD", "ULTB", "EXCH", "CHGS", "OCMT", "SVCL", "RETR", "BUSP", "ISDT",
     "CDTRREF", "CDTRREFTP", "CD", "SCOR", "ISSR", "ACCW", "CPRP", "SUM", "COUNT", "TRCD", "ORIG", "ORDR",
 })
-_PURPOSE = tuple(f"{n:02d}" for n in range(20, 30))
 _NOT_PROVIDED = frozenset({"", "NOTPROVIDED", "NONREF", "NONE"})
 
 
@@ -43,14 +42,14 @@ class Details(msgspec.Struct, frozen=True, kw_only=True):
     fields: dict[str, str] = msgspec.field(default_factory=dict)  # a new dict per field read: the caller owns it
 
 
-def parse_details(lines: list[str]) -> Details:
-    """Read an information field given as its physical lines (without the ``:86:`` tag)."""
-    first = lines[0] if lines else ""
-    if _GERMAN_START.match(first):
-        return _german("".join(lines))
-    if first.startswith("/") and first[1:first.find("/", 1)] in _CODES:
-        return _slashed("".join(lines))
-    text = "\n".join(lines)
+def parse_details(text: str) -> Details:
+    """Read an information field (without its ``:86:`` tag), its physical lines joined by newlines."""
+    if _GERMAN_START.match(text):
+        return _german(text.replace("\n", ""))
+    if text.startswith("/") and text[1:text.find("/", 1)] in _CODES:
+        return _slashed(text.replace("\n", ""))
+    if "\n" in text:
+        text = "\n".join(line for line in text.split("\n") if line.strip())
     return Details(text=text, remittance=text.strip() or None)
 
 
@@ -58,18 +57,23 @@ def _german(text: str) -> Details:
     parts = _GERMAN.split(text)
     code = parts[0].strip() or None
     fields: dict[str, str] = {}
+    purpose_parts = []
     for i in range(1, len(parts) - 1, 2):
         key, value = parts[i], parts[i + 1]
-        fields[key] = fields.get(key, "") + value
-    purpose = "".join([fields[k] for k in _PURPOSE if k in fields])
-    sepa = _sepa_markers(purpose)  # ?60-?63 add free purpose text after the SEPA fields; no markers there
-    fields.update(sepa)
-    name = (fields.get("32", "") + fields.get("33", "")).strip() or None
-    remittance = sepa.get("SVWZ") if "SVWZ" in sepa else (purpose.strip() or fields.get("00") or None)
+        fields[key] = fields[key] + value if key in fields else value
+        if "20" <= key <= "29":  # the purpose lines; ?60-?63 add free text after them, with no SEPA markers
+            purpose_parts.append(value)
+    purpose = "".join(purpose_parts)
+    sepa = _sepa_markers(purpose) if "+" in purpose else {}
+    if sepa:
+        fields.update(sepa)
+    name = ((fields.get("32") or "") + (fields.get("33") or "")).strip() or None
+    remittance = sepa["SVWZ"] if "SVWZ" in sepa else (purpose.strip() or fields.get("00") or None)
+    eref = sepa.get("EREF")
     return Details(
-        text=text, transaction_code=code, end_to_end_id=_ref(sepa.get("EREF")), counterparty_name=name,
-        counterparty_iban=fields.get("31") or None, counterparty_bic=fields.get("30") or None,
-        remittance=remittance, fields=fields,
+        text=text, transaction_code=code, end_to_end_id=_ref(eref) if eref is not None else None,
+        counterparty_name=name, counterparty_iban=fields.get("31") or None,
+        counterparty_bic=fields.get("30") or None, remittance=remittance, fields=fields,
     )
 
 

@@ -36,8 +36,7 @@ _KNOWN = frozenset({
 _AMOUNT = r"\d+(?:,\d*)?"
 _BALANCE = re.compile(rf"([CD])(\d{{6}})([A-Z]{{3}})({_AMOUNT})\s*$")
 _ENTRY = re.compile(
-    rf"(\d{{6}})(\d{{4}}|\s{{4}})?(R?[CD])([A-Z])?({_AMOUNT})([A-Z][A-Z0-9 ]{{3}})(.*?)(?://(.*))?$",
-    re.DOTALL,
+    rf"(\d{{6}})(\d{{4}}|\s{{4}})?(R?[CD])([A-Z])?({_AMOUNT})([A-Z][A-Z0-9 ]{{3}})(.*)",  # then ref[//bank ref]
 )
 _NUMBER = re.compile(r"(\d+)(?:/(\d+))?\s*$")
 _FLOOR = re.compile(rf"([A-Z]{{3}})([CD])?({_AMOUNT})\s*$")
@@ -79,10 +78,10 @@ def iter_mt940(chunks: Iterable[bytes], *, check: bool = True) -> Iterator[State
     yield from ready
 
 
-def _value_lines(value: str) -> list[str]:
+def _value_lines(value: str) -> tuple[str, ...]:
     """A field's lines: the first as it is, the following ones without blank lines."""
-    lines = value.split("\n")
-    return [lines[0], *(line for line in lines[1:] if line.strip())]
+    first, *rest = value.split("\n")
+    return (first, *(line for line in rest if line.strip()))
 
 
 def _text(block: bytes) -> str:
@@ -96,12 +95,14 @@ def _text(block: bytes) -> str:
 class _Reader:
     """Physical lines to tags (with their continuation lines), tags to statements (into ``ready``)."""
 
+    __slots__ = ("builder", "check", "colon_line", "ready", "seen_tag", "tag", "tag_line", "value")
+
     def __init__(self, check: bool) -> None:
         self.check = check
         self.ready: list[Statement] = []
         self.builder: _Builder | None = None
         self.tag: str | None = None
-        self.value: list[str] = []
+        self.value = ""  # the tag's text, continuation lines joined by newlines
         self.tag_line = 0
         self.colon_line = False  # a lone ":" line: some banks wrap right after the tag's first colon
         self.seen_tag = False
@@ -121,7 +122,7 @@ class _Reader:
             if tag in _KNOWN and not self.colon_line:
                 self._close_tag()
                 self.tag, self.tag_line, self.seen_tag = tag, line_no, True
-                self.value = _value_lines(value) if "\n" in value else [value]
+                self.value = value
                 line_no += value.count("\n") + 1
             else:  # ":26:" and the like inside a field are text, not tags
                 line_no = self._lines(match.group(0), line_no)
@@ -148,7 +149,7 @@ class _Reader:
         self.colon_line = False
         if match is not None and match.group(1) in _KNOWN:
             self._close_tag()
-            self.tag, self.value, self.tag_line, self.seen_tag = match.group(1), [text[match.end():]], line_no, True
+            self.tag, self.value, self.tag_line, self.seen_tag = match.group(1), text[match.end():], line_no, True
             return
         stripped = text.strip()
         if stripped == ":":
@@ -157,7 +158,7 @@ class _Reader:
             self._close_tag()
             self._finish(line_no)
         elif self.tag is not None and stripped:
-            self.value.append(text)
+            self.value += "\n" + text
 
     def end(self, line_no: int) -> None:
         self._close_tag()
@@ -172,13 +173,16 @@ class _Reader:
 
     def _close_tag(self) -> None:
         """Hand the tag read so far to its statement; a :20: finishes the previous statement."""
-        tag, value, line = self.tag, self.value, self.tag_line
-        self.tag, self.value = None, []
+        tag = self.tag
         if tag is None:
             return
-        if tag == "20":
+        value, line, builder = self.value, self.tag_line, self.builder
+        self.tag = None
+        if builder is not None and tag == "86" and builder.pending is not None:  # the common pair, first
+            builder.take_info(value, line)
+        elif tag == "20":
             self._finish(line)
-            self.builder = _Builder(value[0].strip(), line)
+            self.builder = _Builder(value.partition("\n")[0].strip(), line)
         elif self.builder is None:
             raise StatementFormatError(f"line {line}", f":{tag}: before the :20: that starts a statement")
         else:
@@ -252,6 +256,9 @@ def _nearest(mmdd: str, value_date: dt.date, line: int) -> dt.date:
 class _Builder:
     """One statement being read, tag by tag."""
 
+    __slots__ = ("account", "available", "closing", "declared", "floor_currency", "forward", "info", "interim",
+                 "line", "lines", "number", "opening", "pending", "reference", "related", "sequence", "sums")
+
     def __init__(self, reference: str, line: int) -> None:
         self.reference = reference
         self.line = line
@@ -267,7 +274,7 @@ class _Builder:
         self.interim = False
         self.declared: dict[str, str] = {}
         self.lines: list[StatementLine] = []
-        self.pending: tuple[list[str], int] | None = None  # the last :61: waiting for its :86:
+        self.pending: tuple[str, int] | None = None  # the last :61: waiting for its :86:
         self.info: list[str] = []
         self.sums: dict[str, tuple[int, Decimal, int]] = {}
 
@@ -275,8 +282,13 @@ class _Builder:
     def where(self) -> str:
         return f"line {self.line}"
 
-    def take(self, tag: str, value: list[str], line: int) -> None:
-        first = value[0].strip()
+    def take_info(self, value: str, line: int) -> None:
+        """The :86: of the entry before it."""
+        entry, entry_line = self.pending  # type: ignore[misc]
+        self.pending = None
+        self.lines.append(self._entry(entry, value, entry_line, line))
+
+    def take(self, tag: str, value: str, line: int) -> None:
         if tag == "61":
             self._flush_entry()
             if self.opening is None and not self.interim:
@@ -290,36 +302,35 @@ class _Builder:
                 self.pending = None
                 self.lines.append(self._entry(entry, value, entry_line, line))
             else:
-                self.info.append("\n".join(value))
+                self.info.append(value)
         else:
             self._flush_entry()
-            self._header(tag, first, line)
+            self._header(tag, value.partition("\n")[0].strip(), line)
 
     def _header(self, tag: str, first: str, line: int) -> None:
-        where = f"line {line}"
         if tag in ("21", "25", "28", "28C", "60F", "60M") and (self.lines or self.closing is not None):
             raise StatementFormatError(
-                where, f":{tag}: after the entries of statement {self.reference} (expected :61:, :86: or :62F:)")
+                f"line {line}", f":{tag}: after the entries of statement {self.reference} (expected :61:, :86: or :62F:)")
         if tag == "21":
             self.related = first
         elif tag == "25":
             if self.account is not None:
-                raise StatementFormatError(where, f"second :25: in statement {self.reference} (expected :20: first)")
+                raise StatementFormatError(f"line {line}", f"second :25: in statement {self.reference} (expected :20: first)")
             self.account = first
         elif tag in ("28", "28C"):
             match = _NUMBER.match(first)
             if match is None:
-                raise StatementFormatError(where, f":{tag}: {first!r} (expected number[/sequence])")
+                raise StatementFormatError(f"line {line}", f":{tag}: {first!r} (expected number[/sequence])")
             self.number, self.sequence = match.group(1), match.group(2)
         elif tag in ("60F", "60M"):
             if self.opening is not None:
-                raise StatementFormatError(where, f"second opening balance in statement {self.reference}")
+                raise StatementFormatError(f"line {line}", f"second opening balance in statement {self.reference}")
             self.opening = _balance(tag, first, line)
         elif tag in ("62F", "62M"):
             if self.opening is None:
-                raise StatementFormatError(where, f":{tag}: without an opening balance (expected :60F: before it)")
+                raise StatementFormatError(f"line {line}", f":{tag}: without an opening balance (expected :60F: before it)")
             if self.closing is not None:
-                raise StatementFormatError(where, f"second closing balance in statement {self.reference}")
+                raise StatementFormatError(f"line {line}", f"second closing balance in statement {self.reference}")
             self.closing = _balance(tag, first, line)
         elif tag == "64":
             self.available = _balance(tag, first, line)
@@ -328,20 +339,20 @@ class _Builder:
         elif tag == "34F":
             match = _FLOOR.match(first)
             if match is None:
-                raise StatementFormatError(where, f":34F: {first!r} (expected currency, optional D/C, amount)")
+                raise StatementFormatError(f"line {line}", f":34F: {first!r} (expected currency, optional D/C, amount)")
             self.interim = True
             self.floor_currency = match.group(1)
             self.declared[f"floor_limit_{match.group(2) or 'DC'}"] = f"{_amount(match.group(3)):f}"
         elif tag in ("13", "13D"):
             match = _DATETIME.match(first)
             if match is None:
-                raise StatementFormatError(where, f":{tag}: {first!r} (expected YYMMDDhhmm and a UTC offset)")
+                raise StatementFormatError(f"line {line}", f":{tag}: {first!r} (expected YYMMDDhhmm and a UTC offset)")
             self.interim = True
             self.declared["date_time"] = _datetime(match, line).isoformat()
         elif tag in ("90D", "90C"):
             match = _SUMS.match(first)
             if match is None:
-                raise StatementFormatError(where, f":{tag}: {first!r} (expected count, currency, amount)")
+                raise StatementFormatError(f"line {line}", f":{tag}: {first!r} (expected count, currency, amount)")
             self.sums[tag] = (int(match.group(1)), _amount(match.group(3)), line)
             self.declared[f"sum_{tag[-1]}"] = f"{match.group(1)} {match.group(2)} {_amount(match.group(3)):f}"
         elif tag == "NS":
@@ -351,9 +362,10 @@ class _Builder:
         if self.pending is not None:
             entry, entry_line = self.pending
             self.pending = None
-            self.lines.append(self._entry(entry, [], entry_line, None))
+            self.lines.append(self._entry(entry, "", entry_line, None))
 
-    def _entry(self, value: list[str], info: list[str], line: int, info_line: int | None) -> StatementLine:
+    def _entry(self, text: str, info: str, line: int, info_line: int | None) -> StatementLine:
+        value = _value_lines(text) if "\n" in text else (text,)
         main = value[0].strip()
         supplementary = value[1].strip() if len(value) > 1 else None
         match = _ENTRY.match(main)
@@ -363,18 +375,19 @@ class _Builder:
         if match is None:
             raise StatementFormatError(
                 f"line {line}", f":61: {main!r} (expected YYMMDD[MMDD]D|C|RD|RC[funds code]amount type reference)")
-        value_text, entry, mark, funds, amount_text, kind, reference, bank = match.groups()
+        value_text, entry, mark, funds, amount_text, kind, rest = match.groups()
+        reference, slashes, bank = rest.partition("//")
         value_date = _date(value_text, line)
         booking = _entry_date(entry, value_date, line) if entry and entry != "    " else None
         amount = Decimal(amount_text.replace(",", "."))
         if mark == "D" or mark == "RC":
             amount = -amount
         customer = reference[:16].strip() or None  # 16x; some banks write the counterparty after it
-        raw = "\n".join(value)
+        raw = text
         if info:
             details = parse_details(info)
             fields = details.fields
-            raw = raw + "\n:86:" + "\n".join(info)
+            raw = text + "\n:86:" + info
         else:
             details, fields = _NO_DETAILS, {}
         fields["type"] = kind
@@ -385,20 +398,14 @@ class _Builder:
         if supplementary:
             fields["supplementary"] = supplementary
         return StatementLine(
-            account=self.account or "", currency=self.currency or self._currency(line), amount=amount,
+            account=self.account or "", currency=self._currency(line), amount=amount,
             value_date=value_date, booking_date=booking, reversal=mark[0] == "R",
             transaction_code=details.transaction_code or kind,
-            customer_ref=customer, bank_ref=bank.strip() or None if bank else None,
+            customer_ref=customer, bank_ref=(bank.strip() or None) if slashes else None,
             end_to_end_id=details.end_to_end_id, counterparty_name=details.counterparty_name,
             counterparty_iban=details.counterparty_iban, counterparty_bic=details.counterparty_bic,
             remittance=details.remittance, details=fields, raw=raw, source_line=line,
         )
-
-    @property
-    def currency(self) -> str | None:
-        if self.opening is not None:
-            return self.opening.currency
-        return self.floor_currency
 
     def _currency(self, line: int) -> str:
         if self.opening is not None:
