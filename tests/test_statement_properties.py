@@ -12,6 +12,7 @@ from connectors.statements import (
     StatementError,
     parse_camt,
     parse_csv,
+    iter_mt940,
     parse_mt940,
 )
 from tests.corpora import GENKGO, WOLPH
@@ -85,3 +86,37 @@ def test_camt_random_bytes(data: bytes) -> None:
 def test_camt_mutated_real_file(cut: int, at: int, junk: bytes) -> None:
     _parse(parse_camt, CAMT_SAMPLE[:cut])
     _parse(parse_camt, CAMT_SAMPLE[:at] + junk + CAMT_SAMPLE[at + len(junk):])
+
+
+def _reads(data: bytes) -> bool:
+    try:
+        list(iter_mt940([data], check=False))
+    except StatementError:
+        return False
+    return True
+
+
+# Every corpus file that reads (balanced or not). Each file is one encoding; a concatenation of UTF-8 and
+# Latin-1 files is not, so the files are checked one by one.
+CORPUS_MT940 = [data for data in (p.read_bytes() for p in sorted((WOLPH / "mt940_tests").rglob("*.sta")))
+                if _reads(data)]
+
+
+@SETTINGS
+@given(st.lists(st.integers(1, 4096), min_size=1, max_size=50), st.sampled_from([b"\r\n", b"\n", b"\r"]))
+def test_mt940_reads_the_same_in_any_chunking(sizes: list[int], newline: bytes) -> None:
+    data = MT940_SAMPLE.replace(b"\r\n", b"\n").replace(b"\n", newline) * 3
+    chunks, pos = [], 0
+    for size in sizes * (len(data) // sum(sizes) + 1):
+        chunks.append(data[pos:pos + size])
+        pos += size
+    assert list(iter_mt940(chunks)) == parse_mt940(data)
+
+
+def test_corpus_reads_the_same_in_small_chunks() -> None:
+    assert len(CORPUS_MT940) > 20
+    for data in CORPUS_MT940:
+        whole = list(iter_mt940([data], check=False))
+        for size in (1, 7, 64, 4096):
+            chunks = [data[i:i + size] for i in range(0, len(data), size)]
+            assert list(iter_mt940(chunks, check=False)) == whole, size

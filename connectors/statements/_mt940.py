@@ -38,6 +38,7 @@ _BALANCE = re.compile(rf"([CD])(\d{{6}})([A-Z]{{3}})({_AMOUNT})\s*$")
 _ENTRY = re.compile(
     rf"(\d{{6}})(\d{{4}}|\s{{4}})?(R?[CD])([A-Z])?({_AMOUNT})([A-Z][A-Z0-9 ]{{3}})(.*)",  # then ref[//bank ref]
 )
+_BLANK_LINE = re.compile(r"\n[ \t]*(?:\n|$)")
 _NUMBER = re.compile(r"(\d+)(?:/(\d+))?\s*$")
 _FLOOR = re.compile(rf"([A-Z]{{3}})([CD])?({_AMOUNT})\s*$")
 _SUMS = re.compile(rf"(\d+)([A-Z]{{3}})({_AMOUNT})\s*$")
@@ -61,9 +62,10 @@ def iter_mt940(chunks: Iterable[bytes], *, check: bool = True) -> Iterator[State
     rest = b""
     for chunk in chunks:
         data = rest + chunk if rest else chunk
-        cut = max(data.rfind(b"\n"), data.rfind(b"\r")) + 1  # whole lines only; the rest waits for more
-        if cut == len(data) and data[cut - 1:cut] == b"\r":
-            cut -= 1  # a CR at the end may be the first half of CRLF
+        # Whole lines only; the rest waits for more. A CR at the very end may be the first half of a CRLF, so
+        # the line it ends waits too.
+        end = len(data) - 1 if data.endswith(b"\r") else len(data)
+        cut = max(data.rfind(b"\n", 0, end), data.rfind(b"\r", 0, end)) + 1
         if cut <= 0:
             rest = data
             continue
@@ -122,8 +124,10 @@ class _Reader:
             if tag in _KNOWN and not self.colon_line:
                 self._close_tag()
                 self.tag, self.tag_line, self.seen_tag = tag, line_no, True
-                self.value = value
                 line_no += value.count("\n") + 1
+                if "\n" in value and _BLANK_LINE.search(value):
+                    value = "\n".join(_value_lines(value))  # as the line-by-line path keeps it: no blank lines
+                self.value = value
             else:  # ":26:" and the like inside a field are text, not tags
                 line_no = self._lines(match.group(0), line_no)
             pos = match.end()
