@@ -50,4 +50,5 @@ from .sftp import Mt940SftpConfig as Mt940SftpConfig
 from .sftp import RemoteFile as RemoteFile
 from .sftp import SftpConfig as SftpConfig
 from .sftp import SftpOptions as SftpOptions
+from .sftp import SftpSourceConfig as SftpSourceConfig
 from .sftp import SftpStatementConnector as SftpStatementConnector

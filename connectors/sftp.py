@@ -54,7 +54,7 @@ class SftpOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     csv_profile: str = "molamd"  # csv-sftp: a [csv_profiles.NAME], or the built-in "molamd"
 
 
-class _SftpConfig(ConnectorConfig, frozen=True, kw_only=True):
+class SftpSourceConfig(ConnectorConfig, frozen=True, kw_only=True):
     sftp: SftpOptions
 
     @property
@@ -62,15 +62,15 @@ class _SftpConfig(ConnectorConfig, frozen=True, kw_only=True):
         return FORMATS[self.kind]
 
 
-class Mt940SftpConfig(_SftpConfig, frozen=True, kw_only=True, tag="mt940-sftp"):
+class Mt940SftpConfig(SftpSourceConfig, frozen=True, kw_only=True, tag="mt940-sftp"):
     pass
 
 
-class CsvSftpConfig(_SftpConfig, frozen=True, kw_only=True, tag="csv-sftp"):
+class CsvSftpConfig(SftpSourceConfig, frozen=True, kw_only=True, tag="csv-sftp"):
     pass
 
 
-class Camt053SftpConfig(_SftpConfig, frozen=True, kw_only=True, tag="camt053-sftp"):
+class Camt053SftpConfig(SftpSourceConfig, frozen=True, kw_only=True, tag="camt053-sftp"):
     pass
 
 
@@ -112,7 +112,7 @@ class SftpStatementConnector:
     kind: ClassVar[str] = "sftp"
     capabilities: ClassVar[frozenset[Capability]] = frozenset({Capability.STATEMENTS, Capability.HEALTH})
 
-    def __init__(self, config: _SftpConfig) -> None:
+    def __init__(self, config: SftpSourceConfig) -> None:
         self.config = config
         self.options = config.sftp
         self.name = config.name

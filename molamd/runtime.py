@@ -34,8 +34,7 @@ from actors import (
     SupervisorEvent,
     UnknownChild,
 )
-from connectors import ConnectorConfig, PaymentEvent, SftpStatementConnector, build_connector
-from connectors.sftp import _SftpConfig
+from connectors import ConnectorConfig, PaymentEvent, SftpSourceConfig, SftpStatementConnector, build_connector
 from connectors.statements import MOLAMD_PROFILE, CsvProfile
 
 from . import __version__, db
@@ -127,7 +126,7 @@ class Runtime:
     # -- specs --------------------------------------------------------------------------------------
 
     def connector_spec(self, config: ConnectorConfig) -> ChildSpec:
-        if isinstance(config, _SftpConfig):
+        if isinstance(config, SftpSourceConfig):
             return ChildSpec(name=config.name, factory=lambda: self.statement_poller(config),
                              shutdown_grace=config.shutdown_grace.seconds)
         self.telemetry.set_breaker(config.name, BreakerState.CLOSED)
@@ -138,12 +137,12 @@ class Runtime:
             shutdown_grace=config.shutdown_grace.seconds,
         )
 
-    def statement_poller(self, config: _SftpConfig) -> StatementPoller:
+    def statement_poller(self, config: SftpSourceConfig) -> StatementPoller:
         profile: CsvProfile | None = None
         if config.statement_format == "csv":
             profile = self.config.csv_profiles.get(config.sftp.csv_profile, MOLAMD_PROFILE)
         sources = [c.name for c in self.config.connectors
-                   if isinstance(c, _SftpConfig) and c.bank_profile == config.bank_profile]
+                   if isinstance(c, SftpSourceConfig) and c.bank_profile == config.bank_profile]
         return StatementPoller(config, SftpStatementConnector(config), self.statements, self.metrics,
                                csv_profile=profile, profile_sources=sources)
 
@@ -188,7 +187,7 @@ class Runtime:
     def index_routes(self, config: Config) -> None:
         routes: dict[str, list[ConnectorConfig]] = {}
         for entry in config.connectors:
-            if not isinstance(entry, _SftpConfig):  # statement sources take no payouts
+            if not isinstance(entry, SftpSourceConfig):  # statement sources take no payouts
                 routes.setdefault(entry.bank_profile, []).append(entry)
         for entries in routes.values():
             entries.sort(key=lambda c: (c.priority, c.name))
@@ -252,7 +251,7 @@ class Runtime:
         return child if isinstance(child, ConnectorActor) else None
 
     def connector_actors(self) -> list[tuple[str, ConnectorActor | None]]:
-        sources = {c.name for c in self.config.connectors if isinstance(c, _SftpConfig)}
+        sources = {c.name for c in self.config.connectors if isinstance(c, SftpSourceConfig)}
         return [(name, self.connector_actor(name)) for name in self.connectors.names() if name not in sources]
 
     # -- events and the registry -------------------------------------------------------------------

@@ -22,8 +22,7 @@ import msgspec
 import trio
 
 from actors import Actor, Backoff
-from connectors import ConnectorError, FileChanged, FileRefused, RemoteFile, SftpStatementConnector
-from connectors.sftp import _SftpConfig
+from connectors import ConnectorError, FileChanged, FileRefused, RemoteFile, SftpSourceConfig, SftpStatementConnector
 from connectors.statements import CsvProfile
 
 from .db import DatabaseUnavailable
@@ -47,7 +46,7 @@ class PollSummary(msgspec.Struct, frozen=True, kw_only=True):
 
 class StatementPoller(Actor[PollNow]):
     def __init__(
-        self, config: _SftpConfig, connector: SftpStatementConnector, store: StatementStore, metrics: Metrics, *,
+        self, config: SftpSourceConfig, connector: SftpStatementConnector, store: StatementStore, metrics: Metrics, *,
         csv_profile: CsvProfile | None, profile_sources: list[str],
         after_commit: Callable[[RemoteFile, Ingested], Awaitable[None]] | None = None,
     ) -> None:

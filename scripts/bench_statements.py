@@ -71,7 +71,7 @@ def compare(path: Path) -> tuple[bool, str]:
         return False, "ours refuses"
     try:
         other = theirs(data)
-    except Exception as exc:  # noqa: BLE001 - any failure of the other library means it does not accept the file
+    except Exception as exc:
         return False, f"mt-940 fails: {type(exc).__name__}"
     our_amounts = [line.amount for s in ours for line in s.lines]
     their_amounts = [t.data["amount"].amount for t in other.transactions]
@@ -146,20 +146,17 @@ def write_big_mt940(path: Path, lines: int, per_statement: int = 1000) -> int:
 
 def ingest_phase(args: argparse.Namespace) -> dict[str, Any]:
     """Child process: one poll of a source holding the big file; reports time and peak RSS."""
+    import msgspec
+    import psycopg
     import trio
 
-    from connectors import Secret, decode_hook
+    from connectors import Secret, SftpStatementConnector, decode_hook
     from connectors.sftp import Mt940SftpConfig
     from molamd import db
     from molamd.config import DatabaseSection
     from molamd.metrics import Metrics
     from molamd.statement_poller import StatementPoller
     from molamd.statements import StatementStore
-
-    import msgspec
-    import psycopg
-
-    from connectors import SftpStatementConnector
 
     raw = {"kind": "mt940-sftp", "name": "bench", "bank_profile": "bench",
            "sftp": {"host": "127.0.0.1", "port": int(args.sftp_port), "username": "bank", "password": "env:X",
@@ -229,9 +226,9 @@ def child(phase: str, **kwargs: Any) -> dict[str, Any]:
 
 
 def bench_ingest(lines: int) -> dict[str, Any]:
-    from molamd.db import migrate
-
     import psycopg
+
+    from molamd.db import migrate
 
     work = Path(tempfile.mkdtemp(prefix="molamd-bench-stmt-"))
     os.chmod(work, 0o755)

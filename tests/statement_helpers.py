@@ -13,7 +13,7 @@ import trio
 from sandbox_sftp import SandboxSftp
 
 from connectors import RemoteFile, SftpStatementConnector, decode_hook
-from connectors.sftp import Camt053SftpConfig, CsvSftpConfig, Mt940SftpConfig, _SftpConfig
+from connectors.sftp import Camt053SftpConfig, CsvSftpConfig, Mt940SftpConfig, SftpSourceConfig
 from connectors.statements import CsvProfile
 from molamd import db
 from molamd.config import DatabaseSection
@@ -21,12 +21,12 @@ from molamd.metrics import Metrics
 from molamd.statement_poller import StatementPoller
 from molamd.statements import Ingested, StatementStore
 
-KINDS: dict[str, type[_SftpConfig]] = {
+KINDS: dict[str, type[SftpSourceConfig]] = {
     "mt940-sftp": Mt940SftpConfig, "csv-sftp": CsvSftpConfig, "camt053-sftp": Camt053SftpConfig}
 
 
 def source_config(server: SandboxSftp, known_hosts: Path, *, name: str = "bank-a-statements",
-                  kind: str = "mt940-sftp", **sftp: Any) -> _SftpConfig:
+                  kind: str = "mt940-sftp", **sftp: Any) -> SftpSourceConfig:
     raw = {
         "kind": kind, "name": name, "bank_profile": "bank-a",
         "sftp": {"host": server.host, "port": server.port, "username": server.user, "password": "env:UNUSED",
@@ -48,7 +48,7 @@ class Rig:
         self.store = StatementStore(database, lambda: psycopg.connect(dsn, autocommit=True))
         self.pollers: list[StatementPoller] = []
 
-    def poller(self, config: _SftpConfig | None = None, *, csv_profile: CsvProfile | None = None,
+    def poller(self, config: SftpSourceConfig | None = None, *, csv_profile: CsvProfile | None = None,
                after_commit: Callable[[RemoteFile, Ingested], Awaitable[None]] | None = None) -> StatementPoller:
         config = config or source_config(self.server, self.known_hosts)
         poller = StatementPoller(config, SftpStatementConnector(config), self.store, self.metrics,

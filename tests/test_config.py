@@ -30,7 +30,8 @@ def problems(text: str) -> list[str]:
 
 
 def test_shipped_configs_are_valid(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MOLAMD_SANDBOX_HMAC", "demo-secret")  # scripts/demo sets it for the dev config
+    monkeypatch.setenv("MOLAMD_SANDBOX_HMAC", "demo-secret")  # scripts/demo sets these for the dev config
+    monkeypatch.setenv("MOLAMD_SANDBOX_SFTP", "demo-password")
     example = load_resolved(str(EXAMPLE))
     assert example.connectors[0].name == "ecobank-sn-null"
     assert load_resolved(str(DEV)).daemon.host_id == "demo-host"

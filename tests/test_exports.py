@@ -25,6 +25,14 @@ EXPECTED = {
         "PaymentConnector", "PaymentEvent", "PaymentRef", "PaymentState", "PaymentStatus", "PayoutSlice",
         "REDACTED", "RateLimited", "Rejected", "RestConfig", "RestConnector", "RestOptions", "Secret", "SendResult",
         "ServerError", "Timeout", "Validation", "build_connector", "decode_hook", "encode_hook", "mask_account",
+        "Camt053SftpConfig", "CsvSftpConfig", "FileChanged", "FileRefused", "Mt940SftpConfig", "RemoteFile",
+        "SftpConfig", "SftpOptions", "SftpSourceConfig", "SftpStatementConnector",
+    },
+    "connectors.statements": {
+        "Balance", "BalanceMismatch", "CsvColumns", "CsvProfile", "DEFAULT_MAX_BYTES", "Details", "FORMATS",
+        "MOLAMD_PROFILE", "Statement", "StatementError", "StatementFormatError", "StatementLine", "check_balance",
+        "guess_format", "iter_mt940", "iter_statements", "parse_camt", "parse_csv", "parse_details",
+        "parse_mt940", "parse_statements",
     },
     "molamd.config": {
         "Config", "ConfigError", "ConfigProblem", "ControlSection", "DatabaseSection", "HealthCheckerSection",

@@ -10,9 +10,9 @@ from hypothesis import strategies as st
 from connectors.statements import (
     MOLAMD_PROFILE,
     StatementError,
+    iter_mt940,
     parse_camt,
     parse_csv,
-    iter_mt940,
     parse_mt940,
 )
 from tests.corpora import GENKGO, WOLPH

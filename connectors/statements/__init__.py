@@ -3,10 +3,6 @@
 The parsers are pure functions, bytes in and typed records out; they raise only StatementError.
 """
 
-from __future__ import annotations
-
-from collections.abc import Iterable, Iterator
-
 from ._camt import DEFAULT_MAX_BYTES as DEFAULT_MAX_BYTES
 from ._camt import parse_camt as parse_camt
 from ._csv import MOLAMD_PROFILE as MOLAMD_PROFILE
@@ -18,50 +14,13 @@ from ._details import parse_details as parse_details
 from ._errors import BalanceMismatch as BalanceMismatch
 from ._errors import StatementError as StatementError
 from ._errors import StatementFormatError as StatementFormatError
+from ._formats import FORMATS as FORMATS
+from ._formats import guess_format as guess_format
+from ._formats import iter_statements as iter_statements
+from ._formats import parse_statements as parse_statements
 from ._model import Balance as Balance
 from ._model import Statement as Statement
 from ._model import StatementLine as StatementLine
 from ._model import check_balance as check_balance
 from ._mt940 import iter_mt940 as iter_mt940
 from ._mt940 import parse_mt940 as parse_mt940
-
-FORMATS = ("mt940", "csv", "camt053")
-
-
-def iter_statements(
-    fmt: str, chunks: Iterable[bytes], *, csv_profile: CsvProfile | None = None, check: bool = True,
-    max_bytes: int = DEFAULT_MAX_BYTES,
-) -> Iterator[Statement]:
-    """Statements of a file given in byte pieces; MT940 streams, the others read the whole file first."""
-    if fmt == "mt940":
-        return iter_mt940(chunks, check=check)
-    data = b"".join(chunks)
-    return iter(parse_statements(fmt, data, csv_profile=csv_profile, check=check, max_bytes=max_bytes))
-
-
-def parse_statements(
-    fmt: str, data: bytes, *, csv_profile: CsvProfile | None = None, check: bool = True,
-    max_bytes: int = DEFAULT_MAX_BYTES,
-) -> list[Statement]:
-    """Every statement of a file in ``fmt`` (mt940, csv or camt053)."""
-    if fmt == "mt940":
-        return parse_mt940(data, check=check)
-    if fmt == "csv":
-        return parse_csv(data, csv_profile or MOLAMD_PROFILE, check=check)
-    if fmt == "camt053":
-        return parse_camt(data, check=check, max_bytes=max_bytes)
-    raise ValueError(f"unknown statement format {fmt!r} (expected one of {', '.join(FORMATS)})")
-
-
-def guess_format(name: str, data: bytes) -> str:
-    """mt940, camt053 or csv, from the content first and the file name second."""
-    head = data[:2048].lstrip(b"\xef\xbb\xbf \t\r\n")
-    if head.startswith(b"<"):
-        return "camt053"
-    if b":20:" in head or head.startswith(b"{1:"):
-        return "mt940"
-    if name.lower().endswith((".xml", ".camt")):
-        return "camt053"
-    if name.lower().endswith((".sta", ".mt940", ".940", ".mta")):
-        return "mt940"
-    return "csv"

@@ -314,12 +314,14 @@ class _Builder:
     def _header(self, tag: str, first: str, line: int) -> None:
         if tag in ("21", "25", "28", "28C", "60F", "60M") and (self.lines or self.closing is not None):
             raise StatementFormatError(
-                f"line {line}", f":{tag}: after the entries of statement {self.reference} (expected :61:, :86: or :62F:)")
+                f"line {line}",
+                f":{tag}: after the entries of statement {self.reference} (expected :61:, :86: or :62F:)")
         if tag == "21":
             self.related = first
         elif tag == "25":
             if self.account is not None:
-                raise StatementFormatError(f"line {line}", f"second :25: in statement {self.reference} (expected :20: first)")
+                raise StatementFormatError(
+                    f"line {line}", f"second :25: in statement {self.reference} (expected :20: first)")
             self.account = first
         elif tag in ("28", "28C"):
             match = _NUMBER.match(first)
@@ -332,7 +334,8 @@ class _Builder:
             self.opening = _balance(tag, first, line)
         elif tag in ("62F", "62M"):
             if self.opening is None:
-                raise StatementFormatError(f"line {line}", f":{tag}: without an opening balance (expected :60F: before it)")
+                raise StatementFormatError(
+                    f"line {line}", f":{tag}: without an opening balance (expected :60F: before it)")
             if self.closing is not None:
                 raise StatementFormatError(f"line {line}", f"second closing balance in statement {self.reference}")
             self.closing = _balance(tag, first, line)
@@ -384,7 +387,7 @@ class _Builder:
         value_date = _date(value_text, line)
         booking = _entry_date(entry, value_date, line) if entry and entry != "    " else None
         amount = Decimal(amount_text.replace(",", "."))
-        if mark == "D" or mark == "RC":
+        if mark in ("D", "RC"):  # money out: a debit, or the reversal of a credit
             amount = -amount
         customer = reference[:16].strip() or None  # 16x; some banks write the counterparty after it
         raw = text

@@ -20,8 +20,7 @@ from actors import (
     SupervisorError,
     UnknownChild,
 )
-from connectors import ConnectorError, encode_hook
-from connectors.sftp import _SftpConfig
+from connectors import ConnectorError, SftpSourceConfig, encode_hook
 from connectors.statements import MOLAMD_PROFILE
 
 from .. import payouts
@@ -388,7 +387,7 @@ async def statements_reprocess(rt: Runtime, args: StatementsArgs) -> Any:
             raise ControlError(ErrorCode.NOT_FOUND, f"no stored statement file {raw_id}")
         config = rt.config.connector(source[0])
         profile = None
-        if isinstance(config, _SftpConfig) and config.statement_format == "csv":
+        if isinstance(config, SftpSourceConfig) and config.statement_format == "csv":
             profile = rt.config.csv_profiles.get(config.sftp.csv_profile, MOLAMD_PROFILE)
         result = await rt.db.transaction(lambda c: stored.reprocess(c, raw_id, profile))
     except ValueError as exc:
