@@ -63,8 +63,8 @@ class StatementPoller(Actor[PollNow]):
         self.last_error: str | None = None
         self._lock = trio.Lock()
         self._wake = trio.Event()
-        self._errors = Backoff(initial=self.options.poll_interval.seconds,
-                               maximum=self.options.error_backoff_max.seconds, jitter=0.2)
+        interval, worst = self.options.poll_interval.seconds, self.options.error_backoff_max.seconds
+        self._errors = Backoff(initial=min(interval, worst), maximum=max(interval, worst), jitter=0.2)
 
     async def setup(self) -> None:
         self.nursery.start_soon(self._poll_forever)
@@ -97,7 +97,7 @@ class StatementPoller(Actor[PollNow]):
                 if summary.taken or summary.listed:
                     idle = interval
                 else:  # nothing there: look less often, up to idle_backoff_max
-                    idle = min(idle * 2, self.options.idle_backoff_max.seconds)
+                    idle = max(interval, min(idle * 2, self.options.idle_backoff_max.seconds))
                 delay = idle if not summary.taken else interval
             with trio.move_on_after(delay):
                 await self._wake.wait()

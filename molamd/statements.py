@@ -234,7 +234,8 @@ def show_file(conn: psycopg.Connection[Any], raw_id: int, limit: int = 1000) -> 
             "received_at", "processed_at", "sha256")
     out = dict(zip(keys, (v.isoformat() if hasattr(v, "isoformat") else v for v in files), strict=True))
     lines = conn.execute(
-        "SELECT statement_no, line_no, account, statement_ref, value_date, booking_date, credit_debit, amount,"
+        "SELECT statement_no, line_no, account, statement_ref, value_date, booking_date, credit_debit,"
+        " CASE WHEN (credit_debit = 'D') <> reversal THEN -amount ELSE amount END,"
         " currency, end_to_end_id, customer_ref, bank_ref, counterparty_name, remittance_info, payout_slice_id"
         " FROM bank_statement_lines WHERE statement_raw_id = %s ORDER BY statement_no, line_no LIMIT %s",
         [raw_id, limit]).fetchall()

@@ -18,6 +18,7 @@ import datetime as dt
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -255,6 +256,7 @@ def bench_ingest(lines: int) -> dict[str, Any]:
             sftp.terminate()
             sftp.wait(10)
         cluster.destroy()
+        shutil.rmtree(work, ignore_errors=True)
     ours_rate = ours["lines"] / ours["seconds"]
     bare_rate = bare["lines"] / bare["seconds"]
     return {"file_mb": round(size / 1e6, 1), "lines": ours["lines"], "outcome": ours["outcome"],

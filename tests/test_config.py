@@ -190,3 +190,37 @@ def test_unreadable_file() -> None:
     with pytest.raises(ConfigError) as info:
         load_config("/nonexistent/molamd.toml")
     assert "cannot read the file" in str(info.value)
+
+
+def test_statement_source_rules_name_every_problem() -> None:
+    text = """
+[[connectors]]
+name = "s1"
+kind = "csv-sftp"
+bank_profile = "bank-a"
+[connectors.sftp]
+host = "h"
+username = "u"
+known_hosts = "/k"
+inbox = "outgoing"
+archive = "/outgoing"
+patterns = []
+chunk_size = 0
+poll_interval = "0s"
+csv_profile = "nope"
+"""
+    assert problems(text) == [
+        "$.connectors[0].sftp.inbox: must be an absolute remote path",
+        "$.connectors[0].sftp.patterns: must name at least one pattern",
+        "$.connectors[0].sftp: set password or private_key",
+        "$.connectors[0].sftp: max_file_size and chunk_size must be positive",
+        "$.connectors[0].sftp.poll_interval: must be positive",
+        "$.connectors[0].sftp.csv_profile: no [csv_profiles.nope] (known: molamd)",
+    ]
+    bad_profile = '[csv_profiles.x]\namount_style = "indicator"\n[csv_profiles.x.columns]\namount = "a"\n'
+    assert problems(bad_profile) == [
+        "$.csv_profiles.x: columns: map value_date or booking_date",
+        "$.csv_profiles.x: columns.indicator is required for amount_style 'indicator'",
+        "$.csv_profiles.x: map columns.account or set account",
+        "$.csv_profiles.x: map columns.currency or set currency",
+    ]

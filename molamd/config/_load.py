@@ -71,7 +71,7 @@ def _check_kinds(data: dict[str, Any], file: str) -> None:
 def validate(config: Config) -> list[ConfigProblem]:
     """Rules no single type can express; returns every problem found."""
     problems: list[ConfigProblem] = []
-    for check in (_check_connectors, _check_csv_profiles, _check_control, _check_metrics, _check_database,
+    for check in (_check_connectors, _check_sources, _check_csv_profiles, _check_control, _check_metrics, _check_database,
                   _check_supervision, _check_workers):
         check(config, problems)
     return problems
@@ -105,6 +105,31 @@ def _check_connectors(config: Config, problems: list[ConfigProblem]) -> None:
         for currency in entry.currencies:
             if not (len(currency) == 3 and currency.isalpha() and currency.isupper()):
                 problems.append(ConfigProblem(f"{path}.currencies", f"{currency!r} is not an ISO 4217 code"))
+
+
+def _check_sources(config: Config, problems: list[ConfigProblem]) -> None:
+    from connectors import SftpSourceConfig
+
+    for index, entry in enumerate(config.connectors):
+        if not isinstance(entry, SftpSourceConfig):
+            continue
+        path, o = f"$.connectors[{index}].sftp", entry.sftp
+        for key in ("inbox", "archive", "error"):
+            if not getattr(o, key).startswith("/"):
+                problems.append(ConfigProblem(f"{path}.{key}", "must be an absolute remote path"))
+        if len({o.inbox.rstrip("/"), o.archive.rstrip("/"), o.error.rstrip("/")}) < 3:
+            problems.append(ConfigProblem(path, "inbox, archive and error must be three different directories"))
+        if not o.patterns:
+            problems.append(ConfigProblem(f"{path}.patterns", "must name at least one pattern"))
+        if o.password is None and o.private_key is None:
+            problems.append(ConfigProblem(path, "set password or private_key"))
+        if o.max_file_size < 1 or o.chunk_size < 1:
+            problems.append(ConfigProblem(path, "max_file_size and chunk_size must be positive"))
+        if o.poll_interval.seconds <= 0:
+            problems.append(ConfigProblem(f"{path}.poll_interval", "must be positive"))
+        if entry.statement_format == "csv" and o.csv_profile != "molamd" and o.csv_profile not in config.csv_profiles:
+            known = ", ".join(["molamd", *sorted(config.csv_profiles)])
+            problems.append(ConfigProblem(f"{path}.csv_profile", f"no [csv_profiles.{o.csv_profile}] (known: {known})"))
 
 
 def _check_csv_profiles(config: Config, problems: list[ConfigProblem]) -> None:
