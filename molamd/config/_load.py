@@ -71,8 +71,8 @@ def _check_kinds(data: dict[str, Any], file: str) -> None:
 def validate(config: Config) -> list[ConfigProblem]:
     """Rules no single type can express; returns every problem found."""
     problems: list[ConfigProblem] = []
-    for check in (_check_connectors, _check_sources, _check_csv_profiles, _check_control, _check_metrics, _check_database,
-                  _check_supervision, _check_workers):
+    for check in (_check_connectors, _check_sources, _check_csv_profiles, _check_control, _check_metrics,
+                  _check_database, _check_supervision, _check_workers):
         check(config, problems)
     return problems
 
