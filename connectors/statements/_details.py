@@ -26,6 +26,7 @@ _CODES = frozenset({
     "ADDR", "ID", "PURP", "ULTC", "ULTD", "ULTB", "EXCH", "CHGS", "OCMT", "SVCL", "RETR", "BUSP", "ISDT",
     "CDTRREF", "CDTRREFTP", "CD", "SCOR", "ISSR", "ACCW", "CPRP", "SUM", "COUNT", "TRCD", "ORIG", "ORDR",
 })
+_NONE: dict[str, str] = {}
 _NOT_PROVIDED = frozenset({"", "NOTPROVIDED", "NONREF", "NONE"})
 
 
@@ -56,15 +57,15 @@ def parse_details(text: str) -> Details:
 def _german(text: str) -> Details:
     parts = _GERMAN.split(text)
     code = parts[0].strip() or None
-    fields: dict[str, str] = {}
-    purpose_parts = []
-    for i in range(1, len(parts) - 1, 2):
-        key, value = parts[i], parts[i + 1]
-        fields[key] = fields[key] + value if key in fields else value
-        if "20" <= key <= "29":  # the purpose lines; ?60-?63 add free text after them, with no SEPA markers
-            purpose_parts.append(value)
-    purpose = "".join(purpose_parts)
-    sepa = _sepa_markers(purpose) if "+" in purpose else {}
+    keys, values = parts[1::2], parts[2::2]
+    fields = dict(zip(keys, values, strict=True))
+    if len(fields) != len(keys):  # a subfield repeated: its pieces join in order
+        fields = {}
+        for key, value in zip(keys, values, strict=True):
+            fields[key] = fields[key] + value if key in fields else value
+    # The purpose lines ?20-?29 carry the SEPA markers; ?60-?63 add free text after them, with no markers.
+    purpose = "".join([value for key, value in zip(keys, values, strict=True) if key[0] == "2"])
+    sepa = _sepa_markers(purpose) if "+" in purpose else _NONE
     if sepa:
         fields.update(sepa)
     name = ((fields.get("32") or "") + (fields.get("33") or "")).strip() or None

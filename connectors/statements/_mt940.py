@@ -28,7 +28,8 @@ from ._model import Balance, Statement, StatementLine, check_balance
 _TAG = re.compile(r":(\d\d[A-Z]?|NS):")
 # A tag and its continuation lines: every following line that does not start with ":", "{" or "-" (those may
 # begin a tag, a SWIFT block or the end of a statement, and go through the line-by-line path).
-_FIELD = re.compile(r"^:(\d\d[A-Z]?|NS):([^\n]*(?:\n(?![:{\-]|[ \t]*:[ \t]*\n)[^\n]*)*)\n", re.MULTILINE)
+_VALUE = r"[^\n]*(?:\n(?![:{\-]|[ \t]*:[ \t]*\n)[^\n]*)*"
+_FIELD = re.compile(rf"^:(\d\d[A-Z]?|NS):({_VALUE})\n", re.MULTILINE)
 _KNOWN = frozenset({
     "20", "21", "25", "28", "28C", "60F", "60M", "61", "86", "62F", "62M", "64", "65", "13", "13D", "34F",
     "90D", "90C", "NS",
@@ -80,6 +81,12 @@ def iter_mt940(chunks: Iterable[bytes], *, check: bool = True) -> Iterator[State
     yield from ready
 
 
+def _no_blanks(value: str) -> str:
+    if "\n" in value and _BLANK_LINE.search(value):
+        return "\n".join(_value_lines(value))  # as the line-by-line path keeps it: no blank lines
+    return value
+
+
 def _value_lines(value: str) -> tuple[str, ...]:
     """A field's lines: the first as it is, the following ones without blank lines."""
     first, *rest = value.split("\n")
@@ -125,9 +132,7 @@ class _Reader:
                 self._close_tag()
                 self.tag, self.tag_line, self.seen_tag = tag, line_no, True
                 line_no += value.count("\n") + 1
-                if "\n" in value and _BLANK_LINE.search(value):
-                    value = "\n".join(_value_lines(value))  # as the line-by-line path keeps it: no blank lines
-                self.value = value
+                self.value = _no_blanks(value)
             else:  # ":26:" and the like inside a field are text, not tags
                 line_no = self._lines(match.group(0), line_no)
             pos = match.end()
@@ -372,9 +377,12 @@ class _Builder:
             self.lines.append(self._entry(entry, "", entry_line, None))
 
     def _entry(self, text: str, info: str, line: int, info_line: int | None) -> StatementLine:
-        value = _value_lines(text) if "\n" in text else (text,)
-        main = value[0].strip()
-        supplementary = value[1].strip() if len(value) > 1 else None
+        if "\n" in text:
+            value = _value_lines(text)
+            main = value[0].strip()
+            supplementary: str | None = value[1].strip()
+        else:
+            value, main, supplementary = (text,), text.strip(), None
         match = _ENTRY.match(main)
         if match is None and supplementary is not None:
             match = _ENTRY.match(main + supplementary)  # wrapped inside the first subfield
@@ -383,35 +391,36 @@ class _Builder:
             raise StatementFormatError(
                 f"line {line}", f":61: {main!r} (expected YYMMDD[MMDD]D|C|RD|RC[funds code]amount type reference)")
         value_text, entry, mark, funds, amount_text, kind, rest = match.groups()
-        reference, slashes, bank = rest.partition("//")
-        value_date = _date(value_text, line)
+        value_date = _DATES.get(value_text) or _date(value_text, line)
         booking = _entry_date(entry, value_date, line) if entry and entry != "    " else None
         amount = Decimal(amount_text.replace(",", "."))
         if mark in ("D", "RC"):  # money out: a debit, or the reversal of a credit
             amount = -amount
-        customer = reference[:16].strip() or None  # 16x; some banks write the counterparty after it
-        raw = text
+        reference, slashes, bank = rest.partition("//")
         if info:
             details = parse_details(info)
             fields = details.fields
             raw = text + "\n:86:" + info
         else:
-            details, fields = _NO_DETAILS, {}
+            details, fields, raw = _NO_DETAILS, {}, text
         fields["type"] = kind
         if funds:
             fields["funds_code"] = funds
-        if len(reference) > 16 and reference[16:].strip():
-            fields["reference_extra"] = reference[16:].strip()
+        if len(reference) > 16:  # 16x; some banks write the counterparty after it
+            extra = reference[16:].strip()
+            if extra:
+                fields["reference_extra"] = extra
+            reference = reference[:16]
         if supplementary:
             fields["supplementary"] = supplementary
         return StatementLine(
             account=self.account or "", currency=self._currency(line), amount=amount,
             value_date=value_date, booking_date=booking, reversal=mark[0] == "R",
-            transaction_code=details.transaction_code or kind,
-            customer_ref=customer, bank_ref=(bank.strip() or None) if slashes else None,
-            end_to_end_id=details.end_to_end_id, counterparty_name=details.counterparty_name,
-            counterparty_iban=details.counterparty_iban, counterparty_bic=details.counterparty_bic,
-            remittance=details.remittance, details=fields, raw=raw, source_line=line,
+            transaction_code=details.transaction_code or kind, customer_ref=reference.strip() or None,
+            bank_ref=(bank.strip() or None) if slashes else None, end_to_end_id=details.end_to_end_id,
+            counterparty_name=details.counterparty_name, counterparty_iban=details.counterparty_iban,
+            counterparty_bic=details.counterparty_bic, remittance=details.remittance, details=fields, raw=raw,
+            source_line=line,
         )
 
     def _currency(self, line: int) -> str:
