@@ -135,6 +135,7 @@ class StatementPoller(Actor[PollNow]):
                                     dir=self.options.spool_dir or None)
         os.close(fd)
         try:
+            started = time.monotonic()
             try:
                 fetched = await self.connector.fetch(remote, path)
             except FileChanged as exc:
@@ -149,9 +150,11 @@ class StatementPoller(Actor[PollNow]):
                     reason=str(exc), moved_to=moved)
                 return {"file": remote.name, "outcome": "refused", "error": str(exc), "moved_to": moved}
             spooled = Spooled(path=fetched.path, sha256=fetched.sha256, size=fetched.size)
+            downloaded = time.monotonic()
             result = await self.store.ingest(source=self.name, remote_name=remote.name,
                                              fmt=self.config.statement_format, spooled=spooled,
                                              csv_profile=self.csv_profile)
+            stored = time.monotonic()
             if self.after_commit is not None:
                 await self.after_commit(remote, result)
             ok, reason = _verdict(result)
@@ -165,9 +168,11 @@ class StatementPoller(Actor[PollNow]):
         level = logging.INFO if ok else logging.ERROR
         log(logger, level, "statement file taken", source=self.name, file=remote.name, outcome=result.outcome,
             raw_id=result.raw_id, statements=result.statements, lines=result.lines, matched=result.matched,
-            settled=result.settled, error=reason, moved_to=moved)
+            settled=result.settled, error=reason, moved_to=moved, download_seconds=round(downloaded - started, 3),
+            store_seconds=round(stored - downloaded, 3))
         return {"file": remote.name, "outcome": result.outcome, "raw_id": result.raw_id, "lines": result.lines,
-                "matched": result.matched, "settled": result.settled, "error": reason, "moved_to": moved}
+                "matched": result.matched, "settled": result.settled, "error": reason, "moved_to": moved,
+                "download_seconds": round(downloaded - started, 3), "store_seconds": round(stored - downloaded, 3)}
 
     def _count(self, outcome: str) -> None:
         self.metrics.statement_files.labels(self.name, outcome).inc()

@@ -19,6 +19,7 @@ from typing import Any, BinaryIO
 
 import msgspec
 import psycopg
+from psycopg.copy import QueuedLibpqWriter
 
 from connectors.statements import CsvProfile, Statement, StatementError, iter_statements
 
@@ -98,7 +99,9 @@ def _parse_into(
     statements = lines = 0
     try:
         with conn.transaction():  # a savepoint: a bad file loses its lines, never its raw row
-            with conn.cursor().copy(_COPY_LINES) as copy:
+            cursor = conn.cursor()
+            # A writer thread sends while this one parses: PostgreSQL inserts one batch as the next is read.
+            with cursor.copy(_COPY_LINES, writer=QueuedLibpqWriter(cursor)) as copy:
                 chunks = iter(lambda: f.read(RAW_CHUNK), b"")
                 for statements, statement in enumerate(iter_statements(fmt, chunks, csv_profile=csv_profile),
                                                        start=1):
