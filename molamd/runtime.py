@@ -11,7 +11,7 @@ import os
 import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 
@@ -50,6 +50,7 @@ from .statements import StatementStore
 from .telemetry import Telemetry
 
 logger = logging.getLogger("molamd.runtime")
+C = TypeVar("C")
 
 CONNECTORS = "connectors"
 WORKERS = "workers"
@@ -147,11 +148,7 @@ class Runtime:
                                csv_profile=profile, profile_sources=sources)
 
     def statement_source(self, name: str) -> StatementPoller | None:
-        try:
-            child = self.connectors.child(name)
-        except UnknownChild:
-            return None
-        return child if isinstance(child, StatementPoller) else None
+        return self._connector_child(name, StatementPoller)
 
     def _lock_connection(self) -> Any:
         import psycopg
@@ -244,11 +241,15 @@ class Runtime:
     # -- lookups ------------------------------------------------------------------------------------
 
     def connector_actor(self, name: str) -> ConnectorActor | None:
+        return self._connector_child(name, ConnectorActor)
+
+    def _connector_child(self, name: str, kind: type[C]) -> C | None:
+        """The running child of the connectors supervisor by that name, if it is a ``kind``."""
         try:
             child = self.connectors.child(name)
         except UnknownChild:
             return None
-        return child if isinstance(child, ConnectorActor) else None
+        return child if isinstance(child, kind) else None
 
     def connector_actors(self) -> list[tuple[str, ConnectorActor | None]]:
         sources = {c.name for c in self.config.connectors if isinstance(c, SftpSourceConfig)}

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+
+from connectors.statements import BalanceMismatch, Statement, StatementFormatError
 
 
 def _find() -> Path:
@@ -30,3 +33,18 @@ def mt940_files() -> list[Path]:
 
 def camt_files() -> list[Path]:
     return sorted(p for p in CORPORA.rglob("*.xml") if b"camt.05" in p.read_bytes()[:4000])
+
+
+def balances_or_fails_clearly(parse: Callable[[bytes], list[Statement]], data: bytes, where: str) -> None:
+    """Every statement returned balances; otherwise the error says where (``where`` prefix) and what."""
+    try:
+        statements = parse(data)
+    except StatementFormatError as exc:
+        assert exc.where.startswith(where) and exc.message
+    except BalanceMismatch as exc:
+        assert exc.where.startswith(where) and exc.statement
+    else:
+        assert statements
+        for s in statements:
+            if s.opening is not None and s.closing is not None:
+                assert s.opening.amount + sum(line.amount for line in s.lines) == s.closing.amount

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -207,29 +208,31 @@ def _csv(key: str, amount: int) -> bytes:
             + f"{100000 - amount + 5000}\n").encode()
 
 
+async def _take_csv(r: Any, name: str, data: bytes) -> dict[str, Any]:
+    r.put(name, data)
+    config = source_config(r.server, r.known_hosts, kind="csv-sftp")
+    [taken] = (await r.poller(config, csv_profile=MOLAMD_PROFILE).poll_once()).taken
+    return taken
+
+
 async def test_lines_settle_the_payouts_they_carry(tmp_path: Path, migrated_dsn: str) -> None:
     slice_id, key = _sent_slice(migrated_dsn, 15000)
     async with rig(tmp_path, migrated_dsn) as r:
-        r.put("day.csv", _csv(key, 15000))
-        config = source_config(r.server, r.known_hosts, kind="csv-sftp")
-        [taken] = (await r.poller(config, csv_profile=MOLAMD_PROFILE).poll_once()).taken
+        taken = await _take_csv(r, "day.csv", _csv(key, 15000))
         assert (taken["outcome"], taken["lines"], taken["matched"], taken["settled"]) == ("parsed", 2, 1, 1)
         assert r.query("SELECT status FROM payout_slices WHERE id = %s", slice_id) == [("settled",)]
         linked = r.query("SELECT payout_slice_id FROM bank_statement_lines ORDER BY line_no")
         assert linked == [(slice_id,), (None,)]
         assert r.metrics.statement_lines_unmatched.labels("bank-a")._value.get() == 1
         # A second statement carrying the same payout does not link it twice.
-        r.put("again.csv", _csv(key, 15000).replace(b"2026-11-02", b"2026-11-03"))
-        [again] = (await r.poller(config, csv_profile=MOLAMD_PROFILE).poll_once()).taken
+        again = await _take_csv(r, "again.csv", _csv(key, 15000).replace(b"2026-11-02", b"2026-11-03"))
         assert (again["outcome"], again["matched"]) == ("parsed", 0)
 
 
 async def test_amount_that_disagrees_is_not_linked(tmp_path: Path, migrated_dsn: str) -> None:
     slice_id, key = _sent_slice(migrated_dsn, 15000)
     async with rig(tmp_path, migrated_dsn) as r:
-        r.put("day.csv", _csv(key, 14000))
-        config = source_config(r.server, r.known_hosts, kind="csv-sftp")
-        [taken] = (await r.poller(config, csv_profile=MOLAMD_PROFILE).poll_once()).taken
+        taken = await _take_csv(r, "day.csv", _csv(key, 14000))
         assert taken["matched"] == 0
         assert r.query("SELECT status FROM payout_slices WHERE id = %s", slice_id) == [("sent",)]
 
