@@ -16,6 +16,8 @@ import time
 import msgspec
 import trio
 
+from connectors import SftpSourceConfig
+
 from .config import Config, ConfigError, ConfigProblem, load_resolved, secret_values
 from .logs import log, redactor, set_level
 from .runtime import Runtime, restart_policy
@@ -59,9 +61,20 @@ def plan(old: Config, new: Config, *, file: str) -> tuple[Diff, Diff]:
         problems.append(ConfigProblem("$.daemon.host_id", "changed; this needs a restart"))
     if problems:
         raise ConfigError(file, problems)
-    connectors = _diff({c.name: c for c in old.connectors}, {c.name: c for c in new.connectors})
+    connectors = _diff(_connectors(old), _connectors(new))
     workers = _diff(_workers(old), _workers(new))
     return connectors, workers
+
+
+def _connectors(config: Config) -> dict[str, object]:
+    """Each connector with what it depends on outside its own entry: a CSV source's profile."""
+    found: dict[str, object] = {}
+    for entry in config.connectors:
+        if isinstance(entry, SftpSourceConfig) and entry.statement_format == "csv":
+            found[entry.name] = (entry, config.csv_profiles.get(entry.sftp.csv_profile))
+        else:
+            found[entry.name] = entry
+    return found
 
 
 def _workers(config: Config) -> dict[str, object]:

@@ -32,6 +32,20 @@ def test_plan_diffs_connectors_and_workers(short_tmp: Path) -> None:
         reloading.plan(old, moved, file="f")
 
 
+def test_a_csv_source_restarts_when_its_profile_changes(short_tmp: Path) -> None:
+    source = (
+        '[[connectors]]\nname = "csv-in"\nkind = "csv-sftp"\nbank_profile = "bank-a"\n[connectors.sftp]\n'
+        'host = "h"\nusername = "u"\npassword = "env:X"\nknown_hosts = "/k"\ncsv_profile = "{profile}"\n')
+    profile = ('[csv_profiles.p]\ndelimiter = "{delimiter}"\naccount = "A"\ncurrency = "XOF"\n'
+               '[csv_profiles.p.columns]\nvalue_date = "d"\namount = "a"\n')
+    base = daemon_toml(short_tmp)
+    old = parse_config(base + source.format(profile="p") + profile.format(delimiter=";"), file="f")
+    same = parse_config(base + source.format(profile="p") + profile.format(delimiter=";"), file="f")
+    new = parse_config(base + source.format(profile="p") + profile.format(delimiter=","), file="f")
+    assert reloading.plan(old, same, file="f")[0].changed == []
+    assert reloading.plan(old, new, file="f")[0].changed == ["csv-in"]
+
+
 async def test_reload_applies_only_the_difference(short_tmp: Path) -> None:
     path = short_tmp / "molamd.toml"
     base = daemon_toml(short_tmp, health_interval="1h")

@@ -260,3 +260,28 @@ async def test_camt_source(tmp_path: Path, migrated_dsn: str) -> None:
         config = source_config(r.server, r.known_hosts, kind="camt053-sftp", patterns=["*.xml"])
         [taken] = (await r.poller(config).poll_once()).taken
         assert (taken["outcome"], taken["lines"]) == ("parsed", 2)
+
+
+async def test_key_auth_and_a_host_key_that_is_not_pinned(tmp_path: Path, migrated_dsn: str) -> None:
+    import asyncssh
+    import msgspec
+
+    from connectors import Auth, Secret
+
+    async with rig(tmp_path, migrated_dsn) as r:
+        key = asyncssh.generate_private_key("ssh-ed25519")
+        r.server.client_key = key
+        config = source_config(r.server, r.known_hosts)
+        with_key = msgspec.structs.replace(config, sftp=msgspec.structs.replace(
+            config.sftp, password=None, private_key=Secret("file:/unused", key.export_private_key().decode())))
+        r.put("sepa.sta", SEPA)
+        [taken] = (await r.poller(with_key).poll_once()).taken
+        assert taken["outcome"] == "parsed"
+
+        other = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode().strip()
+        wrong = tmp_path / "wrong_known_hosts"
+        wrong.write_text(f"[{r.server.host}]:{r.server.port} {other}\n")
+        r.put("next.sta", SEPA.replace(b"T089413956000001", b"T089413956000009"))
+        with pytest.raises(Auth, match="host key not pinned"):
+            await r.poller(source_config(r.server, wrong)).poll_once()
+        assert r.names() == ["next.sta"]
