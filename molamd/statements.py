@@ -191,9 +191,20 @@ UPDATE bank_statement_lines l SET payout_slice_id = f.slice_id, matched_at = now
 FROM firsts f WHERE l.id = f.line_id
 RETURNING f.slice_id
 """
+# The statement is proof the money left: a slice whose outcome was still open is settled by it. A slice the bank
+# had rejected (failed) is left as it is, for a person to look at: the line stays linked to it.
 _SETTLE = """
-UPDATE payout_slices SET status = 'settled', final_at = now()
-WHERE id = ANY(%s) AND status = 'sent'
+WITH open AS (
+    SELECT id, status FROM payout_slices
+    WHERE id = ANY(%s) AND status IN ('sent', 'retry_scheduled', 'dead') FOR UPDATE
+)
+UPDATE payout_slices p SET status = 'settled', final_at = now()
+FROM open WHERE p.id = open.id
+RETURNING p.id, open.status
+"""
+_AUDIT = """
+INSERT INTO payout_slice_audit (payout_slice_id, action, actor, from_status, to_status, detail)
+VALUES (%s, 'statement_settle', %s, %s, 'settled', 'a bank statement line carries this payout')
 """
 
 
@@ -202,8 +213,12 @@ def reconcile(conn: psycopg.Connection[Any], raw_id: int) -> tuple[int, int]:
     slices = [r[0] for r in conn.execute(_MATCH, {"raw": raw_id}).fetchall()]
     if not slices:
         return 0, 0
-    settled = conn.execute(_SETTLE, [slices]).rowcount
-    return len(slices), settled
+    settled = conn.execute(_SETTLE, [slices]).fetchall()
+    audit = [(slice_id, f"statement file {raw_id}", was) for slice_id, was in settled if was != "sent"]
+    if audit:
+        with conn.cursor() as cursor:
+            cursor.executemany(_AUDIT, audit)
+    return len(slices), len(settled)
 
 
 def unmatched_count(conn: psycopg.Connection[Any], sources: Iterable[str]) -> int:

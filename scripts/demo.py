@@ -156,8 +156,10 @@ def statement_counts(cluster: Cluster) -> dict[str, int]:
             "SELECT count(*), count(l.payout_slice_id), count(*) FILTER (WHERE s.status = 'settled')"
             " FROM bank_statement_lines l LEFT JOIN payout_slices s ON s.id = l.payout_slice_id").fetchone()
         settled = conn.execute("SELECT count(*) FROM payout_slices WHERE status = 'settled'").fetchone()[0]
+        proven = conn.execute(
+            "SELECT count(*) FROM payout_slice_audit WHERE action = 'statement_settle'").fetchone()[0]
     return {"files": files, "failed": failed, "lines": lines, "linked": linked, "settled_linked": settled_linked,
-            "settled": settled}
+            "settled": settled, "proven": proven}
 
 
 def summary(cluster: Cluster, bank_url: str, elapsed: float) -> int:
@@ -189,7 +191,8 @@ def summary(cluster: Cluster, bank_url: str, elapsed: float) -> int:
     st = statement_counts(cluster)
     print(f"statements: {st['files']} MT940 files ingested over SFTP ({st['failed']} failed), {st['lines']} lines, "
           f"{st['linked']} linked to the payouts they carry; {st['settled_linked']} of {st['settled']} settled "
-          f"payouts confirmed by a statement line; {st['lines'] - st['linked']} lines unmatched")
+          f"payouts confirmed by a statement line ({st['proven']} of them settled by it from dead or retrying); "
+          f"{st['lines'] - st['linked']} lines unmatched")
     print(f"paid twice: {paid_twice}")
     print(f"lost: {lost}")
     for note in notes[:10]:

@@ -183,7 +183,7 @@ async def test_one_host_at_a_time_polls_a_source(tmp_path: Path, migrated_dsn: s
         assert (await r.poller().poll_once()).taken[0]["outcome"] == "parsed"
 
 
-def _sent_slice(dsn: str, amount: int) -> tuple[int, str]:
+def _sent_slice(dsn: str, amount: int, *, dead: bool = False) -> tuple[int, str]:
     with psycopg.connect(dsn) as conn:
         conn.execute("INSERT INTO bank_profiles (id, name, country) VALUES ('bank-a', 'Bank A', 'SN')")
         account = conn.execute("INSERT INTO treasury_accounts (bank_profile_id, label, account_number, currency)"
@@ -195,8 +195,12 @@ def _sent_slice(dsn: str, amount: int) -> tuple[int, str]:
         for status in ("claimed", "sending"):
             conn.execute("UPDATE payout_slices SET status = %s, claimed_by = 'h', lease_until = now() + '1m'"
                          " WHERE id = %s", (status, slice_id))
-        conn.execute("UPDATE payout_slices SET status = 'sent', provider_ref = 'pay_1', claimed_by = NULL,"
-                     " lease_until = NULL, sent_at = now() WHERE id = %s", (slice_id,))
+        if dead:  # the bank never answered clearly: given up on after its attempts
+            conn.execute("UPDATE payout_slices SET status = 'dead', last_error = 'timeout', claimed_by = NULL,"
+                         " lease_until = NULL WHERE id = %s", (slice_id,))
+        else:
+            conn.execute("UPDATE payout_slices SET status = 'sent', provider_ref = 'pay_1', claimed_by = NULL,"
+                         " lease_until = NULL, sent_at = now() WHERE id = %s", (slice_id,))
     return slice_id, key
 
 
@@ -227,6 +231,17 @@ async def test_lines_settle_the_payouts_they_carry(tmp_path: Path, migrated_dsn:
         # A second statement carrying the same payout does not link it twice.
         again = await _take_csv(r, "again.csv", _csv(key, 15000).replace(b"2026-11-02", b"2026-11-03"))
         assert (again["outcome"], again["matched"]) == ("parsed", 0)
+
+
+async def test_a_statement_settles_a_dead_slice_it_proves_paid(tmp_path: Path, migrated_dsn: str) -> None:
+    slice_id, key = _sent_slice(migrated_dsn, 15000, dead=True)
+    async with rig(tmp_path, migrated_dsn) as r:
+        taken = await _take_csv(r, "day.csv", _csv(key, 15000))
+        assert (taken["matched"], taken["settled"]) == (1, 1)
+        assert r.query("SELECT status FROM payout_slices WHERE id = %s", slice_id) == [("settled",)]
+        [(action, actor, was)] = r.query(
+            "SELECT action, actor, from_status FROM payout_slice_audit WHERE payout_slice_id = %s", slice_id)
+        assert (action, actor, was) == ("statement_settle", f"statement file {taken['raw_id']}", "dead")
 
 
 async def test_amount_that_disagrees_is_not_linked(tmp_path: Path, migrated_dsn: str) -> None:
