@@ -189,16 +189,17 @@ WITH candidates AS (
 )
 UPDATE bank_statement_lines l SET payout_slice_id = f.slice_id, matched_at = now()
 FROM firsts f WHERE l.id = f.line_id
-RETURNING f.slice_id
 """
 # The statement is proof the money left: a slice whose outcome was still open is settled by it. A slice the bank
 # had rejected (failed) is left as it is, for a person to look at: the line stays linked to it.
+# When the bank's answer was lost, the statement's reference for the booking is the one we keep.
 _SETTLE = """
 WITH open AS (
-    SELECT id, status FROM payout_slices
-    WHERE id = ANY(%s) AND status IN ('sent', 'retry_scheduled', 'dead') FOR UPDATE
+    SELECT s.id, s.status, l.bank_ref FROM payout_slices s
+    JOIN bank_statement_lines l ON l.payout_slice_id = s.id
+    WHERE l.statement_raw_id = %s AND s.status IN ('sent', 'retry_scheduled', 'dead') FOR UPDATE OF s
 )
-UPDATE payout_slices p SET status = 'settled', final_at = now()
+UPDATE payout_slices p SET status = 'settled', final_at = now(), provider_ref = coalesce(p.provider_ref, open.bank_ref)
 FROM open WHERE p.id = open.id
 RETURNING p.id, open.status
 """
@@ -210,15 +211,15 @@ VALUES (%s, 'statement_settle', %s, %s, 'settled', 'a bank statement line carrie
 
 def reconcile(conn: psycopg.Connection[Any], raw_id: int) -> tuple[int, int]:
     """Link this file's lines to payout slices; returns (lines linked, slices settled by them)."""
-    slices = [r[0] for r in conn.execute(_MATCH, {"raw": raw_id}).fetchall()]
-    if not slices:
+    linked = conn.execute(_MATCH, {"raw": raw_id}).rowcount
+    if not linked:
         return 0, 0
-    settled = conn.execute(_SETTLE, [slices]).fetchall()
+    settled = conn.execute(_SETTLE, [raw_id]).fetchall()
     audit = [(slice_id, f"statement file {raw_id}", was) for slice_id, was in settled if was != "sent"]
     if audit:
         with conn.cursor() as cursor:
             cursor.executemany(_AUDIT, audit)
-    return len(slices), len(settled)
+    return linked, len(settled)
 
 
 def unmatched_count(conn: psycopg.Connection[Any], sources: Iterable[str]) -> int:

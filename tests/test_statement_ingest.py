@@ -238,7 +238,8 @@ async def test_a_statement_settles_a_dead_slice_it_proves_paid(tmp_path: Path, m
     async with rig(tmp_path, migrated_dsn) as r:
         taken = await _take_csv(r, "day.csv", _csv(key, 15000))
         assert (taken["matched"], taken["settled"]) == (1, 1)
-        assert r.query("SELECT status FROM payout_slices WHERE id = %s", slice_id) == [("settled",)]
+        assert r.query("SELECT status, provider_ref FROM payout_slices WHERE id = %s", slice_id) == [
+            ("settled", "pay_1")]  # the bank's answer was lost: the statement's reference is kept
         [(action, actor, was)] = r.query(
             "SELECT action, actor, from_status FROM payout_slice_audit WHERE payout_slice_id = %s", slice_id)
         assert (action, actor, was) == ("statement_settle", f"statement file {taken['raw_id']}", "dead")
