@@ -117,6 +117,7 @@ class StatementPoller(Actor[PollNow]):
     async def _poll(self) -> PollSummary:
         if not await self.store.hold_lock(self.name):
             return PollSummary(source=self.name, locked_elsewhere=True)
+        await self._settle_proven()
         first = await self.connector.list_statements()
         if not first:
             return PollSummary(source=self.name)
@@ -173,6 +174,13 @@ class StatementPoller(Actor[PollNow]):
         return {"file": remote.name, "outcome": result.outcome, "raw_id": result.raw_id, "lines": result.lines,
                 "matched": result.matched, "settled": result.settled, "error": reason, "moved_to": moved,
                 "download_seconds": round(downloaded - started, 3), "store_seconds": round(stored - downloaded, 3)}
+
+    async def _settle_proven(self) -> None:
+        """Slices linked to a statement line while in flight may have gone dead or retrying since: settle them."""
+        settled = await self.store.settle_proven()
+        if settled:
+            log(logger, logging.WARNING, "payouts settled by statement lines after their outcome was lost",
+                source=self.name, slices=settled[:50], count=len(settled))
 
     def _count(self, outcome: str) -> None:
         self.metrics.statement_files.labels(self.name, outcome).inc()

@@ -190,36 +190,42 @@ WITH candidates AS (
 UPDATE bank_statement_lines l SET payout_slice_id = f.slice_id, matched_at = now()
 FROM firsts f WHERE l.id = f.line_id
 """
-# The statement is proof the money left: a slice whose outcome was still open is settled by it. A slice the bank
-# had rejected (failed) is left as it is, for a person to look at: the line stays linked to it.
-# When the bank's answer was lost, the statement's reference for the booking is the one we keep.
+# A statement line is proof the money left: a slice linked to one whose outcome is still open (sent, waiting for a
+# retry, or given up on as dead) is settled. Not only this file's lines: a slice linked while still in flight may
+# have gone dead since. A slice the bank rejected (failed) is left for a person to look at, its line linked.
+# When the bank's answer was lost, the statement's reference for the booking is the one kept.
 _SETTLE = """
 WITH open AS (
-    SELECT s.id, s.status, l.bank_ref FROM payout_slices s
-    JOIN bank_statement_lines l ON l.payout_slice_id = s.id
-    WHERE l.statement_raw_id = %s AND s.status IN ('sent', 'retry_scheduled', 'dead') FOR UPDATE OF s
+    SELECT s.id, s.status, l.bank_ref, l.statement_raw_id, l.statement_no, l.line_no
+    FROM payout_slices s JOIN bank_statement_lines l ON l.payout_slice_id = s.id
+    WHERE s.status IN ('sent', 'retry_scheduled', 'dead')
+    FOR UPDATE OF s SKIP LOCKED
 )
 UPDATE payout_slices p SET status = 'settled', final_at = now(), provider_ref = coalesce(p.provider_ref, open.bank_ref)
 FROM open WHERE p.id = open.id
-RETURNING p.id, open.status
+RETURNING p.id, open.status, open.statement_raw_id, open.statement_no, open.line_no
 """
 _AUDIT = """
 INSERT INTO payout_slice_audit (payout_slice_id, action, actor, from_status, to_status, detail)
-VALUES (%s, 'statement_settle', %s, %s, 'settled', 'a bank statement line carries this payout')
+VALUES (%s, 'statement_settle', 'statement reconciliation', %s, 'settled', %s)
 """
 
 
 def reconcile(conn: psycopg.Connection[Any], raw_id: int) -> tuple[int, int]:
-    """Link this file's lines to payout slices; returns (lines linked, slices settled by them)."""
+    """Link this file's lines to payout slices, then settle what they prove; returns (linked, settled)."""
     linked = conn.execute(_MATCH, {"raw": raw_id}).rowcount
-    if not linked:
-        return 0, 0
-    settled = conn.execute(_SETTLE, [raw_id]).fetchall()
-    audit = [(slice_id, f"statement file {raw_id}", was) for slice_id, was in settled if was != "sent"]
+    return linked, len(settle_proven(conn)) if linked else 0
+
+
+def settle_proven(conn: psycopg.Connection[Any]) -> list[int]:
+    """Settle every open slice a statement line proves paid, with an audit row unless it was sent; their ids."""
+    settled = conn.execute(_SETTLE).fetchall()
+    audit = [(slice_id, was, f"statement file {raw_id}, statement {statement_no}, line {line_no}")
+             for slice_id, was, raw_id, statement_no, line_no in settled if was != "sent"]
     if audit:
         with conn.cursor() as cursor:
             cursor.executemany(_AUDIT, audit)
-    return linked, len(settled)
+    return [row[0] for row in settled]
 
 
 def unmatched_count(conn: psycopg.Connection[Any], sources: Iterable[str]) -> int:
@@ -338,6 +344,10 @@ class StatementStore:
         result: Ingested = await self.db.transaction(lambda conn: ingest(
             conn, source=source, remote_name=remote_name, fmt=fmt, spooled=spooled, csv_profile=csv_profile))
         return result
+
+    async def settle_proven(self) -> list[int]:
+        settled: list[int] = await self.db.transaction(settle_proven)
+        return settled
 
     async def unmatched(self, sources: list[str]) -> int:
         count: int = await self.db.statement(lambda conn: unmatched_count(conn, sources))

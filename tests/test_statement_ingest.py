@@ -183,7 +183,8 @@ async def test_one_host_at_a_time_polls_a_source(tmp_path: Path, migrated_dsn: s
         assert (await r.poller().poll_once()).taken[0]["outcome"] == "parsed"
 
 
-def _sent_slice(dsn: str, amount: int, *, dead: bool = False) -> tuple[int, str]:
+def _sent_slice(dsn: str, amount: int, *, status: str = "sent") -> tuple[int, str]:
+    """A slice of ``amount`` XOF that has reached ``status``: sent, sending (in flight), dead or failed."""
     with psycopg.connect(dsn) as conn:
         conn.execute("INSERT INTO bank_profiles (id, name, country) VALUES ('bank-a', 'Bank A', 'SN')")
         account = conn.execute("INSERT INTO treasury_accounts (bank_profile_id, label, account_number, currency)"
@@ -192,16 +193,22 @@ def _sent_slice(dsn: str, amount: int, *, dead: bool = False) -> tuple[int, str]
             "INSERT INTO payout_slices (payout_id, treasury_account_id, amount, currency, rail, beneficiary_name,"
             " beneficiary_account) VALUES ('p1', %s, %s, 'XOF', 'ach', 'Awa', 'SN08') RETURNING id, idempotency_key",
             (account, amount)).fetchone()
-        for status in ("claimed", "sending"):
+        for step in ("claimed", "sending"):
             conn.execute("UPDATE payout_slices SET status = %s, claimed_by = 'h', lease_until = now() + '1m'"
-                         " WHERE id = %s", (status, slice_id))
-        if dead:  # the bank never answered clearly: given up on after its attempts
-            conn.execute("UPDATE payout_slices SET status = 'dead', last_error = 'timeout', claimed_by = NULL,"
-                         " lease_until = NULL WHERE id = %s", (slice_id,))
-        else:
-            conn.execute("UPDATE payout_slices SET status = 'sent', provider_ref = 'pay_1', claimed_by = NULL,"
-                         " lease_until = NULL, sent_at = now() WHERE id = %s", (slice_id,))
+                         " WHERE id = %s", (step, slice_id))
+        if status != "sending":
+            conn.execute(_TO[status], (slice_id,))
     return slice_id, key
+
+
+_TO = {
+    "sent": "UPDATE payout_slices SET status = 'sent', provider_ref = 'pay_1', claimed_by = NULL,"
+            " lease_until = NULL, sent_at = now() WHERE id = %s",
+    "dead": "UPDATE payout_slices SET status = 'dead', last_error = 'timeout', claimed_by = NULL,"
+            " lease_until = NULL WHERE id = %s",  # the bank never answered clearly: given up on
+    "failed": "UPDATE payout_slices SET status = 'failed', final_at = now(), claimed_by = NULL,"
+              " lease_until = NULL WHERE id = %s",
+}
 
 
 def _csv(key: str, amount: int) -> bytes:
@@ -234,7 +241,7 @@ async def test_lines_settle_the_payouts_they_carry(tmp_path: Path, migrated_dsn:
 
 
 async def test_a_statement_settles_a_dead_slice_it_proves_paid(tmp_path: Path, migrated_dsn: str) -> None:
-    slice_id, key = _sent_slice(migrated_dsn, 15000, dead=True)
+    slice_id, key = _sent_slice(migrated_dsn, 15000, status="dead")
     async with rig(tmp_path, migrated_dsn) as r:
         taken = await _take_csv(r, "day.csv", _csv(key, 15000))
         assert (taken["matched"], taken["settled"]) == (1, 1)
@@ -242,7 +249,30 @@ async def test_a_statement_settles_a_dead_slice_it_proves_paid(tmp_path: Path, m
             ("settled", "pay_1")]  # the bank's answer was lost: the statement's reference is kept
         [(action, actor, was)] = r.query(
             "SELECT action, actor, from_status FROM payout_slice_audit WHERE payout_slice_id = %s", slice_id)
-        assert (action, actor, was) == ("statement_settle", f"statement file {taken['raw_id']}", "dead")
+        assert (action, actor, was) == ("statement_settle", "statement reconciliation", "dead")
+
+
+async def test_a_slice_that_goes_dead_after_its_line_arrived_is_settled_at_the_next_poll(
+    tmp_path: Path, migrated_dsn: str
+) -> None:
+    slice_id, key = _sent_slice(migrated_dsn, 15000, status="sending")
+    async with rig(tmp_path, migrated_dsn) as r:
+        taken = await _take_csv(r, "day.csv", _csv(key, 15000))
+        assert (taken["matched"], taken["settled"]) == (1, 0)  # linked; in flight, so not settled yet
+        with psycopg.connect(migrated_dsn) as conn:  # the dispatcher gives up on it
+            conn.execute(_TO["dead"], (slice_id,))
+        config = source_config(r.server, r.known_hosts, kind="csv-sftp")
+        assert (await r.poller(config, csv_profile=MOLAMD_PROFILE).poll_once()).taken == []
+        assert r.query("SELECT status, provider_ref FROM payout_slices WHERE id = %s", slice_id) == [
+            ("settled", "pay_1")]
+
+
+async def test_a_rejected_slice_is_linked_but_not_settled(tmp_path: Path, migrated_dsn: str) -> None:
+    slice_id, key = _sent_slice(migrated_dsn, 15000, status="failed")
+    async with rig(tmp_path, migrated_dsn) as r:
+        taken = await _take_csv(r, "day.csv", _csv(key, 15000))
+        assert (taken["matched"], taken["settled"]) == (1, 0)
+        assert r.query("SELECT status FROM payout_slices WHERE id = %s", slice_id) == [("failed",)]
 
 
 async def test_amount_that_disagrees_is_not_linked(tmp_path: Path, migrated_dsn: str) -> None:
