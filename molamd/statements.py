@@ -191,14 +191,15 @@ UPDATE bank_statement_lines l SET payout_slice_id = f.slice_id, matched_at = now
 FROM firsts f WHERE l.id = f.line_id
 """
 # A statement line is proof the money left: a slice linked to one whose outcome is still open (sent, waiting for a
-# retry, or given up on as dead) is settled. Not only this file's lines: a slice linked while still in flight may
-# have gone dead since. A slice the bank rejected (failed) is left for a person to look at, its line linked.
-# When the bank's answer was lost, the statement's reference for the booking is the one kept.
+# retry, or given up on as dead) is settled. A slice the bank rejected (failed) is left for a person to look at,
+# its line linked. When the bank's answer was lost, the statement's reference for the booking is the one kept.
+# Run for the lines one file linked (``raw``), and for all lines (``raw`` null) on each poll, which settles a slice
+# linked while still in flight that has gone to retry or dead since; a sent one the status follower settles.
 _SETTLE = """
 WITH open AS (
     SELECT s.id, s.status, l.bank_ref, l.statement_raw_id, l.statement_no, l.line_no
     FROM payout_slices s JOIN bank_statement_lines l ON l.payout_slice_id = s.id
-    WHERE s.status IN ('sent', 'retry_scheduled', 'dead')
+    WHERE s.status = ANY(%(statuses)s) AND (%(raw)s::bigint IS NULL OR l.statement_raw_id = %(raw)s)
     FOR UPDATE OF s SKIP LOCKED
 )
 UPDATE payout_slices p SET status = 'settled', final_at = now(), provider_ref = coalesce(p.provider_ref, open.bank_ref)
@@ -209,19 +210,25 @@ _AUDIT = """
 INSERT INTO payout_slice_audit (payout_slice_id, action, actor, from_status, to_status, detail)
 VALUES (%s, 'statement_settle', 'statement reconciliation', %s, 'settled', %s)
 """
+_OPEN = ["sent", "retry_scheduled", "dead"]
+_GIVEN_UP = ["retry_scheduled", "dead"]
 
 
 def reconcile(conn: psycopg.Connection[Any], raw_id: int) -> tuple[int, int]:
     """Link this file's lines to payout slices, then settle what they prove; returns (linked, settled)."""
     linked = conn.execute(_MATCH, {"raw": raw_id}).rowcount
-    return linked, len(settle_proven(conn)) if linked else 0
+    return linked, len(settle_proven(conn, raw_id)) if linked else 0
 
 
-def settle_proven(conn: psycopg.Connection[Any]) -> list[int]:
-    """Settle every open slice a statement line proves paid, with an audit row unless it was sent; their ids."""
-    settled = conn.execute(_SETTLE).fetchall()
-    audit = [(slice_id, was, f"statement file {raw_id}, statement {statement_no}, line {line_no}")
-             for slice_id, was, raw_id, statement_no, line_no in settled if was != "sent"]
+def settle_proven(conn: psycopg.Connection[Any], raw_id: int | None = None) -> list[int]:
+    """Settle the open slices that lines of file ``raw_id`` (or, with None, any line) prove paid; their ids.
+
+    Every slice settled from retry or dead gets an audit row.
+    """
+    statuses = _OPEN if raw_id is not None else _GIVEN_UP
+    settled = conn.execute(_SETTLE, {"statuses": statuses, "raw": raw_id}).fetchall()
+    audit = [(slice_id, was, f"statement file {raw}, statement {statement_no}, line {line_no}")
+             for slice_id, was, raw, statement_no, line_no in settled if was != "sent"]
     if audit:
         with conn.cursor() as cursor:
             cursor.executemany(_AUDIT, audit)
@@ -341,8 +348,16 @@ class StatementStore:
 
     async def ingest(self, *, source: str, remote_name: str, fmt: str, spooled: Spooled,
                      csv_profile: CsvProfile | None) -> Ingested:
-        result: Ingested = await self.db.transaction(lambda conn: ingest(
-            conn, source=source, remote_name=remote_name, fmt=fmt, spooled=spooled, csv_profile=csv_profile))
+        def work(conn: psycopg.Connection[Any]) -> Ingested:
+            return ingest(conn, source=source, remote_name=remote_name, fmt=fmt, spooled=spooled,
+                          csv_profile=csv_profile)
+
+        try:
+            result: Ingested = await self.db.transaction(work)
+        except psycopg.errors.UniqueViolation:
+            # The same bytes arrived through another source at the same moment and committed first: this copy
+            # is now a duplicate, which the second try finds.
+            result = await self.db.transaction(work)
         return result
 
     async def settle_proven(self) -> list[int]:

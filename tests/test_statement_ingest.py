@@ -331,3 +331,23 @@ async def test_key_auth_and_a_host_key_that_is_not_pinned(tmp_path: Path, migrat
         with pytest.raises(Auth, match="host key not pinned"):
             await r.poller(source_config(r.server, wrong)).poll_once()
         assert r.names() == ["next.sta"]
+
+
+async def test_same_bytes_from_two_sources_at_once_are_stored_once(tmp_path: Path, migrated_dsn: str) -> None:
+    from molamd.statements import spool_digest
+
+    path = tmp_path / "same.sta"
+    path.write_bytes(SEPA)
+    spooled = spool_digest(str(path))
+    async with rig(tmp_path, migrated_dsn) as r:
+        results = []
+
+        async def take(source: str) -> None:
+            results.append(await r.store.ingest(source=source, remote_name="same.sta", fmt="mt940", spooled=spooled,
+                                                csv_profile=None))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(take, "source-a")
+            nursery.start_soon(take, "source-b")
+        assert sorted(x.outcome for x in results) == ["duplicate", "parsed"]
+        assert _lines(r) == 97 and r.query("SELECT count(*) FROM bank_statements_raw")[0][0] == 1

@@ -314,7 +314,7 @@ class _Builder:
                 self.info.append(value)
         else:
             self._flush_entry()
-            self._header(tag, value.partition("\n")[0].strip(), line)
+            self._header(tag, (value.partition("\n")[0] if "\n" in value else value).strip(), line)
 
     def _header(self, tag: str, first: str, line: int) -> None:
         if tag in ("21", "25", "28", "28C", "60F", "60M") and (self.lines or self.closing is not None):
@@ -480,9 +480,10 @@ def _balance(tag: str, text: str, line: int) -> Balance:
     match = _BALANCE.match(text)
     if match is None:
         raise StatementFormatError(f"line {line}", f":{tag}: {text!r} (expected C|D, YYMMDD, currency, amount)")
-    amount = _amount(match.group(4))
-    return Balance(amount=-amount if match.group(1) == "D" else amount, currency=match.group(3),
-                   date=_date(match.group(2), line))
+    mark, date, currency, amount_text = match.groups()
+    amount = Decimal(amount_text.replace(",", "."))
+    return Balance(amount=-amount if mark == "D" else amount, currency=currency,
+                   date=_DATES.get(date) or _date(date, line))
 
 
 def _datetime(match: re.Match[str], line: int) -> dt.datetime:
