@@ -295,7 +295,7 @@ class _Builder:
         """The :86: of the entry before it."""
         entry, entry_line = self.pending  # type: ignore[misc]
         self.pending = None
-        self.lines.append(self._entry(entry, value, entry_line, line))
+        self.lines.append(self._entry(entry, value, entry_line))
 
     def take(self, tag: str, value: str, line: int) -> None:
         if tag == "61":
@@ -307,9 +307,7 @@ class _Builder:
             self.pending = (value, line)
         elif tag == "86":
             if self.pending is not None:
-                entry, entry_line = self.pending
-                self.pending = None
-                self.lines.append(self._entry(entry, value, entry_line, line))
+                self.take_info(value, line)
             else:
                 self.info.append(value)
         else:
@@ -374,9 +372,10 @@ class _Builder:
         if self.pending is not None:
             entry, entry_line = self.pending
             self.pending = None
-            self.lines.append(self._entry(entry, "", entry_line, None))
+            self.lines.append(self._entry(entry, "", entry_line))
 
-    def _entry(self, text: str, info: str, line: int, info_line: int | None) -> StatementLine:
+    def _entry(self, text: str, info: str, line: int) -> StatementLine:
+        """One :61: (``text``) with its :86: (``info``, empty when there is none), starting at ``line``."""
         if "\n" in text:
             value = _value_lines(text)
             main = value[0].strip()
