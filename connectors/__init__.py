@@ -44,6 +44,7 @@ from .rest import RestConnector as RestConnector
 from .rest import RestOptions as RestOptions
 from .sftp import Camt053SftpConfig as Camt053SftpConfig
 from .sftp import CsvSftpConfig as CsvSftpConfig
+from .sftp import Fetched as Fetched
 from .sftp import FileChanged as FileChanged
 from .sftp import FileRefused as FileRefused
 from .sftp import Mt940SftpConfig as Mt940SftpConfig

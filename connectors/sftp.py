@@ -86,6 +86,8 @@ class RemoteFile(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Fetched(msgspec.Struct, frozen=True, kw_only=True):
+    """A downloaded file on local disk, with what was measured while it arrived."""
+
     path: str
     sha256: bytes
     size: int

@@ -28,7 +28,7 @@ from connectors.statements import CsvProfile
 from .db import DatabaseUnavailable
 from .logs import log
 from .metrics import Metrics
-from .statements import Ingested, Spooled, StatementStore
+from .statements import Ingested, StatementStore
 
 logger = logging.getLogger("molamd.statements")
 
@@ -62,7 +62,6 @@ class StatementPoller(Actor[PollNow]):
         self.last_poll_ok: bool | None = None  # None until the first poll ends
         self.last_error: str | None = None
         self._lock = trio.Lock()
-        self._wake = trio.Event()
         interval, worst = self.options.poll_interval.seconds, self.options.error_backoff_max.seconds
         self._errors = Backoff(initial=min(interval, worst), maximum=max(interval, worst), jitter=0.2)
 
@@ -99,12 +98,7 @@ class StatementPoller(Actor[PollNow]):
                 else:  # nothing there: look less often, up to idle_backoff_max
                     idle = max(interval, min(idle * 2, self.options.idle_backoff_max.seconds))
                 delay = idle if not summary.taken else interval
-            with trio.move_on_after(delay):
-                await self._wake.wait()
-            self._wake = trio.Event()
-
-    def wake(self) -> None:
-        self._wake.set()
+            await trio.sleep(delay)
 
     async def poll_once(self) -> PollSummary:
         async with self._lock:
@@ -150,10 +144,9 @@ class StatementPoller(Actor[PollNow]):
                 log(logger, logging.ERROR, "statement file refused", source=self.name, file=remote.name,
                     reason=str(exc), moved_to=moved)
                 return {"file": remote.name, "outcome": "refused", "error": str(exc), "moved_to": moved}
-            spooled = Spooled(path=fetched.path, sha256=fetched.sha256, size=fetched.size)
             downloaded = time.monotonic()
             result = await self.store.ingest(source=self.name, remote_name=remote.name,
-                                             fmt=self.config.statement_format, spooled=spooled,
+                                             fmt=self.config.statement_format, spooled=fetched,
                                              csv_profile=self.csv_profile)
             stored = time.monotonic()
             if self.after_commit is not None:

@@ -21,6 +21,7 @@ import msgspec
 import psycopg
 from psycopg.copy import QueuedLibpqWriter
 
+from connectors import Fetched
 from connectors.statements import CsvProfile, Statement, StatementError, iter_statements
 
 RAW_CHUNK = 1024 * 1024
@@ -47,26 +48,18 @@ class Ingested(msgspec.Struct, frozen=True, kw_only=True):
     previous_status: str | None = None  # for a duplicate: how the first copy ended
 
 
-class Spooled(msgspec.Struct, frozen=True, kw_only=True):
-    """A downloaded file on local disk, with what was measured while it arrived."""
-
-    path: str
-    sha256: bytes
-    size: int
-
-
-def spool_digest(path: str) -> Spooled:
+def spool_digest(path: str) -> Fetched:
     digest = hashlib.sha256()
     size = 0
     with open(path, "rb") as f:
         while chunk := f.read(RAW_CHUNK):
             digest.update(chunk)
             size += len(chunk)
-    return Spooled(path=path, sha256=digest.digest(), size=size)
+    return Fetched(path=path, sha256=digest.digest(), size=size)
 
 
 def ingest(
-    conn: psycopg.Connection[Any], *, source: str, remote_name: str, fmt: str, spooled: Spooled,
+    conn: psycopg.Connection[Any], *, source: str, remote_name: str, fmt: str, spooled: Fetched,
     csv_profile: CsvProfile | None = None,
 ) -> Ingested:
     """Store one spooled file and its lines, in the caller's transaction."""
@@ -133,7 +126,7 @@ def _failed(conn: psycopg.Connection[Any], raw_id: int, outcome: str, error: str
     return Ingested(raw_id=raw_id, outcome=outcome, error=error)
 
 
-def _copy_raw(conn: psycopg.Connection[Any], raw_id: int, source: str, name: str, fmt: str, spooled: Spooled) -> None:
+def _copy_raw(conn: psycopg.Connection[Any], raw_id: int, source: str, name: str, fmt: str, spooled: Fetched) -> None:
     """The raw row, its bytes streamed from disk as COPY text (hex bytea): never the whole file in memory."""
     head = "\t".join((str(raw_id), _copy_text(source), _copy_text(name), fmt, "\\\\x" + spooled.sha256.hex(),
                       str(spooled.size), "received"))
@@ -346,7 +339,7 @@ class StatementStore:
         if lock is not None:
             await trio.to_thread.run_sync(lock.release)
 
-    async def ingest(self, *, source: str, remote_name: str, fmt: str, spooled: Spooled,
+    async def ingest(self, *, source: str, remote_name: str, fmt: str, spooled: Fetched,
                      csv_profile: CsvProfile | None) -> Ingested:
         def work(conn: psycopg.Connection[Any]) -> Ingested:
             return ingest(conn, source=source, remote_name=remote_name, fmt=fmt, spooled=spooled,

@@ -25,7 +25,7 @@ EXPECTED = {
         "PaymentConnector", "PaymentEvent", "PaymentRef", "PaymentState", "PaymentStatus", "PayoutSlice",
         "REDACTED", "RateLimited", "Rejected", "RestConfig", "RestConnector", "RestOptions", "Secret", "SendResult",
         "ServerError", "Timeout", "Validation", "build_connector", "decode_hook", "encode_hook", "mask_account",
-        "Camt053SftpConfig", "CsvSftpConfig", "FileChanged", "FileRefused", "Mt940SftpConfig", "RemoteFile",
+        "Camt053SftpConfig", "CsvSftpConfig", "Fetched", "FileChanged", "FileRefused", "Mt940SftpConfig", "RemoteFile",
         "SftpConfig", "SftpOptions", "SftpSourceConfig", "SftpStatementConnector",
     },
     "connectors.statements": {
