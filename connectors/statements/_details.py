@@ -19,7 +19,6 @@ import re
 import msgspec
 
 _GERMAN = re.compile(r"\?(\d\d)")  # a "?" not before two digits is text
-_GERMAN_START = re.compile(r"\d{3}\?|\?\d\d")
 _SEPA_MARKER = re.compile(r"(EREF|KREF|MREF|CRED|DEBT|SVWZ|ABWA|ABWE|COAM|OAMT|BREF|RREF)\+")
 _CODES = frozenset({
     "TRTP", "EREF", "IBAN", "BIC", "NAME", "REMI", "MARF", "CSID", "PREF", "RTRN", "ORDP", "BENM", "CNTP",
@@ -45,7 +44,8 @@ class Details(msgspec.Struct, frozen=True, kw_only=True):
 
 def parse_details(text: str) -> Details:
     """Read an information field (without its ``:86:`` tag), its physical lines joined by newlines."""
-    if _GERMAN_START.match(text):
+    head = text[:4]
+    if (head[:1] == "?" and head[1:3].isdigit()) or (head[3:4] == "?" and head[:3].isdigit()):  # ?00 or 166?00
         return _german(text.replace("\n", ""))
     if text.startswith("/") and text[1:text.find("/", 1)] in _CODES:
         return _slashed(text.replace("\n", ""))
