@@ -63,6 +63,7 @@ def test_debit_credit_columns_latin1_and_banner() -> None:
     [statement] = parse_csv(FRENCH_CSV, FRENCH)
     assert [line.amount for line in statement.lines] == [Decimal("-1500.00"), Decimal("250.50")]
     assert statement.lines[0].remittance == "Virement Awa" and statement.lines[0].customer_ref == "MOLAM-7"
+    assert statement.lines[0].raw == "02/11/2026;02/11/2026;Virement Awa;MOLAM-7;1.500,00;"  # every column kept
     assert statement.opening is None  # no balance column: nothing to check against
 
 

@@ -112,7 +112,10 @@ def parse_csv(data: bytes, profile: CsvProfile, *, check: bool = True) -> list[S
     return list(_statements(rows, profile, check))
 
 
-def _rows(reader: Iterator[list[str]], profile: CsvProfile) -> Iterator[tuple[int, dict[str, str]]]:
+_Row = tuple[int, dict[str, str], str]  # line number, {field: cell}, the row as the bank wrote it (unquoted)
+
+
+def _rows(reader: Iterator[list[str]], profile: CsvProfile) -> Iterator[_Row]:
     """(line number, {field: cell}) per data row; the header is found, checked and skipped."""
     index: dict[str, int] | None = None
     width: int | None = None
@@ -129,7 +132,7 @@ def _rows(reader: Iterator[list[str]], profile: CsvProfile) -> Iterator[tuple[in
             if len(row) != width:
                 raise StatementFormatError(
                     f"line {line}", f"{len(row)} fields, expected {width} (as in the first row)")
-            yield line, {name: row[i].strip() for name, i in index.items()}
+            yield line, {name: row[i].strip() for name, i in index.items()}, profile.delimiter.join(row)
     except csv.Error as exc:
         raise StatementFormatError(f"line {reader.line_num}", f"not valid CSV: {exc}") from None  # type: ignore[attr-defined]
     if index is None:
@@ -165,10 +168,10 @@ class _Open:
         self.closing: Balance | None = None
 
 
-def _statements(rows: Iterator[tuple[int, dict[str, str]]], profile: CsvProfile, check: bool) -> Iterator[Statement]:
+def _statements(rows: Iterator[_Row], profile: CsvProfile, check: bool) -> Iterator[Statement]:
     current: _Open | None = None
-    for line, cells in rows:
-        entry, balance = _line(line, cells, profile)
+    for line, cells, raw in rows:
+        entry, balance = _line(line, cells, raw, profile)
         key = (entry.account, cells.get("statement_number") or None)
         if current is None or current.key != key:
             if current is not None:
@@ -198,7 +201,7 @@ def _done(current: _Open, profile: CsvProfile) -> Statement:
     )
 
 
-def _line(line: int, cells: dict[str, str], profile: CsvProfile) -> tuple[StatementLine, Decimal | None]:
+def _line(line: int, cells: dict[str, str], raw: str, profile: CsvProfile) -> tuple[StatementLine, Decimal | None]:
     where = f"line {line}"
     booking = _date(cells, "booking_date", profile, where)
     value = _date(cells, "value_date", profile, where) or booking
@@ -235,7 +238,7 @@ def _line(line: int, cells: dict[str, str], profile: CsvProfile) -> tuple[Statem
         end_to_end_id=cells.get("end_to_end_id") or None, counterparty_name=cells.get("counterparty_name") or None,
         counterparty_iban=cells.get("counterparty_iban") or None,
         counterparty_bic=cells.get("counterparty_bic") or None, remittance=cells.get("remittance") or None,
-        raw=profile.delimiter.join(cells.values()), source_line=line,
+        raw=raw, source_line=line,
     ), balance
 
 
