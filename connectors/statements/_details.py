@@ -18,7 +18,6 @@ import re
 
 import msgspec
 
-_GERMAN = re.compile(r"\?(\d\d)")  # a "?" not before two digits is text
 _SEPA_MARKER = re.compile(r"(EREF|KREF|MREF|CRED|DEBT|SVWZ|ABWA|ABWE|COAM|OAMT|BREF|RREF)\+")
 _CODES = frozenset({
     "TRTP", "EREF", "IBAN", "BIC", "NAME", "REMI", "MARF", "CSID", "PREF", "RTRN", "ORDP", "BENM", "CNTP",
@@ -55,9 +54,19 @@ def parse_details(text: str) -> Details:
 
 
 def _german(text: str) -> Details:
-    parts = _GERMAN.split(text)
-    code = parts[0].strip() or None
-    keys, values = parts[1::2], parts[2::2]
+    pieces = text.split("?")
+    code = pieces[0].strip() or None
+    keys: list[str] = []
+    values: list[str] = []
+    for piece in pieces[1:]:
+        key = piece[:2]
+        if len(key) == 2 and key.isdigit():
+            keys.append(key)
+            values.append(piece[2:])
+        elif values:  # a "?" not before two digits is text of the subfield
+            values[-1] += "?" + piece
+        else:
+            code = ((code or "") + "?" + piece).strip() or None
     fields = dict(zip(keys, values, strict=True))
     if len(fields) != len(keys):  # a subfield repeated: its pieces join in order
         fields = {}
