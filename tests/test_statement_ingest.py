@@ -351,3 +351,22 @@ async def test_same_bytes_from_two_sources_at_once_are_stored_once(tmp_path: Pat
             nursery.start_soon(take, "source-b")
         assert sorted(x.outcome for x in results) == ["duplicate", "parsed"]
         assert _lines(r) == 97 and r.query("SELECT count(*) FROM bank_statements_raw")[0][0] == 1
+
+
+async def test_a_download_is_cancelled_between_chunks(tmp_path: Path, migrated_dsn: str) -> None:
+    import time as clock
+
+    async with rig(tmp_path, migrated_dsn) as r:
+        r.put("slow.sta", SEPA)
+        r.server.on_read = lambda offset: clock.sleep(0.1)  # a slow bank: 100 ms a 1 KiB chunk, 2.5 s in all
+        config = source_config(r.server, r.known_hosts, chunk_size=1024)
+        poller = r.poller(config)
+        [remote] = await poller.connector.list_statements()
+        started = trio.current_time()
+        with trio.move_on_after(0.3) as scope:
+            await poller.connector.fetch(remote, str(tmp_path / "spool"))
+        assert scope.cancelled_caught and trio.current_time() - started < 1.5  # not after the whole file
+        r.server.on_read = None
+        assert [f.name for f in await poller.connector.list_statements()] == ["slow.sta"]  # still usable
+        [taken] = (await poller.poll_once()).taken
+        assert taken["outcome"] == "parsed"
