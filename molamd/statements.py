@@ -14,15 +14,17 @@ from __future__ import annotations
 import hashlib
 import io
 from collections.abc import Callable, Iterable, Iterator
-from pathlib import Path
 from typing import Any, BinaryIO
 
 import msgspec
 import psycopg
+import trio
 from psycopg.copy import QueuedLibpqWriter
 
 from connectors import Fetched
 from connectors.statements import CsvProfile, Statement, StatementError, iter_statements
+
+from .db import Database, DatabaseUnavailable
 
 RAW_CHUNK = 1024 * 1024
 LINE_COLUMNS = (
@@ -308,24 +310,16 @@ class SourceLock:
             conn.close()  # the session ends and PostgreSQL drops its advisory locks
 
 
-def remove_spool(path: str) -> None:
-    Path(path).unlink(missing_ok=True)
-
-
 class StatementStore:
     """The trio face of the above: each call is one worker-thread hop through the Database service."""
 
-    def __init__(self, database: Any, connect: Callable[[], psycopg.Connection[Any]]) -> None:
+    def __init__(self, database: Database, connect: Callable[[], psycopg.Connection[Any]]) -> None:
         self.db = database
         self._connect = connect
         self._locks: dict[str, SourceLock] = {}
 
     async def hold_lock(self, source: str) -> bool:
         """True while this process is the one polling ``source`` (PostgreSQL advisory lock)."""
-        import trio
-
-        from .db import DatabaseUnavailable
-
         lock = self._locks.setdefault(source, SourceLock(self._connect, source))
         try:
             return await trio.to_thread.run_sync(lock.hold)
@@ -333,8 +327,6 @@ class StatementStore:
             raise DatabaseUnavailable(f"statement source lock: {exc}") from exc
 
     async def release_lock(self, source: str) -> None:
-        import trio
-
         lock = self._locks.pop(source, None)
         if lock is not None:
             await trio.to_thread.run_sync(lock.release)
