@@ -97,7 +97,6 @@ class Dispatcher(Actor[Wake]):
         self._pending = trio.Event()
         self._claimed_at: dict[int, float] = {}
         self._audit: list[CallRecord] = []
-        self._flushed = trio.Event()
         self._stopping = False
 
     async def setup(self) -> None:

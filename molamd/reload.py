@@ -16,8 +16,6 @@ import time
 import msgspec
 import trio
 
-from connectors import SftpSourceConfig
-
 from .config import Config, ConfigError, ConfigProblem, load_resolved, secret_values
 from .logs import log, redactor, set_level
 from .runtime import Runtime, restart_policy
@@ -68,13 +66,7 @@ def plan(old: Config, new: Config, *, file: str) -> tuple[Diff, Diff]:
 
 def _connectors(config: Config) -> dict[str, object]:
     """Each connector with what it depends on outside its own entry: a CSV source's profile."""
-    found: dict[str, object] = {}
-    for entry in config.connectors:
-        if isinstance(entry, SftpSourceConfig) and entry.statement_format == "csv":
-            found[entry.name] = (entry, config.csv_profiles.get(entry.sftp.csv_profile))
-        else:
-            found[entry.name] = entry
-    return found
+    return {entry.name: (entry, config.source_profile(entry)) for entry in config.connectors}
 
 
 def _workers(config: Config) -> dict[str, object]:

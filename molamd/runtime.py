@@ -35,7 +35,6 @@ from actors import (
     UnknownChild,
 )
 from connectors import ConnectorConfig, PaymentEvent, SftpSourceConfig, SftpStatementConnector, build_connector
-from connectors.statements import MOLAMD_PROFILE, CsvProfile
 
 from . import __version__, db
 from .config import Config, HealthCheckerSection, SupervisionSection, secret_values
@@ -139,13 +138,10 @@ class Runtime:
         )
 
     def statement_poller(self, config: SftpSourceConfig) -> StatementPoller:
-        profile: CsvProfile | None = None
-        if config.statement_format == "csv":
-            profile = self.config.csv_profiles.get(config.sftp.csv_profile, MOLAMD_PROFILE)
         sources = [c.name for c in self.config.connectors
                    if isinstance(c, SftpSourceConfig) and c.bank_profile == config.bank_profile]
         return StatementPoller(config, SftpStatementConnector(config), self.statements, self.metrics,
-                               csv_profile=profile, profile_sources=sources)
+                               csv_profile=self.config.source_profile(config), profile_sources=sources)
 
     def statement_source(self, name: str) -> StatementPoller | None:
         return self._connector_child(name, StatementPoller)

@@ -17,6 +17,9 @@ from connectors.statements import (
     parse_statements,
 )
 
+from .config import ConfigError, load_config
+from .config._model import MOLAMD_PROFILE_NAME
+
 
 def parse_statement(path: str, fmt: str | None, profile_name: str, config_path: str) -> int:
     try:
@@ -45,17 +48,15 @@ def parse_statement(path: str, fmt: str | None, profile_name: str, config_path: 
 
 def csv_profile(name: str, config_path: str) -> CsvProfile | str:
     """The named profile from the config (or the built-in one); a message when there is none."""
-    if name == "molamd":
-        return MOLAMD_PROFILE
-    from .config import ConfigError, load_config
-
+    if name == MOLAMD_PROFILE_NAME:
+        return MOLAMD_PROFILE  # the built-in layout needs no config file
     try:
         config = load_config(config_path)
     except ConfigError as exc:
         return "; ".join(exc.lines())
-    profile = config.csv_profiles.get(name)
+    profile = config.csv_profile(name)
     if profile is None:
-        known = ", ".join(["molamd", *sorted(config.csv_profiles)])
+        known = ", ".join([MOLAMD_PROFILE_NAME, *sorted(config.csv_profiles)])
         return f"{config_path}: no [csv_profiles.{name}] (known: {known})"
     return profile
 

@@ -11,7 +11,6 @@ A file that does not parse or balance rolls back to a savepoint: its raw row sta
 
 from __future__ import annotations
 
-import hashlib
 import io
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, BinaryIO
@@ -20,6 +19,7 @@ import msgspec
 import psycopg
 import trio
 from psycopg.copy import QueuedLibpqWriter
+from psycopg.rows import dict_row
 
 from connectors import Fetched
 from connectors.statements import CsvProfile, Statement, StatementError, iter_statements
@@ -48,16 +48,6 @@ class Ingested(msgspec.Struct, frozen=True, kw_only=True):
     settled: int = 0
     error: str | None = None
     previous_status: str | None = None  # for a duplicate: how the first copy ended
-
-
-def spool_digest(path: str) -> Fetched:
-    digest = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(RAW_CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-    return Fetched(path=path, sha256=digest.digest(), size=size)
 
 
 def ingest(
@@ -238,43 +228,32 @@ def unmatched_count(conn: psycopg.Connection[Any], sources: Iterable[str]) -> in
 
 
 def list_files(conn: psycopg.Connection[Any], source: str | None, limit: int) -> list[dict[str, Any]]:
-    rows = conn.execute(
-        "SELECT r.id, r.source, r.remote_name, r.format, r.status, r.size_bytes, r.statement_count, r.line_count,"
-        " r.error, r.received_at, (SELECT count(*) FROM bank_statement_lines l"
-        "   WHERE l.statement_raw_id = r.id AND l.payout_slice_id IS NOT NULL)"
-        " FROM bank_statements_raw r WHERE %(source)s::text IS NULL OR r.source = %(source)s"
-        " ORDER BY r.id DESC LIMIT %(limit)s", {"source": source, "limit": limit}).fetchall()
-    keys = ("id", "source", "remote_name", "format", "status", "size_bytes", "statements", "lines", "error",
-            "received_at", "matched")
-    return [dict(zip(keys, (v.isoformat() if hasattr(v, "isoformat") else v for v in r), strict=True))
-            for r in rows]
+    """The newest stored files, as rows for ``molamctl statements list`` (the reply encoder writes the dates)."""
+    with conn.cursor(row_factory=dict_row) as cursor:
+        return cursor.execute(
+            "SELECT r.id, r.source, r.remote_name, r.format, r.status, r.size_bytes, r.statement_count AS statements,"
+            " r.line_count AS lines, r.error, r.received_at, (SELECT count(*) FROM bank_statement_lines l"
+            "   WHERE l.statement_raw_id = r.id AND l.payout_slice_id IS NOT NULL) AS matched"
+            " FROM bank_statements_raw r WHERE %(source)s::text IS NULL OR r.source = %(source)s"
+            " ORDER BY r.id DESC LIMIT %(limit)s", {"source": source, "limit": limit}).fetchall()
 
 
 def show_file(conn: psycopg.Connection[Any], raw_id: int, limit: int = 1000) -> dict[str, Any] | None:
-    files = conn.execute(
-        "SELECT id, source, remote_name, format, status, size_bytes, statement_count, line_count, error,"
-        " received_at, processed_at, encode(sha256, 'hex') FROM bank_statements_raw WHERE id = %s",
-        [raw_id]).fetchone()
-    if files is None:
-        return None
-    keys = ("id", "source", "remote_name", "format", "status", "size_bytes", "statements", "lines", "error",
-            "received_at", "processed_at", "sha256")
-    out = dict(zip(keys, (v.isoformat() if hasattr(v, "isoformat") else v for v in files), strict=True))
-    lines = conn.execute(
-        "SELECT statement_no, line_no, account, statement_ref, value_date, booking_date, credit_debit,"
-        " CASE WHEN (credit_debit = 'D') <> reversal THEN -amount ELSE amount END,"
-        " currency, end_to_end_id, customer_ref, bank_ref, counterparty_name, remittance_info, payout_slice_id"
-        " FROM bank_statement_lines WHERE statement_raw_id = %s ORDER BY statement_no, line_no LIMIT %s",
-        [raw_id, limit]).fetchall()
-    line_keys = ("statement_no", "line_no", "account", "statement", "value_date", "booking_date", "credit_debit",
-                 "amount", "currency", "end_to_end_id", "customer_ref", "bank_ref", "counterparty_name",
-                 "remittance", "payout_slice_id")
-    out["lines"] = [
-        dict(zip(line_keys, (v.isoformat() if hasattr(v, "isoformat") else (f"{v:f}" if k == "amount" else v)
-                             for k, v in zip(line_keys, r, strict=True)), strict=True))
-        for r in lines
-    ]
-    return out
+    """One stored file and its first ``limit`` lines, amounts signed (money out negative)."""
+    with conn.cursor(row_factory=dict_row) as cursor:
+        found = cursor.execute(
+            "SELECT id, source, remote_name, format, status, size_bytes, statement_count AS statements,"
+            " line_count, error, received_at, processed_at, encode(sha256, 'hex') AS sha256"
+            " FROM bank_statements_raw WHERE id = %s", [raw_id]).fetchone()
+        if found is None:
+            return None
+        found["lines"] = cursor.execute(
+            "SELECT statement_no, line_no, account, statement_ref AS statement, value_date, booking_date,"
+            " credit_debit, CASE WHEN (credit_debit = 'D') <> reversal THEN -amount ELSE amount END AS amount,"
+            " currency, end_to_end_id, customer_ref, bank_ref, counterparty_name, remittance_info AS remittance,"
+            " payout_slice_id FROM bank_statement_lines WHERE statement_raw_id = %s"
+            " ORDER BY statement_no, line_no LIMIT %s", [raw_id, limit]).fetchall()
+    return found
 
 
 class SourceLock:

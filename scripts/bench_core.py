@@ -14,7 +14,6 @@ import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -22,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT))
 
-from pgcluster import Cluster  # noqa: E402
+from pgcluster import Cluster, scratch_cluster  # noqa: E402
 
 from molamd.ctl import Client  # noqa: E402
 
@@ -138,10 +137,12 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=2000)
     args = parser.parse_args()
 
-    work = Path(tempfile.mkdtemp(prefix="mdb-", dir="/tmp"))
-    work.chmod(0o755)
-    cluster = Cluster(work / "pg")
-    cluster.start()
+    with scratch_cluster("mdb-") as (work, cluster):
+        run_bench(args, work, cluster)
+    return 0
+
+
+def run_bench(args: argparse.Namespace, work: Path, cluster: Cluster) -> None:
     proc: subprocess.Popen[bytes] | None = None
     try:
         subprocess.run([str(BIN / "molamd"), "migrate", "--dsn", cluster.dsn()], check=True, capture_output=True)
@@ -165,9 +166,6 @@ def main() -> int:
                 proc.wait(60)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        cluster.destroy()
-        subprocess.run(["rm", "-rf", str(work)], check=False)
-    return 0
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from decimal import Decimal
 from pathlib import Path
@@ -30,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT))
 
-from pgcluster import Cluster  # noqa: E402
+from pgcluster import Cluster, scratch_cluster  # noqa: E402
 
 from connectors import BreakerConfig, CallContext, PayoutSlice, RestConfig, RestConnector, RestOptions, Secret  # noqa: E402
 
@@ -260,10 +259,12 @@ def main() -> int:
     parser.add_argument("--slices", type=int, default=6000)
     parser.add_argument("--concurrency", type=int, default=64)
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="mdp-", dir="/tmp"))
-    work.chmod(0o755)
-    cluster = Cluster(work / "pg")
-    cluster.start()
+    with scratch_cluster("mdp-") as (work, cluster):
+        run_bench(args, work, cluster)
+    return 0
+
+
+def run_bench(args: argparse.Namespace, work: Path, cluster: Cluster) -> None:
     bank = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "sandbox_bank.py"), "--port", "0", "--secret",
                              SECRET, "--settle-delay", "0.1"], stdout=subprocess.PIPE, text=True)
     assert bank.stdout is not None
@@ -299,9 +300,6 @@ def main() -> int:
                 daemon.kill()
         bank.terminate()
         bank.wait(10)
-        cluster.destroy()
-        subprocess.run(["rm", "-rf", str(work)], check=False)
-    return 0
 
 
 def diff_histogram(before: str, after: str) -> str:

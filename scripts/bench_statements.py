@@ -18,10 +18,8 @@ import datetime as dt
 import json
 import os
 import resource
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from decimal import Decimal
 from pathlib import Path
@@ -31,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT))
 
-from pgcluster import Cluster  # noqa: E402
+from pgcluster import Cluster, scratch_cluster  # noqa: E402
 
 from connectors.statements import StatementError, iter_mt940, parse_mt940  # noqa: E402
 
@@ -241,36 +239,8 @@ def child(phase: str, **kwargs: Any) -> dict[str, Any]:
 
 
 def bench_ingest(lines: int) -> dict[str, Any]:
-    import psycopg
-
-    from molamd.db import migrate
-
-    work = Path(tempfile.mkdtemp(prefix="molamd-bench-stmt-"))
-    os.chmod(work, 0o755)
-    cluster = Cluster(work / "pg")
-    cluster.start()
-    sftp = None
-    try:
-        for name in ("ours", "bare"):
-            cluster.recreate_database(name)
-            with psycopg.connect(cluster.dsn(name)) as conn:
-                migrate(conn)
-        size = write_big_mt940(work / "big.sta", lines)
-        root, state = work / "sftp", work / "sftp-state"
-        sftp = subprocess.Popen([str(BIN / "python"), str(ROOT / "scripts" / "sandbox_sftp.py"), "--root", str(root),
-                                 "--state", str(state), "--password", "sandbox"], stdout=subprocess.PIPE, text=True)
-        assert sftp.stdout is not None
-        port = int(sftp.stdout.readline().strip().rsplit(":", 1)[1])
-        (root / "outgoing" / "big.sta").hardlink_to(work / "big.sta")
-        ours = child("ingest", dsn=cluster.dsn("ours"), sftp_port=port, known_hosts=state / "known_hosts",
-                     work=work)
-        bare = child("copy", dsn=cluster.dsn("bare"), file=work / "big.sta")
-    finally:
-        if sftp is not None:
-            sftp.terminate()
-            sftp.wait(10)
-        cluster.destroy()
-        shutil.rmtree(work, ignore_errors=True)
+    with scratch_cluster("molamd-bench-stmt-") as (work, cluster):
+        size, ours, bare = ingest_side_by_side(lines, work, cluster)
     ours_rate = ours["lines"] / ours["seconds"]
     bare_rate = bare["lines"] / bare["seconds"]
     return {"file_mb": round(size / 1e6, 1), "lines": ours["lines"], "outcome": ours["outcome"],
@@ -278,6 +248,33 @@ def bench_ingest(lines: int) -> dict[str, Any]:
             "bare_copy_seconds": round(bare["seconds"], 2), "bare_copy_lines_s": round(bare_rate),
             "ratio": round(ours_rate / bare_rate, 2), "peak_rss_mb": round(ours["peak_rss_mb"], 1),
             "download_seconds": ours["download_seconds"], "store_seconds": ours["store_seconds"]}
+
+
+def ingest_side_by_side(lines: int, work: Path, cluster: Cluster) -> tuple[int, dict[str, Any], dict[str, Any]]:
+    """The file's size, then our poll and the bare COPY, each in a child process with a database of its own."""
+    import psycopg
+
+    from molamd.db import migrate
+
+    for name in ("ours", "bare"):
+        cluster.recreate_database(name)
+        with psycopg.connect(cluster.dsn(name)) as conn:
+            migrate(conn)
+    size = write_big_mt940(work / "big.sta", lines)
+    root, state = work / "sftp", work / "sftp-state"
+    sftp = subprocess.Popen([str(BIN / "python"), str(ROOT / "scripts" / "sandbox_sftp.py"), "--root", str(root),
+                             "--state", str(state), "--password", "sandbox"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert sftp.stdout is not None
+        port = int(sftp.stdout.readline().strip().rsplit(":", 1)[1])
+        (root / "outgoing" / "big.sta").hardlink_to(work / "big.sta")
+        ours = child("ingest", dsn=cluster.dsn("ours"), sftp_port=port, known_hosts=state / "known_hosts",
+                     work=work)
+        bare = child("copy", dsn=cluster.dsn("bare"), file=work / "big.sta")
+    finally:
+        sftp.terminate()
+        sftp.wait(10)
+    return size, ours, bare
 
 
 def main() -> None:

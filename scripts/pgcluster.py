@@ -6,6 +6,7 @@ Usage: ``python scripts/pgcluster.py start DIR`` prints the DSN; ``stop DIR`` st
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import pwd
@@ -13,7 +14,9 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -129,6 +132,20 @@ class Cluster:
             self.stop("immediate")
         finally:
             shutil.rmtree(self.directory, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def scratch_cluster(prefix: str) -> Iterator[tuple[Path, Cluster]]:
+    """A work directory the postgres user can reach, with a running cluster in it; both removed afterwards."""
+    work = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    work.chmod(0o755)
+    cluster = Cluster(work / "pg")
+    try:
+        cluster.start()
+        yield work, cluster
+    finally:
+        cluster.destroy()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def main(argv: list[str]) -> int:

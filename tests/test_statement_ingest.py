@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -334,11 +335,11 @@ async def test_key_auth_and_a_host_key_that_is_not_pinned(tmp_path: Path, migrat
 
 
 async def test_same_bytes_from_two_sources_at_once_are_stored_once(tmp_path: Path, migrated_dsn: str) -> None:
-    from molamd.statements import spool_digest
+    from connectors import Fetched
 
     path = tmp_path / "same.sta"
     path.write_bytes(SEPA)
-    spooled = spool_digest(str(path))
+    spooled = Fetched(path=str(path), sha256=hashlib.sha256(SEPA).digest(), size=len(SEPA))
     async with rig(tmp_path, migrated_dsn) as r:
         results = []
 

@@ -67,7 +67,7 @@ class Statement(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     forward_available: tuple[Balance, ...] = ()
     lines: tuple[StatementLine, ...] = ()
     info: str | None = None  # statement-level free text
-    declared: dict[str, str] = msgspec.field(default_factory=dict)  # control totals the file declares
+    declared: dict[str, str] = msgspec.field(default_factory=dict)  # what else the file states: totals, references
     source_line: int = 0
 
     @property

@@ -266,12 +266,11 @@ class _Builder:
     """One statement being read, tag by tag."""
 
     __slots__ = ("account", "available", "closing", "declared", "floor_currency", "forward", "info", "interim",
-                 "line", "lines", "number", "opening", "pending", "reference", "related", "sequence", "sums")
+                 "line", "lines", "number", "opening", "pending", "reference", "sequence", "sums")
 
     def __init__(self, reference: str, line: int) -> None:
         self.reference = reference
         self.line = line
-        self.related: str | None = None
         self.account: str | None = None
         self.number: str | None = None
         self.sequence: str | None = None
@@ -320,7 +319,7 @@ class _Builder:
                 f"line {line}",
                 f":{tag}: after the entries of statement {self.reference} (expected :61:, :86: or :62F:)")
         if tag == "21":
-            self.related = first
+            self.declared["related_reference"] = first
         elif tag == "25":
             if self.account is not None:
                 raise StatementFormatError(

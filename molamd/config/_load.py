@@ -17,7 +17,7 @@ import tomli as tomllib
 from connectors import KINDS, decode_hook
 
 from ._errors import ConfigError, ConfigProblem
-from ._model import Config
+from ._model import MOLAMD_PROFILE_NAME, Config
 
 _MSGSPEC_PATH = re.compile(r"^(?P<message>.*?)(?: - at `(?P<path>\$[^`]*)`)?$", re.DOTALL)
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
@@ -127,8 +127,8 @@ def _check_sources(config: Config, problems: list[ConfigProblem]) -> None:
             problems.append(ConfigProblem(path, "max_file_size and chunk_size must be positive"))
         if o.poll_interval.seconds <= 0:
             problems.append(ConfigProblem(f"{path}.poll_interval", "must be positive"))
-        if entry.statement_format == "csv" and o.csv_profile != "molamd" and o.csv_profile not in config.csv_profiles:
-            known = ", ".join(["molamd", *sorted(config.csv_profiles)])
+        if entry.statement_format == "csv" and config.csv_profile(o.csv_profile) is None:
+            known = ", ".join([MOLAMD_PROFILE_NAME, *sorted(config.csv_profiles)])
             problems.append(ConfigProblem(f"{path}.csv_profile", f"no [csv_profiles.{o.csv_profile}] (known: {known})"))
 
 

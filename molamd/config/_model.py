@@ -7,8 +7,8 @@ from typing import Final
 
 import msgspec
 
-from connectors import AnyConnectorConfig, Duration, Secret
-from connectors.statements import CsvProfile
+from connectors import AnyConnectorConfig, ConnectorConfig, Duration, Secret, SftpSourceConfig
+from connectors.statements import MOLAMD_PROFILE, CsvProfile
 
 DEFAULT_SOCKET: Final = "/run/molamd/control.sock"
 DEFAULT_SOCKET_MODE: Final = "0660"
@@ -17,6 +17,9 @@ DEFAULT_METRICS_LISTEN: Final = "127.0.0.1:9464"
 
 def _d(text: str) -> Duration:
     return Duration(text)
+
+
+MOLAMD_PROFILE_NAME = "molamd"  # the built-in CSV layout, always available
 
 
 class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -133,4 +136,17 @@ class Config(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
         for entry in self.connectors:
             if entry.name == name:
                 return entry
+        return None
+
+    def csv_profile(self, name: str) -> CsvProfile | None:
+        """A ``[csv_profiles.NAME]``, else the built-in profile when NAME is "molamd"; None when neither."""
+        found = self.csv_profiles.get(name)
+        if found is None and name == MOLAMD_PROFILE_NAME:
+            return MOLAMD_PROFILE
+        return found
+
+    def source_profile(self, entry: ConnectorConfig) -> CsvProfile | None:
+        """The profile a ``csv-sftp`` source reads with (None for other kinds, or a profile that is missing)."""
+        if isinstance(entry, SftpSourceConfig) and entry.statement_format == "csv":
+            return self.csv_profile(entry.sftp.csv_profile)
         return None

@@ -20,8 +20,7 @@ from actors import (
     SupervisorError,
     UnknownChild,
 )
-from connectors import ConnectorError, SftpSourceConfig, encode_hook
-from connectors.statements import MOLAMD_PROFILE
+from connectors import ConnectorError, encode_hook
 
 from .. import payouts
 from .. import reload as reloading
@@ -386,9 +385,7 @@ async def statements_reprocess(rt: Runtime, args: StatementsArgs) -> Any:
         if source is None:
             raise ControlError(ErrorCode.NOT_FOUND, f"no stored statement file {raw_id}")
         config = rt.config.connector(source[0])
-        profile = None
-        if isinstance(config, SftpSourceConfig) and config.statement_format == "csv":
-            profile = rt.config.csv_profiles.get(config.sftp.csv_profile, MOLAMD_PROFILE)
+        profile = rt.config.source_profile(config) if config is not None else None
         result = await rt.db.transaction(lambda c: stored.reprocess(c, raw_id, profile))
     except ValueError as exc:
         raise ControlError(ErrorCode.BAD_ARGS, str(exc)) from None
