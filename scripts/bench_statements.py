@@ -34,9 +34,7 @@ from pgcluster import Cluster, scratch_cluster  # noqa: E402
 from connectors.statements import StatementError, iter_mt940, parse_mt940  # noqa: E402
 
 BIN = ROOT / ".venv" / "bin"
-CORPORA = Path(os.environ.get("MOLAMD_CORPORA", ROOT.parent / "shared" / "corpora"))
-if not CORPORA.is_dir():
-    CORPORA = Path("/work/shared/corpora")
+CORPORA = ROOT / "tests" / "fixtures"  # the public bank files the tests read, with their LICENSEs
 
 
 def peak_rss_mb() -> float:
@@ -53,7 +51,7 @@ def peak_rss_mb() -> float:
 
 def corpus_files() -> list[Path]:
     files = [p for p in (CORPORA / "wolph-mt940" / "mt940_tests").rglob("*") if p.suffix.lower() in (".sta", ".txt")]
-    files += [p for p in (CORPORA / "mt940-js" / "__tests__" / "cases").iterdir()
+    files += [p for p in (CORPORA / "mt940-js" / "cases").iterdir()
               if p.suffix.lower() in (".sta", ".mta")]
     return sorted(files)
 

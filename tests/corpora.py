@@ -1,28 +1,17 @@
-"""Where the shared bank-file corpora are (read in place, with their LICENSE files beside them)."""
+"""The public bank-file corpora the tests read: copies under tests/fixtures/, each set with its upstream LICENSE."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 from connectors.statements import BalanceMismatch, Statement, StatementFormatError
 
 
-def _find() -> Path:
-    """$MOLAMD_CORPORA, else ../shared/corpora beside the checkout, else the workspace's copy."""
-    if "MOLAMD_CORPORA" in os.environ:
-        return Path(os.environ["MOLAMD_CORPORA"])
-    for candidate in (Path(__file__).resolve().parents[2] / "shared" / "corpora", Path("/work/shared/corpora")):
-        if candidate.is_dir():
-            return candidate
-    raise RuntimeError("bank-file corpora not found: set MOLAMD_CORPORA to the shared/corpora directory")
-
-
-CORPORA = _find()
-WOLPH = CORPORA / "wolph-mt940"
-MT940_JS = CORPORA / "mt940-js" / "__tests__" / "cases"
-GENKGO = CORPORA / "genkgo-camt" / "test" / "data"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+WOLPH = FIXTURES / "wolph-mt940"
+MT940_JS = FIXTURES / "mt940-js" / "cases"
+GENKGO = FIXTURES / "genkgo-camt" / "data"
 
 
 def mt940_files() -> list[Path]:
@@ -32,7 +21,7 @@ def mt940_files() -> list[Path]:
 
 
 def camt_files() -> list[Path]:
-    return sorted(p for p in CORPORA.rglob("*.xml") if b"camt.05" in p.read_bytes()[:4000])
+    return sorted(p for p in FIXTURES.rglob("*.xml") if b"camt.05" in p.read_bytes()[:4000])
 
 
 def balances_or_fails_clearly(parse: Callable[[bytes], list[Statement]], data: bytes, where: str) -> None:
