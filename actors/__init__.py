@@ -5,6 +5,7 @@ from ._actor import DEFAULT_MAILBOX_SIZE as DEFAULT_MAILBOX_SIZE
 from ._actor import Actor as Actor
 from ._actor import ActorSnapshot as ActorSnapshot
 from ._actor import ActorState as ActorState
+from ._actor import Deferred as Deferred
 from ._backoff import Backoff as Backoff
 from ._breaker import BreakerEvent as BreakerEvent
 from ._breaker import BreakerSnapshot as BreakerSnapshot
@@ -24,6 +25,7 @@ from ._connector_actor import Resume as Resume
 from ._connector_actor import SetRate as SetRate
 from ._dispatcher import Dispatcher as Dispatcher
 from ._dispatcher import DispatcherSettings as DispatcherSettings
+from ._dispatcher import Route as Route
 from ._dispatcher import Router as Router
 from ._errors import ActorCrashed as ActorCrashed
 from ._errors import ActorError as ActorError
@@ -37,6 +39,9 @@ from ._errors import UnknownChild as UnknownChild
 from ._health_checker import HealthChecker as HealthChecker
 from ._health_checker import HealthResult as HealthResult
 from ._limiter import RateLimiter as RateLimiter
+from ._payout_types import NOT_REACHED as NOT_REACHED
+from ._payout_types import AttemptOutcome as AttemptOutcome
+from ._payout_types import AttemptStart as AttemptStart
 from ._payout_types import Claimed as Claimed
 from ._payout_types import Outcome as Outcome
 from ._payout_types import OutcomeKind as OutcomeKind

@@ -6,6 +6,11 @@ its deadline for room in the mailbox and for the reply). Handlers run one messag
 
 A handler that raises ``Refused`` answers the asker with that error and the actor carries on; any other
 exception crashes the actor, the asker gets ``ActorCrashed`` and the supervisor decides what happens next.
+
+A handler that must answer later (a bank call that takes seconds) returns ``Deferred(call)``: the actor runs
+``call`` as a task of its own and its result, or one of the actor's ``reply_errors``, is the reply, through the
+same ask. The task runs inside a cancel scope that belongs to the ask: an asker that stops waiting (its deadline,
+its own cancellation) cancels the work it asked for; nothing is left running for nobody.
 Whatever is left in the mailbox when the actor stops is answered with ``ActorStopped``, so no asker waits for
 a reply that will never come and every dropped ``tell`` is counted.
 """
@@ -17,6 +22,7 @@ import enum
 import math
 import secrets
 from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
 
 import msgspec
@@ -53,13 +59,24 @@ class ActorSnapshot(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class _Envelope(Generic[M]):
-    """A message in the mailbox, with the reply channel of an ask (None for a tell)."""
+    """A message in the mailbox, with the reply channel of an ask (None for a tell) and the ask's cancel scope."""
 
-    __slots__ = ("msg", "reply")
+    __slots__ = ("msg", "reply", "scope")
 
-    def __init__(self, msg: M, reply: trio.MemorySendChannel[tuple[bool, Any]] | None) -> None:
+    def __init__(self, msg: M, reply: trio.MemorySendChannel[tuple[bool, Any]] | None,
+                 scope: trio.CancelScope | None = None) -> None:
         self.msg = msg
         self.reply = reply
+        self.scope = scope
+
+
+class Deferred:
+    """What a handler returns to answer later: ``call()`` runs as the actor's task and its result is the reply."""
+
+    __slots__ = ("call",)
+
+    def __init__(self, call: Callable[[], Awaitable[Any]]) -> None:
+        self.call = call
 
 
 def new_incarnation() -> str:
@@ -85,6 +102,9 @@ class Actor(ABC, Generic[M]):
         self._handled = 0
         self._dropped = 0
         self._nursery: trio.Nursery | None = None
+        self._deferred = 0
+        self._no_deferred = trio.Event()
+        self._no_deferred.set()
 
     # -- what subclasses implement -------------------------------------------------------------------
 
@@ -96,8 +116,24 @@ class Actor(ABC, Generic[M]):
 
     teardown_timeout = 5.0
 
+    # Errors a deferred call answers its asker with (the actor carries on); anything else crashes the actor.
+    reply_errors: tuple[type[BaseException], ...] = (Refused,)
+
     async def drained(self) -> None:
-        """After a graceful stop's last message: wait for the actor's own background work to finish."""
+        """After a graceful stop's last message: wait for the actor's own background work to finish.
+
+        The default waits for deferred replies still running; the supervisor cancels them after its grace.
+        """
+        await self._no_deferred.wait()
+
+    def cut_short(self, msg: M) -> BaseException:
+        """The answer to an asker whose deferred call was cut short by the actor stopping."""
+        return ActorStopped(self.name, f"stopped before finishing {type(msg).__name__}")
+
+    @property
+    def deferred_in_flight(self) -> int:
+        """Deferred replies still running."""
+        return self._deferred
 
     @abstractmethod
     async def handle(self, msg: M) -> Any:
@@ -175,9 +211,40 @@ class Actor(ABC, Generic[M]):
                 self._answer(env, False, crash)
                 raise
             else:
-                self._answer(env, True, result)
+                if isinstance(result, Deferred):
+                    self._start_deferred(env, result)
+                else:
+                    self._answer(env, True, result)
             finally:
                 self._handled += 1
+
+    def _start_deferred(self, env: _Envelope[M], deferred: Deferred) -> None:
+        self._deferred += 1
+        self._no_deferred = trio.Event()
+        self.nursery.start_soon(self._run_deferred, env, deferred)
+
+    async def _run_deferred(self, env: _Envelope[M], deferred: Deferred) -> None:
+        """One deferred reply, inside the ask's cancel scope (cancelled when the asker gives up)."""
+        answered = False
+        try:
+            with env.scope if env.scope is not None else trio.CancelScope():
+                try:
+                    value = await deferred.call()
+                except self.reply_errors as exc:
+                    self._answer(env, False, exc)
+                else:
+                    self._answer(env, True, value)
+                answered = True
+        finally:
+            if not answered:
+                self._answer(env, False, self.cut_short(env.msg))
+            self._deferred -= 1
+            if self._deferred == 0:
+                self._no_deferred.set()
+            self.deferred_done()
+
+    def deferred_done(self) -> None:
+        """Called on the trio thread each time a deferred reply finished (``deferred_in_flight`` is updated)."""
 
     @staticmethod
     def _answer(env: _Envelope[M], ok: bool, value: Any) -> None:
@@ -209,24 +276,36 @@ class Actor(ABC, Generic[M]):
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             raise ActorStopped(self.name, "not accepting messages") from None
 
-    async def ask(self, msg: M, *, timeout: float = DEFAULT_ASK_TIMEOUT) -> Any:
+    async def ask(self, msg: M, *, timeout: float = DEFAULT_ASK_TIMEOUT, wait_for_room: bool = True) -> Any:
         """Send a message and wait for the reply, at most ``timeout`` seconds in all.
 
-        Raises AskTimeout (no room or no reply in time), ActorStopped, ActorCrashed or the handler's Refused.
-        Cancelling the caller abandons the reply; the actor still handles the message if it was queued.
+        Raises AskTimeout (no room or no reply in time), MailboxFull (no room and ``wait_for_room`` is False),
+        ActorStopped, ActorCrashed, the handler's Refused or a deferred call's ``reply_errors``.
+        Cancelling the caller, or its deadline, abandons the reply and cancels the deferred work it asked for;
+        a message already handled synchronously stays handled.
         """
         reply_tx, reply_rx = trio.open_memory_channel[tuple[bool, Any]](1)
         deadline = trio.current_time() + timeout if math.isfinite(timeout) else math.inf
-        with reply_rx, trio.move_on_at(deadline):
-            try:
-                await self._tx.send(_Envelope(msg, reply_tx))
-            except (trio.ClosedResourceError, trio.BrokenResourceError):
-                raise ActorStopped(self.name, "not accepting messages") from None
-            try:
-                ok, value = await reply_rx.receive()
-            except trio.EndOfChannel:  # pragma: no cover - the reply channel is never closed by the actor
-                raise ActorStopped(self.name, "stopped without replying") from None
-            if ok:
-                return value
-            raise value
+        work = trio.CancelScope()
+        envelope = _Envelope(msg, reply_tx, work)
+        try:
+            with reply_rx, trio.move_on_at(deadline):
+                try:
+                    if wait_for_room:
+                        await self._tx.send(envelope)
+                    else:
+                        self._tx.send_nowait(envelope)
+                except trio.WouldBlock:
+                    raise MailboxFull(self.name, f"mailbox full ({self.mailbox_size})") from None
+                except (trio.ClosedResourceError, trio.BrokenResourceError):
+                    raise ActorStopped(self.name, "not accepting messages") from None
+                try:
+                    ok, value = await reply_rx.receive()
+                except trio.EndOfChannel:  # pragma: no cover - the reply channel is never closed by the actor
+                    raise ActorStopped(self.name, "stopped without replying") from None
+                if ok:
+                    return value
+                raise value
+        finally:
+            work.cancel()  # answered: a no-op; abandoned: the deferred call stops too
         raise AskTimeout(self.name, f"no reply to {type(msg).__name__} within {timeout:g}s")

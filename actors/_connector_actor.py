@@ -1,22 +1,25 @@
 """The connector actor: one per configured connector, owning the connector and its dispatch state.
 
-Every call to the bank goes mailbox → rate limiter → bulkhead → circuit breaker → connector, under a per-call
-timeout. Calls run as tasks of the actor, so many can be in flight; each message carries a one-shot reply
-channel. Dispatch state is the operator's switch: ``running`` takes new work, ``paused`` takes none until
-resumed, ``draining`` finishes what is in flight and then sits ``drained``.
+Every call to the bank goes mailbox → rate limiter → bulkhead → circuit breaker → connector. Waiting for the
+limiter and the bulkhead is bounded by ``limits.max_wait`` and answered Busy (nothing left us: not an attempt);
+the bank call itself runs under ``limits.call_timeout``. Calls are deferred replies of the actor protocol: each
+runs as a task of the actor, many can be in flight, and an asker that stops waiting cancels its call. Health
+checks are calls like the others: spawned, timed, counted and audited.
 
-A call cut short because the actor stopped is answered with Network ("outcome unknown"), never dropped: a
-payment that may have reached the bank is retried with its idempotency key, which makes that safe.
+Dispatch state is the operator's switch: ``running`` takes new work, ``paused`` takes none until resumed,
+``draining`` finishes what is in flight and then sits ``drained``; every change is reported to the observer.
+
+A call cut short because the actor stopped is answered with Network (outcome unknown, may have reached the
+bank), never dropped: the slice stays in doubt in this connector's idempotency scope.
 """
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 import msgspec
 import trio
@@ -26,8 +29,10 @@ from connectors import (
     Busy,
     CallContext,
     CallRecord,
+    Capability,
     ConnectorConfig,
     ConnectorError,
+    EventConnector,
     Health,
     Network,
     PaymentConnector,
@@ -40,17 +45,18 @@ from connectors import (
     Timeout,
 )
 
-from ._actor import DEFAULT_ASK_TIMEOUT, Actor, ActorSnapshot
+from ._actor import DEFAULT_ASK_TIMEOUT, Actor, ActorSnapshot, Deferred
 from ._backoff import Backoff
 from ._breaker import BreakerEvent, BreakerSnapshot, CircuitBreaker
 from ._bulkhead import Bulkhead
-from ._errors import ActorStopped, MailboxFull
+from ._errors import ActorStopped, AskTimeout, MailboxFull, Refused
 from ._limiter import RateLimiter
 from ._retry import RetryPolicy
 
 R = TypeVar("R")
 logger = logging.getLogger("molamd.connector")
-Reply = trio.MemorySendChannel[Any]
+# Beyond the call's own timeout, how long an asker waits for the actor's answer before it gives up (and cancels).
+ANSWER_MARGIN = 5.0
 
 
 class DispatchState(enum.StrEnum):
@@ -90,15 +96,17 @@ class SetRate(msgspec.Struct, frozen=True):
 
 
 class Send(msgspec.Struct, frozen=True):
+    """Pay one slice; the reply is (SendResult, CallRecord) or a ConnectorError."""
+
     slice: PayoutSlice
     trace_id: str
-    reply: Any  # trio.MemorySendChannel: (SendResult, CallRecord) or a ConnectorError
 
 
 class QueryStatus(msgspec.Struct, frozen=True):
+    """Ask the bank about a payment; the reply is (PaymentStatus, CallRecord) or a ConnectorError."""
+
     ref: PaymentRef
     trace_id: str
-    reply: Any
 
 
 ConnectorMsg = Pause | Resume | Drain | CheckHealth | ResetCircuit | ForceOpen | SetRate | Send | QueryStatus
@@ -115,6 +123,8 @@ class CallObserver(Protocol):
 
     def audit(self, record: CallRecord) -> None: ...
 
+    def dispatch_changed(self, connector: str, old: DispatchState, new: DispatchState) -> None: ...
+
 
 class NullObserver:
     def call_finished(self, connector: str, operation: str, error: ConnectorError | None, seconds: float) -> None:
@@ -127,6 +137,9 @@ class NullObserver:
         pass
 
     def audit(self, record: CallRecord) -> None:
+        pass
+
+    def dispatch_changed(self, connector: str, old: DispatchState, new: DispatchState) -> None:
         pass
 
 
@@ -147,6 +160,8 @@ class ConnectorSnapshot(msgspec.Struct, frozen=True, kw_only=True):
     events_connected: bool
     events_seen: int
     events_since: int
+    capabilities: list[str]
+    scope: str
 
 
 def _counts_against_breaker(exc: ConnectorError) -> bool:
@@ -155,6 +170,8 @@ def _counts_against_breaker(exc: ConnectorError) -> bool:
 
 
 class ConnectorActor(Actor[ConnectorMsg]):
+    reply_errors = (Refused, ConnectorError)
+
     def __init__(
         self, config: ConnectorConfig, connector: BankConnector, observer: CallObserver | None = None,
         status_retry: RetryPolicy | None = None,
@@ -163,6 +180,7 @@ class ConnectorActor(Actor[ConnectorMsg]):
         super().__init__(config.name, mailbox_size=config.mailbox_size)
         self.config = config
         self.connector = connector
+        self.capabilities = connector.capabilities
         self._observer: CallObserver = observer or NullObserver()
         self._dispatch = DispatchState.RUNNING if config.enabled else DispatchState.PAUSED
         self._last_health: Health | None = None
@@ -172,9 +190,6 @@ class ConnectorActor(Actor[ConnectorMsg]):
         self.bulkhead = Bulkhead(config.name, limits.concurrency)
         self.breaker = CircuitBreaker(config.name, config.breaker, self._observer.breaker_changed)
         self._status_retry = status_retry or RetryPolicy()
-        self._idle = trio.Event()
-        self._idle.set()
-        self._in_flight = 0
         self._on_event = on_event
         self.events_seen = 0
         self.events_since = 0  # last pushed sequence seen: a reconnect resumes after it
@@ -187,22 +202,25 @@ class ConnectorActor(Actor[ConnectorMsg]):
         return self._dispatch
 
     @property
+    def scope(self) -> str:
+        return self.config.scope
+
+    @property
     def accepting(self) -> bool:
         """Whether the dispatcher may hand this connector new work now."""
         return self._dispatch is DispatchState.RUNNING and self.breaker.allows()
 
     @property
     def in_flight(self) -> int:
-        return self._in_flight
+        return self.deferred_in_flight
 
     async def setup(self) -> None:
         await self.connector.open()
-        if self._on_event is not None and getattr(self.connector, "pushes_events", False):
-            self.nursery.start_soon(self._follow_events)
+        if self._on_event is not None and Capability.PUSH_EVENTS in self.capabilities:
+            self.nursery.start_soon(self._follow_events, cast(EventConnector, self.connector))
 
-    async def _follow_events(self) -> None:
+    async def _follow_events(self, connector: EventConnector) -> None:
         """Keep the bank's event stream open, reconnecting with backoff and resuming from the last sequence."""
-        stream = getattr(self.connector, "stream_events")  # noqa: B009 - optional capability
         failures = 0
 
         def deliver(event: PaymentEvent) -> None:
@@ -216,7 +234,7 @@ class ConnectorActor(Actor[ConnectorMsg]):
 
         while True:
             try:
-                await stream(self.events_since, deliver)
+                await connector.stream_events(self.events_since, deliver)
             except ConnectorError as exc:
                 self.events_connected = False
                 failures += 1
@@ -229,18 +247,28 @@ class ConnectorActor(Actor[ConnectorMsg]):
     async def teardown(self) -> None:
         await self.connector.aclose()
 
-    async def drained(self) -> None:
-        """Graceful stop: let calls in flight finish (the supervisor cancels them after the grace)."""
-        await self._idle.wait()
+    def cut_short(self, msg: ConnectorMsg) -> BaseException:
+        if isinstance(msg, Send | QueryStatus):
+            return Network(self.name, "connector stopped during the call; outcome unknown", reached=True)
+        return ActorStopped(self.name, f"stopped before finishing {type(msg).__name__}")
+
+    def deferred_done(self) -> None:
+        if self.deferred_in_flight == 0 and self._dispatch is DispatchState.DRAINING:
+            self._set_dispatch(DispatchState.DRAINED)
+
+    def _set_dispatch(self, new: DispatchState) -> None:
+        old, self._dispatch = self._dispatch, new
+        if old is not new:
+            self._observer.dispatch_changed(self.name, old, new)
 
     async def handle(self, msg: ConnectorMsg) -> Any:
         match msg:
             case Pause():
-                self._dispatch = DispatchState.PAUSED
+                self._set_dispatch(DispatchState.PAUSED)
             case Resume():
-                self._dispatch = DispatchState.RUNNING
+                self._set_dispatch(DispatchState.RUNNING)
             case Drain():
-                self._dispatch = DispatchState.DRAINING if self._in_flight else DispatchState.DRAINED
+                self._set_dispatch(DispatchState.DRAINING if self.in_flight else DispatchState.DRAINED)
             case ResetCircuit():
                 self.breaker.reset()
                 return self.breaker.state
@@ -251,52 +279,43 @@ class ConnectorActor(Actor[ConnectorMsg]):
                 self.limiter.set_rate(rate, burst)
                 return {"rate": rate, "burst": burst}
             case CheckHealth():
-                return await self._check_health()
-            case Send(slice_, trace_id, reply):
-                self._spawn(reply, lambda: self._send(slice_, trace_id))
-                return None
-            case QueryStatus(ref, trace_id, reply):
-                self._spawn(reply, lambda: self._status(ref, trace_id))
-                return None
+                return Deferred(self._check_health)
+            case Send(slice_, trace_id):
+                return Deferred(lambda: self._send(slice_, trace_id))
+            case QueryStatus(ref, trace_id):
+                return Deferred(lambda: self._status(ref, trace_id))
         return self._dispatch
 
     # -- calls --------------------------------------------------------------------------------------
 
-    def _spawn(self, reply: Reply, call: Callable[[], Awaitable[Any]]) -> None:
-        self._in_flight += 1
-        self._idle = trio.Event()
-        self.nursery.start_soon(self._run_call, reply, call)
+    async def _wait_turn(self) -> None:
+        """Take a rate-limiter turn and a bulkhead slot within ``limits.max_wait``, or raise Busy.
 
-    async def _run_call(self, reply: Reply, call: Callable[[], Awaitable[Any]]) -> None:
-        outcome: Any = Network(self.name, "connector stopped during the call; outcome unknown")
-        try:
-            outcome = await call()
-        except ConnectorError as exc:
-            outcome = exc
-        finally:
-            self._in_flight -= 1
-            if self._in_flight == 0:
-                self._idle.set()
-                if self._dispatch is DispatchState.DRAINING:
-                    self._dispatch = DispatchState.DRAINED
-            # The caller may have stopped waiting (its own deadline): then the result is not needed.
-            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, trio.WouldBlock):
-                reply.send_nowait(outcome)
-            reply.close()
+        Busy means nothing left us: not an attempt. Cancelled while waiting: no slot is held.
+        """
+        max_wait = self.config.limits.max_wait.seconds
+        start = trio.current_time()
+        if not self.limiter.try_acquire(start):
+            if self.limiter.delay() > max_wait:
+                raise Busy(self.name, f"rate limiter: next turn in {self.limiter.delay():.2f}s"
+                                      f" (over limits.max_wait {max_wait:g}s)")
+            self._observer.limiter_waited(self.name, await self.limiter.acquire())
+        if not self.bulkhead.try_enter():
+            remaining = max(0.0, max_wait - (trio.current_time() - start))
+            with trio.move_on_after(remaining):
+                await self.bulkhead.enter()
+                return
+            raise Busy(self.name, f"bulkhead: {self.bulkhead.limit} calls in flight for {max_wait:g}s")
 
     async def _guarded(
         self, operation: str, call: Callable[[CallContext], Awaitable[tuple[R, CallRecord]]], ctx: CallContext
     ) -> tuple[R, CallRecord]:
         if not self.breaker.allows():
             self.breaker.acquire()  # raises CircuitOpen with the state
-        start = trio.current_time()
-        if not self.limiter.try_acquire(start):
-            self._observer.limiter_waited(self.name, await self.limiter.acquire())
-            start = trio.current_time()
-        if not self.bulkhead.try_enter():
-            await self.bulkhead.enter()
+        await self._wait_turn()
         try:
             self.breaker.acquire()
+            start = trio.current_time()
             try:
                 result = await call(ctx)
             except ConnectorError as exc:
@@ -317,25 +336,26 @@ class ConnectorActor(Actor[ConnectorMsg]):
             self.bulkhead.leave()
 
     def _payments(self) -> PaymentConnector:
-        connector = self.connector
-        if not hasattr(connector, "send_payment"):
-            raise Network(self.name, f"connector kind {self.config.kind} cannot send payments")
-        return connector  # type: ignore[return-value]
+        if Capability.SEND_PAYMENT not in self.capabilities:
+            raise Busy(self.name, f"connector kind {self.config.kind} does not send payments")
+        return cast(PaymentConnector, self.connector)
 
     async def _send(self, slice_: PayoutSlice, trace_id: str) -> tuple[SendResult, CallRecord]:
         ctx = CallContext(
             trace_id=trace_id, timeout=self.config.limits.call_timeout.seconds, payout_slice_id=slice_.id
         )
-        return await self._guarded("send_payment", lambda c: self._payments().send_payment(slice_, c), ctx)
+        payments = self._payments()
+        return await self._guarded("send_payment", lambda c: payments.send_payment(slice_, c), ctx)
 
     async def _status(self, ref: PaymentRef, trace_id: str) -> tuple[PaymentStatus, CallRecord]:
         ctx = CallContext(trace_id=trace_id, timeout=self.config.limits.call_timeout.seconds)
+        if Capability.PAYMENT_STATUS not in self.capabilities:
+            raise Busy(self.name, f"connector kind {self.config.kind} answers no status queries")
+        payments = cast(PaymentConnector, self.connector)
 
         async def once() -> tuple[PaymentStatus, CallRecord]:
             try:
-                return await self._guarded(
-                    "payment_status", lambda c: self._payments().payment_status(ref, c), ctx
-                )
+                return await self._guarded("payment_status", lambda c: payments.payment_status(ref, c), ctx)
             except ConnectorError as exc:
                 if exc.record is not None:
                     self._observer.audit(exc.record)
@@ -346,58 +366,65 @@ class ConnectorActor(Actor[ConnectorMsg]):
         return status, record
 
     async def _check_health(self) -> Health:
+        """One health check under the call timeout, counted and audited like any bank call."""
         start = trio.current_time()
+        timeout = self.config.limits.call_timeout.seconds
+        error: ConnectorError | None = None
         try:
-            health = await self.connector.healthcheck()
+            with trio.fail_after(timeout):
+                health = await self.connector.healthcheck()
+        except trio.TooSlowError:
+            error = Timeout(self.name, f"health check: no answer within {timeout:g}s")
         except ConnectorError as exc:
-            health = Health(ok=False, latency_seconds=trio.current_time() - start, detail=str(exc))
-            self._last_health_error = str(exc)
-        else:
-            self._last_health_error = None if health.ok else health.detail
+            error = exc
+        seconds = trio.current_time() - start
+        if error is not None:
+            health = Health(ok=False, latency_seconds=seconds, detail=str(error))
+        self._last_health_error = None if health.ok else health.detail
         self._last_health = health
+        self._observer.call_finished(self.name, "health", error, seconds)
+        self._observer.audit(CallRecord(
+            connector=self.name, trace_id=uuid.uuid4().hex, operation="health", duration_seconds=seconds,
+            outcome="ok" if health.ok else "error",
+            error_code=None if health.ok else (error.code if error is not None else "unhealthy"),
+            response={"ok": health.ok, "detail": health.detail[:300]}))
         return health
 
     # -- talking to it ------------------------------------------------------------------------------
 
     async def send(
-        self, slice_: PayoutSlice, *, timeout: float, trace_id: str | None = None
+        self, slice_: PayoutSlice, *, timeout: float | None = None, trace_id: str | None = None
     ) -> tuple[SendResult, CallRecord]:
-        """Send one payment through the pipeline; raises a ConnectorError (Busy when the mailbox is full).
+        """Send one payment through the pipeline; raises a ConnectorError (Busy when nothing left us).
 
-        Timeout and Network mean the outcome is unknown: retry later with the same idempotency key.
+        ``exc.reached`` says whether the bank may have it. Cancelling the caller cancels the call (the slice is
+        then in doubt, as a crash would leave it).
         """
-        result: tuple[SendResult, CallRecord] = await self._request(
-            lambda reply: Send(slice_, trace_id or uuid.uuid4().hex, reply), timeout
-        )
+        result: tuple[SendResult, CallRecord] = await self._call(Send(slice_, trace_id or uuid.uuid4().hex), timeout)
         return result
 
     async def status(
-        self, ref: PaymentRef, *, timeout: float, trace_id: str | None = None
+        self, ref: PaymentRef, *, timeout: float | None = None, trace_id: str | None = None
     ) -> tuple[PaymentStatus, CallRecord]:
         """Ask the bank about a payment (retried on retryable errors, as reads are idempotent)."""
-        result: tuple[PaymentStatus, CallRecord] = await self._request(
-            lambda reply: QueryStatus(ref, trace_id or uuid.uuid4().hex, reply), timeout
-        )
+        result: tuple[PaymentStatus, CallRecord] = await self._call(
+            QueryStatus(ref, trace_id or uuid.uuid4().hex), timeout)
         return result
 
-    async def _request(self, build: Callable[[Reply], ConnectorMsg], timeout: float) -> Any:
-        reply_tx, reply_rx = trio.open_memory_channel[Any](1)
+    async def _call(self, msg: Send | QueryStatus, timeout: float | None) -> Any:
+        limit = self.config.limits
+        if timeout is None:
+            timeout = limit.max_wait.seconds + limit.call_timeout.seconds + ANSWER_MARGIN
         try:
-            self.tell(build(reply_tx))
+            return await self.ask(msg, timeout=timeout, wait_for_room=False)
         except MailboxFull:
             raise Busy(self.name, "mailbox full") from None
         except ActorStopped:
             raise Busy(self.name, "connector is stopping") from None
-        with reply_rx:
-            with trio.move_on_after(timeout):
-                try:
-                    outcome = await reply_rx.receive()
-                except trio.EndOfChannel:
-                    raise Network(self.name, "connector stopped during the call; outcome unknown") from None
-                if isinstance(outcome, ConnectorError):
-                    raise outcome
-                return outcome
-        raise Timeout(self.name, f"no answer from the connector actor within {timeout:g}s; outcome unknown")
+        except AskTimeout:
+            # The call was cancelled with the ask; it may have been on the wire.
+            raise Timeout(self.name, f"no answer from the connector actor within {timeout:g}s; outcome unknown",
+                          reached=isinstance(msg, Send)) from None
 
     def connector_snapshot(self) -> ConnectorSnapshot:
         return ConnectorSnapshot(
@@ -406,7 +433,7 @@ class ConnectorActor(Actor[ConnectorMsg]):
             bank_profile=self.config.bank_profile,
             priority=self.config.priority,
             dispatch=self._dispatch,
-            in_flight=self._in_flight,
+            in_flight=self.in_flight,
             waiting=self.bulkhead.waiting,
             breaker=self.breaker.snapshot(),
             limiter_rate=self.limiter.rate,
@@ -417,6 +444,8 @@ class ConnectorActor(Actor[ConnectorMsg]):
             events_connected=self.events_connected,
             events_seen=self.events_seen,
             events_since=self.events_since,
+            capabilities=sorted(c.value for c in self.capabilities),
+            scope=self.scope,
         )
 
     async def pause(self, timeout: float = DEFAULT_ASK_TIMEOUT) -> DispatchState:
@@ -428,7 +457,10 @@ class ConnectorActor(Actor[ConnectorMsg]):
     async def drain(self, timeout: float = DEFAULT_ASK_TIMEOUT) -> DispatchState:
         return await self._ask_state(Drain(), timeout)
 
-    async def check_health(self, timeout: float = DEFAULT_ASK_TIMEOUT) -> Health:
+    async def check_health(self, timeout: float | None = None) -> Health:
+        """One health check; answers at the latest after the call timeout (plus a margin for the mailbox)."""
+        if timeout is None:
+            timeout = self.config.limits.call_timeout.seconds + ANSWER_MARGIN
         result = await self.ask(CheckHealth(), timeout=timeout)
         assert isinstance(result, Health)
         return result
@@ -437,4 +469,3 @@ class ConnectorActor(Actor[ConnectorMsg]):
         result = await self.ask(msg, timeout=timeout)
         assert isinstance(result, DispatchState)
         return result
-

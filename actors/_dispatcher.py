@@ -1,24 +1,29 @@
 """The dispatcher: claims payout slices, routes each to a connector actor, records what the bank said.
 
-Design §6. Claims come in batches (``FOR UPDATE SKIP LOCKED`` with a lease, in the store). Routing: slice →
-treasury account → bank profile → the connectors that serve its rail and currency, by priority; paused,
-draining, failed or open-circuit connectors are skipped and the next is tried. A slice no configured
-connector can ever take goes to ``dead`` with the reason; one whose connectors are all unavailable right now
-goes back to ``pending`` and that is not an attempt. A slice is marked ``sending`` (an attempt) in the
-database before the bank is called, so a crash leaves evidence: a slice recovered from ``sending`` is first
-looked up at the bank by its idempotency key, and only sent again (with the same key) if the bank has not
-got it. Retryable failures are durable (``retry_scheduled`` with backoff or the bank's Retry-After); past
-``max_attempts`` the slice is looked up once more and otherwise goes to ``dead``.
+Design §6. Claims come in batches (``FOR UPDATE SKIP LOCKED`` with a lease, in the store). Routing (the Router):
+slice → treasury account → bank profile → its connectors with SEND_PAYMENT for the rail and currency, by
+priority, skipping those paused, draining, failed or open. A slice no configured connector can ever take goes
+to ``dead`` with the reason; one whose connectors are all unavailable right now goes back to ``pending`` and that
+is not an attempt.
+
+Exactly once across channels: every attempt is recorded, and the slice bound to the connector's idempotency
+scope, before the bank is called. An attempt that provably did not reach the bank (Busy, CircuitOpen, a refused
+connection, a definite refusal) gives the binding back; anything else leaves the slice **in doubt**, bound to that
+scope. A bound slice only ever goes back to its scope: a slice recovered from ``sending`` after a crash is first
+looked up there by its key; retries go to a connector of that scope (the same key makes that safe); if the scope
+is unavailable the slice waits. It is freed for another scope only when the scope answers NOT_FOUND after its
+acceptance window (the bank can no longer execute a request that old), or by an operator.
 
 Results and their audit records are written together, in batches, by one flusher. Stopping (drain) stops
-claiming, lets calls in flight finish within the grace and flushes; anything cut short stays ``sending``
-under its lease and is recovered as above.
+claiming, lets calls in flight finish within the grace and flushes; a call the dispatcher stops waiting for is
+cancelled, and its slice stays ``sending`` under its lease, in doubt, recovered as above.
 """
 
 from __future__ import annotations
 
 import logging
 import random
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
@@ -40,14 +45,31 @@ from connectors import (
 from ._actor import Actor
 from ._backoff import Backoff
 from ._connector_actor import ConnectorActor
-from ._payout_types import STORE_RETRY, Claimed, Outcome, OutcomeKind, PayoutStore
+from ._payout_types import (
+    STORE_RETRY,
+    AttemptOutcome,
+    AttemptStart,
+    Claimed,
+    Outcome,
+    OutcomeKind,
+    PayoutStore,
+)
 
 logger = logging.getLogger("molamd.dispatcher")
 
 
+class Route(msgspec.Struct, frozen=True, kw_only=True):
+    configured: int  # connectors configured with SEND_PAYMENT for this profile, rail and currency (and scope)
+    available: list[ConnectorActor]  # those accepting work now, by priority
+
+
 class Router(Protocol):
-    def candidates(self, bank_profile: str, rail: str, currency: str) -> tuple[int, list[ConnectorActor]]:
-        """(how many connectors are configured for this route, the ones accepting work now by priority)."""
+    def route(self, bank_profile: str, rail: str, currency: str, scope: str | None = None) -> Route:
+        """The payment connectors for this route, within ``scope`` when the slice is bound to one."""
+        ...
+
+    def acceptance_window(self, scope: str) -> float:
+        """Seconds after a request's start during which a bank of this scope may still execute it."""
         ...
 
     def any_accepting(self) -> bool:
@@ -61,13 +83,15 @@ class DispatcherSettings(msgspec.Struct, frozen=True, kw_only=True):
     idle_poll: float = 0.2
     max_in_flight: int = 256
     flush_interval: float = 0.02
-    call_timeout: float = 30.0  # the connector's own call timeout applies inside this
+    call_timeout: float = 30.0  # the longest a dispatcher waits for a connector's answer (then it cancels the call)
     first_status_check: float = 0.5
     release_delay: float = 1.0  # a slice no connector can take right now waits this long (still pending)
     retry_backoff: Backoff = msgspec.field(default_factory=lambda: Backoff(initial=1.0, maximum=300.0, jitter=1.0))
 
 
 SliceTask = Callable[[Claimed, list[ConnectorActor]], Awaitable[None]]
+# Errors that prove nothing reached the bank and the connector cannot take the call now: try again later.
+_NOT_NOW = (Busy, CircuitOpen)
 
 
 class Wake(msgspec.Struct, frozen=True):
@@ -155,9 +179,10 @@ class Dispatcher(Actor[Wake]):
                 self._wake = trio.Event()
 
     async def _dispatch(self, claimed: Sequence[Claimed]) -> int:
-        """Route a claimed batch; returns how many sends started."""
-        assignments: list[tuple[int, str]] = []
+        """Route a claimed batch; returns how many sends (or recovery lookups) started."""
+        starts: list[AttemptStart] = []
         routes: dict[int, tuple[Claimed, list[ConnectorActor]]] = {}
+        started = 0
         now = trio.current_time()
         for c in claimed:
             self._claimed_at[c.slice.id] = now
@@ -167,34 +192,45 @@ class Dispatcher(Actor[Wake]):
                 self._emit(Outcome(slice_id=s.id, kind=OutcomeKind.DEAD, error=(
                     f"currency {s.currency} does not match treasury account currency {c.account_currency}")))
                 continue
-            configured, available = self._router.candidates(c.bank_profile, s.rail, s.currency)
-            if not configured:
+            route = self._router.route(c.bank_profile, s.rail, s.currency, c.bound_scope)
+            if not route.configured and c.bound_scope is None:
                 self._emit(Outcome(slice_id=s.id, kind=OutcomeKind.DEAD, error=(
                     f"no connector serves bank profile {c.bank_profile!r}, rail {s.rail!r}, currency {s.currency}")))
-            elif not available:
-                self._emit(Outcome(slice_id=s.id, kind=OutcomeKind.RELEASE, delay=self.settings.release_delay))
+            elif not route.available:
+                # Bound and its scope unavailable (or unconfigured): it waits, in doubt, and is not sent elsewhere.
+                why = None if c.bound_scope is None else (
+                    f"in doubt in idempotency scope {c.bound_scope!r}: waiting for a connector of that scope")
+                self._emit(Outcome(slice_id=s.id, kind=OutcomeKind.RELEASE, delay=self.settings.release_delay,
+                                   error=why))
             elif c.recovering:
-                self._start(self._recover, c, available)
+                started += 1
+                self._start(self._recover, c, route.available)
             else:
-                assignments.append((s.id, available[0].name))
-                routes[s.id] = (c, available)
-        if not assignments:
-            return len(routes)
+                actor = route.available[0]
+                starts.append(AttemptStart(slice_id=s.id, connector=actor.name, scope=actor.scope,
+                                           trace_id=uuid.uuid4().hex))
+                routes[s.id] = (c, route.available)
+        if not starts:
+            return started
+        held = await self._start_attempts(starts)
+        for slice_id in held:
+            claimed_slice, available = routes[slice_id]
+            self._start(self._send, claimed_slice, available[:1])
+        return started + len(held)
+
+    async def _start_attempts(self, starts: Sequence[AttemptStart]) -> set[int]:
         try:
-            held = await self._store.mark_sending(assignments, self.settings.lease)
+            held = await self._store.start_attempts(starts, self.settings.lease)
         except Exception as exc:
             if getattr(exc, "retryable", False):
                 # Still 'claimed' by us: hand them back as soon as the database is, not when the lease ends.
-                for slice_id, _ in assignments:
-                    self._emit(Outcome(slice_id=slice_id, kind=OutcomeKind.RELEASE))
+                for start in starts:
+                    self._emit(Outcome(slice_id=start.slice_id, kind=OutcomeKind.RELEASE))
             raise
-        for slice_id, _ in assignments:
-            if slice_id not in held:
-                self._claimed_at.pop(slice_id, None)  # another host took it over meanwhile
-        for slice_id in held:
-            claimed_slice, available = routes[slice_id]
-            self._start(self._send, claimed_slice, available)
-        return len(held)
+        for start in starts:
+            if start.slice_id not in held:
+                self._claimed_at.pop(start.slice_id, None)  # another host took it over meanwhile
+        return held
 
     def _start(self, fn: SliceTask, claimed: Claimed, available: list[ConnectorActor]) -> None:
         self._in_flight += 1
@@ -213,50 +249,60 @@ class Dispatcher(Actor[Wake]):
     # -- one slice -----------------------------------------------------------------------------------
 
     async def _send(self, c: Claimed, available: list[ConnectorActor]) -> None:
+        """One attempt at ``available[0]`` (already recorded as started); cancelled with the dispatcher."""
+        actor = available[0]
         attempt = c.attempts + 1
-        for actor in available:
-            try:
-                result, record = await actor.send(c.slice, timeout=self.settings.call_timeout)
-            except (Busy, CircuitOpen):
-                continue  # not an attempt at this connector: fall back to the next
-            except ConnectorError as exc:
-                self._emit(await self._failed(c, actor, exc, attempt), exc.record)
-                return
-            self._emit(self._succeeded(c.slice.id, actor.name, result), record)
+        try:
+            result, record = await actor.send(c.slice, timeout=self.settings.call_timeout)
+        except ConnectorError as exc:
+            self._emit(await self._failed(c, actor, exc, attempt), exc.record)
             return
-        self._emit(Outcome(slice_id=c.slice.id, kind=OutcomeKind.RELEASE, delay=self.settings.release_delay))
+        self._emit(self._succeeded(c.slice.id, actor.name, result, AttemptOutcome.ANSWERED), record)
 
-    def _succeeded(self, slice_id: int, connector: str, result: SendResult) -> Outcome:
+    def _succeeded(self, slice_id: int, connector: str, result: SendResult,
+                   attempt: AttemptOutcome | None, released: str | None = None) -> Outcome:
         if result.state is PaymentState.SETTLED:
             return Outcome(slice_id=slice_id, kind=OutcomeKind.SETTLED, connector=connector,
-                           provider_ref=result.provider_ref)
+                           provider_ref=result.provider_ref, attempt=attempt, released_scope=released)
         if result.state is PaymentState.REJECTED:
             return Outcome(slice_id=slice_id, kind=OutcomeKind.FAILED, connector=connector,
-                           provider_ref=result.provider_ref, error=f"rejected by the bank: {result.reason_code}")
+                           provider_ref=result.provider_ref, error=f"rejected by the bank: {result.reason_code}",
+                           attempt=attempt, released_scope=released)
         return Outcome(slice_id=slice_id, kind=OutcomeKind.SENT, connector=connector, provider_ref=result.provider_ref,
-                       delay=self.settings.first_status_check)
+                       delay=self.settings.first_status_check, attempt=attempt, released_scope=released)
 
     async def _failed(self, c: Claimed, actor: ConnectorActor, exc: ConnectorError, attempt: int) -> Outcome:
         sid = c.slice.id
         if isinstance(exc, Rejected):
-            return Outcome(slice_id=sid, kind=OutcomeKind.FAILED, connector=actor.name, error=_describe(exc))
-        if not exc.retryable:
+            return Outcome(slice_id=sid, kind=OutcomeKind.FAILED, connector=actor.name, error=_describe(exc),
+                           attempt=AttemptOutcome.ANSWERED)
+        if not exc.reached:
+            if isinstance(exc, _NOT_NOW) or (exc.retryable and not isinstance(exc, RateLimited)):
+                # Nothing left us: not an attempt; the next claim routes it afresh.
+                return Outcome(slice_id=sid, kind=OutcomeKind.RELEASE, connector=actor.name,
+                               delay=self.settings.release_delay, error=f"not sent: {_describe(exc)}",
+                               attempt=AttemptOutcome.NOT_SENT)
+            if not exc.retryable:
+                return Outcome(slice_id=sid, kind=OutcomeKind.DEAD, connector=actor.name,
+                               error=f"attempt {attempt}: {_describe(exc)}", attempt=AttemptOutcome.REFUSED)
+        outcome = AttemptOutcome.IN_DOUBT if exc.reached else AttemptOutcome.REFUSED
+        if not exc.retryable:  # reached and final for us (409: the bank holds the key): in doubt, for a person
             return Outcome(slice_id=sid, kind=OutcomeKind.DEAD, connector=actor.name,
-                           error=f"attempt {attempt}: {_describe(exc)}")
+                           error=f"attempt {attempt}: {_describe(exc)}", attempt=outcome)
         if attempt >= c.max_attempts:
-            found = await self._lookup(c, actor)
+            found = await self._lookup(c, actor, outcome)
             if found is not None:
                 return found
-            return Outcome(slice_id=sid, kind=OutcomeKind.DEAD, connector=actor.name,
+            return Outcome(slice_id=sid, kind=OutcomeKind.DEAD, connector=actor.name, attempt=outcome,
                            error=f"gave up after {attempt} attempts (max_attempts); last: {_describe(exc)}")
         delay = self.settings.retry_backoff.delay(attempt, self._rng)
         if isinstance(exc, RateLimited) and exc.retry_after is not None:
             delay = max(exc.retry_after, 0.0)
         return Outcome(slice_id=sid, kind=OutcomeKind.RETRY, connector=actor.name, delay=delay,
-                       error=f"attempt {attempt}: {_describe(exc)}")
+                       error=f"attempt {attempt}: {_describe(exc)}", attempt=outcome)
 
-    async def _lookup(self, c: Claimed, actor: ConnectorActor) -> Outcome | None:
-        """Ask the bank about this slice's key: an Outcome if it has the payment, None if not or unknown."""
+    async def _lookup(self, c: Claimed, actor: ConnectorActor, attempt: AttemptOutcome) -> Outcome | None:
+        """Ask the scope about this slice's key: an Outcome if it has the payment, None if not or unknown."""
         try:
             status, _ = await actor.status(PaymentRef(idempotency_key=c.slice.idempotency_key),
                                            timeout=self.settings.call_timeout)
@@ -265,26 +311,39 @@ class Dispatcher(Actor[Wake]):
         if status.state is PaymentState.NOT_FOUND or status.provider_ref is None:
             return None
         return self._succeeded(c.slice.id, actor.name, SendResult(
-            provider_ref=status.provider_ref, state=status.state, reason_code=status.reason_code))
+            provider_ref=status.provider_ref, state=status.state, reason_code=status.reason_code), attempt)
 
     async def _recover(self, c: Claimed, available: list[ConnectorActor]) -> None:
-        """A slice found 'sending' after a crash: the bank decides whether it still needs sending."""
-        named = [a for a in available if a.name == c.connector_name] or available
+        """A slice found 'sending' after a crash, in doubt: its scope decides whether it still needs sending.
+
+        ``available`` are the accepting connectors of the slice's bound scope.
+        """
+        actor = next((a for a in available if a.name == c.connector_name), available[0])
+        scope = c.bound_scope or actor.scope
         try:
-            status, _ = await named[0].status(PaymentRef(idempotency_key=c.slice.idempotency_key),
-                                              timeout=self.settings.call_timeout)
+            status, _ = await actor.status(PaymentRef(idempotency_key=c.slice.idempotency_key),
+                                           timeout=self.settings.call_timeout)
         except ConnectorError as exc:
-            self._emit(Outcome(slice_id=c.slice.id, kind=OutcomeKind.RETRY, connector=named[0].name,
+            # Unknown: it waits, bound to its scope; the next claim sends again there (the same key).
+            self._emit(Outcome(slice_id=c.slice.id, kind=OutcomeKind.RELEASE, connector=actor.name,
                                delay=self.settings.retry_backoff.delay(1, self._rng),
-                               error=f"recovery lookup failed: {_describe(exc)}"))
+                               error=f"recovery lookup in scope {scope!r} failed: {_describe(exc)}"))
             return
         if status.state is not PaymentState.NOT_FOUND and status.provider_ref is not None:
-            self._emit(self._succeeded(c.slice.id, named[0].name, SendResult(
-                provider_ref=status.provider_ref, state=status.state, reason_code=status.reason_code)))
+            self._emit(self._succeeded(c.slice.id, actor.name, SendResult(
+                provider_ref=status.provider_ref, state=status.state, reason_code=status.reason_code), None))
             return
-        held = await self._store.mark_sending([(c.slice.id, available[0].name)], self.settings.lease)
-        if c.slice.id in held:
-            await self._send(c, available)
+        window = self._router.acceptance_window(scope)
+        if c.bound_age < window:
+            # The bank does not have it yet, but an old request may still arrive: send again in the same scope.
+            start = AttemptStart(slice_id=c.slice.id, connector=actor.name, scope=scope, trace_id=uuid.uuid4().hex)
+            if c.slice.id in await self._start_attempts([start]):
+                await self._send(c, [actor])
+            return
+        # NOT_FOUND past the acceptance window: that scope will never execute it. Free it for any scope.
+        self._emit(Outcome(slice_id=c.slice.id, kind=OutcomeKind.RELEASE, released_scope=scope, error=(
+            f"released from idempotency scope {scope!r}: NOT_FOUND {c.bound_age:.0f}s after the last attempt"
+            f" (acceptance window {window:g}s)")))
 
     # -- writing results -----------------------------------------------------------------------------
 

@@ -25,6 +25,29 @@ class Claimed(msgspec.Struct, frozen=True, kw_only=True):
     recovering: bool  # it was 'sending' when its lease ran out: ask the bank before sending again
     connector_name: str | None = None
     provider_ref: str | None = None
+    # The idempotency scope of the latest attempt that may have reached a bank (None: no bank can have it),
+    # and how many seconds ago that attempt started.
+    bound_scope: str | None = None
+    bound_age: float = 0.0
+
+
+class AttemptStart(msgspec.Struct, frozen=True, kw_only=True):
+    """An attempt about to start: recorded (and the slice bound to the scope) before the bank is called."""
+
+    slice_id: int
+    connector: str
+    scope: str
+    trace_id: str
+
+
+class AttemptOutcome(enum.StrEnum):
+    ANSWERED = "answered"  # the bank answered about the payment (accepted, settled, rejected)
+    REFUSED = "refused"  # a definite refusal: provably not executed
+    NOT_SENT = "not_sent"  # nothing left us (breaker, limiter, bulkhead, busy, connection refused)
+    IN_DOUBT = "in_doubt"  # may have reached the bank: timeout, reset, 5xx, garbage, abandoned
+
+
+NOT_REACHED = (AttemptOutcome.REFUSED, AttemptOutcome.NOT_SENT)
 
 
 class OutcomeKind(enum.StrEnum):
@@ -44,6 +67,8 @@ class Outcome(msgspec.Struct, frozen=True, kw_only=True):
     error: str | None = None
     delay: float = 0.0  # RETRY: seconds until the next attempt; SENT: until the first status check
     claimed_at: float | None = None  # trio time of the claim, for the claim-to-recorded latency
+    attempt: AttemptOutcome | None = None  # how the attempt this dispatch started ended (None: none started)
+    released_scope: str | None = None  # the scope the slice was freed from (NOT_FOUND past its acceptance window)
 
 
 class SentSlice(msgspec.Struct, frozen=True, kw_only=True):
@@ -54,6 +79,7 @@ class SentSlice(msgspec.Struct, frozen=True, kw_only=True):
     age_seconds: float
     checks: int
     flagged: bool
+    scope: str | None = None
 
 
 class StatusOutcome(msgspec.Struct, frozen=True, kw_only=True):
@@ -75,7 +101,12 @@ class PushedOutcome(msgspec.Struct, frozen=True, kw_only=True):
 class PayoutStore(Protocol):
     async def claim(self, limit: int, lease: float) -> list[Claimed]: ...
 
-    async def mark_sending(self, assignments: Sequence[tuple[int, str]], lease: float) -> set[int]: ...
+    async def start_attempts(self, attempts: Sequence[AttemptStart], lease: float) -> set[int]:
+        """Claimed → sending, one attempt row each, the slice bound to the attempt's scope; the ids still held.
+
+        A slice bound to another scope than its attempt's is refused (not in the returned set).
+        """
+        ...
 
     async def record(self, outcomes: Sequence[Outcome], audit: Sequence[CallRecord]) -> int: ...
 

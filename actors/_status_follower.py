@@ -1,5 +1,8 @@
 """The status follower: drives ``sent`` slices to ``settled`` or ``failed`` by asking the bank, with backoff.
 
+It asks only within the slice's idempotency scope: the connector that got the answer, or another connector of
+the same scope when that one is not running; a bank of another scope knows nothing of this key.
+
 A slice whose outcome is still unknown after ``unknown_after`` seconds is flagged (once) for people to look at.
 """
 
@@ -45,7 +48,7 @@ class Pushed(msgspec.Struct, frozen=True):
 
 
 class StatusFollower(Actor[Pushed]):
-    def __init__(self, store: PayoutStore, connector: Callable[[str | None], ConnectorActor | None],
+    def __init__(self, store: PayoutStore, connector: Callable[[str | None, str | None], ConnectorActor | None],
                  settings: FollowerSettings, rng: random.Random | None = None) -> None:
         super().__init__("status_follower", mailbox_size=PUSHED_MAILBOX)
         self._store = store
@@ -136,11 +139,12 @@ class StatusFollower(Actor[Pushed]):
             raise
 
     async def _check(self, item: SentSlice) -> StatusOutcome:
-        actor = self._lookup(item.connector_name)
+        actor = self._lookup(item.scope, item.connector_name)
         next_check = self.settings.backoff.delay(item.checks + 1, self._rng)
         flag = item.age_seconds > self.settings.unknown_after and not item.flagged
         if actor is None:
-            return self._pending(item, next_check, flag, f"connector {item.connector_name!r} is not running")
+            return self._pending(item, next_check, flag,
+                                 f"no connector of idempotency scope {item.scope!r} is running")
         try:
             status, _ = await actor.status(
                 PaymentRef(idempotency_key=item.idempotency_key, provider_ref=item.provider_ref),

@@ -5,6 +5,7 @@ from ._contract import BreakerConfig as BreakerConfig
 from ._contract import CallContext as CallContext
 from ._contract import Capability as Capability
 from ._contract import ConnectorConfig as ConnectorConfig
+from ._contract import EventConnector as EventConnector
 from ._contract import Health as Health
 from ._contract import LimitsConfig as LimitsConfig
 from ._contract import PaymentConnector as PaymentConnector
@@ -20,6 +21,8 @@ from ._errors import Rejected as Rejected
 from ._errors import ServerError as ServerError
 from ._errors import Timeout as Timeout
 from ._errors import Validation as Validation
+from ._money import AmountError as AmountError
+from ._money import render_amount as render_amount
 from ._payments import CallRecord as CallRecord
 from ._payments import PaymentEvent as PaymentEvent
 from ._payments import PaymentRef as PaymentRef
@@ -32,6 +35,7 @@ from ._registry import KINDS as KINDS
 from ._registry import AnyConnectorConfig as AnyConnectorConfig
 from ._registry import ConnectorKind as ConnectorKind
 from ._registry import build_connector as build_connector
+from ._registry import offers as offers
 from ._values import REDACTED as REDACTED
 from ._values import Duration as Duration
 from ._values import Secret as Secret

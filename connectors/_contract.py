@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from typing import ClassVar, Protocol
 
 import msgspec
 
-from ._payments import CallRecord, PaymentRef, PaymentStatus, PayoutSlice, SendResult
+from ._payments import CallRecord, PaymentEvent, PaymentRef, PaymentStatus, PayoutSlice, SendResult
 from ._values import Duration
 
 DEFAULT_PRIORITY = 100
 DEFAULT_MAILBOX_SIZE = 256
 DEFAULT_SHUTDOWN_GRACE = "10s"
+# How long after a request's start a bank may still act on it: past its signed timestamp's skew limit, a request
+# still travelling is refused, so NOT_FOUND after this window means it will never be executed (design §6).
+DEFAULT_ACCEPTANCE_WINDOW = "10m"
 
 
 class Capability(enum.StrEnum):
@@ -34,6 +38,9 @@ class LimitsConfig(_Table, frozen=True, kw_only=True, forbid_unknown_fields=True
     burst: int = 20  # calls allowed at once above the rate
     concurrency: int = 32  # calls in flight at once (the bulkhead)
     call_timeout: Duration = msgspec.field(default_factory=lambda: Duration("10s"))
+    # Longest a call waits for its turn (rate limiter) and for a free slot (bulkhead) before it is answered Busy:
+    # waiting is never an attempt, and never eats the call's own timeout.
+    max_wait: Duration = msgspec.field(default_factory=lambda: Duration("1s"))
 
 
 class BreakerConfig(_Table, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -67,6 +74,15 @@ class ConnectorConfig(
     currencies: list[str] = msgspec.field(default_factory=list)  # empty: every currency
     limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
     breaker: BreakerConfig = msgspec.field(default_factory=BreakerConfig)
+    # Connectors that share a scope share the bank's idempotency store (two endpoints of one API) and may take
+    # over each other's slices; empty means the connector's own name: a channel of its own.
+    idempotency_scope: str = ""
+    acceptance_window: Duration = msgspec.field(default_factory=lambda: Duration(DEFAULT_ACCEPTANCE_WINDOW))
+
+    @property
+    def scope(self) -> str:
+        """The idempotency scope this connector sends in."""
+        return self.idempotency_scope or self.name
 
     def serves(self, rail: str, currency: str) -> bool:
         return (not self.rails or rail in self.rails) and (not self.currencies or currency in self.currencies)
@@ -97,7 +113,8 @@ class BankConnector(Protocol):
     """What every connector kind implements; payout and statement operations are added by their kinds."""
 
     kind: ClassVar[str]
-    capabilities: ClassVar[frozenset[Capability]]
+    offers: ClassVar[frozenset[Capability]]  # what the kind can do, known before any instance exists
+    capabilities: frozenset[Capability]  # what this configured instance does (a subset of offers); read, never probed
 
     async def open(self) -> None:
         """Acquire clients and sessions; cancellation aborts the open."""
@@ -122,4 +139,12 @@ class PaymentConnector(BankConnector, Protocol):
 
     async def payment_status(self, ref: PaymentRef, ctx: CallContext) -> tuple[PaymentStatus, CallRecord]:
         """Ask the bank what became of a payment, by idempotency key (and provider reference if known)."""
+        ...
+
+
+class EventConnector(BankConnector, Protocol):
+    """A connector with PUSH_EVENTS: the bank streams status changes."""
+
+    async def stream_events(self, since: int, deliver: Callable[[PaymentEvent], None]) -> None:
+        """Deliver events after sequence ``since`` until the stream breaks (then raise a ConnectorError)."""
         ...

@@ -7,7 +7,7 @@ from typing import Any
 
 import msgspec
 
-from ._contract import BankConnector, ConnectorConfig
+from ._contract import BankConnector, Capability, ConnectorConfig
 from .null import NullConfig, NullConnector
 from .rest import RestConfig, RestConnector
 from .sftp import Camt053SftpConfig, CsvSftpConfig, Mt940SftpConfig, SftpStatementConnector
@@ -17,14 +17,16 @@ class ConnectorKind(msgspec.Struct, frozen=True):
     name: str
     config_type: type[ConnectorConfig]
     build: Callable[[Any], BankConnector]
+    offers: frozenset[Capability]
 
 
 KINDS: dict[str, ConnectorKind] = {
-    "null": ConnectorKind("null", NullConfig, NullConnector),
-    "rest": ConnectorKind("rest", RestConfig, RestConnector),
-    "mt940-sftp": ConnectorKind("mt940-sftp", Mt940SftpConfig, SftpStatementConnector),
-    "csv-sftp": ConnectorKind("csv-sftp", CsvSftpConfig, SftpStatementConnector),
-    "camt053-sftp": ConnectorKind("camt053-sftp", Camt053SftpConfig, SftpStatementConnector),
+    "null": ConnectorKind("null", NullConfig, NullConnector, NullConnector.offers),
+    "rest": ConnectorKind("rest", RestConfig, RestConnector, RestConnector.offers),
+    "mt940-sftp": ConnectorKind("mt940-sftp", Mt940SftpConfig, SftpStatementConnector, SftpStatementConnector.offers),
+    "csv-sftp": ConnectorKind("csv-sftp", CsvSftpConfig, SftpStatementConnector, SftpStatementConnector.offers),
+    "camt053-sftp": ConnectorKind("camt053-sftp", Camt053SftpConfig, SftpStatementConnector,
+                                  SftpStatementConnector.offers),
 }
 
 # The union msgspec decodes ``[[connectors]]`` into; extend it with every kind added to KINDS.
@@ -34,3 +36,8 @@ AnyConnectorConfig = NullConfig | RestConfig | Mt940SftpConfig | CsvSftpConfig |
 def build_connector(config: ConnectorConfig) -> BankConnector:
     """A new connector instance for a decoded config entry."""
     return KINDS[config.kind].build(config)
+
+
+def offers(config: ConnectorConfig) -> frozenset[Capability]:
+    """What a configured connector's kind can do (routing reads this; no instance needed)."""
+    return KINDS[config.kind].offers

@@ -26,7 +26,8 @@ class NullConfig(ConnectorConfig, frozen=True, kw_only=True, tag="null"):
 
 class NullConnector:
     kind: ClassVar[str] = "null"
-    capabilities: ClassVar[frozenset[Capability]] = frozenset({Capability.HEALTH})
+    offers: ClassVar[frozenset[Capability]] = frozenset({Capability.HEALTH})
+    capabilities: frozenset[Capability] = offers
 
     def __init__(self, config: NullConfig) -> None:
         self.config = config

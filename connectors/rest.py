@@ -13,7 +13,9 @@ BadResponse, timeouts Timeout, refused/reset connections Network. The transport 
 
 from __future__ import annotations
 
+import email.utils
 import json
+import math
 import ssl
 import time
 from collections.abc import Callable
@@ -38,6 +40,7 @@ from ._errors import (
     Timeout,
     Validation,
 )
+from ._money import AmountError, render_amount
 from ._payments import (
     CallRecord,
     PaymentEvent,
@@ -85,14 +88,21 @@ def _state(text: object) -> PaymentState:
         raise ValueError(f"unknown payment status {text!r}") from None
 
 
+# An event stream that says nothing for this long is dead, whatever TCP thinks: reconnect and resume.
+EVENTS_IDLE_TIMEOUT = 60.0
+EVENTS_PING_INTERVAL = 20.0
+
+
 class RestConnector:
     kind: ClassVar[str] = "rest"
-    capabilities: ClassVar[frozenset[Capability]] = frozenset(
+    offers: ClassVar[frozenset[Capability]] = frozenset(
         {Capability.SEND_PAYMENT, Capability.PAYMENT_STATUS, Capability.HEALTH, Capability.PUSH_EVENTS}
     )
 
     def __init__(self, config: RestConfig, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.config = config
+        # PUSH_EVENTS only where the bank has an event stream configured.
+        self.capabilities = self.offers - (set() if config.rest.events_url else {Capability.PUSH_EVENTS})
         self.name = config.name
         self._options = config.rest
         self._transport = transport
@@ -129,9 +139,13 @@ class RestConnector:
     # -- calls ---------------------------------------------------------------------------------------
 
     async def send_payment(self, slice: PayoutSlice, ctx: CallContext) -> tuple[SendResult, CallRecord]:
+        try:
+            amount = render_amount(slice.amount, slice.currency)
+        except AmountError as exc:
+            raise Validation(self.name, f"payout slice {slice.id}: {exc}") from exc
         body = json.dumps({
             "reference": f"{slice.payout_id}/{slice.id}",
-            "amount": str(slice.amount),
+            "amount": amount,
             "currency": slice.currency,
             "rail": slice.rail,
             "debtor_account": slice.debtor_account,
@@ -141,7 +155,7 @@ class RestConnector:
         }, separators=(",", ":")).encode()
         audit_request: dict[str, object] = {
             "method": "POST", "path": "/payments", "idempotency_key": slice.idempotency_key,
-            "amount": str(slice.amount), "currency": slice.currency, "rail": slice.rail,
+            "amount": amount, "currency": slice.currency, "rail": slice.rail,
             "debtor_account": mask_account(slice.debtor_account),
             "beneficiary_account": mask_account(slice.beneficiary_account),
         }
@@ -182,10 +196,6 @@ class RestConnector:
             raise self._fail(BadResponse(self.name, f"unexpected status answer: {exc}"), record) from exc
         return status, record
 
-    @property
-    def pushes_events(self) -> bool:
-        return self._options.events_url is not None
-
     async def stream_events(self, since: int, deliver: Callable[[PaymentEvent], None]) -> None:
         """Receive pushed status changes after sequence ``since`` until the stream breaks.
 
@@ -200,9 +210,12 @@ class RestConnector:
         signature = sign_request(self._secret, "GET", path, timestamp, b"")
         query = urlencode({"since": since, "key_id": self._options.key_id, "ts": timestamp, "sig": signature})
         try:
-            async with trio_websocket.open_websocket_url(f"{url}?{query}", connect_timeout=10) as ws:
+            async with trio_websocket.open_websocket_url(f"{url}?{query}", connect_timeout=10) as ws, \
+                    trio.open_nursery() as keepalive:
+                keepalive.start_soon(_ping_forever, ws)
                 while True:
-                    message = await ws.get_message()
+                    with trio.fail_after(EVENTS_IDLE_TIMEOUT):
+                        message = await ws.get_message()
                     try:
                         data = json.loads(message)
                         event = PaymentEvent(
@@ -258,6 +271,10 @@ class RestConnector:
         try:
             with trio.fail_after(ctx.timeout):
                 response = await client.request(method, target, content=body, headers=headers)
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol) as exc:
+            # Refused, unreachable, TLS or DNS failure, no free connection: no byte of the request left us.
+            raise self._fail(Network(self.name, f"{method} {target}: not sent: {type(exc).__name__}: {exc}",
+                                     reached=False), record("error", code="network")) from exc
         except (trio.TooSlowError, httpx.TimeoutException) as exc:
             raise self._fail(Timeout(self.name, f"{method} {target}: no answer within {ctx.timeout:g}s"),
                              record("error", code="timeout")) from exc
@@ -332,11 +349,27 @@ def _json(response: httpx.Response) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+async def _ping_forever(ws: trio_websocket.WebSocketConnection) -> None:
+    """Keepalive: a ping the peer must answer; one left unanswered for the idle timeout ends the stream."""
+    while True:
+        await trio.sleep(EVENTS_PING_INTERVAL)
+        with trio.fail_after(EVENTS_IDLE_TIMEOUT):
+            await ws.ping()
+
+
 def _retry_after(response: httpx.Response) -> float | None:
+    """Retry-After in seconds, from delay-seconds or an HTTP-date (RFC 9110 §10.2.3); None when unreadable."""
     value = response.headers.get("Retry-After")
     if value is None:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        seconds = when.timestamp() - time.time()
+    if not math.isfinite(seconds):
         return None
+    return max(0.0, seconds)

@@ -112,7 +112,8 @@ def safe_name(name: str) -> bool:
 
 class SftpStatementConnector:
     kind: ClassVar[str] = "sftp"
-    capabilities: ClassVar[frozenset[Capability]] = frozenset({Capability.STATEMENTS, Capability.HEALTH})
+    offers: ClassVar[frozenset[Capability]] = frozenset({Capability.STATEMENTS, Capability.HEALTH})
+    capabilities: frozenset[Capability] = offers
 
     def __init__(self, config: SftpSourceConfig) -> None:
         self.config = config

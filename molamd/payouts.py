@@ -1,9 +1,11 @@
-"""The payout queue in PostgreSQL: claims with SKIP LOCKED and leases, results, the status follower's work,
-the dead-letter queue. Each function is one transaction's worth of SQL on a sync psycopg connection; the
-``PayoutStore`` runs them through the database service (one thread hop per transaction).
+"""The payout queue in PostgreSQL: claims with SKIP LOCKED and leases, attempts and idempotency scopes, results,
+the status follower's work, the dead-letter queue. Each function is one transaction's worth of SQL on a sync
+psycopg connection; the ``PayoutStore`` runs them through the database service (one thread hop per transaction).
 
 Every write that settles a claimed slice is guarded by ``claimed_by = this host``: a host whose lease ran out
-and whose slice another host took over cannot overwrite the newer state.
+and whose slice another host took over cannot overwrite the newer state. Every attempt is a row of
+``payout_slice_attempts`` written before the bank is called, and binds the slice to the attempt's idempotency
+scope; an attempt that provably did not reach the bank puts the previous binding back (design §6).
 """
 
 from __future__ import annotations
@@ -14,7 +16,15 @@ from typing import Any
 
 import msgspec
 
-from actors import Claimed, Outcome, OutcomeKind, PushedOutcome, SentSlice, StatusOutcome
+from actors import (
+    AttemptStart,
+    Claimed,
+    Outcome,
+    OutcomeKind,
+    PushedOutcome,
+    SentSlice,
+    StatusOutcome,
+)
 from connectors import CallRecord, PayoutSlice
 
 from .db import Database
@@ -37,12 +47,22 @@ WHERE p.id = picked.id AND t.id = p.treasury_account_id
 RETURNING p.id, p.payout_id, p.idempotency_key, p.amount, p.currency, p.rail, p.beneficiary_name,
           p.beneficiary_account, p.beneficiary_bic, p.remittance_info, coalesce(t.iban, t.account_number),
           t.bank_profile_id, t.currency, p.attempts, p.max_attempts, picked.previous, p.connector_name,
-          p.provider_ref
+          p.provider_ref, p.bound_scope, extract(epoch FROM now() - p.bound_at)
+"""
+# A call cut short by a crash (or a lost lease) left its attempt open: it may have reached the bank.
+_ABANDONED = """
+UPDATE payout_slice_attempts SET outcome = 'in_doubt', ended_at = now(),
+    error = 'the daemon stopped mid-call (lease expired); outcome unknown'
+WHERE payout_slice_id = ANY(%s) AND outcome IS NULL
 """
 
 
 def claim(conn: Any, host: str, limit: int, lease: float) -> list[Claimed]:
+    """Claim ready slices (in the caller's transaction); closes the attempts a crash left open."""
     rows = conn.execute(_CLAIM, {"host": host, "limit": limit, "lease": lease}).fetchall()
+    recovered = [r[0] for r in rows if r[15] == "sending"]
+    if recovered:
+        conn.execute(_ABANDONED, (recovered,))
     claimed = []
     for r in rows:
         slice_ = PayoutSlice(
@@ -52,23 +72,74 @@ def claim(conn: Any, host: str, limit: int, lease: float) -> list[Claimed]:
         )
         claimed.append(Claimed(
             slice=slice_, bank_profile=r[11], account_currency=r[12], attempts=r[13], max_attempts=r[14],
-            recovering=r[15] == "sending", connector_name=r[16], provider_ref=r[17],
+            recovering=r[15] == "sending", connector_name=r[16], provider_ref=r[17], bound_scope=r[18],
+            bound_age=float(r[19] or 0.0),
         ))
     return claimed
 
 
-def mark_sending(conn: Any, host: str, assignments: Sequence[tuple[int, str]], lease: float) -> set[int]:
-    """Claimed → sending (an attempt); returns the ids this host still held."""
-    if not assignments:
+# The attempt rows first (the scope guard trigger compares them with the slice's binding as it was), then the
+# slices: sending, one more attempt, bound to the attempt's scope from now.
+_START_ATTEMPTS = """
+WITH held AS (
+    SELECT p.id, p.bound_scope, p.bound_at
+    FROM payout_slices p JOIN unnest(%(ids)s::bigint[], %(scopes)s::text[]) AS u(id, scope) ON u.id = p.id
+    WHERE p.claimed_by = %(host)s AND p.status = 'claimed' AND (p.bound_scope IS NULL OR p.bound_scope = u.scope)
+    FOR UPDATE OF p
+)
+INSERT INTO payout_slice_attempts (payout_slice_id, attempt_no, host_id, connector_name, idempotency_scope,
+                                   trace_id, bound_before, bound_at_before)
+SELECT h.id, coalesce((SELECT max(a.attempt_no) FROM payout_slice_attempts a WHERE a.payout_slice_id = h.id), 0) + 1,
+       %(host)s, u.connector, u.scope, u.trace, h.bound_scope, h.bound_at
+FROM held h JOIN unnest(%(ids)s::bigint[], %(connectors)s::text[], %(scopes)s::text[], %(traces)s::text[])
+    AS u(id, connector, scope, trace) ON u.id = h.id
+RETURNING payout_slice_id
+"""
+_BIND = """
+UPDATE payout_slices p SET status = 'sending', attempts = p.attempts + 1, connector_name = u.connector,
+    bound_scope = u.scope, bound_at = now(), lease_until = now() + %s * interval '1 second'
+FROM unnest(%s::bigint[], %s::text[], %s::text[]) AS u(id, connector, scope)
+WHERE p.id = u.id
+"""
+
+
+def start_attempts(conn: Any, host: str, attempts: Sequence[AttemptStart], lease: float) -> set[int]:
+    """Claimed → sending with an attempt row each (in the caller's transaction); the ids this host still held."""
+    if not attempts:
         return set()
-    rows = conn.execute(
-        "UPDATE payout_slices p SET status = 'sending', attempts = p.attempts + 1, connector_name = u.connector,"
-        " lease_until = now() + %s * interval '1 second'"
-        " FROM unnest(%s::bigint[], %s::text[]) AS u(id, connector)"
-        " WHERE p.id = u.id AND p.claimed_by = %s AND p.status = 'claimed' RETURNING p.id",
-        (lease, [a[0] for a in assignments], [a[1] for a in assignments], host),
-    ).fetchall()
-    return {r[0] for r in rows}
+    rows = conn.execute(_START_ATTEMPTS, {
+        "ids": [a.slice_id for a in attempts], "scopes": [a.scope for a in attempts], "host": host,
+        "connectors": [a.connector for a in attempts], "traces": [a.trace_id for a in attempts],
+    }).fetchall()
+    held = {r[0] for r in rows}
+    mine = [a for a in attempts if a.slice_id in held]
+    if mine:
+        conn.execute(_BIND, (lease, [a.slice_id for a in mine], [a.connector for a in mine],
+                             [a.scope for a in mine]))
+    return held
+
+
+# How each attempt ended; one that provably did not reach the bank gives the slice its previous binding back.
+_END_ATTEMPTS = """
+WITH ended AS (
+    UPDATE payout_slice_attempts a SET outcome = u.outcome, ended_at = now(), error = u.err
+    FROM unnest(%s::bigint[], %s::text[], %s::text[]) AS u(id, outcome, err)
+    WHERE a.payout_slice_id = u.id AND a.outcome IS NULL AND a.host_id = %s
+    RETURNING a.payout_slice_id, a.outcome, a.bound_before, a.bound_at_before
+)
+UPDATE payout_slices p SET bound_scope = e.bound_before, bound_at = e.bound_at_before
+FROM ended e WHERE p.id = e.payout_slice_id AND e.outcome IN ('refused', 'not_sent')
+"""
+_UNBIND = """
+WITH freed AS (
+    UPDATE payout_slices p SET bound_scope = NULL, bound_at = NULL
+    FROM unnest(%s::bigint[], %s::text[], %s::text[]) AS u(id, scope, err)
+    WHERE p.id = u.id AND p.bound_scope = u.scope AND p.claimed_by = %s
+    RETURNING p.id, p.status, u.scope, u.err
+)
+INSERT INTO molamd_audit (payout_slice_id, action, actor, host_id, from_status, to_status, target, detail)
+SELECT id, 'scope_release', 'dispatcher', %s, status, status, scope, err FROM freed
+"""
 
 
 def record(conn: Any, host: str, outcomes: Sequence[Outcome], audit: Sequence[CallRecord]) -> int:
@@ -77,6 +148,14 @@ def record(conn: Any, host: str, outcomes: Sequence[Outcome], audit: Sequence[Ca
     by_kind: dict[OutcomeKind, list[Outcome]] = {}
     for outcome in outcomes:
         by_kind.setdefault(outcome.kind, []).append(outcome)
+    ended = [o for o in outcomes if o.attempt is not None]
+    if ended:
+        conn.execute(_END_ATTEMPTS, ([o.slice_id for o in ended], [o.attempt for o in ended],
+                                     [o.error for o in ended], host))
+    freed = [o for o in outcomes if o.released_scope is not None]
+    if freed:
+        conn.execute(_UNBIND, ([o.slice_id for o in freed], [o.released_scope for o in freed],
+                               [o.error for o in freed], host, host))
     for kind, group in by_kind.items():
         ids = [o.slice_id for o in group]
         refs = [o.provider_ref for o in group]
@@ -107,7 +186,7 @@ _RECORD: dict[OutcomeKind, str] = {
     + _RELEASE + _UNNEST + _GUARD,
     # Not an attempt (breaker open, every connector busy): back to the queue, the attempt given back.
     OutcomeKind.RELEASE: "UPDATE payout_slices p SET status = 'pending',"
-    " next_attempt_at = now() + u.delay * interval '1 second',"
+    " next_attempt_at = now() + u.delay * interval '1 second', last_error = coalesce(u.err, p.last_error),"
     " attempts = CASE WHEN p.status = 'sending' THEN greatest(p.attempts - 1, 0) ELSE p.attempts END"
     + _RELEASE + _UNNEST + _GUARD,
 }
@@ -152,11 +231,11 @@ def claim_sent(conn: Any, limit: int, lease: float) -> list[SentSlice]:
         " WHERE p.id IN (SELECT id FROM payout_slices WHERE status = 'sent' AND next_attempt_at <= now()"
         "  ORDER BY next_attempt_at LIMIT %s FOR UPDATE SKIP LOCKED)"
         " RETURNING p.id, p.idempotency_key, p.provider_ref, p.connector_name,"
-        "  extract(epoch FROM now() - p.sent_at), p.status_checks, p.flagged_at IS NOT NULL",
+        "  extract(epoch FROM now() - p.sent_at), p.status_checks, p.flagged_at IS NOT NULL, p.bound_scope",
         (lease, limit),
     ).fetchall()
     return [SentSlice(slice_id=r[0], idempotency_key=r[1], provider_ref=r[2], connector_name=r[3],
-                      age_seconds=float(r[4] or 0), checks=r[5], flagged=r[6]) for r in rows]
+                      age_seconds=float(r[4] or 0), checks=r[5], flagged=r[6], scope=r[7]) for r in rows]
 
 
 def record_status(conn: Any, host: str, outcomes: Sequence[StatusOutcome], audit: Sequence[CallRecord]) -> None:
@@ -259,10 +338,10 @@ class PayoutStore:
         self.host = host
 
     async def claim(self, limit: int, lease: float) -> list[Claimed]:
-        return await self._db.statement(lambda c: claim(c, self.host, limit, lease))
+        return await self._db.transaction(lambda c: claim(c, self.host, limit, lease))
 
-    async def mark_sending(self, assignments: Sequence[tuple[int, str]], lease: float) -> set[int]:
-        return await self._db.statement(lambda c: mark_sending(c, self.host, assignments, lease))
+    async def start_attempts(self, attempts: Sequence[AttemptStart], lease: float) -> set[int]:
+        return await self._db.transaction(lambda c: start_attempts(c, self.host, attempts, lease))
 
     async def record(self, outcomes: Sequence[Outcome], audit: Sequence[CallRecord]) -> int:
         return await self._db.transaction(lambda c: record(c, self.host, outcomes, audit))

@@ -121,7 +121,7 @@ def _failed(rt: Runtime, exc: ConfigError) -> None:
 async def _apply(rt: Runtime, new: Config, connectors: Diff, workers: Diff) -> None:
     old = rt.config
     rt.config = new
-    rt.index_routes(new)
+    rt.directory.index(new)
     rt.config_loaded_at = time.time()
     redactor.set_values(secret_values(new))
     set_level(new.logging.level.value)

@@ -39,6 +39,7 @@ from connectors import ConnectorConfig, PaymentEvent, SftpSourceConfig, SftpStat
 from . import __version__, db
 from .config import Config, HealthCheckerSection, SupervisionSection, secret_values
 from .config._model import DispatcherSection, StatusFollowerSection
+from .directory import Directory
 from .events import EventBus
 from .logs import log, redactor
 from .metrics import Metrics
@@ -103,11 +104,10 @@ class Runtime:
         self.reload_lock = trio.Lock()
         self.nursery: trio.Nursery | None = None
         self.db = db.Database(config.database, metrics=self.metrics, on_up=self.sync_registry)
-        self.telemetry = Telemetry(self.metrics, self.db, self.host_id)
+        self.telemetry = Telemetry(self.metrics, self.db, self.host_id, publish=self.events.publish)
         self.store = PayoutStore(self.db, self.host_id)
         self.statements = StatementStore(self.db, self._lock_connection)
-        self._routes: dict[str, list[ConnectorConfig]] = {}
-        self.index_routes(config)
+        self.directory = Directory(config, self.connector_actor, self._running_connectors)
         policy = restart_policy(config.supervision)
         self.connectors = Supervisor(
             CONNECTORS,
@@ -167,33 +167,14 @@ class Runtime:
         if workers.dispatcher.enabled:
             dispatch = dispatcher_settings(workers.dispatcher)
             specs.append(ChildSpec(
-                name=DISPATCHER, factory=lambda: Dispatcher(self.store, self, dispatch, on_recorded=self.recorded),
+                name=DISPATCHER, factory=lambda: Dispatcher(self.store, self.directory, dispatch,
+                                                             on_recorded=self.recorded),
                 shutdown_grace=grace))
         if workers.status_follower.enabled:
             follow = follower_settings(workers.status_follower)
             specs.append(ChildSpec(name=STATUS_FOLLOWER, factory=lambda: StatusFollower(
-                self.store, self.connector_by_name, follow)))
+                self.store, self.directory.status_actor, follow)))
         return specs
-
-    # -- routing (the dispatcher's Router) ----------------------------------------------------------
-
-    def index_routes(self, config: Config) -> None:
-        routes: dict[str, list[ConnectorConfig]] = {}
-        for entry in config.connectors:
-            if not isinstance(entry, SftpSourceConfig):  # statement sources take no payouts
-                routes.setdefault(entry.bank_profile, []).append(entry)
-        for entries in routes.values():
-            entries.sort(key=lambda c: (c.priority, c.name))
-        self._routes = routes
-
-    def candidates(self, bank_profile: str, rail: str, currency: str) -> tuple[int, list[ConnectorActor]]:
-        configured = [c for c in self._routes.get(bank_profile, ()) if c.serves(rail, currency)]
-        available = []
-        for entry in configured:
-            actor = self.connector_actor(entry.name)
-            if actor is not None and actor.accepting:
-                available.append(actor)
-        return len(configured), available
 
     def recorded(self, outcomes: Sequence[Outcome], now: float) -> None:
         histogram = self.metrics.dispatch_duration
@@ -219,11 +200,8 @@ class Runtime:
         if isinstance(child, StatusFollower):
             child.push(connector, event)
 
-    def any_accepting(self) -> bool:
-        return any(isinstance(a, ConnectorActor) and a.accepting for a in self.connectors.running())
-
-    def connector_by_name(self, name: str | None) -> ConnectorActor | None:
-        return self.connector_actor(name) if name else None
+    def _running_connectors(self) -> list[ConnectorActor]:
+        return [a for a in self.connectors.running() if isinstance(a, ConnectorActor)]
 
     def _health_checker(self, section: HealthCheckerSection) -> HealthChecker:
         return HealthChecker(

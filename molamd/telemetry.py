@@ -9,9 +9,9 @@ and logged, never silent).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-from actors import BreakerEvent, BreakerState
+from actors import BreakerEvent, BreakerState, DispatchState
 from connectors import CallRecord, ConnectorError
 
 from . import db, payouts
@@ -23,8 +23,10 @@ MAX_BUFFERED = 100_000
 
 
 class Telemetry:
-    def __init__(self, metrics: Metrics, database: db.Database, host_id: str) -> None:
+    def __init__(self, metrics: Metrics, database: db.Database, host_id: str,
+                 publish: Callable[..., None] | None = None) -> None:
         self._metrics = metrics
+        self._publish = publish
         self._db = database
         self._host = host_id
         self._audit: list[CallRecord] = []
@@ -48,6 +50,11 @@ class Telemetry:
         level = logging.WARNING if event.to_state is not BreakerState.CLOSED else logging.INFO
         log(logger, level, f"circuit {event.to_state.value}", actor=event.breaker, reason=event.reason,
             from_state=event.from_state.value)
+
+    def dispatch_changed(self, connector: str, old: DispatchState, new: DispatchState) -> None:
+        log(logger, logging.INFO, f"dispatch {new.value}", actor=connector, from_state=old.value)
+        if self._publish is not None:
+            self._publish("dispatch", actor=connector, from_state=old.value, to_state=new.value)
 
     def set_breaker(self, connector: str, state: BreakerState) -> None:
         for candidate in BreakerState:

@@ -105,6 +105,25 @@ def _check_connectors(config: Config, problems: list[ConfigProblem]) -> None:
         for currency in entry.currencies:
             if not (len(currency) == 3 and currency.isalpha() and currency.isupper()):
                 problems.append(ConfigProblem(f"{path}.currencies", f"{currency!r} is not an ISO 4217 code"))
+        if entry.idempotency_scope and not _NAME.match(entry.idempotency_scope):
+            problems.append(ConfigProblem(f"{path}.idempotency_scope", "use the same characters as a name"))
+        if entry.acceptance_window.seconds <= 0:
+            problems.append(ConfigProblem(f"{path}.acceptance_window", "must be positive"))
+        if limits.max_wait.seconds < 0:
+            problems.append(ConfigProblem(f"{path}.limits.max_wait", "must not be negative"))
+    _check_scopes(config, problems)
+
+
+def _check_scopes(config: Config, problems: list[ConfigProblem]) -> None:
+    """A scope is one bank's idempotency store: connectors of two bank profiles can never share one."""
+    owner: dict[str, tuple[int, str]] = {}
+    for index, entry in enumerate(config.connectors):
+        first = owner.setdefault(entry.scope, (index, entry.bank_profile))
+        if first[1] != entry.bank_profile:
+            problems.append(ConfigProblem(
+                f"$.connectors[{index}].idempotency_scope",
+                f"scope {entry.scope!r} is also used by $.connectors[{first[0]}] of bank profile {first[1]!r};"
+                f" connectors of different bank profiles never share an idempotency store"))
 
 
 def _check_sources(config: Config, problems: list[ConfigProblem]) -> None:
