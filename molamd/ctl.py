@@ -37,7 +37,12 @@ ARITY: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "set-rate": (("name", "rate"), ("burst",)),
     "dlq": (("action",), ("id", "reason")),
     "statements": ((), ("action", "id")),
+    "payouts": (("action",), ("id",)),  # show ID, release ID --reason TEXT, in-doubt
+    "audit": ((), ()),
 }
+# Sub-commands the daemon serves as commands of their own, so reads and writes can be told apart.
+SPLIT = {"dlq": ("list", "retry", "drop"), "payouts": ("show", "release", "in-doubt"),
+         "statements": ("poll", "reprocess")}
 NUMBERS: dict[str, type] = {"rate": float, "burst": int, "id": int}
 
 
@@ -143,18 +148,43 @@ def print_result(cmd: str, result: Any, out: TextIO) -> None:
         print_table(result, [("at", "AT"), ("operation", "OPERATION"), ("outcome", "OUTCOME"),
                              ("error_code", "ERROR"), ("http_status", "HTTP"), ("duration_seconds", "SECONDS"),
                              ("payout_slice_id", "SLICE"), ("trace_id", "TRACE")], out)
-    elif cmd == "dlq" and isinstance(result, list):
+    elif cmd == "dlq-list":
         print_table(result, [("id", "ID"), ("payout_id", "PAYOUT"), ("amount", "AMOUNT"), ("currency", "CUR"),
                              ("attempts", "ATTEMPTS"), ("connector", "CONNECTOR"), ("last_error", "LAST_ERROR")], out)
     elif cmd == "statements" and isinstance(result, list):
         print_table(result, [("id", "ID"), ("source", "SOURCE"), ("remote_name", "FILE"), ("format", "FORMAT"),
                              ("status", "STATUS"), ("statements", "STMTS"), ("lines", "LINES"),
                              ("matched", "MATCHED"), ("received_at", "RECEIVED"), ("error", "ERROR")], out)
+    elif cmd == "payouts-show":
+        show_payout(result, out)
+    elif cmd == "payouts-in-doubt":
+        print_table(result, [("id", "ID"), ("payout_id", "PAYOUT"), ("status", "STATUS"), ("bound_scope", "SCOPE"),
+                             ("age_seconds", "AGE_S"), ("attempts", "ATTEMPTS"), ("last_error", "LAST_ERROR")], out)
+    elif cmd == "audit":
+        print_table(result, [("at", "AT"), ("action", "ACTION"), ("actor", "WHO"), ("target", "TARGET"),
+                             ("ok", "OK"), ("detail", "DETAIL")], out)
     elif cmd in ("pause", "resume", "drain"):
         rows = [{"name": n, **r} for n, r in result["connectors"].items()]
         print_table(rows, [("name", "NAME"), ("dispatch", "DISPATCH"), ("error", "ERROR")], out)
     else:
         print_mapping(result, out)
+
+
+def show_payout(result: dict[str, Any], out: TextIO) -> None:
+    """A slice, then its attempts, bank calls and audit rows as tables."""
+    sections = {key: result.pop(key, []) for key in ("attempt_rows", "bank_calls", "audit")}
+    print_mapping(result, out)
+    print("\nattempts:", file=out)
+    print_table(sections["attempt_rows"], [("attempt_no", "NO"), ("connector", "CONNECTOR"), ("scope", "SCOPE"),
+                                           ("started_at", "STARTED"), ("ended_at", "ENDED"), ("outcome", "OUTCOME"),
+                                           ("error", "ERROR")], out)
+    print("\nbank calls:", file=out)
+    print_table(sections["bank_calls"], [("at", "AT"), ("connector", "CONNECTOR"), ("operation", "OPERATION"),
+                                         ("outcome", "OUTCOME"), ("error_code", "ERROR"), ("http_status", "HTTP")],
+                out)
+    print("\naudit:", file=out)
+    print_table(sections["audit"], [("at", "AT"), ("action", "ACTION"), ("actor", "WHO"), ("from_status", "FROM"),
+                                    ("to_status", "TO"), ("detail", "DETAIL")], out)
 
 
 def print_event(event: dict[str, Any], out: TextIO) -> None:
@@ -174,6 +204,7 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, dict[str, Any]]:
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for a reply (default 30)")
     parser.add_argument("--limit", type=int, help="logs: how many rows (default 20)")
     parser.add_argument("--all", action="store_true", help="dlq retry: every dead slice")
+    parser.add_argument("--reason", help="payouts release: why (goes into the audit trail)")
     parser.add_argument("command", help=", ".join(ARITY))
     parser.add_argument("args", nargs="*")
     ns = parser.parse_args(argv)
@@ -189,12 +220,20 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, dict[str, Any]]:
                 args[key] = kind(args[key])
             except ValueError:
                 parser.error(f"{ns.command}: {key.upper()} must be a number, got {args[key]!r}")
-    if ns.command == "statements" and args.get("action") == "reprocess":
-        ns.command = "statements-reprocess"  # a write: its own command, for the operator group only
+    action = args.get("action")
+    if ns.command in SPLIT:
+        if ns.command != "statements" and action not in SPLIT[ns.command]:
+            parser.error(f"{ns.command}: unknown action {action!r}; use {', '.join(SPLIT[ns.command])}")
+        if action in SPLIT[ns.command]:
+            ns.command = f"{ns.command}-{action}"
+            if not ns.command.startswith("statements-"):  # statements-* keep their action argument
+                del args["action"]
     if ns.limit is not None:
         args["limit"] = ns.limit
     if ns.all:
         args["all"] = True
+    if ns.reason is not None:
+        args["reason"] = ns.reason
     return ns, args
 
 

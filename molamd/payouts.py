@@ -27,6 +27,8 @@ from actors import (
 )
 from connectors import CallRecord, PayoutSlice
 
+from . import audit as audit_trail
+from .audit import Identity
 from .db import Database
 
 _CLAIM = """
@@ -165,7 +167,7 @@ def record(conn: Any, host: str, outcomes: Sequence[Outcome], audit: Sequence[Ca
         sql = _RECORD[kind]
         cur = conn.execute(sql, (ids, refs, errors, delays, connectors, host))
         changed += cur.rowcount
-    write_audit(conn, host, audit)
+    audit_trail.bank_calls(conn, host, audit)
     return changed
 
 
@@ -190,36 +192,6 @@ _RECORD: dict[OutcomeKind, str] = {
     " attempts = CASE WHEN p.status = 'sending' THEN greatest(p.attempts - 1, 0) ELSE p.attempts END"
     + _RELEASE + _UNNEST + _GUARD,
 }
-
-
-_json = msgspec.json.Encoder()
-
-
-def _jsonb_text(value: dict[str, object] | None) -> str | None:
-    """JSON text PostgreSQL's jsonb accepts: it refuses \\u0000, which a garbled bank answer can carry."""
-    if value is None:
-        return None
-    return _json.encode(value).decode().replace("\\u0000", "\\\\u0000")
-
-
-def write_audit(conn: Any, host: str, audit: Sequence[CallRecord]) -> None:
-    """One INSERT for the whole batch (arrays unnested server-side): one round trip whatever its size."""
-    if not audit:
-        return
-    conn.execute(
-        "INSERT INTO bank_connector_logs (host_id, connector_name, trace_id, operation, duration_seconds, outcome,"
-        " error_code, http_status, payout_slice_id, request, response)"
-        " SELECT %s, * FROM unnest(%s::text[], %s::text[], %s::text[], %s::float8[], %s::text[], %s::text[],"
-        " %s::int[], %s::bigint[], %s::jsonb[], %s::jsonb[])",
-        (
-            host,
-            [r.connector for r in audit], [r.trace_id for r in audit], [r.operation for r in audit],
-            [r.duration_seconds for r in audit], [r.outcome for r in audit], [r.error_code for r in audit],
-            [r.http_status for r in audit], [r.payout_slice_id for r in audit],
-            [_jsonb_text(r.request) for r in audit],
-            [_jsonb_text(r.response) for r in audit],
-        ),
-    )
 
 
 # -- the status follower ------------------------------------------------------------------------------
@@ -252,7 +224,7 @@ def record_status(conn: Any, host: str, outcomes: Sequence[StatusOutcome], audit
                 " last_error = CASE WHEN %s THEN %s ELSE last_error END"
                 " WHERE id = %s AND status = 'sent'",
                 (o.next_check, o.flag, o.flag, o.error, o.slice_id))
-    write_audit(conn, host, audit)
+    audit_trail.bank_calls(conn, host, audit)
 
 
 def apply_pushed(conn: Any, outcomes: Sequence[PushedOutcome]) -> set[tuple[str, str]]:
@@ -294,29 +266,91 @@ def dlq_list(conn: Any, limit: int) -> list[DeadSlice]:
     return [DeadSlice(*r) for r in rows]
 
 
-def dlq_retry(conn: Any, ids: Sequence[int] | None, actor: str) -> list[int]:
-    """Dead → pending with a fresh attempt budget (the idempotency key is kept); audited."""
+def dlq_retry(conn: Any, host: str, ids: Sequence[int] | None, who: Identity) -> list[int]:
+    """Dead → pending with a fresh attempt budget (the idempotency key and scope binding are kept); audited."""
     where, params = ("status = 'dead'", []) if ids is None else ("status = 'dead' AND id = ANY(%s)", [list(ids)])
     rows = conn.execute(
-        "WITH moved AS (UPDATE payout_slices SET status = 'pending', attempts = 0, next_attempt_at = NULL,"
-        " claimed_by = NULL, lease_until = NULL WHERE " + where + " RETURNING id, last_error)"
-        " INSERT INTO payout_slice_audit (payout_slice_id, action, actor, from_status, to_status, detail)"
-        " SELECT id, 'dlq_retry', %s, 'dead', 'pending', last_error FROM moved RETURNING payout_slice_id",
-        (*params, actor),
-    ).fetchall()
+        "UPDATE payout_slices SET status = 'pending', attempts = 0, next_attempt_at = NULL,"
+        " claimed_by = NULL, lease_until = NULL WHERE " + where + " RETURNING id, last_error", params).fetchall()
+    audit_trail.slice_changes(conn, host, who, [
+        audit_trail.SliceChange(slice_id=r[0], action="dlq_retry", from_status="dead", to_status="pending",
+                                detail=r[1]) for r in rows])
     return sorted(r[0] for r in rows)
 
 
-def dlq_drop(conn: Any, slice_id: int, actor: str, reason: str) -> bool:
+def dlq_drop(conn: Any, host: str, slice_id: int, who: Identity, reason: str) -> bool:
     """Dead → failed (final): the operator gives up on it; the row and an audit entry stay."""
     row = conn.execute(
-        "WITH moved AS (UPDATE payout_slices SET status = 'failed', final_at = now(),"
+        "UPDATE payout_slices SET status = 'failed', final_at = now(),"
         " last_error = 'dropped from the DLQ: ' || %s || coalesce(' (was: ' || last_error || ')', '')"
-        " WHERE id = %s AND status = 'dead' RETURNING id)"
-        " INSERT INTO payout_slice_audit (payout_slice_id, action, actor, from_status, to_status, detail)"
-        " SELECT id, 'dlq_drop', %s, 'dead', 'failed', %s FROM moved RETURNING payout_slice_id",
-        (reason, slice_id, actor, reason)).fetchone()
-    return row is not None
+        " WHERE id = %s AND status = 'dead' RETURNING id", (reason, slice_id)).fetchone()
+    if row is None:
+        return False
+    audit_trail.slice_changes(conn, host, who, [audit_trail.SliceChange(
+        slice_id=slice_id, action="dlq_drop", from_status="dead", to_status="failed", detail=reason)])
+    return True
+
+
+class SliceNotFound(LookupError):
+    """No payout slice with that id."""
+
+
+class ReleaseRefused(ValueError):
+    """The slice cannot be released now (not bound, or in flight)."""
+
+
+def release(conn: Any, host: str, slice_id: int, who: Identity, reason: str) -> dict[str, Any]:
+    """Free a slice from its idempotency scope (an operator's decision, after checking with the bank); audited.
+
+    Refused while the slice is in flight (claimed or sending): its lease must run out first.
+    """
+    row = conn.execute("SELECT status, bound_scope FROM payout_slices WHERE id = %s FOR UPDATE",
+                       (slice_id,)).fetchone()
+    if row is None:
+        raise SliceNotFound(f"no payout slice {slice_id}")
+    status, scope = row
+    if scope is None:
+        raise ReleaseRefused(f"payout slice {slice_id} is not bound to any idempotency scope")
+    if status in ("claimed", "sending"):
+        raise ReleaseRefused(f"payout slice {slice_id} is {status} right now; release it once its call ended")
+    conn.execute("UPDATE payout_slices SET bound_scope = NULL, bound_at = NULL WHERE id = %s", (slice_id,))
+    audit_trail.slice_changes(conn, host, who, [audit_trail.SliceChange(
+        slice_id=slice_id, action="payout_release", from_status=status, to_status=status, target=scope,
+        detail=reason)])
+    return {"id": slice_id, "status": status, "released_scope": scope}
+
+
+def show(conn: Any, slice_id: int) -> dict[str, Any]:
+    """One slice with its attempts, its bank calls and its audit rows (``molamctl payouts show``)."""
+    from psycopg.rows import dict_row
+
+    with conn.cursor(row_factory=dict_row) as cursor:
+        found: dict[str, Any] | None = cursor.execute(
+            "SELECT s.id, s.payout_id, s.status, s.amount::text AS amount, s.currency, s.rail,"
+            " t.bank_profile_id AS bank_profile, s.idempotency_key, s.bound_scope, s.bound_at, s.connector_name,"
+            " s.provider_ref, s.attempts, s.max_attempts, s.last_error, s.next_attempt_at, s.created_at,"
+            " s.sent_at, s.final_at FROM payout_slices s JOIN treasury_accounts t ON t.id = s.treasury_account_id"
+            " WHERE s.id = %s", [slice_id]).fetchone()
+        if found is None:
+            raise SliceNotFound(f"no payout slice {slice_id}")
+        found["attempt_rows"] = cursor.execute(
+            "SELECT attempt_no, connector_name AS connector, idempotency_scope AS scope, host_id, started_at,"
+            " ended_at, outcome, error FROM payout_slice_attempts WHERE payout_slice_id = %s ORDER BY attempt_no",
+            [slice_id]).fetchall()
+    found["bank_calls"] = audit_trail.slice_calls(conn, slice_id)
+    found["audit"] = audit_trail.slice_history(conn, slice_id)
+    return found
+
+
+def in_doubt(conn: Any, limit: int) -> list[dict[str, Any]]:
+    """Slices that may be in a bank's hands without a final answer, oldest binding first."""
+    from psycopg.rows import dict_row
+
+    with conn.cursor(row_factory=dict_row) as cursor:
+        rows: list[dict[str, Any]] = cursor.execute(
+            "SELECT id, payout_id, status, bound_scope, bound_at, extract(epoch FROM age)::float8 AS age_seconds,"
+            " attempts, last_error FROM payout_slices_in_doubt ORDER BY bound_at LIMIT %s", [limit]).fetchall()
+    return rows
 
 
 ACTIVE_STATUSES = ("pending", "claimed", "sending", "sent", "retry_scheduled", "dead")
@@ -347,7 +381,7 @@ class PayoutStore:
         return await self._db.transaction(lambda c: record(c, self.host, outcomes, audit))
 
     async def audit(self, audit: Sequence[CallRecord]) -> None:
-        await self._db.statement(lambda c: write_audit(c, self.host, audit))
+        await self._db.statement(lambda c: audit_trail.bank_calls(c, self.host, audit))
 
     async def claim_sent(self, limit: int, lease: float) -> list[SentSlice]:
         return await self._db.statement(lambda c: claim_sent(c, limit, lease))

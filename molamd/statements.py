@@ -192,7 +192,7 @@ FROM open WHERE p.id = open.id
 RETURNING p.id, open.status, open.statement_raw_id, open.statement_no, open.line_no
 """
 _AUDIT = """
-INSERT INTO payout_slice_audit (payout_slice_id, action, actor, from_status, to_status, detail)
+INSERT INTO molamd_audit (payout_slice_id, action, actor, from_status, to_status, detail)
 VALUES (%s, 'statement_settle', 'statement reconciliation', %s, 'settled', %s)
 """
 _OPEN = ["sent", "retry_scheduled", "dead"]
@@ -218,6 +218,12 @@ def settle_proven(conn: psycopg.Connection[Any], raw_id: int | None = None) -> l
         with conn.cursor() as cursor:
             cursor.executemany(_AUDIT, audit)
     return [row[0] for row in settled]
+
+
+def source_of(conn: psycopg.Connection[Any], raw_id: int) -> str | None:
+    """The source a stored file came from, or None when there is no such file."""
+    row = conn.execute("SELECT source FROM bank_statements_raw WHERE id = %s", [raw_id]).fetchone()
+    return None if row is None else str(row[0])
 
 
 def unmatched_count(conn: psycopg.Connection[Any], sources: Iterable[str]) -> int:

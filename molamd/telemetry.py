@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from actors import BreakerEvent, BreakerState, DispatchState
 from connectors import CallRecord, ConnectorError
 
-from . import db, payouts
+from . import audit, db, payouts
 from .logs import log
 from .metrics import Metrics
 
@@ -90,5 +90,5 @@ class Telemetry:
         self._metrics.dlq_slices.set(dead)
 
     def _write(self, conn: db.Conn, rows: Sequence[CallRecord]) -> list[tuple[str, str, int]]:
-        payouts.write_audit(conn, self._host, rows)
+        audit.bank_calls(conn, self._host, rows)
         return payouts.status_counts(conn)

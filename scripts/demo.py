@@ -157,7 +157,7 @@ def statement_counts(cluster: Cluster) -> dict[str, int]:
             " FROM bank_statement_lines l LEFT JOIN payout_slices s ON s.id = l.payout_slice_id").fetchone()
         settled = conn.execute("SELECT count(*) FROM payout_slices WHERE status = 'settled'").fetchone()[0]
         proven = conn.execute(
-            "SELECT count(*) FROM payout_slice_audit WHERE action = 'statement_settle'").fetchone()[0]
+            "SELECT count(*) FROM molamd_audit WHERE action = 'statement_settle'").fetchone()[0]
     return {"files": files, "failed": failed, "lines": lines, "linked": linked, "settled_linked": settled_linked,
             "settled": settled, "proven": proven}
 

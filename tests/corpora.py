@@ -7,7 +7,6 @@ from pathlib import Path
 
 from connectors.statements import BalanceMismatch, Statement, StatementFormatError
 
-
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 WOLPH = FIXTURES / "wolph-mt940"
 MT940_JS = FIXTURES / "mt940-js" / "cases"

@@ -249,7 +249,7 @@ async def test_a_statement_settles_a_dead_slice_it_proves_paid(tmp_path: Path, m
         assert r.query("SELECT status, provider_ref FROM payout_slices WHERE id = %s", slice_id) == [
             ("settled", "pay_1")]  # the bank's answer was lost: the statement's reference is kept
         [(action, actor, was)] = r.query(
-            "SELECT action, actor, from_status FROM payout_slice_audit WHERE payout_slice_id = %s", slice_id)
+            "SELECT action, actor, from_status FROM molamd_audit WHERE payout_slice_id = %s", slice_id)
         assert (action, actor, was) == ("statement_settle", "statement reconciliation", "dead")
 
 

@@ -22,9 +22,10 @@ from actors import (
 )
 from connectors import ConnectorError, encode_hook
 
-from .. import payouts
+from .. import audit, payouts
 from .. import reload as reloading
 from .. import statements as stored
+from ..audit import Identity
 from ..config import ConfigError
 from ..db import DatabaseUnavailable
 from ..runtime import Runtime
@@ -57,11 +58,27 @@ class LogsArgs(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     limit: int = 20
 
 
-class DlqArgs(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    action: str
+class DlqRetryArgs(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     id: int | None = None
     all: bool = False
+
+
+class DlqDropArgs(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    id: int
     reason: str = "dropped by an operator"
+
+
+class IdArg(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    id: int
+
+
+class LimitArg(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    limit: int = 100
+
+
+class ReleaseArgs(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    id: int
+    reason: str = ""
 
 
 class StatementsArgs(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -70,8 +87,15 @@ class StatementsArgs(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     limit: int = 50
 
 
-Handler = Callable[[Runtime, Any], Awaitable[Any]]
-Streamer = Callable[[Runtime, Any], AsyncIterator[dict[str, Any]]]
+class Context(msgspec.Struct, frozen=True, kw_only=True):
+    """What a control handler may use: the runtime, and who asked (from SO_PEERCRED)."""
+
+    rt: Runtime
+    who: Identity
+
+
+Handler = Callable[[Context, Any], Awaitable[Any]]
+Streamer = Callable[[Context, Any], AsyncIterator[dict[str, Any]]]
 
 
 class Command(msgspec.Struct, frozen=True):
@@ -89,12 +113,14 @@ def _to_builtins(value: Any) -> Any:
 # -- read commands -----------------------------------------------------------------------------------
 
 
-async def version(rt: Runtime, args: NoArgs) -> dict[str, Any]:
+async def version(ctx: Context, args: NoArgs) -> dict[str, Any]:
+    rt = ctx.rt
     return {"server": "molamd", "version": rt.version, "protocol": PROTOCOL_VERSION,
             "python": platform.python_version(), "trio": trio.__version__}
 
 
-async def status(rt: Runtime, args: NoArgs) -> dict[str, Any]:
+async def status(ctx: Context, args: NoArgs) -> dict[str, Any]:
+    rt = ctx.rt
     actor_states: Counter[str] = Counter()
     for sup in (rt.connectors, rt.workers):
         for state, count in sup.state_counts().items():
@@ -153,7 +179,8 @@ def _connector_row(rt: Runtime, name: str) -> dict[str, Any]:
     return row
 
 
-async def connectors(rt: Runtime, args: NoArgs) -> list[dict[str, Any]]:
+async def connectors(ctx: Context, args: NoArgs) -> list[dict[str, Any]]:
+    rt = ctx.rt
     return [_connector_row(rt, name) for name in rt.connectors.names()]
 
 
@@ -162,7 +189,8 @@ def _known(rt: Runtime, name: str) -> None:
         raise ControlError(ErrorCode.NOT_FOUND, f"no connector named {name!r}")
 
 
-async def connector(rt: Runtime, args: NameArg) -> dict[str, Any]:
+async def connector(ctx: Context, args: NameArg) -> dict[str, Any]:
+    rt = ctx.rt
     _known(rt, args.name)
     row = _connector_row(rt, args.name)
     row["config"] = _to_builtins(rt.config.connector(args.name))
@@ -172,7 +200,8 @@ async def connector(rt: Runtime, args: NameArg) -> dict[str, Any]:
     return row
 
 
-async def stats(rt: Runtime, args: NoArgs) -> dict[str, Any]:
+async def stats(ctx: Context, args: NoArgs) -> dict[str, Any]:
+    rt = ctx.rt
     def samples(name: str) -> dict[str, float]:
         out: dict[str, float] = {}
         for metric in rt.metrics.registry.collect():
@@ -194,7 +223,8 @@ async def stats(rt: Runtime, args: NoArgs) -> dict[str, Any]:
     }
 
 
-async def watch(rt: Runtime, args: NoArgs) -> AsyncIterator[dict[str, Any]]:
+async def watch(ctx: Context, args: NoArgs) -> AsyncIterator[dict[str, Any]]:
+    rt = ctx.rt
     with rt.events.subscribe() as sub:
         async for event in sub.receive:
             yield event
@@ -231,19 +261,23 @@ async def _for_connectors(
     return {"connectors": dict(sorted(results.items()))}
 
 
-async def pause(rt: Runtime, args: OptionalName) -> dict[str, Any]:
+async def pause(ctx: Context, args: OptionalName) -> dict[str, Any]:
+    rt = ctx.rt
     return await _for_connectors(rt, args.name, lambda a: a.pause(ASK_TIMEOUT))
 
 
-async def resume(rt: Runtime, args: OptionalName) -> dict[str, Any]:
+async def resume(ctx: Context, args: OptionalName) -> dict[str, Any]:
+    rt = ctx.rt
     return await _for_connectors(rt, args.name, lambda a: a.resume(ASK_TIMEOUT))
 
 
-async def drain(rt: Runtime, args: OptionalName) -> dict[str, Any]:
+async def drain(ctx: Context, args: OptionalName) -> dict[str, Any]:
+    rt = ctx.rt
     return await _for_connectors(rt, args.name, lambda a: a.drain(ASK_TIMEOUT))
 
 
-async def restart(rt: Runtime, args: NameArg) -> dict[str, Any]:
+async def restart(ctx: Context, args: NameArg) -> dict[str, Any]:
+    rt = ctx.rt
     for sup in (rt.connectors, rt.workers):
         if args.name in sup.names():
             before = sup.info(args.name).incarnation
@@ -266,7 +300,8 @@ def _actor(rt: Runtime, name: str) -> ConnectorActor:
     return actor
 
 
-async def health(rt: Runtime, args: NameArg) -> dict[str, Any]:
+async def health(ctx: Context, args: NameArg) -> dict[str, Any]:
+    rt = ctx.rt
     actor = _actor(rt, args.name)
     try:
         result = await actor.check_health(timeout=ASK_TIMEOUT)
@@ -275,17 +310,20 @@ async def health(rt: Runtime, args: NameArg) -> dict[str, Any]:
     return {"name": args.name, **_to_builtins(result), "breaker": _to_builtins(actor.breaker.snapshot())}
 
 
-async def reset_circuit(rt: Runtime, args: NameArg) -> dict[str, Any]:
+async def reset_circuit(ctx: Context, args: NameArg) -> dict[str, Any]:
+    rt = ctx.rt
     state = await _actor(rt, args.name).ask(ResetCircuit(), timeout=ASK_TIMEOUT)
     return {"name": args.name, "breaker": state.value}
 
 
-async def force_open(rt: Runtime, args: NameArg) -> dict[str, Any]:
+async def force_open(ctx: Context, args: NameArg) -> dict[str, Any]:
+    rt = ctx.rt
     state = await _actor(rt, args.name).ask(ForceOpen(), timeout=ASK_TIMEOUT)
     return {"name": args.name, "breaker": state.value}
 
 
-async def set_rate(rt: Runtime, args: SetRateArgs) -> dict[str, Any]:
+async def set_rate(ctx: Context, args: SetRateArgs) -> dict[str, Any]:
+    rt = ctx.rt
     actor = _actor(rt, args.name)
     burst = args.burst if args.burst is not None else actor.limiter.burst
     if args.rate <= 0 or burst < 1:
@@ -298,50 +336,88 @@ def _database(exc: DatabaseUnavailable) -> ControlError:
     return ControlError(ErrorCode.UNAVAILABLE, f"database unavailable: {exc}")
 
 
-async def logs(rt: Runtime, args: LogsArgs) -> list[dict[str, Any]]:
+async def logs(ctx: Context, args: LogsArgs) -> list[dict[str, Any]]:
+    rt = ctx.rt
     if not 1 <= args.limit <= 1000:
         raise ControlError(ErrorCode.BAD_ARGS, "logs: --limit must be between 1 and 1000")
 
-    def query(conn: Any) -> list[dict[str, Any]]:
-        rows = conn.execute(
-            "SELECT at::text, trace_id, operation, round(duration_seconds::numeric, 4)::float8, outcome, error_code,"
-            " http_status, payout_slice_id, request, response FROM bank_connector_logs WHERE connector_name = %s"
-            " ORDER BY at DESC, id DESC LIMIT %s", (args.name, args.limit)).fetchall()
-        keys = ("at", "trace_id", "operation", "duration_seconds", "outcome", "error_code", "http_status",
-                "payout_slice_id", "request", "response")
-        return [dict(zip(keys, row, strict=True)) for row in rows]
-
     try:
-        return await rt.db.statement(query)
+        return await rt.db.statement(lambda c: audit.connector_calls(c, args.name, args.limit))
     except DatabaseUnavailable as exc:
         raise _database(exc) from None
 
 
-async def dlq(rt: Runtime, args: DlqArgs) -> Any:
-    who = f"molamctl pid {rt.pid}"
+async def dlq_list(ctx: Context, args: NoArgs) -> list[Any]:
     try:
-        if args.action == "list":
-            rows = await rt.db.statement(lambda c: payouts.dlq_list(c, 100))
-            return [_to_builtins(r) for r in rows]
-        if args.action == "retry":
-            if args.id is None and not args.all:
-                raise ControlError(ErrorCode.BAD_ARGS, "dlq retry needs an ID or --all")
-            ids = None if args.all else [args.id]
-            retried = await rt.db.statement(lambda c: payouts.dlq_retry(c, ids, who))  # type: ignore[arg-type]
-            if args.id is not None and not retried:
-                raise ControlError(ErrorCode.NOT_FOUND, f"payout slice {args.id} is not in the dead-letter queue")
-            return {"retried": retried}
-        if args.action == "drop":
-            if args.id is None:
-                raise ControlError(ErrorCode.BAD_ARGS, "dlq drop needs an ID")
-            slice_id = args.id
-            dropped = await rt.db.statement(lambda c: payouts.dlq_drop(c, slice_id, who, args.reason))
-            if not dropped:
-                raise ControlError(ErrorCode.NOT_FOUND, f"payout slice {slice_id} is not in the dead-letter queue")
-            return {"dropped": slice_id, "status": "failed", "audited": True}
+        rows = await ctx.rt.db.statement(lambda c: payouts.dlq_list(c, 100))
     except DatabaseUnavailable as exc:
         raise _database(exc) from None
-    raise ControlError(ErrorCode.BAD_ARGS, f"dlq: unknown action {args.action!r}; use list, retry or drop")
+    return [_to_builtins(r) for r in rows]
+
+
+async def dlq_retry(ctx: Context, args: DlqRetryArgs) -> dict[str, Any]:
+    rt = ctx.rt
+    if args.id is None and not args.all:
+        raise ControlError(ErrorCode.BAD_ARGS, "dlq retry needs an ID or --all")
+    ids = None if args.all else [args.id]
+    try:
+        retried = await rt.db.transaction(
+            lambda c: payouts.dlq_retry(c, rt.host_id, ids, ctx.who))  # type: ignore[arg-type]
+    except DatabaseUnavailable as exc:
+        raise _database(exc) from None
+    if args.id is not None and not retried:
+        raise ControlError(ErrorCode.NOT_FOUND, f"payout slice {args.id} is not in the dead-letter queue")
+    return {"retried": retried}
+
+
+async def dlq_drop(ctx: Context, args: DlqDropArgs) -> dict[str, Any]:
+    rt = ctx.rt
+    try:
+        dropped = await rt.db.transaction(lambda c: payouts.dlq_drop(c, rt.host_id, args.id, ctx.who, args.reason))
+    except DatabaseUnavailable as exc:
+        raise _database(exc) from None
+    if not dropped:
+        raise ControlError(ErrorCode.NOT_FOUND, f"payout slice {args.id} is not in the dead-letter queue")
+    return {"dropped": args.id, "status": "failed", "audited": True}
+
+
+async def payouts_show(ctx: Context, args: IdArg) -> dict[str, Any]:
+    try:
+        found = await ctx.rt.db.transaction(lambda c: payouts.show(c, args.id))
+    except payouts.SliceNotFound as exc:
+        raise ControlError(ErrorCode.NOT_FOUND, str(exc)) from None
+    except DatabaseUnavailable as exc:
+        raise _database(exc) from None
+    return found
+
+
+async def payouts_in_doubt(ctx: Context, args: LimitArg) -> list[dict[str, Any]]:
+    try:
+        return await ctx.rt.db.statement(lambda c: payouts.in_doubt(c, args.limit))
+    except DatabaseUnavailable as exc:
+        raise _database(exc) from None
+
+
+async def payouts_release(ctx: Context, args: ReleaseArgs) -> dict[str, Any]:
+    """Free an in-doubt slice from its idempotency scope: the operator has checked with the bank."""
+    rt = ctx.rt
+    if not args.reason.strip():
+        raise ControlError(ErrorCode.BAD_ARGS, "payouts release needs --reason TEXT (it goes into the audit trail)")
+    try:
+        return await rt.db.transaction(lambda c: payouts.release(c, rt.host_id, args.id, ctx.who, args.reason))
+    except payouts.SliceNotFound as exc:
+        raise ControlError(ErrorCode.NOT_FOUND, str(exc)) from None
+    except payouts.ReleaseRefused as exc:
+        raise ControlError(ErrorCode.BUSY, str(exc)) from None
+    except DatabaseUnavailable as exc:
+        raise _database(exc) from None
+
+
+async def audit_list(ctx: Context, args: LimitArg) -> list[dict[str, Any]]:
+    try:
+        return await ctx.rt.db.statement(lambda c: audit.operator_actions(c, args.limit))
+    except DatabaseUnavailable as exc:
+        raise _database(exc) from None
 
 
 def _file_id(args: StatementsArgs) -> int:
@@ -351,8 +427,9 @@ def _file_id(args: StatementsArgs) -> int:
         raise ControlError(ErrorCode.BAD_ARGS, f"statements {args.action} needs a file ID (a number)") from None
 
 
-async def statements(rt: Runtime, args: StatementsArgs) -> Any:
+async def statements(ctx: Context, args: StatementsArgs) -> Any:
     """``statements list``, ``statements show ID``, ``statements poll SOURCE`` (poll now, answer the summary)."""
+    rt = ctx.rt
     try:
         if args.action == "list":
             return await rt.db.statement(lambda c: stored.list_files(c, None, args.limit))
@@ -364,27 +441,32 @@ async def statements(rt: Runtime, args: StatementsArgs) -> Any:
             return found
     except DatabaseUnavailable as exc:
         raise _database(exc) from None
-    if args.action == "poll":
-        poller = rt.statement_source(str(args.id or ""))
-        if poller is None:
-            raise ControlError(ErrorCode.NOT_FOUND, f"no running statement source {args.id!r}")
-        try:
-            summary = await poller.ask(PollNow(), timeout=600)
-        except (ConnectorError, DatabaseUnavailable) as exc:
-            raise ControlError(ErrorCode.UNAVAILABLE, f"poll failed: {exc}") from None
-        return _to_builtins(summary)
-    raise ControlError(ErrorCode.BAD_ARGS, f"statements: unknown action {args.action!r}; use list, show or poll")
+    raise ControlError(ErrorCode.BAD_ARGS,
+                       f"statements: unknown action {args.action!r}; use list, show, poll or reprocess")
 
 
-async def statements_reprocess(rt: Runtime, args: StatementsArgs) -> Any:
+async def statements_poll(ctx: Context, args: StatementsArgs) -> Any:
+    """Poll a source now (it moves files on the bank's server: an operator command); answers the summary."""
+    rt = ctx.rt
+    poller = rt.statement_source(str(args.id or ""))
+    if poller is None:
+        raise ControlError(ErrorCode.NOT_FOUND, f"no running statement source {args.id!r}")
+    try:
+        summary = await poller.ask(PollNow(), timeout=600)
+    except (ConnectorError, DatabaseUnavailable) as exc:
+        raise ControlError(ErrorCode.UNAVAILABLE, f"poll failed: {exc}") from None
+    return _to_builtins(summary)
+
+
+async def statements_reprocess(ctx: Context, args: StatementsArgs) -> Any:
     """Parse a stored file again from its raw bytes (after a parser or profile fix)."""
+    rt = ctx.rt
     raw_id = _file_id(args)
     try:
-        source = await rt.db.statement(lambda c: c.execute(
-            "SELECT source FROM bank_statements_raw WHERE id = %s", [raw_id]).fetchone())
+        source = await rt.db.statement(lambda c: stored.source_of(c, raw_id))
         if source is None:
             raise ControlError(ErrorCode.NOT_FOUND, f"no stored statement file {raw_id}")
-        config = rt.config.connector(source[0])
+        config = rt.config.connector(source)
         profile = rt.config.source_profile(config) if config is not None else None
         result = await rt.db.transaction(lambda c: stored.reprocess(c, raw_id, profile))
     except ValueError as exc:
@@ -394,7 +476,8 @@ async def statements_reprocess(rt: Runtime, args: StatementsArgs) -> Any:
     return _to_builtins(result)
 
 
-async def reload(rt: Runtime, args: NoArgs) -> dict[str, Any]:
+async def reload(ctx: Context, args: NoArgs) -> dict[str, Any]:
+    rt = ctx.rt
     try:
         result = await reloading.reload(rt)
     except ConfigError as exc:
@@ -423,8 +506,15 @@ COMMANDS: dict[str, Command] = {
         Command("reset-circuit", NameArg, True, reset_circuit),
         Command("force-open", NameArg, True, force_open),
         Command("set-rate", SetRateArgs, True, set_rate),
-        Command("dlq", DlqArgs, True, dlq),
+        Command("dlq-list", NoArgs, False, dlq_list),
+        Command("dlq-retry", DlqRetryArgs, True, dlq_retry),
+        Command("dlq-drop", DlqDropArgs, True, dlq_drop),
+        Command("payouts-show", IdArg, False, payouts_show),
+        Command("payouts-in-doubt", LimitArg, False, payouts_in_doubt),
+        Command("payouts-release", ReleaseArgs, True, payouts_release),
+        Command("audit", LimitArg, False, audit_list),
         Command("statements", StatementsArgs, False, statements),
+        Command("statements-poll", StatementsArgs, True, statements_poll),
         Command("statements-reprocess", StatementsArgs, True, statements_reprocess),
     )
 }

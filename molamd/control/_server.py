@@ -17,9 +17,11 @@ from typing import Any
 
 import trio
 
+from .. import audit
+from ..db import DatabaseUnavailable
 from ..logs import log
 from ..runtime import Runtime
-from ._commands import COMMANDS, parse_args
+from ._commands import COMMANDS, Context, parse_args
 from ._peercred import Access, access_for, peer_of
 from ._protocol import MAX_LINE, ControlError, ErrorCode, decode_request, encode, hello, request_id
 
@@ -132,13 +134,13 @@ class ControlServer:
                 return
             try:
                 await _send(stream, hello(self._rt.version))
-                await self._session(stream, access)
+                await self._session(stream, access, audit.identity(peer.uid, peer.pid))
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
             finally:
                 self._slots.release()
 
-    async def _session(self, stream: trio.SocketStream, access: Access) -> None:
+    async def _session(self, stream: trio.SocketStream, access: Access, who: audit.Identity) -> None:
         buffer = bytearray()
         while True:
             newline = buffer.find(b"\n")
@@ -160,12 +162,18 @@ class ControlServer:
                 return
             if not line.strip():
                 continue
-            if not await self._one(stream, line, access):
+            if not await self._one(stream, line, access, who):
                 return
 
-    async def _one(self, stream: trio.SocketStream, line: bytes, access: Access) -> bool:
-        """Handle one request line; False when the connection should end (after a stream)."""
+    async def _one(self, stream: trio.SocketStream, line: bytes, access: Access, who: audit.Identity) -> bool:
+        """Handle one request line; False when the connection should end (after a stream).
+
+        Every operator command that got past its argument check leaves one audit row with the caller's identity,
+        whether it succeeded or not.
+        """
         rid: Any = None
+        ctx = Context(rt=self._rt, who=who)
+        audited: tuple[str, dict[str, Any]] | None = None
         metrics = self._rt.metrics.control_requests
         cmd_label = "invalid"
         try:
@@ -181,17 +189,21 @@ class ControlServer:
             if command.write and access is not Access.OPERATE:
                 raise ControlError(ErrorCode.FORBIDDEN, f"{command.name} needs operator access; you may only read")
             args = parse_args(command, request.args)
+            if command.write:
+                audited = (command.name, dict(request.args))
             if command.stream is not None:
                 await _send(stream, encode({"id": rid, "ok": True, "result": {"streaming": True}}))
-                await self._stream(stream, rid, command.stream(self._rt, args))
+                await self._stream(stream, rid, command.stream(ctx, args))
                 metrics.labels(cmd_label, "ok").inc()
                 return False
             assert command.handler is not None
             started = trio.current_time()
-            result = await command.handler(self._rt, args)
+            result = await command.handler(ctx, args)
             self._rt.metrics.control_duration.labels(cmd_label).observe(trio.current_time() - started)
         except ControlError as exc:
             metrics.labels(cmd_label, exc.code.value).inc()
+            if audited is not None:
+                await self._audit(who, *audited, ok=False, detail=f"{exc.code.value}: {exc}")
             if rid is None:
                 rid = request_id(line)
             await _error(stream, rid, exc)
@@ -199,11 +211,29 @@ class ControlServer:
         except Exception as exc:
             logger.exception("control command failed")
             metrics.labels(cmd_label, ErrorCode.INTERNAL.value).inc()
+            if audited is not None:
+                await self._audit(who, *audited, ok=False, detail=f"internal: {type(exc).__name__}: {exc}")
             await _error(stream, rid, ControlError(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}"))
             return True
         metrics.labels(cmd_label, "ok").inc()
+        if audited is not None:
+            await self._audit(who, *audited, ok=True)
         await _send(stream, encode({"id": rid, "ok": True, "result": result}))
         return True
+
+    async def _audit(self, who: audit.Identity, command: str, arguments: dict[str, Any], *, ok: bool,
+                     detail: str | None = None) -> None:
+        """The operator action's audit row; with the database away it goes to the log instead, in full."""
+        rt = self._rt
+        target = arguments.get("name") or arguments.get("id")
+        try:
+            await rt.db.statement(lambda c: audit.operator_action(
+                c, rt.host_id, who, command, arguments, ok=ok, detail=detail,
+                target=None if target is None else str(target)))
+        except DatabaseUnavailable as exc:
+            log(logger, logging.ERROR, "operator action not audited in the database (it is away)",
+                command=command, who=who.label, arguments=audit.masked(arguments), ok=ok, detail=detail,
+                reason=str(exc))
 
     async def _stream(self, stream: trio.SocketStream, rid: Any, events: Any) -> None:
         async with trio.open_nursery() as nursery:
