@@ -101,7 +101,7 @@ class SliceChange(msgspec.Struct, frozen=True, kw_only=True):
     target: str | None = None  # e.g. the idempotency scope released
 
 
-def slice_changes(conn: Any, host: str, who: Identity, changes: Sequence[SliceChange]) -> None:
+def slice_changes(conn: Any, host: str | None, who: Identity, changes: Sequence[SliceChange]) -> None:
     """Payout state changes decided by the daemon or an operator, one row each."""
     if not changes:
         return

@@ -147,7 +147,7 @@ class StatementPoller(Actor[PollNow]):
             downloaded = time.monotonic()
             result = await self.store.ingest(source=self.name, remote_name=remote.name,
                                              fmt=self.config.statement_format, spooled=fetched,
-                                             csv_profile=self.csv_profile)
+                                             csv_profile=self.csv_profile, bank_profile=self.config.bank_profile)
             stored = time.monotonic()
             if self.after_commit is not None:
                 await self.after_commit(remote, result)

@@ -12,7 +12,7 @@ A file that does not parse or balance rolls back to a savepoint: its raw row sta
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
 
 import msgspec
@@ -25,6 +25,7 @@ from connectors import Fetched
 from connectors.statements import CsvProfile, Statement, StatementError, iter_statements
 
 from .db import Database, DatabaseUnavailable
+from .reconciliation import reconcile, settle_proven, unmatched_count
 
 RAW_CHUNK = 1024 * 1024
 LINE_COLUMNS = (
@@ -52,7 +53,7 @@ class Ingested(msgspec.Struct, frozen=True, kw_only=True):
 
 def ingest(
     conn: psycopg.Connection[Any], *, source: str, remote_name: str, fmt: str, spooled: Fetched,
-    csv_profile: CsvProfile | None = None,
+    csv_profile: CsvProfile | None = None, bank_profile: str | None = None,
 ) -> Ingested:
     """Store one spooled file and its lines, in the caller's transaction."""
     conn.execute("SET LOCAL statement_timeout = 0")  # a million-line COPY outlives the daemon's default
@@ -61,6 +62,8 @@ def ingest(
         return Ingested(raw_id=row[0], outcome="duplicate", previous_status=row[1])
     raw_id = conn.execute("SELECT nextval(pg_get_serial_sequence('bank_statements_raw', 'id'))").fetchone()[0]  # type: ignore[index]
     _copy_raw(conn, raw_id, source, remote_name, fmt, spooled)
+    if bank_profile is not None:
+        conn.execute("UPDATE bank_statements_raw SET bank_profile_id = %s WHERE id = %s", [bank_profile, raw_id])
     with open(spooled.path, "rb") as f:
         return _parse_into(conn, raw_id, fmt, f, csv_profile)
 
@@ -156,81 +159,10 @@ def _rows(raw_id: int, statement_no: int, statement: Statement) -> Iterator[tupl
         yield tuple(_clean(v) if isinstance(v, str) else v for v in row) if dirty else row
 
 
-# Lines that carry a payout's end-to-end reference (our idempotency key), in the end-to-end field or echoed as
-# the customer reference, or the bank's payment id, are linked to that slice when the money agrees: same
-# currency, same amount, money out. A slice is linked once; a slice the bank reported sent is settled.
-_MATCH = """
-WITH candidates AS (
-    SELECT DISTINCT ON (l.id) l.id AS line_id, s.id AS slice_id
-    FROM bank_statement_lines l
-    JOIN payout_slices s
-      ON s.idempotency_key = l.end_to_end_id OR s.idempotency_key = l.customer_ref OR s.provider_ref = l.bank_ref
-    WHERE l.statement_raw_id = %(raw)s AND l.payout_slice_id IS NULL
-      AND l.credit_debit = 'D' AND NOT l.reversal AND l.amount = s.amount AND l.currency = s.currency
-      AND NOT EXISTS (SELECT 1 FROM bank_statement_lines x WHERE x.payout_slice_id = s.id)
-    ORDER BY l.id, s.id
-), firsts AS (
-    SELECT DISTINCT ON (slice_id) line_id, slice_id FROM candidates ORDER BY slice_id, line_id
-)
-UPDATE bank_statement_lines l SET payout_slice_id = f.slice_id, matched_at = now()
-FROM firsts f WHERE l.id = f.line_id
-"""
-# A statement line is proof the money left: a slice linked to one whose outcome is still open (sent, waiting for a
-# retry, or given up on as dead) is settled. A slice the bank rejected (failed) is left for a person to look at,
-# its line linked. When the bank's answer was lost, the statement's reference for the booking is the one kept.
-# Run for the lines one file linked (``raw``), and for all lines (``raw`` null) on each poll, which settles a slice
-# linked while still in flight that has gone to retry or dead since; a sent one the status follower settles.
-_SETTLE = """
-WITH open AS (
-    SELECT s.id, s.status, l.bank_ref, l.statement_raw_id, l.statement_no, l.line_no
-    FROM payout_slices s JOIN bank_statement_lines l ON l.payout_slice_id = s.id
-    WHERE s.status = ANY(%(statuses)s) AND (%(raw)s::bigint IS NULL OR l.statement_raw_id = %(raw)s)
-    FOR UPDATE OF s SKIP LOCKED
-)
-UPDATE payout_slices p SET status = 'settled', final_at = now(), provider_ref = coalesce(p.provider_ref, open.bank_ref)
-FROM open WHERE p.id = open.id
-RETURNING p.id, open.status, open.statement_raw_id, open.statement_no, open.line_no
-"""
-_AUDIT = """
-INSERT INTO molamd_audit (payout_slice_id, action, actor, from_status, to_status, detail)
-VALUES (%s, 'statement_settle', 'statement reconciliation', %s, 'settled', %s)
-"""
-_OPEN = ["sent", "retry_scheduled", "dead"]
-_GIVEN_UP = ["retry_scheduled", "dead"]
-
-
-def reconcile(conn: psycopg.Connection[Any], raw_id: int) -> tuple[int, int]:
-    """Link this file's lines to payout slices, then settle what they prove; returns (linked, settled)."""
-    linked = conn.execute(_MATCH, {"raw": raw_id}).rowcount
-    return linked, len(settle_proven(conn, raw_id)) if linked else 0
-
-
-def settle_proven(conn: psycopg.Connection[Any], raw_id: int | None = None) -> list[int]:
-    """Settle the open slices that lines of file ``raw_id`` (or, with None, any line) prove paid; their ids.
-
-    Every slice settled from retry or dead gets an audit row.
-    """
-    statuses = _OPEN if raw_id is not None else _GIVEN_UP
-    settled = conn.execute(_SETTLE, {"statuses": statuses, "raw": raw_id}).fetchall()
-    audit = [(slice_id, was, f"statement file {raw}, statement {statement_no}, line {line_no}")
-             for slice_id, was, raw, statement_no, line_no in settled if was != "sent"]
-    if audit:
-        with conn.cursor() as cursor:
-            cursor.executemany(_AUDIT, audit)
-    return [row[0] for row in settled]
-
-
 def source_of(conn: psycopg.Connection[Any], raw_id: int) -> str | None:
     """The source a stored file came from, or None when there is no such file."""
     row = conn.execute("SELECT source FROM bank_statements_raw WHERE id = %s", [raw_id]).fetchone()
     return None if row is None else str(row[0])
-
-
-def unmatched_count(conn: psycopg.Connection[Any], sources: Iterable[str]) -> int:
-    row = conn.execute(
-        "SELECT count(*) FROM bank_statement_lines l JOIN bank_statements_raw r ON r.id = l.statement_raw_id"
-        " WHERE l.payout_slice_id IS NULL AND r.source = ANY(%s)", [list(sources)]).fetchone()
-    return int(row[0]) if row else 0
 
 
 def list_files(conn: psycopg.Connection[Any], source: str | None, limit: int) -> list[dict[str, Any]]:
@@ -317,10 +249,10 @@ class StatementStore:
             await trio.to_thread.run_sync(lock.release)
 
     async def ingest(self, *, source: str, remote_name: str, fmt: str, spooled: Fetched,
-                     csv_profile: CsvProfile | None) -> Ingested:
+                     csv_profile: CsvProfile | None, bank_profile: str | None = None) -> Ingested:
         def work(conn: psycopg.Connection[Any]) -> Ingested:
             return ingest(conn, source=source, remote_name=remote_name, fmt=fmt, spooled=spooled,
-                          csv_profile=csv_profile)
+                          csv_profile=csv_profile, bank_profile=bank_profile)
 
         try:
             result: Ingested = await self.db.transaction(work)

@@ -25,7 +25,10 @@ from pgcluster import Cluster  # noqa: E402
 CONFIG = ROOT / "config" / "molamd.dev.toml"
 BIN = ROOT / ".venv" / "bin"
 DEMO_PORT = 55432  # the ports config/molamd.dev.toml names
-BANK_PORT = 58080
+BANK_PORT = 58080  # bank A: ecobank-sn's primary channel (and sgbci-ci's bank)
+BACKUP_PORT = 58090  # bank B: ecobank-sn's backup channel, its own ledger and idempotency store
+TREASURY_ACCOUNT = "SN0120100100123456789012"  # ecobank-sn's XOF account in seed_demo.sql: its statements
+PRIMARY = "ecobank-sn-primary"
 SFTP_PORT = 58022
 SFTP_ROOT = Path("/tmp/molamd-demo/sftp")  # config/molamd.dev.toml pins the host key kept beside it
 SFTP_STATE = Path("/tmp/molamd-demo/sftp-state")
@@ -89,12 +92,12 @@ def start_sftp() -> subprocess.Popen[str]:
     return sftp
 
 
-def start_bank(faults: bool) -> tuple[subprocess.Popen[str], str]:
+def start_bank(port: int, faults: bool, prefix: str) -> tuple[subprocess.Popen[str], str]:
     mix = FAULT_MIX if faults else {}
     bank = subprocess.Popen(
-        [str(BIN / "python"), str(ROOT / "scripts" / "sandbox_bank.py"), "--port", str(BANK_PORT),
-         "--events-port", str(BANK_PORT + 1), "--statements-dir", str(SFTP_ROOT / "outgoing"),
-         "--statement-interval", "1",
+        [str(BIN / "python"), str(ROOT / "scripts" / "sandbox_bank.py"), "--port", str(port),
+         "--events-port", str(port + 1), "--statements-dir", str(SFTP_ROOT / "outgoing"),
+         "--statement-interval", "1", "--statement-account", TREASURY_ACCOUNT, "--statement-prefix", prefix,
          "--secret", SANDBOX_SECRET, "--settle-delay", "0.2", "--reject-rate", "0.01", "--faults", json.dumps(mix)],
         stdout=subprocess.PIPE, text=True)
     assert bank.stdout is not None
@@ -120,24 +123,30 @@ def progress(cluster: Cluster, connectors: Any, previous: tuple[float, int]) -> 
     return now, final, counts
 
 
-def reconcile(cluster: Cluster, bank_url: str) -> tuple[int, int, list[str]]:
-    """(paid twice, lost, notes) from the bank's ledger against the database."""
-    ledger = httpx.get(f"{bank_url}/admin/ledger", timeout=30).json()["payments"]
+def reconcile(cluster: Cluster, bank_urls: list[str]) -> tuple[int, int, list[str]]:
+    """(paid twice, lost, notes) from the union of every bank's ledger against the database.
+
+    A payment executed by two banks (two channels with their own idempotency stores) counts as paid twice.
+    """
     by_ref: dict[str, list[dict[str, Any]]] = {}
-    for payment in ledger:
-        by_ref.setdefault(str(payment["reference"]), []).append(payment)
+    for url in bank_urls:
+        for payment in httpx.get(f"{url}/admin/ledger", timeout=30).json()["payments"]:
+            by_ref.setdefault(str(payment["reference"]), []).append({**payment, "bank": url})
     paid_twice = sum(1 for payments in by_ref.values() if len(payments) > 1)
     with psycopg.connect(cluster.dsn()) as conn:
         rows = conn.execute("SELECT payout_id || '/' || id, status, provider_ref FROM payout_slices").fetchall()
     lost, notes = 0, []
+    for reference, payments in by_ref.items():
+        if len(payments) > 1:
+            notes.append(f"{reference}: paid by " + ", ".join(f"{p['bank']} ({p['id']})" for p in payments))
     for reference, status, provider_ref in rows:
         paid = by_ref.get(reference, [])
         if status in ("settled", "sent") and not paid:
             lost += 1
-            notes.append(f"{reference}: {status} in the database, unknown to the bank")
+            notes.append(f"{reference}: {status} in the database, unknown to every bank")
         elif paid and status not in ("settled", "sent", "failed"):
             lost += 1
-            notes.append(f"{reference}: executed by the bank ({paid[0]['id']}) but {status} in the database")
+            notes.append(f"{reference}: executed by a bank ({paid[0]['id']}) but {status} in the database")
         elif paid and provider_ref not in {p["id"] for p in paid}:
             lost += 1
             notes.append(f"{reference}: the database names {provider_ref}, the bank {paid[0]['id']}")
@@ -155,17 +164,21 @@ def statement_counts(cluster: Cluster) -> dict[str, int]:
         lines, linked, settled_linked = conn.execute(
             "SELECT count(*), count(l.payout_slice_id), count(*) FILTER (WHERE s.status = 'settled')"
             " FROM bank_statement_lines l LEFT JOIN payout_slices s ON s.id = l.payout_slice_id").fetchone()
-        settled = conn.execute("SELECT count(*) FROM payout_slices WHERE status = 'settled'").fetchone()[0]
+        # Only ecobank-sn sends statements in the demo: those are the settled payouts a statement can confirm.
+        settled = conn.execute(
+            "SELECT count(*) FROM payout_slices s JOIN treasury_accounts t ON t.id = s.treasury_account_id"
+            " WHERE s.status = 'settled' AND t.bank_profile_id = 'ecobank-sn'").fetchone()[0]
         proven = conn.execute(
             "SELECT count(*) FROM molamd_audit WHERE action = 'statement_settle'").fetchone()[0]
     return {"files": files, "failed": failed, "lines": lines, "linked": linked, "settled_linked": settled_linked,
             "settled": settled, "proven": proven}
 
 
-def summary(cluster: Cluster, bank_url: str, elapsed: float) -> int:
+def summary(cluster: Cluster, bank_urls: list[str], elapsed: float, outage: dict[str, int]) -> int:
     status, connectors = ctl("status"), ctl("connectors") or []
     counts = slice_counts(cluster)
-    paid_twice, lost, notes = reconcile(cluster, bank_url)
+    paid_twice, lost, notes = reconcile(cluster, bank_urls)
+    bank_url, backup_url = bank_urls
     with psycopg.connect(cluster.dsn()) as conn:
         dead = conn.execute("SELECT attempts, max_attempts, last_error FROM payout_slices WHERE status = 'dead'"
                             " ORDER BY id LIMIT 5").fetchall()
@@ -176,13 +189,25 @@ def summary(cluster: Cluster, bank_url: str, elapsed: float) -> int:
     closed = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
                  if line.startswith("molamd_circuit_breaker_transitions_total") and 'to_state="closed"' in line)
     stats = httpx.get(f"{bank_url}/admin/stats", timeout=10).json()
+    backup = httpx.get(f"{backup_url}/admin/stats", timeout=10).json()
+    with psycopg.connect(cluster.dsn()) as conn:
+        in_doubt = conn.execute("SELECT count(*) FROM payout_slices_in_doubt").fetchone()[0]
+        attempts = dict(conn.execute("SELECT coalesce(outcome, 'open'), count(*) FROM payout_slice_attempts"
+                                     " GROUP BY 1").fetchall())
+        operator = conn.execute("SELECT count(*), count(DISTINCT uid) FROM molamd_audit"
+                                " WHERE action LIKE 'command:%'").fetchone()
     total = sum(counts.values())
     print("\n== molamd demo summary", flush=True)
     print(f"daemon: molamd {status['version']} host {status['host_id']}, database up: {status['database']['up']}")
     print(f"slices: {total} seeded, " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
           + f"; all final in {elapsed:.1f}s ({total / max(elapsed, 1e-6):.0f}/s)")
-    print(f"bank: {stats['payments']} payments executed, {stats['replays']} idempotent replays, "
+    print(f"bank A (primary): {stats['payments']} payments executed, {stats['replays']} idempotent replays, "
           f"{stats['faults']} faults injected, {stats['requests']} requests")
+    print(f"bank B (backup, its own ledger): {backup['payments']} payments executed, {backup['replays']} replays; "
+          f"{outage['backup_during']} of them while the primary's breaker was open")
+    print("attempts: " + ", ".join(f"{k} {v}" for k, v in sorted(attempts.items()))
+          + f"; in doubt now: {in_doubt}")
+    print(f"operator actions audited: {operator[0]} (uids: {operator[1]})")
     print(f"audit: {calls} bank calls in bank_connector_logs")
     print(f"breakers: opened {opened:.0f} times, closed {closed:.0f} times; now "
           + ", ".join(f"{c['name']}={c['breaker']}" for c in connectors if c["breaker"]))
@@ -193,11 +218,25 @@ def summary(cluster: Cluster, bank_url: str, elapsed: float) -> int:
           f"{st['linked']} linked to the payouts they carry; {st['settled_linked']} of {st['settled']} settled "
           f"payouts confirmed by a statement line ({st['proven']} of them settled by it from dead or retrying); "
           f"{st['lines'] - st['linked']} lines unmatched")
-    print(f"paid twice: {paid_twice}")
+    print(f"paid twice: {paid_twice} (over both banks' ledgers)")
     print(f"lost: {lost}")
     for note in notes[:10]:
         print(f"  {note}")
-    return 0 if paid_twice == 0 and lost == 0 else 1
+    return 0 if paid_twice == 0 and lost == 0 and outage["backup_during"] > 0 else 1
+
+
+def breaker_outage(bank_urls: list[str]) -> dict[str, int]:
+    """An operator opens the primary's breaker for a while, as for a bank incident: new work goes to the backup
+    bank, slices in doubt at the primary wait for it. Returns how many payments the backup made meanwhile."""
+    backup = bank_urls[1]
+    before = httpx.get(f"{backup}/admin/stats", timeout=10).json()["payments"]
+    say(f"operator: molamctl force-open {PRIMARY} (the backup bank takes new work)")
+    ctl("force-open", PRIMARY)
+    time.sleep(3.0)
+    during = httpx.get(f"{backup}/admin/stats", timeout=10).json()["payments"] - before
+    ctl("reset-circuit", PRIMARY)
+    say(f"operator: molamctl reset-circuit {PRIMARY}; the backup made {during} payments meanwhile")
+    return {"backup_during": during}
 
 
 def prepare(cluster: Cluster, slices: int) -> None:
@@ -210,10 +249,11 @@ def prepare(cluster: Cluster, slices: int) -> None:
     say(f"seeded 2 bank profiles, their XOF accounts and {slices} payout slices")
 
 
-def watch(daemon: subprocess.Popen[bytes], cluster: Cluster, bank_url: str, until_idle: bool) -> int:
+def watch(daemon: subprocess.Popen[bytes], cluster: Cluster, bank_urls: list[str], until_idle: bool) -> int:
     started = time.monotonic()
     mark: tuple[float, int] = (started, 0)
     announced = False
+    outage: dict[str, int] | None = None
     while True:
         if daemon.poll() is not None:
             say(f"molamd exited with {daemon.returncode}; see {LOG_PATH}")
@@ -223,22 +263,24 @@ def watch(daemon: subprocess.Popen[bytes], cluster: Cluster, bank_url: str, unti
             now, final, counts = progress(cluster, connectors, mark)
             mark = (now, final)
             done = final == sum(counts.values())
+            if outage is None and final >= sum(counts.values()) // 4:
+                outage = breaker_outage(bank_urls)
             st = statement_counts(cluster)
             say(f"statements: {st['files']} files, {st['lines']} lines, {st['linked']} linked")
             reported = st["settled_linked"] == st["settled"]
-            if until_idle and done and reported and healthy(status, connectors):
-                return summary(cluster, bank_url, time.monotonic() - started)
+            if until_idle and done and reported and healthy(status, connectors) and outage is not None:
+                return summary(cluster, bank_urls, time.monotonic() - started, outage)
             if done and not announced:
                 say("every slice is final; Ctrl-C stops the daemon, the bank and PostgreSQL")
                 announced = True
         if until_idle and time.monotonic() - started > IDLE_TIMEOUT:
             say(f"not idle within {IDLE_TIMEOUT:.0f}s")
-            summary(cluster, bank_url, time.monotonic() - started)
+            summary(cluster, bank_urls, time.monotonic() - started, outage or {"backup_during": 0})
             return 1
         time.sleep(1.0 if until_idle else 2.0)
 
 
-def stop(daemon: subprocess.Popen[bytes] | None, bank: subprocess.Popen[str] | None, cluster: Cluster,
+def stop(daemon: subprocess.Popen[bytes] | None, banks: list[subprocess.Popen[str]], cluster: Cluster,
          sftp: subprocess.Popen[str] | None = None) -> None:
     if daemon is not None and daemon.poll() is None:
         daemon.send_signal(signal.SIGTERM)
@@ -248,12 +290,12 @@ def stop(daemon: subprocess.Popen[bytes] | None, bank: subprocess.Popen[str] | N
             daemon.kill()
             code = daemon.wait()
         say(f"molamd stopped (exit {code})")
-    for peer in (bank, sftp):
+    for peer in (*banks, sftp):
         if peer is not None:
             peer.terminate()
             peer.wait(10)
     cluster.stop()
-    say("sandbox bank and PostgreSQL stopped")
+    say("sandbox banks and PostgreSQL stopped")
 
 
 def run(until_idle: bool, faults: bool, slices: int) -> int:
@@ -262,26 +304,30 @@ def run(until_idle: bool, faults: bool, slices: int) -> int:
     say(f"starting PostgreSQL in {pg_dir} on 127.0.0.1:{DEMO_PORT}")
     cluster.start()
     daemon: subprocess.Popen[bytes] | None = None
-    bank: subprocess.Popen[str] | None = None
+    banks: list[subprocess.Popen[str]] = []
     sftp: subprocess.Popen[str] | None = None
     try:
         prepare(cluster, slices)
         sftp = start_sftp()
         say(f"sandbox SFTP statement drop at 127.0.0.1:{SFTP_PORT} (inbox {SFTP_ROOT / 'outgoing'})")
-        bank, bank_url = start_bank(faults)
-        say(f"sandbox bank at {bank_url}" + (f" with faults {json.dumps(FAULT_MIX)}" if faults else ""))
+        bank, bank_url = start_bank(BANK_PORT, faults, "A_")
+        banks.append(bank)
+        say(f"sandbox bank A (primary) at {bank_url}" + (f" with faults {json.dumps(FAULT_MIX)}" if faults else ""))
+        backup, backup_url = start_bank(BACKUP_PORT, False, "B_")
+        banks.append(backup)
+        say(f"sandbox bank B (backup channel, its own ledger and idempotency store) at {backup_url}")
         LOG_PATH.parent.mkdir(parents=True, exist_ok=True)
         say(f"starting molamd (JSON logs in {LOG_PATH.relative_to(ROOT)})")
         with LOG_PATH.open("ab") as log:
             daemon = subprocess.Popen([str(BIN / "molamd"), "run", "--config", str(CONFIG)],
                                       stdout=log, stderr=subprocess.STDOUT)
         say(f"from another shell: .venv/bin/molamctl --socket {control_socket()} status")
-        return watch(daemon, cluster, bank_url, until_idle)
+        return watch(daemon, cluster, [bank_url, backup_url], until_idle)
     except KeyboardInterrupt:
         say("stopping")
         return 0
     finally:
-        stop(daemon, bank, cluster, sftp)
+        stop(daemon, banks, cluster, sftp)
 
 
 def main() -> int:
@@ -289,7 +335,7 @@ def main() -> int:
     parser.add_argument("--until-idle", action="store_true",
                         help="exit once every seeded slice is final, with a summary (exit 1 if any paid twice or lost)")
     parser.add_argument("--faults", action="store_true",
-                        help="the sandbox bank injects 20%% 5xx, 5%% resets, 5%% hangs and some 429s")
+                        help="the primary bank injects 20%% 5xx, 5%% resets, 5%% hangs and some 429s")
     parser.add_argument("--slices", type=int, default=3000, help="payout slices to seed (default 3000)")
     args = parser.parse_args()
     if os.getuid() == 0:

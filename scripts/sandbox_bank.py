@@ -181,6 +181,7 @@ class Bank:
         payment = {
             "id": f"pay_{next(self.ids):08d}", "idempotency_key": key, "reference": request.get("reference"),
             "amount": str(amount), "currency": currency, "creditor_account": account, "status": "accepted",
+            "debtor_account": request.get("debtor_account"),
             "reason_code": None, "executed_at": time.time(),
         }
         self.by_key[key] = (digest, payment)
@@ -363,6 +364,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--statements-dir", help="write MT940 statements of settled payments here (an SFTP inbox)")
     parser.add_argument("--statement-interval", type=float, default=2.0, help="seconds between statement files")
     parser.add_argument("--statement-account", default="SN08SN0100152000048500003035")
+    parser.add_argument("--statement-prefix", default="", help="file name prefix (two banks writing one drop)")
     return parser.parse_args(argv)
 
 
@@ -373,7 +375,8 @@ async def main_async(args: argparse.Namespace) -> None:
     async with trio.open_nursery() as nursery:
         port = await nursery.start(bank.serve, args.host, args.port, args.events_port)
         if args.statements_dir:
-            writer = StatementWriter(Path(args.statements_dir), account=args.statement_account)
+            writer = StatementWriter(Path(args.statements_dir), account=args.statement_account,
+                                     prefix=args.statement_prefix)
             nursery.start_soon(write_statements, bank, writer, args.statement_interval)
         print(f"sandbox bank listening on http://{args.host}:{port}", flush=True)
 

@@ -51,8 +51,9 @@ class StatementWriter:
     """Writes the settled payments not yet reported, one file per call that has any."""
 
     def __init__(self, directory: Path, *, account: str, currency: str = "XOF",
-                 opening: Decimal = Decimal("1000000000")) -> None:
+                 opening: Decimal = Decimal("1000000000"), prefix: str = "") -> None:
         self.directory = directory
+        self.prefix = prefix
         self.account = account
         self.currency = currency
         self.balance = opening
@@ -62,13 +63,13 @@ class StatementWriter:
 
     def write(self, ledger: Iterable[dict[str, Any]]) -> Path | None:
         due = [p for p in ledger if p["status"] == "settled" and p["id"] not in self.reported
-               and p["currency"] == self.currency]
+               and p["currency"] == self.currency and p.get("debtor_account") in (None, self.account)]
         if not due:
             return None
         self.number += 1
         data, closing = mt940(due, account=self.account, currency=self.currency, number=self.number,
                               opening=self.balance, day=dt.date.today(), fee=Decimal(500))
-        path = self.directory / f"STMT_{self.number:06d}.sta"
+        path = self.directory / f"{self.prefix}STMT_{self.number:06d}.sta"
         partial = self.directory / f".{path.name}.part"
         partial.write_bytes(data)
         os.replace(partial, path)

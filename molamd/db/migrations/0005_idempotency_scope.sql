@@ -79,3 +79,8 @@ BEGIN
 END $$;
 CREATE TRIGGER molamd_audit_append_only BEFORE UPDATE OR DELETE ON molamd_audit
     FOR EACH ROW EXECUTE FUNCTION molamd_audit_append_only();
+
+-- Reconciliation matches a line only inside the bank profile of the source that delivered its statement.
+ALTER TABLE bank_statements_raw ADD COLUMN bank_profile_id text;
+CREATE INDEX treasury_accounts_iban_idx ON treasury_accounts (iban) WHERE iban IS NOT NULL;
+CREATE INDEX treasury_accounts_number_idx ON treasury_accounts (account_number) WHERE account_number IS NOT NULL;
