@@ -317,7 +317,7 @@ class ConnectorActor(Actor[ConnectorMsg]):
             self.breaker.acquire()
             start = trio.current_time()
             try:
-                result = await call(ctx)
+                result = await self._timed(call, ctx)
             except ConnectorError as exc:
                 seconds = trio.current_time() - start
                 self.breaker.record(not _counts_against_breaker(exc), seconds)
@@ -334,6 +334,17 @@ class ConnectorActor(Actor[ConnectorMsg]):
             return result
         finally:
             self.bulkhead.leave()
+
+    async def _timed(
+        self, call: Callable[[CallContext], Awaitable[tuple[R, CallRecord]]], ctx: CallContext
+    ) -> tuple[R, CallRecord]:
+        """The call under its timeout, enforced here too: a connector that ignores ``ctx.timeout`` still ends."""
+        limit = ctx.timeout * 1.1 + 0.1  # the connector's own timeout, if it keeps one, answers first
+        try:
+            with trio.fail_after(limit):
+                return await call(ctx)
+        except trio.TooSlowError:
+            raise Timeout(self.name, f"no answer within {limit:g}s; outcome unknown") from None
 
     def _payments(self) -> PaymentConnector:
         if Capability.SEND_PAYMENT not in self.capabilities:

@@ -202,7 +202,9 @@ class Dispatcher(Actor[Wake]):
                     f"in doubt in idempotency scope {c.bound_scope!r}: waiting for a connector of that scope")
                 self._emit(Outcome(slice_id=s.id, kind=OutcomeKind.RELEASE, delay=self.settings.release_delay,
                                    error=why))
-            elif c.recovering:
+            elif c.recovering or (c.bound_scope is not None
+                                  and c.bound_age >= self._router.acceptance_window(c.bound_scope)):
+                # After a crash, or in doubt for longer than the bank could still act on it: ask before sending.
                 started += 1
                 self._start(self._recover, c, route.available)
             else:
@@ -314,7 +316,8 @@ class Dispatcher(Actor[Wake]):
             provider_ref=status.provider_ref, state=status.state, reason_code=status.reason_code), attempt)
 
     async def _recover(self, c: Claimed, available: list[ConnectorActor]) -> None:
-        """A slice found 'sending' after a crash, in doubt: its scope decides whether it still needs sending.
+        """A slice in doubt (found 'sending' after a crash, or bound past its scope's acceptance window): its
+        scope decides whether it still needs sending.
 
         ``available`` are the accepting connectors of the slice's bound scope.
         """

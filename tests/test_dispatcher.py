@@ -1,0 +1,432 @@
+"""The dispatcher on trio's mock clock, against an in-memory payout store and in-memory banks (seams we own).
+
+Each fake bank has its own ledger and idempotency store, as two channels of one bank do: a payment that reaches
+both is paid twice, and these tests can see it.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from decimal import Decimal
+from typing import Any, ClassVar
+
+import msgspec
+import pytest
+import trio
+import trio.testing
+
+from actors import (
+    NOT_REACHED,
+    AttemptOutcome,
+    AttemptStart,
+    Backoff,
+    Claimed,
+    ConnectorActor,
+    Dispatcher,
+    DispatcherSettings,
+    Outcome,
+    OutcomeKind,
+    Route,
+)
+from connectors import (
+    CallContext,
+    CallRecord,
+    Capability,
+    Duration,
+    Health,
+    Network,
+    NullConfig,
+    PaymentRef,
+    PaymentState,
+    PaymentStatus,
+    PayoutSlice,
+    SendResult,
+    ServerError,
+)
+from connectors._contract import LimitsConfig
+
+
+class FakeBank:
+    """One channel's bank: its own ledger and idempotency store. ``mode`` says how the next calls go."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.ledger: dict[str, str] = {}  # idempotency key -> payment id
+        self.mode = "ok"  # ok, hang_after_execute, refuse, error_after_execute, hang
+        self.calls = 0
+        self.cancelled = 0
+
+    def execute(self, key: str) -> str:
+        return self.ledger.setdefault(key, f"{self.name}-{len(self.ledger) + 1}")
+
+
+class FakeConnector:
+    """A PaymentConnector over a FakeBank; the seam the connector actor drives."""
+
+    kind: ClassVar[str] = "fake"
+    offers: ClassVar[frozenset[Capability]] = frozenset({Capability.SEND_PAYMENT, Capability.PAYMENT_STATUS})
+    capabilities = offers
+
+    def __init__(self, name: str, bank: FakeBank) -> None:
+        self.name, self.bank = name, bank
+
+    async def open(self) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        pass
+
+    async def healthcheck(self) -> Health:
+        return Health(ok=True, latency_seconds=0.0)
+
+    def _record(self, op: str, ctx: CallContext) -> CallRecord:
+        return CallRecord(connector=self.name, trace_id=ctx.trace_id, operation=op, duration_seconds=0.0, outcome="ok")
+
+    async def send_payment(self, slice: PayoutSlice, ctx: CallContext) -> tuple[SendResult, CallRecord]:
+        bank = self.bank
+        bank.calls += 1
+        if bank.mode == "refuse":
+            raise Network(self.name, "connection refused", reached=False)
+        try:
+            await trio.sleep(0.01)
+            if bank.mode == "hang":
+                await trio.sleep_forever()
+            ref = bank.execute(slice.idempotency_key)
+            if bank.mode == "hang_after_execute":
+                await trio.sleep_forever()
+        except trio.Cancelled:
+            bank.cancelled += 1
+            raise
+        if bank.mode == "error_after_execute":
+            raise ServerError(self.name, "HTTP 503", http_status=503)
+        return SendResult(provider_ref=ref, state=PaymentState.ACCEPTED), self._record("send_payment", ctx)
+
+    async def payment_status(self, ref: PaymentRef, ctx: CallContext) -> tuple[PaymentStatus, CallRecord]:
+        found = self.bank.ledger.get(ref.idempotency_key)
+        state = PaymentState.ACCEPTED if found else PaymentState.NOT_FOUND
+        return PaymentStatus(state=state, provider_ref=found), self._record("payment_status", ctx)
+
+
+class Row(msgspec.Struct, kw_only=True):
+    slice: PayoutSlice
+    status: str = "pending"
+    attempts: int = 0
+    due: float = 0.0
+    lease_until: float = 0.0
+    connector: str | None = None
+    provider_ref: str | None = None
+    bound_scope: str | None = None
+    bound_at: float = 0.0
+    last_error: str | None = None
+
+
+class MemoryStore:
+    """The PayoutStore protocol in memory, on trio time; ``fail_records`` makes the next writes fail."""
+
+    def __init__(self) -> None:
+        self.rows: dict[int, Row] = {}
+        self.attempts: list[dict[str, Any]] = []
+        self.audit_rows: list[CallRecord] = []
+        self.released: list[tuple[int, str]] = []
+        self.fail_records = 0
+
+    def add(self, slice_id: int, **kw: Any) -> Row:
+        s = PayoutSlice(id=slice_id, payout_id=f"p{slice_id}", idempotency_key=f"molam-slice-{slice_id}",
+                        amount=Decimal(5000), currency="XOF", rail="ach", debtor_account="SN01",
+                        beneficiary_name="Awa", beneficiary_account="SN08")
+        self.rows[slice_id] = Row(slice=s, **kw)
+        return self.rows[slice_id]
+
+    async def claim(self, limit: int, lease: float) -> list[Claimed]:
+        now = trio.current_time()
+        out = []
+        for row in self.rows.values():
+            ready = (row.status in ("pending", "retry_scheduled") and row.due <= now) or (
+                row.status in ("claimed", "sending") and row.lease_until < now)
+            if ready and len(out) < limit:
+                out.append(Claimed(slice=row.slice, bank_profile="bank", account_currency="XOF",
+                                   attempts=row.attempts, max_attempts=8, recovering=row.status == "sending",
+                                   connector_name=row.connector, bound_scope=row.bound_scope,
+                                   bound_age=now - row.bound_at))
+                if row.status == "sending":
+                    for a in self.attempts:
+                        if a["slice"] == row.slice.id and a["outcome"] is None:
+                            a["outcome"] = AttemptOutcome.IN_DOUBT
+                row.status, row.lease_until = "claimed", now + lease
+        return out
+
+    async def start_attempts(self, attempts: Sequence[AttemptStart], lease: float) -> set[int]:
+        held = set()
+        for a in attempts:
+            row = self.rows[a.slice_id]
+            if row.status != "claimed" or (row.bound_scope is not None and row.bound_scope != a.scope):
+                continue
+            self.attempts.append({"slice": a.slice_id, "connector": a.connector, "scope": a.scope, "outcome": None,
+                                  "before": (row.bound_scope, row.bound_at)})
+            row.status, row.connector, row.attempts = "sending", a.connector, row.attempts + 1
+            row.bound_scope, row.bound_at = a.scope, trio.current_time()
+            row.lease_until = trio.current_time() + lease
+            held.add(a.slice_id)
+        return held
+
+    async def record(self, outcomes: Sequence[Outcome], audit: Sequence[CallRecord]) -> int:
+        if self.fail_records:
+            self.fail_records -= 1
+            raise _Away("database away")
+        now = trio.current_time()
+        for o in outcomes:
+            row = self.rows[o.slice_id]
+            if o.attempt is not None:
+                attempt = next(a for a in reversed(self.attempts) if a["slice"] == o.slice_id and a["outcome"] is None)
+                attempt["outcome"] = o.attempt
+                if o.attempt in NOT_REACHED:
+                    row.bound_scope, row.bound_at = attempt["before"]
+            if o.released_scope is not None and row.bound_scope == o.released_scope:
+                row.bound_scope = None
+                self.released.append((o.slice_id, o.released_scope))
+            was_sending = row.status == "sending"
+            row.last_error = o.error or row.last_error
+            row.connector = o.connector or row.connector
+            row.provider_ref = o.provider_ref or row.provider_ref
+            match o.kind:
+                case OutcomeKind.SENT | OutcomeKind.SETTLED | OutcomeKind.FAILED | OutcomeKind.DEAD:
+                    row.status = o.kind.value
+                case OutcomeKind.RETRY:
+                    row.status, row.due = "retry_scheduled", now + o.delay
+                case OutcomeKind.RELEASE:
+                    row.status, row.due = "pending", now + o.delay
+                    if was_sending:
+                        row.attempts -= 1
+        self.audit_rows.extend(audit)
+        return len(outcomes)
+
+    async def audit(self, audit: Sequence[CallRecord]) -> None:
+        self.audit_rows.extend(audit)
+
+    def paid(self, *banks: FakeBank) -> dict[str, int]:
+        """How many banks executed each slice's key (the union of ledgers)."""
+        counts: dict[str, int] = {}
+        for bank in banks:
+            for key in bank.ledger:
+                counts[key] = counts.get(key, 0) + 1
+        return counts
+
+
+class _Away(Exception):
+    retryable = True
+
+
+class Routes:
+    """The Router seam: one bank profile, its payment connectors by priority, filtered by scope."""
+
+    def __init__(self, actors: list[ConnectorActor], window: float = 600.0) -> None:
+        self.actors = actors
+        self.window = window
+
+    def route(self, bank_profile: str, rail: str, currency: str, scope: str | None = None) -> Route:
+        mine = [a for a in self.actors if scope is None or a.scope == scope]
+        return Route(configured=len(mine), available=[a for a in mine if a.accepting])
+
+    def acceptance_window(self, scope: str) -> float:
+        return self.window
+
+    def any_accepting(self) -> bool:
+        return any(a.accepting for a in self.actors)
+
+
+def actor(name: str, bank: FakeBank, priority: int, **limits: Any) -> ConnectorActor:
+    config = NullConfig(name=name, bank_profile="bank", priority=priority, idempotency_scope=f"{name}-scope",
+                        limits=LimitsConfig(call_timeout=Duration("2s"), **limits))
+    return ConnectorActor(config, FakeConnector(name, bank))  # type: ignore[arg-type]
+
+
+SETTINGS = DispatcherSettings(lease=60.0, idle_poll=0.05, call_timeout=10.0, release_delay=0.5,
+                              flush_interval=0.01, retry_backoff=Backoff(initial=0.5, maximum=2.0, jitter=0.0))
+
+
+@asynccontextmanager
+async def running(store: MemoryStore, routes: Routes) -> AsyncIterator[Dispatcher]:
+    async with trio.open_nursery() as nursery:
+        for a in routes.actors:
+            await nursery.start(a.run)
+        dispatcher = Dispatcher(store, routes, SETTINGS, rng=random.Random(1))
+        await nursery.start(dispatcher.run)
+        yield dispatcher
+        nursery.cancel_scope.cancel()
+
+
+@pytest.fixture
+def banks() -> tuple[FakeBank, FakeBank]:
+    return FakeBank("A"), FakeBank("B")
+
+
+async def test_a_timeout_after_send_keeps_the_slice_in_its_scope(
+    autojump_clock: trio.testing.MockClock, banks: tuple[FakeBank, FakeBank]
+) -> None:
+    a, b = banks
+    store = MemoryStore()
+    primary, backup = actor("primary", a, 10), actor("backup", b, 20)
+    a.mode = "hang_after_execute"  # the bank executes, the answer never comes
+    store.add(1)
+    async with running(store, Routes([primary, backup])):
+        await trio.sleep(2.5)  # the call times out (2s and a margin): in doubt
+        row = store.rows[1]
+        assert row.status == "retry_scheduled" and row.bound_scope == "primary-scope"
+        assert store.attempts[0]["outcome"] is AttemptOutcome.IN_DOUBT
+        assert a.cancelled == 1, "the timed-out call was cancelled, not left running"
+        await primary.pause()  # the primary is unavailable: the slice waits, it is not sent elsewhere
+        await trio.sleep(30)
+        assert b.calls == 0 and row.status == "pending" and row.bound_scope == "primary-scope"
+        assert "in doubt in idempotency scope 'primary-scope'" in (row.last_error or "")
+        a.mode = "ok"
+        await primary.resume()
+        await trio.sleep(5)
+        assert row.status == "sent" and row.provider_ref == "A-1"
+    assert store.paid(a, b) == {"molam-slice-1": 1}
+
+
+async def test_fallback_only_for_attempts_that_provably_did_not_reach_the_bank(
+    autojump_clock: trio.testing.MockClock, banks: tuple[FakeBank, FakeBank]
+) -> None:
+    a, b = banks
+    store = MemoryStore()
+    primary, backup = actor("primary", a, 10), actor("backup", b, 20)
+    a.mode = "refuse"  # connection refused: nothing left us
+    store.add(1)
+    async with running(store, Routes([primary, backup])):
+        await trio.sleep(0.2)
+        row = store.rows[1]
+        assert store.attempts[0]["outcome"] is AttemptOutcome.NOT_SENT
+        assert row.bound_scope is None and row.attempts == 0, "not an attempt; the binding given back"
+        await primary.pause()
+        await trio.sleep(2)
+        assert row.status == "sent" and row.connector == "backup" and row.bound_scope == "backup-scope"
+    assert store.paid(a, b) == {"molam-slice-1": 1}
+
+
+async def test_a_5xx_is_in_doubt_and_retried_in_the_same_scope(
+    autojump_clock: trio.testing.MockClock, banks: tuple[FakeBank, FakeBank]
+) -> None:
+    a, b = banks
+    store = MemoryStore()
+    primary, backup = actor("primary", a, 10), actor("backup", b, 20)
+    a.mode = "error_after_execute"
+    store.add(1)
+    async with running(store, Routes([primary, backup])):
+        await trio.sleep(0.2)
+        assert store.rows[1].status == "retry_scheduled" and store.rows[1].bound_scope == "primary-scope"
+        primary.breaker.force_open()  # the primary's breaker opens: the backup is free, but not for this slice
+        await trio.sleep(10)
+        assert b.calls == 0 and store.rows[1].status == "pending"
+        primary.breaker.reset()
+        a.mode = "ok"
+        await trio.sleep(3)
+        assert store.rows[1].status == "sent" and store.rows[1].connector == "primary"
+    assert store.paid(a, b) == {"molam-slice-1": 1}, "the retry reused the key in the scope that had it"
+
+
+async def test_recovery_asks_the_bound_scope_and_does_not_send_again(
+    autojump_clock: trio.testing.MockClock, banks: tuple[FakeBank, FakeBank]
+) -> None:
+    a, b = banks
+    a.execute("molam-slice-1")  # the crashed daemon's call did reach bank A
+    store = MemoryStore()
+    store.add(1, status="sending", lease_until=-1.0, connector="primary", bound_scope="primary-scope")
+    store.attempts.append({"slice": 1, "connector": "primary", "scope": "primary-scope", "outcome": None,
+                           "before": (None, 0.0)})
+    primary, backup = actor("primary", a, 10), actor("backup", b, 20)
+    async with running(store, Routes([primary, backup])):
+        await trio.sleep(1)
+    row = store.rows[1]
+    assert row.status == "sent" and row.provider_ref == "A-1"
+    assert store.attempts[0]["outcome"] is AttemptOutcome.IN_DOUBT, "the abandoned attempt is closed as in doubt"
+    assert a.calls == 0 and b.calls == 0, "found by its key: no new send anywhere"
+
+
+async def test_scope_unavailable_the_recovering_slice_waits(
+    autojump_clock: trio.testing.MockClock, banks: tuple[FakeBank, FakeBank]
+) -> None:
+    a, b = banks
+    store = MemoryStore()
+    store.add(1, status="sending", lease_until=-1.0, connector="primary", bound_scope="primary-scope")
+    primary, backup = actor("primary", a, 10), actor("backup", b, 20)
+    primary.breaker.force_open()
+    async with running(store, Routes([primary, backup])):
+        await trio.sleep(60)
+    assert b.calls == 0 and store.rows[1].bound_scope == "primary-scope" and store.rows[1].status == "pending"
+
+
+async def test_release_to_another_scope_only_after_the_acceptance_window(
+    autojump_clock: trio.testing.MockClock, banks: tuple[FakeBank, FakeBank]
+) -> None:
+    a, b = banks
+    store = MemoryStore()
+    # In doubt at the primary, which (we will learn) never got it; the primary is paused for new sends.
+    store.add(1, status="sending", lease_until=-1.0, connector="primary", bound_scope="primary-scope")
+    primary, backup = actor("primary", a, 10), actor("backup", b, 20)
+    a.mode = "hang"  # a resend inside the window hangs: still the primary's scope, nothing goes to B
+    async with running(store, Routes([primary, backup], window=20.0)):
+        await trio.sleep(5)
+        assert a.calls >= 1 and b.calls == 0 and store.released == [], "NOT_FOUND inside the window: resent in A"
+        a.mode = "refuse"  # from now the primary cannot be reached to send, but answers status queries
+        await trio.sleep(30)
+        assert store.released == [(1, "primary-scope")], "NOT_FOUND past the window: freed"
+        await primary.pause()
+        await trio.sleep(5)
+    assert store.rows[1].status == "sent" and store.rows[1].connector == "backup"
+    assert store.paid(a, b) == {"molam-slice-1": 1}
+
+
+async def test_abandoned_calls_are_cancelled_when_the_dispatcher_stops(
+    autojump_clock: trio.testing.MockClock, banks: tuple[FakeBank, FakeBank]
+) -> None:
+    a, b = banks
+    a.mode = "hang"
+    store = MemoryStore()
+    store.add(1)
+    primary = actor("primary", a, 10)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(primary.run)
+        dispatcher = Dispatcher(store, Routes([primary]), SETTINGS, rng=random.Random(1))
+        async with trio.open_nursery() as inner:
+            await inner.start(dispatcher.run)
+            await trio.sleep(1)
+            assert primary.in_flight == 1
+            inner.cancel_scope.cancel()  # the dispatcher goes away mid-call
+        await trio.sleep(0.1)
+        assert a.cancelled == 1 and primary.in_flight == 0, "the call was cancelled with its asker"
+        nursery.cancel_scope.cancel()
+    assert store.rows[1].status == "sending" and store.rows[1].bound_scope is not None, "in doubt under its lease"
+
+
+async def test_limiter_wait_is_busy_not_an_attempt(
+    autojump_clock: trio.testing.MockClock, banks: tuple[FakeBank, FakeBank]
+) -> None:
+    a, b = banks
+    store = MemoryStore()
+    for i in range(1, 4):
+        store.add(i)
+    primary = actor("primary", a, 10, rate=0.1, burst=1, max_wait=Duration("1s"))
+    async with running(store, Routes([primary])):
+        await trio.sleep(0.5)
+        assert a.calls == 1, "one turn; the others would wait 10s, past max_wait"
+        not_sent = [x for x in store.attempts if x["outcome"] is AttemptOutcome.NOT_SENT]
+        assert len(not_sent) >= 2 and all(store.rows[x["slice"]].attempts == 0 for x in not_sent)
+        await trio.sleep(40)
+    assert {r.status for r in store.rows.values()} == {"sent"} and a.calls == 3
+
+
+async def test_a_failed_flush_keeps_the_outcomes_and_writes_them_later(
+    autojump_clock: trio.testing.MockClock, banks: tuple[FakeBank, FakeBank]
+) -> None:
+    a, _ = banks
+    store = MemoryStore()
+    store.fail_records = 3
+    store.add(1)
+    async with running(store, Routes([actor("primary", a, 10)])):
+        await trio.sleep(0.1)
+        assert store.rows[1].status == "sending", "not written yet: the database is away"
+        await trio.sleep(5)
+    assert store.rows[1].status == "sent" and a.calls == 1 and store.audit_rows
