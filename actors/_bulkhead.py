@@ -19,7 +19,6 @@ class Bulkhead:
         self._limit = limit
         self.max_waiting = max_waiting
         self._in_flight = 0
-        self._waiters = 0  # len(self._lot), kept as an int for the per-call path
         self._lot = trio.lowlevel.ParkingLot()
 
     @property
@@ -30,9 +29,8 @@ class Bulkhead:
         if limit < 1:
             raise ValueError("a bulkhead needs a limit of at least 1")
         self._limit = limit
-        while self._waiters and self._in_flight < self._limit:
+        while self._lot and self._in_flight < self._limit:
             self._in_flight += 1
-            self._waiters -= 1
             self._lot.unpark()
 
     @property
@@ -41,11 +39,11 @@ class Bulkhead:
 
     @property
     def waiting(self) -> int:
-        return self._waiters
+        return len(self._lot)
 
     def try_enter(self) -> bool:
         """Take a slot if one is free, without waiting."""
-        if self._in_flight < self._limit and not self._waiters:
+        if self._in_flight < self._limit and not self._lot:
             self._in_flight += 1
             return True
         return False
@@ -57,21 +55,15 @@ class Bulkhead:
         """
         if self.try_enter():
             return
-        if self.max_waiting is not None and self._waiters >= self.max_waiting:
-            raise Busy(self.name, f"bulkhead full ({self._limit} in flight, {self._waiters} waiting)")
-        self._waiters += 1
-        try:
-            await self._lot.park()  # a leaving caller hands us its slot
-        except BaseException:
-            # Cancelled in line (trio never cancels a park that was already unparked): no slot was taken.
-            self._waiters -= 1
-            raise
+        if self.max_waiting is not None and len(self._lot) >= self.max_waiting:
+            raise Busy(self.name, f"bulkhead full ({self._limit} in flight, {len(self._lot)} waiting)")
+        # A leaving caller hands us its slot. Cancelled in line, trio takes us out of the lot at once (it never
+        # cancels a park that was already unparked): no slot was taken, and no count needs mending.
+        await self._lot.park()
 
     def leave(self) -> None:
-        if self._waiters:
-            self._waiters -= 1
-            self._lot.unpark()  # the slot passes to the next in line; in_flight stays the same
-        else:
+        # The slot passes to the next in line (in_flight stays the same); with nobody waiting it is freed.
+        if not self._lot.unpark():
             self._in_flight -= 1
 
     def slot(self) -> _Slot:

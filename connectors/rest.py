@@ -210,12 +210,9 @@ class RestConnector:
         signature = sign_request(self._secret, "GET", path, timestamp, b"")
         query = urlencode({"since": since, "key_id": self._options.key_id, "ts": timestamp, "sig": signature})
         try:
-            async with trio_websocket.open_websocket_url(f"{url}?{query}", connect_timeout=10) as ws, \
-                    trio.open_nursery() as keepalive:
-                keepalive.start_soon(_ping_forever, ws)
+            async with trio_websocket.open_websocket_url(f"{url}?{query}", connect_timeout=10) as ws:
                 while True:
-                    with trio.fail_after(EVENTS_IDLE_TIMEOUT):
-                        message = await ws.get_message()
+                    message = await _next_message(ws, self.name)
                     try:
                         data = json.loads(message)
                         event = PaymentEvent(
@@ -349,12 +346,16 @@ def _json(response: httpx.Response) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-async def _ping_forever(ws: trio_websocket.WebSocketConnection) -> None:
-    """Keepalive: a ping the peer must answer; one left unanswered for the idle timeout ends the stream."""
+async def _next_message(ws: trio_websocket.WebSocketConnection, name: str) -> str | bytes:
+    """The next event; a quiet stream is pinged every EVENTS_PING_INTERVAL, and one whose peer does not answer
+    within EVENTS_IDLE_TIMEOUT is dead (Network), whatever TCP thinks. Waiting for a message is cancel-safe."""
     while True:
-        await trio.sleep(EVENTS_PING_INTERVAL)
-        with trio.fail_after(EVENTS_IDLE_TIMEOUT):
+        with trio.move_on_after(EVENTS_PING_INTERVAL):
+            return await ws.get_message()
+        with trio.move_on_after(EVENTS_IDLE_TIMEOUT) as pong:
             await ws.ping()
+        if pong.cancelled_caught:
+            raise Network(name, f"event stream: no answer to a ping within {EVENTS_IDLE_TIMEOUT:g}s")
 
 
 def _retry_after(response: httpx.Response) -> float | None:

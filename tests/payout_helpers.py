@@ -53,7 +53,7 @@ class Bank:
 
 def rest_connector(name: str, bank_url: str, *, profile: str = "bank-a", priority: int = 10,
                    currencies: str = '["XOF"]', rate: float = 1000.0, call_timeout: str = "2s",
-                   events_url: str | None = None) -> str:
+                   events_url: str | None = None, scope: str = "") -> str:
     return textwrap.dedent(f"""
         [[connectors]]
         name = "{name}"
@@ -62,6 +62,7 @@ def rest_connector(name: str, bank_url: str, *, profile: str = "bank-a", priorit
         priority = {priority}
         currencies = {currencies}
         shutdown_grace = "3s"
+        idempotency_scope = "{scope}"
         [connectors.rest]
         base_url = "{bank_url}"
         key_id = "molamd-demo"
@@ -145,6 +146,15 @@ def wait_final(dsn: str, ids: list[int], timeout: float = 60.0) -> dict[str, int
     wait_for(lambda: sum(statuses(dsn, ids).get(s, 0) for s in FINAL) == len(ids), timeout,
              "every slice final", lambda: statuses(dsn, ids))
     return statuses(dsn, ids)
+
+
+def paid_per_reference(*banks: Bank) -> dict[str, list[tuple[str, str]]]:
+    """Every payment reference over the union of the banks' ledgers, with (bank url, payment id) per execution."""
+    found: dict[str, list[tuple[str, str]]] = {}
+    for bank in banks:
+        for payment in bank.ledger():
+            found.setdefault(payment["reference"], []).append((bank.url, payment["id"]))
+    return found
 
 
 def assert_paid_once(dsn: str, bank: Bank) -> None:

@@ -258,3 +258,21 @@ async def test_bulkhead_cancelled_waiter_takes_no_slot(autojump_clock: trio.test
     bulkhead.set_limit(3)
     with pytest.raises(ValueError):
         Bulkhead("x", 0)
+
+
+async def test_bulkhead_waiters_cancelled_in_line_lose_no_slot(autojump_clock: trio.testing.MockClock) -> None:
+    bulkhead = Bulkhead("bank-a", 1)
+    assert bulkhead.try_enter()
+
+    async def impatient() -> None:
+        with trio.move_on_after(1):
+            await bulkhead.enter()
+            bulkhead.leave()
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(3):
+            nursery.start_soon(impatient)
+        await trio.sleep(1)  # their deadlines pass; the holder leaves in the same instant
+        bulkhead.leave()
+    assert (bulkhead.in_flight, bulkhead.waiting) == (0, 0)
+    assert bulkhead.try_enter(), "the slot is free again"

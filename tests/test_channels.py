@@ -1,0 +1,80 @@
+"""Exactly once across channels: one bank profile, a primary and a backup connector reaching two sandbox banks
+with separate ledgers and idempotency stores, a flaky primary and repeated SIGKILLs of the daemon."""
+
+from __future__ import annotations
+
+import random
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.payout_helpers import Bank, env, paid_per_reference, payout_toml, rest_connector, seed, statuses, wait_for
+
+FINAL = ("settled", "failed", "dead")
+
+
+@pytest.fixture
+def two_banks() -> Iterator[tuple[Bank, Bank]]:
+    a, b = Bank(), Bank()
+    yield a, b
+    a.close()
+    b.close()
+
+
+def test_a_flaky_primary_and_sigkills_never_pay_twice_across_channels(
+    daemon_factory: Any, short_tmp: Path, migrated_dsn: str, two_banks: tuple[Bank, Bank]
+) -> None:
+    primary, backup = two_banks
+    connectors = (rest_connector("primary", primary.url, priority=10, call_timeout="500ms", scope="bank-a-api")
+                  + rest_connector("backup", backup.url, priority=20, call_timeout="500ms", scope="bank-a-legacy"))
+    config = payout_toml(short_tmp, migrated_dsn, connectors, lease="6s")
+    # Hangs, resets and 5xx on the primary; half of the ambiguous faults happen after the bank executed.
+    primary.faults(error_rate=0.25, reset_rate=0.1, hang_rate=0.1)
+    ids = seed(migrated_dsn, 300)
+    d = daemon_factory(config, env=env())
+    rng = random.Random(3)
+    for _ in range(3):
+        time.sleep(rng.uniform(0.8, 1.6))
+        d.signal(signal.SIGKILL)
+        d.proc.wait()  # type: ignore[union-attr]
+        d.start()
+    # An operator opens the primary's breaker: new work goes to the backup, in-doubt slices wait for the primary.
+    assert d.ctl_json("force-open", "primary")["breaker"] == "forced_open"
+    during = seed(migrated_dsn, 50, prefix="outage")
+    ids += during
+    wait_for(lambda: sum(statuses(migrated_dsn, during).get(s, 0) for s in ("sent", *FINAL)) == len(during), 30,
+             "the outage's slices sent", lambda: statuses(migrated_dsn, during))
+    d.ctl_json("reset-circuit", "primary")
+    primary.faults(error_rate=0.0, reset_rate=0.0, hang_rate=0.0)
+    wait_for(lambda: sum(statuses(migrated_dsn, ids).get(s, 0) for s in FINAL) == len(ids), 120,
+             "every slice final", lambda: statuses(migrated_dsn, ids))
+    paid = paid_per_reference(primary, backup)
+    twice = {ref: where for ref, where in paid.items() if len(where) > 1}
+    assert twice == {}, f"paid by both banks: {list(twice.items())[:5]}"
+    assert len(backup.ledger()) > 0, "the backup bank took work while the primary was failing"
+    with psycopg.connect(migrated_dsn) as conn:
+        rows = conn.execute("SELECT payout_id || '/' || id, status, provider_ref, bound_scope FROM payout_slices"
+                            " WHERE id = ANY(%s)", (ids,)).fetchall()
+        scopes = conn.execute("SELECT DISTINCT idempotency_scope FROM payout_slice_attempts").fetchall()
+        open_attempts = conn.execute("SELECT count(*) FROM payout_slice_attempts WHERE outcome IS NULL").fetchone()
+    for reference, status, provider_ref, scope in rows:
+        where = paid.get(reference, [])
+        if status == "settled":
+            assert [pid for _, pid in where] == [provider_ref], reference
+            bank = primary if where[0][0] == primary.url else backup
+            assert scope == ("bank-a-api" if bank is primary else "bank-a-legacy"), (reference, scope)
+        elif status == "dead":
+            assert not where or scope is not None, f"{reference} was paid but is dead and unbound"
+    assert {s for (s,) in scopes} == {"bank-a-api", "bank-a-legacy"}
+    assert open_attempts == (0,), "every attempt is closed once the daemon has recovered"
+    with psycopg.connect(migrated_dsn) as conn:
+        audited = conn.execute("SELECT action, uid, user_name, target, ok FROM molamd_audit"
+                               " WHERE action LIKE 'command:%' ORDER BY id").fetchall()
+    assert audited == [("command:force-open", 0, "root", "primary", True),
+                       ("command:reset-circuit", 0, "root", "primary", True)]
+    assert d.stop() == 0
