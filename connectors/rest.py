@@ -268,8 +268,12 @@ class RestConnector:
         try:
             with trio.fail_after(ctx.timeout):
                 response = await client.request(method, target, content=body, headers=headers)
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol) as exc:
-            # Refused, unreachable, TLS or DNS failure, no free connection: no byte of the request left us.
+        except (httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            # No connection in time: no byte of the request left us.
+            raise self._fail(Timeout(self.name, f"{method} {target}: not sent: {type(exc).__name__}: {exc}",
+                                     reached=False), record("error", code="timeout")) from exc
+        except (httpx.ConnectError, httpx.UnsupportedProtocol) as exc:
+            # Refused, unreachable, TLS or DNS failure: no byte of the request left us.
             raise self._fail(Network(self.name, f"{method} {target}: not sent: {type(exc).__name__}: {exc}",
                                      reached=False), record("error", code="network")) from exc
         except (trio.TooSlowError, httpx.TimeoutException) as exc:

@@ -190,3 +190,80 @@ def test_mask_account() -> None:
     assert mask_account("123") == "****"
     assert mask_account("12345678") == "****5678"
     assert mask_account("SN0120100100123456789012") == "SN01****************9012"
+
+
+@pytest.mark.parametrize(("amount", "currency", "wire"), [
+    ("1500.0000", "XOF", "1500"), ("12.5", "EUR", "12.50"), ("1E+3", "XOF", "1000"), ("0.125", "KWD", "0.125")])
+async def test_amounts_go_out_with_the_currency_exponent(amount: str, currency: str, wire: str) -> None:
+    sent: list[dict[str, Any]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(json.loads(request.content))
+        return signed(201, {"id": "pay_1", "status": "accepted"})
+
+    c = connector(handler)
+    await c.open()
+    try:
+        slice_ = msgspec_replace(SLICE, amount=Decimal(amount), currency=currency)
+        await c.send_payment(slice_, CTX)
+    finally:
+        await c.aclose()
+    assert sent[0]["amount"] == wire
+
+
+async def test_an_amount_finer_than_its_currency_is_refused_before_sending() -> None:
+    calls: list[httpx.Request] = []
+    c = connector(lambda r: calls.append(r) or signed(201, {}))  # type: ignore[func-returns-value]
+    await c.open()
+    try:
+        with pytest.raises(Validation, match="more decimals than XOF has"):
+            await c.send_payment(msgspec_replace(SLICE, amount=Decimal("10.5")), CTX)
+    finally:
+        await c.aclose()
+    assert calls == []
+
+
+@pytest.mark.parametrize(("header", "low", "high"), [("120", 120, 120), ("inf", None, None), ("soon", None, None)])
+async def test_retry_after_seconds_and_dates(header: str, low: float | None, high: float | None) -> None:
+    c = connector(lambda r: signed(429, {"error": "rate_limited"}, {"Retry-After": header}))
+    await c.open()
+    try:
+        with pytest.raises(RateLimited) as caught:
+            await c.send_payment(SLICE, CTX)
+    finally:
+        await c.aclose()
+    assert caught.value.retry_after == low and not caught.value.reached
+
+
+async def test_retry_after_as_an_http_date() -> None:
+    import email.utils
+
+    when = email.utils.formatdate(time.time() + 90, usegmt=True)
+    c = connector(lambda r: signed(429, {"error": "rate_limited"}, {"Retry-After": when}))
+    await c.open()
+    try:
+        with pytest.raises(RateLimited) as caught:
+            await c.send_payment(SLICE, CTX)
+    finally:
+        await c.aclose()
+    assert caught.value.retry_after is not None and 85 <= caught.value.retry_after <= 91
+
+
+async def test_a_refused_connection_provably_did_not_reach_the_bank() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    c = connector(handler)
+    await c.open()
+    try:
+        with pytest.raises(Network) as caught:
+            await c.send_payment(SLICE, CTX)
+    finally:
+        await c.aclose()
+    assert not caught.value.reached
+
+
+def msgspec_replace(value: PayoutSlice, **changes: Any) -> PayoutSlice:
+    import msgspec
+
+    return msgspec.structs.replace(value, **changes)
