@@ -176,3 +176,32 @@ def test_mt940_js_expected(case: str) -> None:
 @pytest.mark.parametrize("path", mt940_files(), ids=lambda p: p.name)
 def test_every_file_balances_or_fails_clearly(path: Path) -> None:
     balances_or_fails_clearly(parse_mt940, path.read_bytes(), "line ")
+
+
+def _message(ref: str, info: str = "PAYOUT MOLAM") -> str:
+    return (f":20:{ref}\r\n:25:SN0120100100123456789012\r\n:28C:1/1\r\n:60F:C261102XOF100000,\r\n"
+            f":61:2611021102D15000,NTRFmolam-slice-1//pay_1\r\n:86:{info}\r\n:62F:C261102XOF85000,\r\n")
+
+
+def test_a_lone_dash_inside_an_entry_text_is_a_continuation() -> None:
+    data = _message("A1", "LINE ONE\r\n-\r\nLINE THREE").encode() + b"-\r\n"
+    [statement] = parse_mt940(data)
+    assert statement.closing is not None and statement.closing.amount == Decimal(85000)
+    assert len(statement.lines) == 1 and "LINE THREE" in (statement.lines[0].raw or "")
+
+
+def test_a_dos_eof_mark_between_two_messages_is_skipped() -> None:
+    data = (_message("A1") + "-\r\n\x1a" + _message("A2") + "-\r\n\x1a").encode()
+    assert [s.reference for s in parse_mt940(data)] == ["A1", "A2"]
+    glued = (_message("A1") + "-\x1a\r\n\x1a{1:F01BANKXXXX}{4:\r\n" + _message("A2") + "-}").encode()
+    assert [s.reference for s in parse_mt940(glued)] == ["A1", "A2"]
+
+
+def test_neither_hides_a_real_end_of_message() -> None:
+    # After the closing balance a lone "-" ends the message: the next one is a statement of its own.
+    two = (_message("A1") + "-\r\n" + _message("A2")).encode()
+    assert [s.reference for s in parse_mt940(two)] == ["A1", "A2"]
+    # A message cut short (no closing balance) is an error naming its line, never merged into the next.
+    truncated = _message("A1").replace(":62F:C261102XOF85000,\r\n", "") + "-\r\n\x1a" + _message("A2")
+    with pytest.raises(StatementFormatError, match="without a closing balance"):
+        parse_mt940(truncated.encode())

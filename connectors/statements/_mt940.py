@@ -28,7 +28,7 @@ from ._model import Balance, Statement, StatementLine, check_balance
 _TAG = re.compile(r":(\d\d[A-Z]?|NS):")
 # A tag and its continuation lines: every following line that does not start with ":", "{" or "-" (those may
 # begin a tag, a SWIFT block or the end of a statement, and go through the line-by-line path).
-_VALUE = r"[^\n]*(?:\n(?![:{\-]|[ \t]*:[ \t]*\n)[^\n]*)*"
+_VALUE = r"[^\n]*(?:\n(?![:{\-\x1a]|[ \t]*:[ \t]*\n)[^\n]*)*"
 _FIELD = re.compile(rf"^:(\d\d[A-Z]?|NS):({_VALUE})\n", re.MULTILINE)
 _KNOWN = frozenset({
     "20", "21", "25", "28", "28C", "60F", "60M", "61", "86", "62F", "62M", "64", "65", "13", "13D", "34F",
@@ -147,6 +147,8 @@ class _Reader:
         return line_no
 
     def feed(self, text: str, line_no: int) -> None:
+        if text[:1] == "\x1a":  # a DOS end-of-file mark (SUB) between messages: not text of either
+            text = text.lstrip("\x1a")
         first = text[:1]
         if first == "{":  # SWIFT block headers; the text block {4: holds the statement
             start = text.find("{4:")
@@ -163,11 +165,22 @@ class _Reader:
         stripped = text.strip()
         if stripped == ":":
             self.colon_line = True
+        elif stripped == "-" and self._inside_text():
+            self.value += "\n" + text  # a lone "-" inside an entry's text, before the closing balance
         elif stripped and stripped[0] == "-" and stripped.rstrip("-}\x03") == "":  # end of a statement block
             self._close_tag()
             self._finish(line_no)
         elif self.tag is not None and stripped:
             self.value += "\n" + text
+
+    def _inside_text(self) -> bool:
+        """A statement is open, its closing balance not yet read, and the open tag is free text (:61:, :86:).
+
+        Only then can a lone "-" be text: anywhere else (after :62F:, in an MT942) it ends the message.
+        """
+        builder = self.builder
+        return (builder is not None and builder.closing is None and not builder.interim
+                and self.tag in ("61", "86"))
 
     def end(self, line_no: int) -> None:
         self._close_tag()
