@@ -371,3 +371,39 @@ async def test_a_download_is_cancelled_between_chunks(tmp_path: Path, migrated_d
         assert [f.name for f in await poller.connector.list_statements()] == ["slow.sta"]  # still usable
         [taken] = (await poller.poll_once()).taken
         assert taken["outcome"] == "parsed"
+
+
+def _slice_of(dsn: str, profile: str, account_number: str, provider_ref: str) -> int:
+    """A sent 15,000 XOF slice of ``profile``'s account, whose bank gave it ``provider_ref``."""
+    with psycopg.connect(dsn) as conn:
+        conn.execute("INSERT INTO bank_profiles (id, name, country) VALUES (%s, %s, 'SN') ON CONFLICT DO NOTHING",
+                     (profile, profile))
+        account = conn.execute("INSERT INTO treasury_accounts (bank_profile_id, label, account_number, currency)"
+                               " VALUES (%s, %s, %s, 'XOF') RETURNING id",
+                               (profile, account_number, account_number)).fetchone()[0]
+        slice_id = conn.execute(
+            "INSERT INTO payout_slices (payout_id, treasury_account_id, amount, currency, rail, beneficiary_name,"
+            " beneficiary_account) VALUES (%s, %s, 15000, 'XOF', 'ach', 'Awa', 'SN08') RETURNING id",
+            (f"{profile}-{account_number}", account)).fetchone()[0]
+        for step in ("claimed", "sending"):
+            conn.execute("UPDATE payout_slices SET status = %s, claimed_by = 'h', lease_until = now() + '1m'"
+                         " WHERE id = %s", (step, slice_id))
+        conn.execute("UPDATE payout_slices SET status = 'sent', provider_ref = %s, claimed_by = NULL,"
+                     " lease_until = NULL, sent_at = now() WHERE id = %s", (provider_ref, slice_id))
+    return int(slice_id)
+
+
+async def test_a_line_of_one_bank_never_settles_another_banks_slice(tmp_path: Path, migrated_dsn: str) -> None:
+    # Two banks number their payments alike: bank B's pay_1 and bank A's pay_1 are different payments.
+    other_bank = _slice_of(migrated_dsn, "bank-b", "ACC-1", "pay_1")
+    other_account = _slice_of(migrated_dsn, "bank-a", "ACC-2", "pay_1")
+    async with rig(tmp_path, migrated_dsn) as r:  # the source belongs to bank-a; its statement is of ACC-1
+        taken = await _take_csv(r, "day.csv", _csv("no-such-key", 15000))
+        assert (taken["outcome"], taken["matched"], taken["settled"]) == ("parsed", 0, 0)
+        assert r.query("SELECT status FROM payout_slices WHERE id = ANY(%s) ORDER BY id",
+                       [other_bank, other_account]) == [("sent",), ("sent",)]
+    mine = _slice_of(migrated_dsn, "bank-a", "ACC-1", "pay_1")
+    async with rig(tmp_path / "again", migrated_dsn) as r:
+        taken = await _take_csv(r, "day2.csv", _csv("no-such-key", 15000).replace(b"2026-11-02", b"2026-11-04"))
+        assert (taken["matched"], taken["settled"]) == (1, 1), "bank A's own slice on ACC-1 is the one it proves"
+        assert r.query("SELECT status FROM payout_slices WHERE id = %s", mine) == [("settled",)]
