@@ -9,7 +9,6 @@ it.
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
 import signal
 from collections.abc import AsyncIterator
@@ -77,9 +76,6 @@ class Daemon:
                     nursery.cancel_scope.cancel()
                     return
                 self._startup = None
-                # Everything built at start-up lives as long as the daemon: keep it out of the cyclic GC's
-                # full passes, which otherwise walk thousands of actors whenever a reload allocates.
-                gc.freeze()
                 nursery.start_soon(rt.notifier.watchdog)
                 nursery.start_soon(self._reloader)
                 status = f"serving {len(rt.config.connectors)} connectors"

@@ -1,17 +1,19 @@
-"""Config reload, all or nothing: parse → validate → resolve secrets → diff → apply.
+"""The reloader: owns the config swap, all or nothing: parse → validate → resolve secrets → diff → apply → adopt.
 
 Every trigger (SIGHUP, ``molamctl reload``, ``systemctl reload`` which runs ``molamctl reload``) comes here,
-serialised by one lock. Until apply, nothing running is touched; any error is returned to the caller and
-logged, and ``molamd_config_last_reload_successful`` goes to 0. Apply stops removed actors, restarts changed
-ones (each drains within its grace first), starts added ones and leaves the rest alone: same incarnation,
-same state, same in-flight work.
+serialised by one lock. Until apply, nothing running is touched. Apply stops removed actors, restarts changed
+ones (each drains within its grace first), starts added ones and leaves the rest alone: same incarnation, same
+state, same in-flight work. Each step leaves its undo; a step that fails undoes the ones before it (removed
+actors start again, changed ones go back to their old spec, added ones stop), so the actors agree with the old
+config again. Only once everything is applied is the new config adopted (routes, redaction, log level). Any
+error is returned to the caller and logged, and ``molamd_config_last_reload_successful`` goes to 0.
 """
 
 from __future__ import annotations
 
-import gc
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
 import msgspec
 import trio
@@ -91,14 +93,21 @@ async def reload(rt: Runtime) -> ReloadResult:
             except ConfigError as exc:
                 _failed(rt, exc)
                 raise
-            await _apply(rt, new, connectors, workers)
+            try:
+                await _apply(rt, new, connectors, workers)
+            except Exception as exc:
+                refused = ConfigError(rt.config_path, [ConfigProblem(
+                    "$", f"applying the new config failed ({type(exc).__name__}: {exc}); rolled back, the old"
+                         " config is still running")])
+                _failed(rt, refused)
+                raise refused from exc
+            _adopt(rt, new)
         finally:
             rt.notifier.ready(status=f"serving {len(rt.config.connectors)} connectors")
         result = ReloadResult(
             connectors=connectors, workers=workers, duration_seconds=round(trio.current_time() - started, 6)
         )
         rt.metrics.reload_duration.observe(result.duration_seconds)
-        gc.freeze()  # the new config and actors are long-lived too (see daemon.py)
         rt.last_reload = {"ok": True, "at": time.time(), "error": None}
         rt.metrics.reload_successful.set(1)
         rt.metrics.reload_success_timestamp.set(time.time())
@@ -118,30 +127,67 @@ def _failed(rt: Runtime, exc: ConfigError) -> None:
     rt.events.publish("reload", phase="done", ok=False, error=str(exc))
 
 
+Undo = Callable[[], Awaitable[None]]
+
+
 async def _apply(rt: Runtime, new: Config, connectors: Diff, workers: Diff) -> None:
+    """Change the running actors to match ``new``; on failure undo what was done and raise."""
     old = rt.config
+    undo: list[Undo] = []
+    try:
+        await _apply_steps(rt, old, new, connectors, workers, undo)
+    except BaseException:
+        with trio.CancelScope(shield=True):
+            for step in reversed(undo):
+                try:
+                    await step()
+                except Exception as exc:  # keep undoing: every step back counts
+                    log(logger, logging.ERROR, "reload rollback step failed", error=f"{type(exc).__name__}: {exc}")
+        raise
+
+
+async def _apply_steps(rt: Runtime, old: Config, new: Config, connectors: Diff, workers: Diff,
+                       undo: list[Undo]) -> None:
+    if new.supervision != old.supervision:
+        old_policy, policy = rt.connectors.policy, restart_policy(new.supervision)
+        rt.connectors.policy = rt.workers.policy = policy
+
+        async def put_policy_back() -> None:
+            rt.connectors.policy = rt.workers.policy = old_policy
+
+        undo.append(put_policy_back)
+
+    sup = rt.connectors
+    before = {c.name: c for c in old.connectors}
+    after = {c.name: c for c in new.connectors}
+    for name in connectors.removed:
+        await sup.stop_child(name)
+        undo.append(lambda n=name: sup.start_child(rt.connector_spec(before[n], old)))  # type: ignore[misc]
+    for name in connectors.changed:
+        await sup.restart_child(name, rt.connector_spec(after[name], new))
+        undo.append(lambda n=name: sup.restart_child(n, rt.connector_spec(before[n], old)))  # type: ignore[misc]
+    for name in connectors.added:
+        await sup.start_child(rt.connector_spec(after[name], new))
+        undo.append(lambda n=name: sup.stop_child(n))  # type: ignore[misc]
+
+    workers_sup = rt.workers
+    old_specs = {s.name: s for s in rt.worker_specs(old)}
+    new_specs = {s.name: s for s in rt.worker_specs(new)}
+    for name in workers.removed:
+        await workers_sup.stop_child(name)
+        undo.append(lambda n=name: workers_sup.start_child(old_specs[n]))  # type: ignore[misc]
+    for name in workers.changed:
+        await workers_sup.restart_child(name, new_specs[name])
+        undo.append(lambda n=name: workers_sup.restart_child(n, old_specs[n]))  # type: ignore[misc]
+    for name in workers.added:
+        await workers_sup.start_child(new_specs[name])
+        undo.append(lambda n=name: workers_sup.stop_child(n))  # type: ignore[misc]
+
+
+def _adopt(rt: Runtime, new: Config) -> None:
+    """The new config becomes the running one: routes, secrets to redact, log level."""
     rt.config = new
     rt.directory.index(new)
     rt.config_loaded_at = time.time()
     redactor.set_values(secret_values(new))
     set_level(new.logging.level.value)
-    if new.supervision != old.supervision:
-        policy = restart_policy(new.supervision)
-        rt.connectors.policy = policy
-        rt.workers.policy = policy
-
-    by_name = {c.name: c for c in new.connectors}
-    for name in connectors.removed:
-        await rt.connectors.stop_child(name)
-    for name in connectors.changed:
-        await rt.connectors.restart_child(name, rt.connector_spec(by_name[name]))
-    for name in connectors.added:
-        await rt.connectors.start_child(rt.connector_spec(by_name[name]))
-
-    specs = {s.name: s for s in rt.worker_specs(new)}
-    for name in workers.removed:
-        await rt.workers.stop_child(name)
-    for name in workers.changed:
-        await rt.workers.restart_child(name, specs[name])
-    for name in workers.added:
-        await rt.workers.start_child(specs[name])

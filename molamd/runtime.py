@@ -125,9 +125,11 @@ class Runtime:
 
     # -- specs --------------------------------------------------------------------------------------
 
-    def connector_spec(self, config: ConnectorConfig) -> ChildSpec:
+    def connector_spec(self, config: ConnectorConfig, whole: Config | None = None) -> ChildSpec:
+        """The child spec of one connector entry of ``whole`` (the running config when None)."""
         if isinstance(config, SftpSourceConfig):
-            return ChildSpec(name=config.name, factory=lambda: self.statement_poller(config),
+            source_of = whole or self.config
+            return ChildSpec(name=config.name, factory=lambda: self.statement_poller(config, source_of),
                              shutdown_grace=config.shutdown_grace.seconds)
         self.telemetry.set_breaker(config.name, BreakerState.CLOSED)
         return ChildSpec(
@@ -137,11 +139,11 @@ class Runtime:
             shutdown_grace=config.shutdown_grace.seconds,
         )
 
-    def statement_poller(self, config: SftpSourceConfig) -> StatementPoller:
-        sources = [c.name for c in self.config.connectors
+    def statement_poller(self, config: SftpSourceConfig, whole: Config) -> StatementPoller:
+        sources = [c.name for c in whole.connectors
                    if isinstance(c, SftpSourceConfig) and c.bank_profile == config.bank_profile]
         return StatementPoller(config, SftpStatementConnector(config), self.statements, self.metrics,
-                               csv_profile=self.config.source_profile(config), profile_sources=sources)
+                               csv_profile=whole.source_profile(config), profile_sources=sources)
 
     def statement_source(self, name: str) -> StatementPoller | None:
         return self._connector_child(name, StatementPoller)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -83,4 +84,41 @@ async def test_reload_applies_only_the_difference(short_tmp: Path) -> None:
         assert {i.name: i.incarnation for i in rt.connectors.infos()} == after
         assert rt.metrics.reload_successful._value.get() == 0
         assert rt.last_reload["ok"] is False
+        daemon.request_stop("test over")
+
+
+async def test_a_failure_mid_apply_rolls_back_and_keeps_the_old_config(short_tmp: Path) -> None:
+    path = short_tmp / "molamd.toml"
+    base = daemon_toml(short_tmp, health_interval="1h")
+    old_text = base + connector_toml("a") + connector_toml("b") + connector_toml("c")
+    path.write_text(old_text)
+    daemon = Daemon(str(path), load_resolved(str(path)))
+    rt = daemon.rt
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(daemon.run)
+        with trio.fail_after(10):
+            while rt.connector_actor("c") is None:  # noqa: ASYNC110
+                await trio.sleep(0.01)
+        old_config = rt.config
+        a_actor = rt.connector_actor("a")
+        start_child = rt.connectors.start_child
+
+        async def broken(spec: Any) -> None:
+            if spec.name == "d":
+                raise RuntimeError("injected: d cannot start")
+            await start_child(spec)
+
+        rt.connectors.start_child = broken  # type: ignore[method-assign]
+        # c removed and b changed before d's start fails.
+        path.write_text(base + connector_toml("a") + connector_toml("b", latency="1ms") + connector_toml("d"))
+        with pytest.raises(ConfigError, match="injected: d cannot start.*rolled back"):
+            await reloading.reload(rt)
+        assert rt.config is old_config, "the old config is still the running one"
+        assert sorted(rt.connectors.names()) == ["a", "b", "c"], "c is back, d is not there"
+        b_actor, c_actor = rt.connector_actor("b"), rt.connector_actor("c")
+        assert b_actor is not None and c_actor is not None
+        assert b_actor.config == old_config.connector("b"), "b runs its old spec again"
+        assert rt.connector_actor("a") is a_actor, "untouched actors were never touched"
+        assert rt.metrics.reload_successful._value.get() == 0 and rt.last_reload["ok"] is False
+        assert "rolled back" in str(rt.last_reload["error"])
         daemon.request_stop("test over")
