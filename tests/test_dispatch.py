@@ -118,7 +118,8 @@ def test_durable_retries_dlq_and_retry_after(
     assert wait_final(migrated_dsn, doomed) == {"failed": 1, "settled": 3}
     with psycopg.connect(migrated_dsn) as conn:
         audit = conn.execute(
-            "SELECT action, count(*) FROM molamd_audit WHERE payout_slice_id IS NOT NULL GROUP BY action ORDER BY action").fetchall()
+            "SELECT action, count(*) FROM molamd_audit WHERE payout_slice_id IS NOT NULL"
+            " GROUP BY action ORDER BY action").fetchall()
         dropped_error = conn.execute("SELECT last_error FROM payout_slices WHERE id = %s", (doomed[0],)).fetchone()[0]
     assert audit == [("dlq_drop", 1), ("dlq_retry", 3)]
     assert dropped_error.startswith("dropped from the DLQ: beneficiary closed the account (was: gave up")

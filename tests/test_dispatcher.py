@@ -382,7 +382,7 @@ async def test_release_to_another_scope_only_after_the_acceptance_window(
 async def test_abandoned_calls_are_cancelled_when_the_dispatcher_stops(
     autojump_clock: trio.testing.MockClock, banks: tuple[FakeBank, FakeBank]
 ) -> None:
-    a, b = banks
+    a, _ = banks
     a.mode = "hang"
     store = MemoryStore()
     store.add(1)
@@ -404,7 +404,7 @@ async def test_abandoned_calls_are_cancelled_when_the_dispatcher_stops(
 async def test_limiter_wait_is_busy_not_an_attempt(
     autojump_clock: trio.testing.MockClock, banks: tuple[FakeBank, FakeBank]
 ) -> None:
-    a, b = banks
+    a, _ = banks
     store = MemoryStore()
     for i in range(1, 4):
         store.add(i)

@@ -111,7 +111,7 @@ async def test_a_failure_mid_apply_rolls_back_and_keeps_the_old_config(short_tmp
         rt.connectors.start_child = broken  # type: ignore[method-assign]
         # c removed and b changed before d's start fails.
         path.write_text(base + connector_toml("a") + connector_toml("b", latency="1ms") + connector_toml("d"))
-        with pytest.raises(ConfigError, match="injected: d cannot start.*rolled back"):
+        with pytest.raises(ConfigError, match=r"injected: d cannot start.*rolled back"):
             await reloading.reload(rt)
         assert rt.config is old_config, "the old config is still the running one"
         assert sorted(rt.connectors.names()) == ["a", "b", "c"], "c is back, d is not there"
