@@ -311,6 +311,8 @@ def release(conn: Any, host: str, slice_id: int, who: Identity, reason: str) -> 
     status, scope = row
     if scope is None:
         raise ReleaseRefused(f"payout slice {slice_id} is not bound to any idempotency scope")
+    if status in ("settled", "failed"):
+        raise ReleaseRefused(f"payout slice {slice_id} is {status}: final, nothing to release")
     if status in ("claimed", "sending"):
         raise ReleaseRefused(f"payout slice {slice_id} is {status} right now; release it once its call ended")
     conn.execute("UPDATE payout_slices SET bound_scope = NULL, bound_at = NULL WHERE id = %s", (slice_id,))

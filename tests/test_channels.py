@@ -77,4 +77,24 @@ def test_a_flaky_primary_and_sigkills_never_pay_twice_across_channels(
                                " WHERE action LIKE 'command:%' ORDER BY id").fetchall()
     assert audited == [("command:force-open", 0, "root", "primary", True),
                        ("command:reset-circuit", 0, "root", "primary", True)]
+    shown = d.ctl_json("payouts", "show", str(ids[0]))
+    assert shown["attempt_rows"] and shown["bound_scope"] in ("bank-a-api", "bank-a-legacy")
+    assert {"attempt_no", "connector", "scope", "outcome"} <= set(shown["attempt_rows"][0])
+    table = d.ctl("payouts", "show", str(ids[0])).stdout
+    assert "attempts:" in table and "SCOPE" in table and "audit:" in table
+    assert "final" in d.ctl("payouts", "release", str(ids[0]), "--reason", "x").stderr
+
+    # An operator frees a slice in doubt after checking with the bank: audited, and it may go to any channel.
+    [stuck] = seed(migrated_dsn, 1, prefix="stuck", max_attempts=1)
+    with psycopg.connect(migrated_dsn) as conn:
+        conn.execute("UPDATE payout_slices SET status = 'claimed', claimed_by = 'x', lease_until = now()"
+                     " + interval '1h' WHERE id = %s", (stuck,))
+        conn.execute("UPDATE payout_slices SET status = 'sending' WHERE id = %s", (stuck,))
+        conn.execute("UPDATE payout_slices SET status = 'dead', last_error = 'timeout', bound_scope = 'bank-a-api',"
+                     " bound_at = now(), claimed_by = NULL, lease_until = NULL WHERE id = %s", (stuck,))
+    assert d.ctl("payouts", "release", str(stuck)).returncode == 1, "a reason is required"
+    released = d.ctl_json("payouts", "release", str(stuck), "--reason", "bank A confirmed it never got it")
+    assert released["released_scope"] == "bank-a-api"
+    history = d.ctl_json("payouts", "show", str(stuck))["audit"]
+    assert [(h["action"], h["uid"], h["target"]) for h in history] == [("payout_release", 0, "bank-a-api")]
     assert d.stop() == 0
