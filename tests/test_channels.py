@@ -77,12 +77,18 @@ def test_a_flaky_primary_and_sigkills_never_pay_twice_across_channels(
                                " WHERE action LIKE 'command:%' ORDER BY id").fetchall()
     assert audited == [("command:force-open", 0, "root", "primary", True),
                        ("command:reset-circuit", 0, "root", "primary", True)]
-    shown = d.ctl_json("payouts", "show", str(ids[0]))
+    check_show_and_release(d, migrated_dsn, ids[0])
+    assert d.stop() == 0
+
+
+def check_show_and_release(d: Any, migrated_dsn: str, settled_id: int) -> None:
+    """``molamctl payouts show`` prints attempts and scope; ``payouts release`` frees an in-doubt slice."""
+    shown = d.ctl_json("payouts", "show", str(settled_id))
     assert shown["attempt_rows"] and shown["bound_scope"] in ("bank-a-api", "bank-a-legacy")
     assert {"attempt_no", "connector", "scope", "outcome"} <= set(shown["attempt_rows"][0])
-    table = d.ctl("payouts", "show", str(ids[0])).stdout
+    table = d.ctl("payouts", "show", str(settled_id)).stdout
     assert "attempts:" in table and "SCOPE" in table and "audit:" in table
-    assert "final" in d.ctl("payouts", "release", str(ids[0]), "--reason", "x").stderr
+    assert "final" in d.ctl("payouts", "release", str(settled_id), "--reason", "x").stderr
 
     # An operator frees a slice in doubt after checking with the bank: audited, and it may go to any channel.
     [stuck] = seed(migrated_dsn, 1, prefix="stuck", max_attempts=1)
@@ -97,4 +103,3 @@ def test_a_flaky_primary_and_sigkills_never_pay_twice_across_channels(
     assert released["released_scope"] == "bank-a-api"
     history = d.ctl_json("payouts", "show", str(stuck))["audit"]
     assert [(h["action"], h["uid"], h["target"]) for h in history] == [("payout_release", 0, "bank-a-api")]
-    assert d.stop() == 0
