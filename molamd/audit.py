@@ -20,10 +20,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import msgspec
-from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from connectors import REDACTED, CallRecord
+
+from .db import dict_rows
 
 
 class Identity(msgspec.Struct, frozen=True, kw_only=True):
@@ -128,37 +129,29 @@ def operator_action(conn: Any, host: str, who: Identity, command: str, arguments
 
 def slice_history(conn: Any, slice_id: int) -> list[dict[str, Any]]:
     """Every audit row about one slice, oldest first."""
-    with conn.cursor(row_factory=dict_row) as cursor:
-        rows: list[dict[str, Any]] = cursor.execute(
-            "SELECT at, action, actor, uid, from_status, to_status, target, detail FROM molamd_audit"
-            " WHERE payout_slice_id = %s ORDER BY at, id", [slice_id]).fetchall()
-    return rows
+    return dict_rows(
+        conn, "SELECT at, action, actor, uid, from_status, to_status, target, detail FROM molamd_audit"
+        " WHERE payout_slice_id = %s ORDER BY at, id", [slice_id])
 
 
 def slice_calls(conn: Any, slice_id: int, limit: int = 100) -> list[dict[str, Any]]:
     """The bank calls made for one slice, oldest first."""
-    with conn.cursor(row_factory=dict_row) as cursor:
-        rows: list[dict[str, Any]] = cursor.execute(
-            "SELECT at, connector_name AS connector, operation, outcome, error_code, http_status,"
-            " round(duration_seconds::numeric, 4)::float8 AS duration_seconds FROM bank_connector_logs"
-            " WHERE payout_slice_id = %s ORDER BY at, id LIMIT %s", [slice_id, limit]).fetchall()
-    return rows
+    return dict_rows(
+        conn, "SELECT at, connector_name AS connector, operation, outcome, error_code, http_status,"
+        " round(duration_seconds::numeric, 4)::float8 AS duration_seconds FROM bank_connector_logs"
+        " WHERE payout_slice_id = %s ORDER BY at, id LIMIT %s", [slice_id, limit])
 
 
 def connector_calls(conn: Any, connector: str, limit: int) -> list[dict[str, Any]]:
     """The newest bank calls of one connector (``molamctl logs``)."""
-    with conn.cursor(row_factory=dict_row) as cursor:
-        rows: list[dict[str, Any]] = cursor.execute(
-            "SELECT at::text, trace_id, operation, round(duration_seconds::numeric, 4)::float8 AS duration_seconds,"
-            " outcome, error_code, http_status, payout_slice_id, request, response FROM bank_connector_logs"
-            " WHERE connector_name = %s ORDER BY at DESC, id DESC LIMIT %s", (connector, limit)).fetchall()
-    return rows
+    return dict_rows(
+        conn, "SELECT at::text, trace_id, operation, round(duration_seconds::numeric, 4)::float8 AS duration_seconds,"
+        " outcome, error_code, http_status, payout_slice_id, request, response FROM bank_connector_logs"
+        " WHERE connector_name = %s ORDER BY at DESC, id DESC LIMIT %s", (connector, limit))
 
 
 def operator_actions(conn: Any, limit: int) -> list[dict[str, Any]]:
     """The newest operator actions (``molamctl audit``)."""
-    with conn.cursor(row_factory=dict_row) as cursor:
-        rows: list[dict[str, Any]] = cursor.execute(
-            "SELECT at, action, actor, uid, target, arguments, ok, detail FROM molamd_audit"
-            " WHERE action LIKE 'command:%%' ORDER BY at DESC, id DESC LIMIT %s", [limit]).fetchall()
-    return rows
+    return dict_rows(
+        conn, "SELECT at, action, actor, uid, target, arguments, ok, detail FROM molamd_audit"
+        " WHERE action LIKE 'command:%%' ORDER BY at DESC, id DESC LIMIT %s", [limit])

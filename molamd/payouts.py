@@ -29,7 +29,7 @@ from connectors import CallRecord, PayoutSlice
 
 from . import audit as audit_trail
 from .audit import Identity
-from .db import Database
+from .db import Database, dict_rows
 
 _CLAIM = """
 WITH picked AS (
@@ -324,35 +324,29 @@ def release(conn: Any, host: str, slice_id: int, who: Identity, reason: str) -> 
 
 def show(conn: Any, slice_id: int) -> dict[str, Any]:
     """One slice with its attempts, its bank calls and its audit rows (``molamctl payouts show``)."""
-    from psycopg.rows import dict_row
-
-    with conn.cursor(row_factory=dict_row) as cursor:
-        found: dict[str, Any] | None = cursor.execute(
-            "SELECT s.id, s.payout_id, s.status, s.amount::text AS amount, s.currency, s.rail,"
-            " t.bank_profile_id AS bank_profile, s.idempotency_key, s.bound_scope, s.bound_at, s.connector_name,"
-            " s.provider_ref, s.attempts, s.max_attempts, s.last_error, s.next_attempt_at, s.created_at,"
-            " s.sent_at, s.final_at FROM payout_slices s JOIN treasury_accounts t ON t.id = s.treasury_account_id"
-            " WHERE s.id = %s", [slice_id]).fetchone()
-        if found is None:
-            raise SliceNotFound(f"no payout slice {slice_id}")
-        found["attempt_rows"] = cursor.execute(
-            "SELECT attempt_no, connector_name AS connector, idempotency_scope AS scope, host_id, started_at,"
-            " ended_at, outcome, error FROM payout_slice_attempts WHERE payout_slice_id = %s ORDER BY attempt_no",
-            [slice_id]).fetchall()
-    found["bank_calls"] = audit_trail.slice_calls(conn, slice_id)
-    found["audit"] = audit_trail.slice_history(conn, slice_id)
-    return found
+    found = dict_rows(
+        conn, "SELECT s.id, s.payout_id, s.status, s.amount::text AS amount, s.currency, s.rail,"
+        " t.bank_profile_id AS bank_profile, s.idempotency_key, s.bound_scope, s.bound_at, s.connector_name,"
+        " s.provider_ref, s.attempts, s.max_attempts, s.last_error, s.next_attempt_at, s.created_at,"
+        " s.sent_at, s.final_at FROM payout_slices s JOIN treasury_accounts t ON t.id = s.treasury_account_id"
+        " WHERE s.id = %s", [slice_id])
+    if not found:
+        raise SliceNotFound(f"no payout slice {slice_id}")
+    shown = found[0]
+    shown["attempt_rows"] = dict_rows(
+        conn, "SELECT attempt_no, connector_name AS connector, idempotency_scope AS scope, host_id, started_at,"
+        " ended_at, outcome, error FROM payout_slice_attempts WHERE payout_slice_id = %s ORDER BY attempt_no",
+        [slice_id])
+    shown["bank_calls"] = audit_trail.slice_calls(conn, slice_id)
+    shown["audit"] = audit_trail.slice_history(conn, slice_id)
+    return shown
 
 
 def in_doubt(conn: Any, limit: int) -> list[dict[str, Any]]:
     """Slices that may be in a bank's hands without a final answer, oldest binding first."""
-    from psycopg.rows import dict_row
-
-    with conn.cursor(row_factory=dict_row) as cursor:
-        rows: list[dict[str, Any]] = cursor.execute(
-            "SELECT id, payout_id, status, bound_scope, bound_at, extract(epoch FROM age)::float8 AS age_seconds,"
-            " attempts, last_error FROM payout_slices_in_doubt ORDER BY bound_at LIMIT %s", [limit]).fetchall()
-    return rows
+    return dict_rows(
+        conn, "SELECT id, payout_id, status, bound_scope, bound_at, extract(epoch FROM age)::float8 AS age_seconds,"
+        " attempts, last_error FROM payout_slices_in_doubt ORDER BY bound_at LIMIT %s", [limit])
 
 
 ACTIVE_STATUSES = ("pending", "claimed", "sending", "sent", "retry_scheduled", "dead")

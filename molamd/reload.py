@@ -115,7 +115,7 @@ async def reload(rt: Runtime) -> ReloadResult:
         log(logger, logging.INFO, "config reloaded", **msgspec.structs.asdict(result))
         rt.events.publish("reload", phase="done", ok=True, result=msgspec.to_builtins(result))
     if connectors.added or connectors.changed or connectors.removed:
-        rt.spawn(rt.sync_registry)  # the reply does not wait for the database
+        rt.spawn(rt.registry.sync)  # the reply does not wait for the database
     return result
 
 

@@ -24,7 +24,6 @@ from actors import (
     DispatcherSettings,
     FollowerSettings,
     HealthChecker,
-    HealthResult,
     Outcome,
     Periodic,
     RestartPolicy,
@@ -44,6 +43,7 @@ from .events import EventBus
 from .logs import log, redactor
 from .metrics import Metrics
 from .payouts import PayoutStore
+from .registry_mirror import RegistryMirror
 from .sdnotify import Notifier
 from .statement_poller import StatementPoller
 from .statements import StatementStore
@@ -103,7 +103,7 @@ class Runtime:
         self.notifier = notifier or Notifier()
         self.reload_lock = trio.Lock()
         self.nursery: trio.Nursery | None = None
-        self.db = db.Database(config.database, metrics=self.metrics, on_up=self.sync_registry)
+        self.db = db.Database(config.database, metrics=self.metrics, on_up=self._database_up)
         self.telemetry = Telemetry(self.metrics, self.db, self.host_id, publish=self.events.publish)
         self.store = PayoutStore(self.db, self.host_id)
         self.statements = StatementStore(self.db, self._lock_connection)
@@ -120,6 +120,8 @@ class Runtime:
             WORKERS, self.worker_specs(config), strategy=Strategy.ONE_FOR_ONE, policy=policy,
             on_event=self.on_actor_event,
         )
+        self.registry = RegistryMirror(self.db, self.host_id, self.metrics, self._configured,
+                                       self.connectors.infos, self.connector_actor)
         self.metrics.watch_supervisors(lambda: (self.connectors, self.workers))
         redactor.set_values(secret_values(config))
 
@@ -208,7 +210,7 @@ class Runtime:
     def _health_checker(self, section: HealthCheckerSection) -> HealthChecker:
         return HealthChecker(
             targets=self.connector_actors,
-            report=self.report_health,
+            report=self.registry.report,
             interval=section.interval.seconds,
             timeout=section.timeout.seconds,
             concurrency=section.concurrency,
@@ -246,40 +248,11 @@ class Runtime:
             restarts=event.restarts,
         )
 
-    async def sync_registry(self) -> None:
-        """Upsert the configured connectors for this host; a database that is down is retried on reconnect."""
-        configs = list(self.config.connectors)
-        try:
-            await self.db.transaction(lambda conn: db.sync_configured(conn, self.host_id, configs))
-        except db.DatabaseUnavailable as exc:
-            log(logger, logging.WARNING, "registry sync skipped: database unavailable", reason=str(exc))
-        else:
-            log(logger, logging.INFO, "registry synced", connectors=len(configs))
+    def _configured(self) -> list[ConnectorConfig]:
+        return list(self.config.connectors)
 
-    async def report_health(self, results: Sequence[HealthResult]) -> None:
-        by_name = {r.connector: r for r in results}
-        for r in results:
-            self.metrics.connector_up.labels(r.connector).set(1.0 if r.health is not None and r.health.ok else 0.0)
-        rows = []
-        for info in self.connectors.infos():
-            actor = self.connector_actor(info.name)
-            state = actor.dispatch.value if actor is not None else info.state.value
-            result = by_name.get(info.name)
-            health = result.health if result else None
-            rows.append(
-                db.RegistryRow(
-                    name=info.name, state=state, incarnation=info.incarnation, restarts=info.restarts,
-                    last_error=info.last_error or (result.error if result else None),
-                    health_ok=health.ok if health else (False if result and result.error else None),
-                    health_detail=(health.detail if health else (result.error if result else None)),
-                )
-            )
-        if not rows or not self.db.up:
-            return
-        try:
-            await self.db.transaction(lambda conn: db.report_states(conn, self.host_id, rows))
-        except db.DatabaseUnavailable as exc:
-            log(logger, logging.WARNING, "health report skipped: database unavailable", reason=str(exc))
+    async def _database_up(self) -> None:
+        await self.registry.sync()
 
     def spawn(self, fn: Callable[[], Awaitable[None]]) -> None:
         """Run background work in the daemon's nursery (set by the daemon once it runs)."""

@@ -205,7 +205,7 @@ def test_registry_sync_and_report(migrated_dsn: str) -> None:
 
 def test_audit_rows_survive_what_a_garbled_bank_sends(migrated_dsn: str) -> None:
     from connectors import CallRecord
-    from molamd.payouts import write_audit
+    from molamd.audit import bank_calls as write_audit
 
     record = CallRecord(connector="bank-a", trace_id="t1", operation="send_payment", duration_seconds=0.01,
                         outcome="error", error_code="bad_response", http_status=201,

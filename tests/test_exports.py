@@ -17,6 +17,7 @@ EXPECTED = {
         "PushedOutcome", "RateLimiter", "Refused", "ResetCircuit", "RestartPolicy", "RestartType", "Resume",
         "RetryPolicy", "Router", "RunNow", "SentSlice", "SetRate", "StatusFollower", "StatusOutcome", "Strategy",
         "Supervisor", "SupervisorError", "SupervisorEvent", "UnknownChild", "describe_error",
+        "AttemptOutcome", "AttemptStart", "Deferred", "NOT_REACHED", "Route",
     },
     "connectors": {
         "AnyConnectorConfig", "Auth", "BadResponse", "BankConnector", "BreakerConfig", "Busy", "CallContext",
@@ -27,6 +28,7 @@ EXPECTED = {
         "ServerError", "Timeout", "Validation", "build_connector", "decode_hook", "encode_hook", "mask_account",
         "Camt053SftpConfig", "CsvSftpConfig", "Fetched", "FileChanged", "FileRefused", "Mt940SftpConfig", "RemoteFile",
         "SftpConfig", "SftpOptions", "SftpSourceConfig", "SftpStatementConnector",
+        "AmountError", "EventConnector", "offers", "render_amount",
     },
     "connectors.statements": {
         "Balance", "BalanceMismatch", "CsvColumns", "CsvProfile", "DEFAULT_MAX_BYTES", "Details", "FORMATS",

@@ -5,6 +5,7 @@ from ._database import Database as Database
 from ._database import DatabaseError as DatabaseError
 from ._database import DatabaseUnavailable as DatabaseUnavailable
 from ._database import conninfo as conninfo
+from ._database import dict_rows as dict_rows
 from ._listener import Listener as Listener
 from ._migrate import Migration as Migration
 from ._migrate import MigrationError as MigrationError

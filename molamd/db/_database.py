@@ -47,6 +47,15 @@ class DatabaseUnavailable(DatabaseError):
     retryable = True
 
 
+def dict_rows(conn: Conn, sql: str, params: Any = None) -> list[dict[str, Any]]:
+    """Run one query and return its rows as dicts keyed by column name (for replies that show rows)."""
+    from psycopg.rows import dict_row
+
+    with conn.cursor(row_factory=dict_row) as cursor:
+        rows: list[dict[str, Any]] = cursor.execute(sql, params).fetchall()
+    return rows
+
+
 def conninfo(section: DatabaseSection, application_name: str = "molamd") -> dict[str, Any]:
     """Keyword arguments for psycopg.connect / the pool, from the [database] section."""
     kwargs: dict[str, Any] = {

@@ -28,6 +28,7 @@ class RegistryRow(msgspec.Struct, frozen=True, kw_only=True):
     last_error: str | None = None
     health_ok: bool | None = None
     health_detail: str | None = None
+    breaker_state: str | None = None  # closed, open, half_open; None: no breaker (a statement source)
 
 
 def sync_configured(conn: Any, host_id: str, configs: Sequence[ConnectorConfig]) -> None:
@@ -65,11 +66,14 @@ def report_states(conn: Any, host_id: str, rows: Sequence[RegistryRow]) -> None:
             " health_ok = COALESCE(%s, health_ok),"
             " health_detail = COALESCE(%s, health_detail),"
             " health_checked_at = CASE WHEN %s::boolean IS NULL THEN health_checked_at ELSE now() END,"
+            " breaker_changed_at = CASE WHEN %s::text IS DISTINCT FROM breaker_state AND %s::text IS NOT NULL"
+            "  THEN now() ELSE breaker_changed_at END,"
+            " breaker_state = COALESCE(%s, breaker_state),"
             " last_seen_at = now()"
             " WHERE host_id = %s AND name = %s",
             [
                 (r.state, r.incarnation, r.restarts, r.last_error, r.health_ok, r.health_detail, r.health_ok,
-                 host_id, r.name)
+                 r.breaker_state, r.breaker_state, r.breaker_state, host_id, r.name)
                 for r in rows
             ],
         )
