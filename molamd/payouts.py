@@ -60,7 +60,7 @@ WHERE payout_slice_id = ANY(%s) AND outcome IS NULL
 
 
 def claim(conn: Any, host: str, limit: int, lease: float) -> list[Claimed]:
-    """Claim ready slices (in the caller's transaction); closes the attempts a crash left open."""
+    """Claim ready slices; then close the attempts a crash left open (a statement of its own)."""
     rows = conn.execute(_CLAIM, {"host": host, "limit": limit, "lease": lease}).fetchall()
     recovered = [r[0] for r in rows if r[15] == "sending"]
     if recovered:
@@ -368,7 +368,9 @@ class PayoutStore:
         self.host = host
 
     async def claim(self, limit: int, lease: float) -> list[Claimed]:
-        return await self._db.transaction(lambda c: claim(c, self.host, limit, lease))
+        # Two autocommit statements, not one transaction: closing a crashed call's attempt is idempotent, and
+        # the claim (the hot path) saves its BEGIN and COMMIT.
+        return await self._db.statement(lambda c: claim(c, self.host, limit, lease))
 
     async def start_attempts(self, attempts: Sequence[AttemptStart], lease: float) -> set[int]:
         return await self._db.transaction(lambda c: start_attempts(c, self.host, attempts, lease))
