@@ -67,10 +67,17 @@ def test_routing_fallback_audit_and_resume(
     assert "SN08" in sample and "SN08000000000001" not in sample and "integration-hmac" not in sample
     assert_paid_once(migrated_dsn, bank)
     logs = d.ctl_json("logs", "primary", "--limit", "3")
-    assert len(logs) == 3 and {row["operation"] for row in logs} <= {"send_payment", "payment_status"}
+    assert len(logs) == 3 and {row["operation"] for row in logs} <= {"send_payment", "payment_status", "health"}
     assert "BREAKER" in d.ctl("connectors").stdout
     assert d.ctl_json("health", "primary")["ok"] is True
+    wait_for(lambda: _health_rows(migrated_dsn) > 0, 10, "health checks in the audit trail")
     assert d.stop() == 0
+
+
+def _health_rows(dsn: str) -> int:
+    with psycopg.connect(dsn) as conn:
+        return int(conn.execute("SELECT count(*) FROM bank_connector_logs WHERE operation = 'health'"
+                                " AND connector_name = 'primary'").fetchone()[0])
 
 
 def test_unroutable_slices_go_dead_with_a_reason(
