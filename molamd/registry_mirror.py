@@ -39,7 +39,7 @@ class RegistryMirror:
         configs = list(self._configured())
         try:
             await self._db.transaction(lambda conn: db.sync_configured(conn, self._host, configs))
-        except db.DatabaseUnavailable as exc:
+        except db.DatabaseError as exc:
             log(logger, logging.WARNING, "registry sync skipped: database unavailable", reason=str(exc))
         else:
             log(logger, logging.INFO, "registry synced", connectors=len(configs))
@@ -69,5 +69,5 @@ class RegistryMirror:
             return
         try:
             await self._db.transaction(lambda conn: db.report_states(conn, self._host, rows))
-        except db.DatabaseUnavailable as exc:
+        except db.DatabaseError as exc:
             log(logger, logging.WARNING, "health report skipped: database unavailable", reason=str(exc))

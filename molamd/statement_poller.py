@@ -25,7 +25,7 @@ from actors import Actor, Backoff
 from connectors import ConnectorError, FileChanged, FileRefused, RemoteFile, SftpSourceConfig, SftpStatementConnector
 from connectors.statements import CsvProfile
 
-from .db import DatabaseUnavailable
+from .db import DatabaseError
 from .logs import log
 from .metrics import Metrics
 from .statements import Ingested, StatementStore
@@ -84,7 +84,7 @@ class StatementPoller(Actor[PollNow]):
         while True:
             try:
                 summary = await self.poll_once()
-            except (ConnectorError, DatabaseUnavailable) as exc:
+            except (ConnectorError, DatabaseError) as exc:
                 self.last_poll_ok, self.last_error = False, str(exc)
                 failures += 1
                 delay = self._errors.delay(failures)
@@ -181,7 +181,7 @@ class StatementPoller(Actor[PollNow]):
     async def _update_unmatched(self) -> None:
         try:
             count = await self.store.unmatched(self.profile_sources)
-        except DatabaseUnavailable:
+        except DatabaseError:
             return
         self.metrics.statement_lines_unmatched.labels(self.config.bank_profile).set(count)
 

@@ -78,7 +78,7 @@ class Telemetry:
         rows, self._audit = self._audit, []
         try:
             counts = await self._db.transaction(lambda conn: self._write(conn, rows))
-        except db.DatabaseUnavailable:
+        except db.DatabaseError:
             self._audit[:0] = rows
             return
         self._metrics.payout_slices.clear()

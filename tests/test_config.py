@@ -224,3 +224,14 @@ csv_profile = "nope"
         "$.csv_profiles.x: map columns.account or set account",
         "$.csv_profiles.x: map columns.currency or set currency",
     ]
+
+
+def test_a_scope_is_never_shared_by_two_bank_profiles(short_tmp: Path) -> None:
+    from tests.conftest import connector_toml, daemon_toml
+
+    shared = 'idempotency_scope = "one-store"'
+    same_bank = connector_toml("a", extra=shared) + connector_toml("b", extra=shared)
+    parse_config(daemon_toml(short_tmp) + same_bank, file="f")  # two endpoints of one bank API: fine
+    two_banks = connector_toml("a", extra=shared) + connector_toml("c", profile="bank-c", extra=shared)
+    with pytest.raises(ConfigError, match=r"\$\.connectors\[1\]\.idempotency_scope: scope 'one-store' is also used"):
+        parse_config(daemon_toml(short_tmp) + two_banks, file="f")

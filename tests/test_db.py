@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+import time
 from typing import Any
 
 import psycopg
@@ -231,3 +232,38 @@ async def test_listener_turns_notifications_into_callbacks(migrated_dsn: str) ->
 def _seed_one_slice(dsn: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         _slice(conn)
+
+
+async def test_a_deadlock_comes_back_as_a_retryable_conflict(migrated_dsn: str) -> None:
+    """Two transactions lock two rows in opposite orders; PostgreSQL aborts ours (its deadlock check runs first)."""
+    with psycopg.connect(migrated_dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE race (id int PRIMARY KEY, n int)")
+        conn.execute("INSERT INTO race VALUES (1, 0), (2, 0)")
+    database = db.Database(_section(migrated_dsn), metrics=Metrics())
+    holding = trio.Event()
+
+    def other() -> None:
+        with psycopg.connect(migrated_dsn) as conn:
+            conn.execute("SET deadlock_timeout = '10s'")
+            conn.execute("UPDATE race SET n = n + 1 WHERE id = 2")
+            trio.from_thread.run_sync(holding.set)
+            time.sleep(0.3)
+            conn.execute("UPDATE race SET n = n + 1 WHERE id = 1")
+
+    def ours(conn: Any) -> None:
+        conn.execute("SET LOCAL deadlock_timeout = '50ms'")
+        conn.execute("UPDATE race SET n = n + 1 WHERE id = 1")
+        time.sleep(0.3)
+        conn.execute("UPDATE race SET n = n + 1 WHERE id = 2")
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(database.run)
+        with trio.fail_after(10):
+            while not database.up:  # noqa: ASYNC110
+                await trio.sleep(0.02)
+        nursery.start_soon(trio.to_thread.run_sync, other)
+        await holding.wait()
+        with pytest.raises(db.DatabaseConflict, match="deadlock") as caught:
+            await database.transaction(ours)
+        assert caught.value.retryable and database.up, "a lost race is not a database that went away"
+        database.request_stop()

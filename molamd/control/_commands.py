@@ -27,7 +27,7 @@ from .. import reload as reloading
 from .. import statements as stored
 from ..audit import Identity
 from ..config import ConfigError
-from ..db import DatabaseUnavailable
+from ..db import DatabaseError
 from ..runtime import Runtime
 from ..statement_poller import PollNow
 from ._protocol import PROTOCOL_VERSION, ControlError, ErrorCode
@@ -332,7 +332,7 @@ async def set_rate(ctx: Context, args: SetRateArgs) -> dict[str, Any]:
     return {"name": args.name, **result}
 
 
-def _database(exc: DatabaseUnavailable) -> ControlError:
+def _database(exc: DatabaseError) -> ControlError:
     return ControlError(ErrorCode.UNAVAILABLE, f"database unavailable: {exc}")
 
 
@@ -343,14 +343,14 @@ async def logs(ctx: Context, args: LogsArgs) -> list[dict[str, Any]]:
 
     try:
         return await rt.db.statement(lambda c: audit.connector_calls(c, args.name, args.limit))
-    except DatabaseUnavailable as exc:
+    except DatabaseError as exc:
         raise _database(exc) from None
 
 
 async def dlq_list(ctx: Context, args: NoArgs) -> list[Any]:
     try:
         rows = await ctx.rt.db.statement(lambda c: payouts.dlq_list(c, 100))
-    except DatabaseUnavailable as exc:
+    except DatabaseError as exc:
         raise _database(exc) from None
     return [_to_builtins(r) for r in rows]
 
@@ -363,7 +363,7 @@ async def dlq_retry(ctx: Context, args: DlqRetryArgs) -> dict[str, Any]:
     try:
         retried = await rt.db.transaction(
             lambda c: payouts.dlq_retry(c, rt.host_id, ids, ctx.who))  # type: ignore[arg-type]
-    except DatabaseUnavailable as exc:
+    except DatabaseError as exc:
         raise _database(exc) from None
     if args.id is not None and not retried:
         raise ControlError(ErrorCode.NOT_FOUND, f"payout slice {args.id} is not in the dead-letter queue")
@@ -374,7 +374,7 @@ async def dlq_drop(ctx: Context, args: DlqDropArgs) -> dict[str, Any]:
     rt = ctx.rt
     try:
         dropped = await rt.db.transaction(lambda c: payouts.dlq_drop(c, rt.host_id, args.id, ctx.who, args.reason))
-    except DatabaseUnavailable as exc:
+    except DatabaseError as exc:
         raise _database(exc) from None
     if not dropped:
         raise ControlError(ErrorCode.NOT_FOUND, f"payout slice {args.id} is not in the dead-letter queue")
@@ -386,7 +386,7 @@ async def payouts_show(ctx: Context, args: IdArg) -> dict[str, Any]:
         found = await ctx.rt.db.transaction(lambda c: payouts.show(c, args.id))
     except payouts.SliceNotFound as exc:
         raise ControlError(ErrorCode.NOT_FOUND, str(exc)) from None
-    except DatabaseUnavailable as exc:
+    except DatabaseError as exc:
         raise _database(exc) from None
     return found
 
@@ -394,7 +394,7 @@ async def payouts_show(ctx: Context, args: IdArg) -> dict[str, Any]:
 async def payouts_in_doubt(ctx: Context, args: LimitArg) -> list[dict[str, Any]]:
     try:
         return await ctx.rt.db.statement(lambda c: payouts.in_doubt(c, args.limit))
-    except DatabaseUnavailable as exc:
+    except DatabaseError as exc:
         raise _database(exc) from None
 
 
@@ -409,14 +409,14 @@ async def payouts_release(ctx: Context, args: ReleaseArgs) -> dict[str, Any]:
         raise ControlError(ErrorCode.NOT_FOUND, str(exc)) from None
     except payouts.ReleaseRefused as exc:
         raise ControlError(ErrorCode.BUSY, str(exc)) from None
-    except DatabaseUnavailable as exc:
+    except DatabaseError as exc:
         raise _database(exc) from None
 
 
 async def audit_list(ctx: Context, args: LimitArg) -> list[dict[str, Any]]:
     try:
         return await ctx.rt.db.statement(lambda c: audit.operator_actions(c, args.limit))
-    except DatabaseUnavailable as exc:
+    except DatabaseError as exc:
         raise _database(exc) from None
 
 
@@ -439,7 +439,7 @@ async def statements(ctx: Context, args: StatementsArgs) -> Any:
             if found is None:
                 raise ControlError(ErrorCode.NOT_FOUND, f"no stored statement file {raw_id}")
             return found
-    except DatabaseUnavailable as exc:
+    except DatabaseError as exc:
         raise _database(exc) from None
     raise ControlError(ErrorCode.BAD_ARGS,
                        f"statements: unknown action {args.action!r}; use list, show, poll or reprocess")
@@ -453,7 +453,7 @@ async def statements_poll(ctx: Context, args: StatementsArgs) -> Any:
         raise ControlError(ErrorCode.NOT_FOUND, f"no running statement source {args.id!r}")
     try:
         summary = await poller.ask(PollNow(), timeout=600)
-    except (ConnectorError, DatabaseUnavailable) as exc:
+    except (ConnectorError, DatabaseError) as exc:
         raise ControlError(ErrorCode.UNAVAILABLE, f"poll failed: {exc}") from None
     return _to_builtins(summary)
 
@@ -471,7 +471,7 @@ async def statements_reprocess(ctx: Context, args: StatementsArgs) -> Any:
         result = await rt.db.transaction(lambda c: stored.reprocess(c, raw_id, profile))
     except ValueError as exc:
         raise ControlError(ErrorCode.BAD_ARGS, str(exc)) from None
-    except DatabaseUnavailable as exc:
+    except DatabaseError as exc:
         raise _database(exc) from None
     return _to_builtins(result)
 

@@ -18,7 +18,7 @@ from typing import Any
 import trio
 
 from .. import audit
-from ..db import DatabaseUnavailable
+from ..db import DatabaseError
 from ..logs import log
 from ..runtime import Runtime
 from ._commands import COMMANDS, Context, parse_args
@@ -230,7 +230,7 @@ class ControlServer:
             await rt.db.statement(lambda c: audit.operator_action(
                 c, rt.host_id, who, command, arguments, ok=ok, detail=detail,
                 target=None if target is None else str(target)))
-        except DatabaseUnavailable as exc:
+        except DatabaseError as exc:
             log(logger, logging.ERROR, "operator action not audited in the database (it is away)",
                 command=command, who=who.label, arguments=audit.masked(arguments), ok=ok, detail=detail,
                 reason=str(exc))

@@ -2,6 +2,7 @@
 
 from ._database import Conn as Conn
 from ._database import Database as Database
+from ._database import DatabaseConflict as DatabaseConflict
 from ._database import DatabaseError as DatabaseError
 from ._database import DatabaseUnavailable as DatabaseUnavailable
 from ._database import conninfo as conninfo

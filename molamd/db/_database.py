@@ -11,7 +11,8 @@ backoff, pings while up, and reports down (``molamd_database_up 0``) while Postg
 Errors::
 
     DatabaseError
-    └── DatabaseUnavailable     not connected, or the connection broke (retryable)
+    ├── DatabaseUnavailable     not connected, or the connection broke (retryable)
+    └── DatabaseConflict        serialization failure, deadlock, lock not available: run it again (retryable)
 """
 
 from __future__ import annotations
@@ -43,6 +44,12 @@ class DatabaseError(Exception):
 
 class DatabaseUnavailable(DatabaseError):
     """PostgreSQL cannot be reached now; retry later."""
+
+    retryable = True
+
+
+class DatabaseConflict(DatabaseError):
+    """The transaction lost a race with another one (serialization failure, deadlock); run it again."""
 
     retryable = True
 
@@ -262,6 +269,9 @@ def _work_in_thread(pool: ConnectionPool[Conn], running: _Running, fn: Callable[
                     running.conn = None
     except PoolTimeout as exc:
         raise DatabaseUnavailable(f"no connection: {_reason(exc)}") from exc
+    except (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected,
+            psycopg.errors.LockNotAvailable) as exc:
+        raise DatabaseConflict(_reason(exc)) from exc
     except psycopg.errors.QueryCanceled as exc:
         if running.cancelled:
             raise _Abandoned from exc
