@@ -48,7 +48,7 @@ EXPECTED = {
     "molamd.db": {
         "Conn", "Database", "DatabaseError", "DatabaseUnavailable", "Listener", "Migration", "MigrationError",
         "RegistryRow", "config_hash", "conninfo", "current_version", "migrate", "report_states",
-        "shipped_migrations", "sync_configured",
+        "shipped_migrations", "sync_configured", "dict_rows", "DatabaseConflict",
     },
 }
 
