@@ -32,29 +32,31 @@ class RegistryRow(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def sync_configured(conn: Any, host_id: str, configs: Sequence[ConnectorConfig]) -> None:
-    """Upsert every configured connector for this host; mark this host's others as removed."""
+    """Upsert every configured connector for this host; mark this host's others as removed.
+
+    One statement over arrays, not one per connector: a thousand connectors are one round trip.
+    """
     names = [c.name for c in configs]
-    with conn.cursor() as cur:
-        cur.executemany(
-            "INSERT INTO bank_connectors_registry"
-            " (host_id, name, kind, bank_profile_id, priority, enabled, config_hash, state)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, 'starting')"
-            " ON CONFLICT (host_id, name) DO UPDATE SET kind = EXCLUDED.kind,"
-            "  bank_profile_id = EXCLUDED.bank_profile_id, priority = EXCLUDED.priority,"
-            "  enabled = EXCLUDED.enabled, config_hash = EXCLUDED.config_hash,"
-            "  state = CASE WHEN bank_connectors_registry.state = 'removed' THEN 'starting'"
-            "               ELSE bank_connectors_registry.state END,"
-            "  last_seen_at = now()",
-            [
-                (host_id, c.name, c.kind, c.bank_profile, c.priority, c.enabled, config_hash(c))
-                for c in configs
-            ],
-        )
-        cur.execute(
-            "UPDATE bank_connectors_registry SET state = 'removed', last_seen_at = now()"
-            " WHERE host_id = %s AND NOT (name = ANY(%s)) AND state <> 'removed'",
-            (host_id, names),
-        )
+    conn.execute(
+        "INSERT INTO bank_connectors_registry"
+        " (host_id, name, kind, bank_profile_id, priority, enabled, config_hash, state)"
+        " SELECT %s, u.name, u.kind, u.profile, u.priority, u.enabled, u.hash, 'starting'"
+        " FROM unnest(%s::text[], %s::text[], %s::text[], %s::int[], %s::bool[], %s::text[])"
+        "  AS u(name, kind, profile, priority, enabled, hash)"
+        " ON CONFLICT (host_id, name) DO UPDATE SET kind = EXCLUDED.kind,"
+        "  bank_profile_id = EXCLUDED.bank_profile_id, priority = EXCLUDED.priority,"
+        "  enabled = EXCLUDED.enabled, config_hash = EXCLUDED.config_hash,"
+        "  state = CASE WHEN bank_connectors_registry.state = 'removed' THEN 'starting'"
+        "               ELSE bank_connectors_registry.state END,"
+        "  last_seen_at = now()",
+        (host_id, names, [c.kind for c in configs], [c.bank_profile for c in configs],
+         [c.priority for c in configs], [c.enabled for c in configs], [config_hash(c) for c in configs]),
+    )
+    conn.execute(
+        "UPDATE bank_connectors_registry SET state = 'removed', last_seen_at = now()"
+        " WHERE host_id = %s AND NOT (name = ANY(%s)) AND state <> 'removed'",
+        (host_id, names),
+    )
 
 
 def report_states(conn: Any, host_id: str, rows: Sequence[RegistryRow]) -> None:
