@@ -80,45 +80,40 @@ def claim(conn: Any, host: str, limit: int, lease: float) -> list[Claimed]:
     return claimed
 
 
-# The attempt rows first (the scope guard trigger compares them with the slice's binding as it was), then the
-# slices: sending, one more attempt, bound to the attempt's scope from now.
+# One statement, one round trip: lock the slices this host still holds whose binding allows the attempt's scope,
+# bind them (sending, one more attempt), and write the attempt rows with the binding as it was before.
 _START_ATTEMPTS = """
-WITH held AS (
-    SELECT p.id, p.bound_scope, p.bound_at
-    FROM payout_slices p JOIN unnest(%(ids)s::bigint[], %(scopes)s::text[]) AS u(id, scope) ON u.id = p.id
+WITH u AS (
+    SELECT * FROM unnest(%(ids)s::bigint[], %(connectors)s::text[], %(scopes)s::text[], %(traces)s::text[])
+        AS u(id, connector, scope, trace)
+), held AS (
+    SELECT p.id, p.bound_scope, p.bound_at, u.connector, u.scope, u.trace
+    FROM payout_slices p JOIN u ON u.id = p.id
     WHERE p.claimed_by = %(host)s AND p.status = 'claimed' AND (p.bound_scope IS NULL OR p.bound_scope = u.scope)
     FOR UPDATE OF p
+), bound AS (
+    UPDATE payout_slices p SET status = 'sending', attempts = p.attempts + 1, connector_name = h.connector,
+        bound_scope = h.scope, bound_at = now(), lease_until = now() + %(lease)s * interval '1 second'
+    FROM held h WHERE p.id = h.id
 )
 INSERT INTO payout_slice_attempts (payout_slice_id, attempt_no, host_id, connector_name, idempotency_scope,
                                    trace_id, bound_before, bound_at_before)
 SELECT h.id, coalesce((SELECT max(a.attempt_no) FROM payout_slice_attempts a WHERE a.payout_slice_id = h.id), 0) + 1,
-       %(host)s, u.connector, u.scope, u.trace, h.bound_scope, h.bound_at
-FROM held h JOIN unnest(%(ids)s::bigint[], %(connectors)s::text[], %(scopes)s::text[], %(traces)s::text[])
-    AS u(id, connector, scope, trace) ON u.id = h.id
+       %(host)s, h.connector, h.scope, h.trace, h.bound_scope, h.bound_at
+FROM held h
 RETURNING payout_slice_id
-"""
-_BIND = """
-UPDATE payout_slices p SET status = 'sending', attempts = p.attempts + 1, connector_name = u.connector,
-    bound_scope = u.scope, bound_at = now(), lease_until = now() + %s * interval '1 second'
-FROM unnest(%s::bigint[], %s::text[], %s::text[]) AS u(id, connector, scope)
-WHERE p.id = u.id
 """
 
 
 def start_attempts(conn: Any, host: str, attempts: Sequence[AttemptStart], lease: float) -> set[int]:
-    """Claimed → sending with an attempt row each (in the caller's transaction); the ids this host still held."""
+    """Claimed → sending with an attempt row each; the ids this host still held (and could bind)."""
     if not attempts:
         return set()
     rows = conn.execute(_START_ATTEMPTS, {
         "ids": [a.slice_id for a in attempts], "scopes": [a.scope for a in attempts], "host": host,
-        "connectors": [a.connector for a in attempts], "traces": [a.trace_id for a in attempts],
+        "connectors": [a.connector for a in attempts], "traces": [a.trace_id for a in attempts], "lease": lease,
     }).fetchall()
-    held = {r[0] for r in rows}
-    mine = [a for a in attempts if a.slice_id in held]
-    if mine:
-        conn.execute(_BIND, (lease, [a.slice_id for a in mine], [a.connector for a in mine],
-                             [a.scope for a in mine]))
-    return held
+    return {r[0] for r in rows}
 
 
 # How each attempt ended; one that provably did not reach the bank gives the slice its previous binding back.
@@ -373,7 +368,7 @@ class PayoutStore:
         return await self._db.statement(lambda c: claim(c, self.host, limit, lease))
 
     async def start_attempts(self, attempts: Sequence[AttemptStart], lease: float) -> set[int]:
-        return await self._db.transaction(lambda c: start_attempts(c, self.host, attempts, lease))
+        return await self._db.statement(lambda c: start_attempts(c, self.host, attempts, lease))
 
     async def record(self, outcomes: Sequence[Outcome], audit: Sequence[CallRecord]) -> int:
         return await self._db.transaction(lambda c: record(c, self.host, outcomes, audit))

@@ -267,3 +267,23 @@ async def test_a_deadlock_comes_back_as_a_retryable_conflict(migrated_dsn: str) 
             await database.transaction(ours)
         assert caught.value.retryable and database.up, "a lost race is not a database that went away"
         database.request_stop()
+
+
+def test_an_attempt_in_another_scope_than_the_binding_is_refused(migrated_dsn: str) -> None:
+    """Whoever writes: the database itself keeps a bound slice's attempts in its idempotency scope."""
+    with psycopg.connect(migrated_dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO bank_profiles (id, name, country) VALUES ('b', 'B', 'SN')")
+        account = conn.execute("INSERT INTO treasury_accounts (bank_profile_id, label, account_number, currency)"
+                               " VALUES ('b', 'main', 'ACC', 'XOF') RETURNING id").fetchone()[0]  # type: ignore[index]
+        slice_id = conn.execute(
+            "INSERT INTO payout_slices (payout_id, treasury_account_id, amount, currency, rail, beneficiary_name,"
+            " beneficiary_account, bound_scope, bound_at) VALUES ('p', %s, 10, 'XOF', 'ach', 'A', 'SN08',"
+            " 'bank-api', now()) RETURNING id", (account,)).fetchone()[0]  # type: ignore[index]
+        insert = ("INSERT INTO payout_slice_attempts (payout_slice_id, attempt_no, host_id, connector_name,"
+                  " idempotency_scope) VALUES (%s, %s, 'h', 'c', %s)")
+        conn.execute(insert, (slice_id, 1, "bank-api"))
+        with pytest.raises(psycopg.errors.CheckViolation, match="bound to idempotency scope bank-api"):
+            conn.execute(insert, (slice_id, 2, "bank-legacy"))
+        with pytest.raises(psycopg.errors.IntegrityConstraintViolation, match="never changed or deleted"):
+            conn.execute("INSERT INTO molamd_audit (action, actor) VALUES ('x', 'y')")
+            conn.execute("DELETE FROM molamd_audit")
