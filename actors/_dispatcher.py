@@ -31,9 +31,7 @@ import msgspec
 import trio
 
 from connectors import (
-    Busy,
     CallRecord,
-    CircuitOpen,
     ConnectorError,
     PaymentRef,
     PaymentState,
@@ -90,8 +88,6 @@ class DispatcherSettings(msgspec.Struct, frozen=True, kw_only=True):
 
 
 SliceTask = Callable[[Claimed, list[ConnectorActor]], Awaitable[None]]
-# Errors that prove nothing reached the bank and the connector cannot take the call now: try again later.
-_NOT_NOW = (Busy, CircuitOpen)
 
 
 class Wake(msgspec.Struct, frozen=True):
@@ -262,16 +258,16 @@ class Dispatcher(Actor[Wake]):
         self._emit(self._succeeded(c.slice.id, actor.name, result, AttemptOutcome.ANSWERED), record)
 
     def _succeeded(self, slice_id: int, connector: str, result: SendResult,
-                   attempt: AttemptOutcome | None, released: str | None = None) -> Outcome:
+                   attempt: AttemptOutcome | None) -> Outcome:
         if result.state is PaymentState.SETTLED:
             return Outcome(slice_id=slice_id, kind=OutcomeKind.SETTLED, connector=connector,
-                           provider_ref=result.provider_ref, attempt=attempt, released_scope=released)
+                           provider_ref=result.provider_ref, attempt=attempt)
         if result.state is PaymentState.REJECTED:
             return Outcome(slice_id=slice_id, kind=OutcomeKind.FAILED, connector=connector,
                            provider_ref=result.provider_ref, error=f"rejected by the bank: {result.reason_code}",
-                           attempt=attempt, released_scope=released)
+                           attempt=attempt)
         return Outcome(slice_id=slice_id, kind=OutcomeKind.SENT, connector=connector, provider_ref=result.provider_ref,
-                       delay=self.settings.first_status_check, attempt=attempt, released_scope=released)
+                       delay=self.settings.first_status_check, attempt=attempt)
 
     async def _failed(self, c: Claimed, actor: ConnectorActor, exc: ConnectorError, attempt: int) -> Outcome:
         sid = c.slice.id
@@ -279,8 +275,8 @@ class Dispatcher(Actor[Wake]):
             return Outcome(slice_id=sid, kind=OutcomeKind.FAILED, connector=actor.name, error=_describe(exc),
                            attempt=AttemptOutcome.ANSWERED)
         if not exc.reached:
-            if isinstance(exc, _NOT_NOW) or (exc.retryable and not isinstance(exc, RateLimited)):
-                # Nothing left us: not an attempt; the next claim routes it afresh.
+            if exc.retryable and not isinstance(exc, RateLimited):
+                # Nothing left us (busy, breaker open, connection refused): not an attempt; routed afresh later.
                 return Outcome(slice_id=sid, kind=OutcomeKind.RELEASE, connector=actor.name,
                                delay=self.settings.release_delay, error=f"not sent: {_describe(exc)}",
                                attempt=AttemptOutcome.NOT_SENT)

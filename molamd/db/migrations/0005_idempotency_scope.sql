@@ -9,6 +9,11 @@ ALTER TABLE payout_slices
     ADD COLUMN bound_at     timestamptz,
     ADD CONSTRAINT payout_slices_bound_check CHECK ((bound_scope IS NULL) = (bound_at IS NULL));
 CREATE INDEX payout_slices_bound_idx ON payout_slices (bound_scope, bound_at) WHERE bound_scope IS NOT NULL;
+-- Slices that were already with a connector when this migration ran may be in its bank's hands: bind them to
+-- that connector's default scope (its name). A connector configured with another scope then finds them waiting,
+-- in doubt, until its scope answers for them or an operator releases them: the safe side.
+UPDATE payout_slices SET bound_scope = connector_name, bound_at = updated_at
+WHERE connector_name IS NOT NULL AND status IN ('sending', 'sent', 'retry_scheduled', 'dead');
 
 CREATE TABLE payout_slice_attempts (
     payout_slice_id    bigint NOT NULL REFERENCES payout_slices (id),
