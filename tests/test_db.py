@@ -201,6 +201,15 @@ def test_registry_sync_and_report(migrated_dsn: str) -> None:
         assert health[:2] == (True, "i1") and health[2] == db.config_hash(a)
         db.sync_configured(conn, "h1", [a, b])
         assert conn.execute("SELECT state FROM bank_connectors_registry WHERE name = 'a'").fetchone()[0] == "starting"
+        db.report_states(conn, "h1", [db.RegistryRow(name="b", state="running", breaker_state="open")])
+        opened = conn.execute("SELECT breaker_state, breaker_changed_at FROM bank_connectors_registry"
+                              " WHERE name = 'b'").fetchone()
+        assert opened[0] == "open" and opened[1] is not None, "the breaker state per host is mirrored"
+        conn.commit()  # a new transaction, a later now()
+        time.sleep(0.01)
+        db.report_states(conn, "h1", [db.RegistryRow(name="b", state="running", breaker_state="open")])
+        assert conn.execute("SELECT breaker_changed_at FROM bank_connectors_registry WHERE name = 'b'"
+                            ).fetchone()[0] == opened[1], "unchanged state keeps its time"
     assert db.config_hash(a) != db.config_hash(b)
 
 
