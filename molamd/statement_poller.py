@@ -30,6 +30,8 @@ from .logs import log
 from .metrics import Metrics
 from .statements import Ingested, StatementStore
 
+FIRST_RETRY = 5.0  # seconds before the first retry of a failed poll
+DATABASE_WAIT = 0.5  # how often a poller looks whether the database is up again
 logger = logging.getLogger("molamd.statements")
 
 
@@ -63,7 +65,8 @@ class StatementPoller(Actor[PollNow]):
         self.last_error: str | None = None
         self._lock = trio.Lock()
         interval, worst = self.options.poll_interval.seconds, self.options.error_backoff_max.seconds
-        self._errors = Backoff(initial=min(interval, worst), maximum=max(interval, worst), jitter=0.2)
+        # A failed poll is tried again soon, then less and less often, up to error_backoff_max.
+        self._errors = Backoff(initial=min(interval, worst, FIRST_RETRY), maximum=max(interval, worst), jitter=0.2)
 
     async def setup(self) -> None:
         self.nursery.start_soon(self._poll_forever)
@@ -82,6 +85,7 @@ class StatementPoller(Actor[PollNow]):
         idle = interval
         failures = 0
         while True:
+            await self._database_ready()
             try:
                 summary = await self.poll_once()
             except (ConnectorError, DatabaseError) as exc:
@@ -99,6 +103,12 @@ class StatementPoller(Actor[PollNow]):
                     idle = max(interval, min(idle * 2, self.options.idle_backoff_max.seconds))
                 delay = idle if not summary.taken else interval
             await trio.sleep(delay)
+
+    async def _database_ready(self) -> None:
+        """Wait while the database is down (at start-up it connects in the background): a poll could only
+        fail, and a source is not at fault for our database."""
+        while not self.store.db.up:  # noqa: ASYNC110 - the database service keeps a flag, not an event
+            await trio.sleep(DATABASE_WAIT)
 
     async def poll_once(self) -> PollSummary:
         async with self._lock:
