@@ -257,6 +257,13 @@ async def running(store: MemoryStore, routes: Routes) -> AsyncIterator[Dispatche
         nursery.cancel_scope.cancel()
 
 
+def one_slice_two_channels(a: FakeBank, b: FakeBank) -> tuple[MemoryStore, ConnectorActor, ConnectorActor]:
+    """One pending slice, and a primary (bank A) and a backup (bank B) connector in scopes of their own."""
+    store = MemoryStore()
+    store.add(1)
+    return store, actor("primary", a, 10), actor("backup", b, 20)
+
+
 @pytest.fixture
 def banks() -> tuple[FakeBank, FakeBank]:
     return FakeBank("A"), FakeBank("B")
@@ -266,10 +273,8 @@ async def test_a_timeout_after_send_keeps_the_slice_in_its_scope(
     autojump_clock: trio.testing.MockClock, banks: tuple[FakeBank, FakeBank]
 ) -> None:
     a, b = banks
-    store = MemoryStore()
-    primary, backup = actor("primary", a, 10), actor("backup", b, 20)
     a.mode = "hang_after_execute"  # the bank executes, the answer never comes
-    store.add(1)
+    store, primary, backup = one_slice_two_channels(a, b)
     async with running(store, Routes([primary, backup])):
         await trio.sleep(2.5)  # the call times out (2s and a margin): in doubt
         row = store.rows[1]
@@ -291,10 +296,8 @@ async def test_fallback_only_for_attempts_that_provably_did_not_reach_the_bank(
     autojump_clock: trio.testing.MockClock, banks: tuple[FakeBank, FakeBank]
 ) -> None:
     a, b = banks
-    store = MemoryStore()
-    primary, backup = actor("primary", a, 10), actor("backup", b, 20)
     a.mode = "refuse"  # connection refused: nothing left us
-    store.add(1)
+    store, primary, backup = one_slice_two_channels(a, b)
     async with running(store, Routes([primary, backup])):
         await trio.sleep(0.2)
         row = store.rows[1]
@@ -310,10 +313,8 @@ async def test_a_5xx_is_in_doubt_and_retried_in_the_same_scope(
     autojump_clock: trio.testing.MockClock, banks: tuple[FakeBank, FakeBank]
 ) -> None:
     a, b = banks
-    store = MemoryStore()
-    primary, backup = actor("primary", a, 10), actor("backup", b, 20)
     a.mode = "error_after_execute"
-    store.add(1)
+    store, primary, backup = one_slice_two_channels(a, b)
     async with running(store, Routes([primary, backup])):
         await trio.sleep(0.2)
         assert store.rows[1].status == "retry_scheduled" and store.rows[1].bound_scope == "primary-scope"
