@@ -155,6 +155,7 @@ class ConnectorSnapshot(msgspec.Struct, frozen=True, kw_only=True):
     limiter_rate: float
     limiter_burst: int
     limiter_tokens: float
+    limiter_paused_seconds: float
     last_health: Health | None
     last_health_error: str | None
     events_connected: bool
@@ -207,8 +208,9 @@ class ConnectorActor(Actor[ConnectorMsg]):
 
     @property
     def accepting(self) -> bool:
-        """Whether the dispatcher may hand this connector new work now."""
-        return self._dispatch is DispatchState.RUNNING and self.breaker.allows()
+        """Whether the dispatcher may hand this connector new work now (not while a Retry-After pause lasts)."""
+        return (self._dispatch is DispatchState.RUNNING and self.breaker.allows()
+                and self.limiter.paused_for() <= 0.0)
 
     @property
     def in_flight(self) -> int:
@@ -322,6 +324,7 @@ class ConnectorActor(Actor[ConnectorMsg]):
                 seconds = trio.current_time() - start
                 self.breaker.record(not _counts_against_breaker(exc), seconds)
                 if isinstance(exc, RateLimited) and exc.retry_after:
+                    exc.retry_after = min(exc.retry_after, self.config.limits.max_retry_after.seconds)
                     self.limiter.pause_until(trio.current_time() + exc.retry_after)
                 self._observer.call_finished(self.name, operation, exc, seconds)
                 raise
@@ -450,6 +453,7 @@ class ConnectorActor(Actor[ConnectorMsg]):
             limiter_rate=self.limiter.rate,
             limiter_burst=self.limiter.burst,
             limiter_tokens=round(self.limiter.tokens(), 2),
+            limiter_paused_seconds=round(self.limiter.paused_for(), 3),
             last_health=self._last_health,
             last_health_error=self._last_health_error,
             events_connected=self.events_connected,

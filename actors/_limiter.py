@@ -27,6 +27,10 @@ class RateLimiter:
     def pause_until(self, when: float) -> None:
         self._paused_until = max(self._paused_until, when)
 
+    def paused_for(self) -> float:
+        """Seconds left of a Retry-After pause (0 when not paused)."""
+        return max(0.0, self._paused_until - trio.current_time())
+
     def delay(self) -> float:
         """How long a call arriving now would wait."""
         now = trio.current_time()

@@ -41,6 +41,9 @@ class LimitsConfig(_Table, frozen=True, kw_only=True, forbid_unknown_fields=True
     # Longest a call waits for its turn (rate limiter) and for a free slot (bulkhead) before it is answered Busy:
     # waiting is never an attempt, and never eats the call's own timeout.
     max_wait: Duration = msgspec.field(default_factory=lambda: Duration("1s"))
+    # The longest a bank's Retry-After is honoured; a longer one is cut to this (a proxy's "1e9" or a typo must
+    # not park a connector, or a slice, for decades).
+    max_retry_after: Duration = msgspec.field(default_factory=lambda: Duration("5m"))
 
 
 class BreakerConfig(_Table, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -68,8 +68,8 @@ class ServerError(Network):
 class BadResponse(Network):
     code = "bad_response"
 
-    def __init__(self, connector: str, message: str) -> None:
-        super().__init__(connector, message, reached=True)
+    def __init__(self, connector: str, message: str, *, reached: bool = True) -> None:
+        super().__init__(connector, message, reached=reached)
 
 
 class Auth(ConnectorError):

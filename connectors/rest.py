@@ -312,7 +312,11 @@ class RestConnector:
         message = body.get("message")
         detail = f": {_printable(str(message)[:_MAX_ERROR_TEXT])}" if message else ""
         if status == 429:
-            return RateLimited(self.name, f"{where}{detail}", retry_after=_retry_after(response))
+            try:
+                retry_after = _retry_after(response)
+            except ValueError as exc:
+                return BadResponse(self.name, f"{where}: {exc}", reached=False)
+            return RateLimited(self.name, f"{where}{detail}", retry_after=retry_after)
         if status in (401, 403):
             return Auth(self.name, f"{where}{detail}")
         if status == 409:
@@ -363,7 +367,8 @@ async def _next_message(ws: trio_websocket.WebSocketConnection, name: str) -> st
 
 
 def _retry_after(response: httpx.Response) -> float | None:
-    """Retry-After in seconds, from delay-seconds or an HTTP-date (RFC 9110 §10.2.3); None when unreadable."""
+    """Retry-After in seconds, from delay-seconds or an HTTP-date (RFC 9110 §10.2.3); None when absent or not a
+    number or date. Raises ValueError for a number that is infinite, NaN or negative: no bank means that."""
     value = response.headers.get("Retry-After")
     if value is None:
         return None
@@ -374,7 +379,7 @@ def _retry_after(response: httpx.Response) -> float | None:
             when = email.utils.parsedate_to_datetime(value)
         except (TypeError, ValueError):
             return None
-        seconds = when.timestamp() - time.time()
-    if not math.isfinite(seconds):
-        return None
-    return max(0.0, seconds)
+        return max(0.0, when.timestamp() - time.time())  # a date in the past: now
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"Retry-After {value[:40]!r} is not a delay (infinite, NaN or negative)")
+    return seconds

@@ -37,11 +37,11 @@ ARITY: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "set-rate": (("name", "rate"), ("burst",)),
     "dlq": (("action",), ("id", "reason")),
     "statements": ((), ("action", "id")),
-    "payouts": (("action",), ("id",)),  # show ID, release ID --reason TEXT, in-doubt
+    "payouts": (("action",), ("id",)),  # show ID, release ID --reason TEXT, in-doubt, retry ID|--all-scheduled
     "audit": ((), ()),
 }
 # Sub-commands the daemon serves as commands of their own, so reads and writes can be told apart.
-SPLIT = {"dlq": ("list", "retry", "drop"), "payouts": ("show", "release", "in-doubt"),
+SPLIT = {"dlq": ("list", "retry", "drop"), "payouts": ("show", "release", "in-doubt", "retry"),
          "statements": ("poll", "reprocess")}
 NUMBERS: dict[str, type] = {"rate": float, "burst": int, "id": int}
 
@@ -135,7 +135,8 @@ def print_mapping(value: Any, out: TextIO, prefix: str = "") -> None:
 
 CONNECTOR_COLUMNS = [
     ("name", "NAME"), ("kind", "KIND"), ("bank_profile", "PROFILE"), ("priority", "PRIO"), ("state", "STATE"),
-    ("dispatch", "DISPATCH"), ("breaker", "BREAKER"), ("restarts", "RESTARTS"), ("mailbox_depth", "MAILBOX"),
+    ("dispatch", "DISPATCH"), ("breaker", "BREAKER"), ("paused_s", "PAUSED_S"), ("restarts", "RESTARTS"),
+    ("mailbox_depth", "MAILBOX"),
     ("health", "HEALTH"),
     ("uptime_seconds", "UPTIME_S"), ("last_error", "LAST_ERROR"),
 ]
@@ -204,6 +205,8 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, dict[str, Any]]:
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for a reply (default 30)")
     parser.add_argument("--limit", type=int, help="logs: how many rows (default 20)")
     parser.add_argument("--all", action="store_true", help="dlq retry: every dead slice")
+    parser.add_argument("--all-scheduled", action="store_true",
+                        help="payouts retry: every slice waiting for a later attempt, due now")
     parser.add_argument("--reason", help="payouts release: why (goes into the audit trail)")
     parser.add_argument("command", help=", ".join(ARITY))
     parser.add_argument("args", nargs="*")
@@ -232,6 +235,8 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, dict[str, Any]]:
         args["limit"] = ns.limit
     if ns.all:
         args["all"] = True
+    if ns.all_scheduled:
+        args["all_scheduled"] = True
     if ns.reason is not None:
         args["reason"] = ns.reason
     return ns, args

@@ -17,7 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
-from actors import ChildState, Supervisor
+from actors import ChildState, RateLimiter, Supervisor
 
 from . import __version__
 
@@ -116,6 +116,10 @@ class _ActorCollector(Collector):
         depth = GaugeMetricFamily(
             "molamd_actor_mailbox_depth", "Messages waiting in each actor's mailbox", labels=["supervisor", "actor"]
         )
+        paused = GaugeMetricFamily(
+            "molamd_connector_limiter_paused_seconds",
+            "Seconds left of a bank's Retry-After pause; the connector takes no new work meanwhile",
+            labels=["connector"])
         for sup in self._supervisors():
             for info in sup.infos():
                 for candidate in ChildState:
@@ -125,6 +129,10 @@ class _ActorCollector(Collector):
                 snapshot = getattr(child, "snapshot", None)
                 if snapshot is not None:
                     depth.add_metric([sup.name, info.name], snapshot().mailbox_depth)
+                limiter = getattr(child, "limiter", None)
+                if isinstance(limiter, RateLimiter):
+                    paused.add_metric([info.name], limiter.paused_for())
+        yield paused
         yield state
         yield restarts
         yield depth

@@ -317,6 +317,24 @@ def release(conn: Any, host: str, slice_id: int, who: Identity, reason: str) -> 
     return {"id": slice_id, "status": status, "released_scope": scope}
 
 
+def retry_now(conn: Any, host: str, ids: Sequence[int] | None, who: Identity) -> list[int]:
+    """Make waiting slices due now (a retry or a bank's Retry-After set far ahead); the idempotency key and
+    scope binding stay. ``ids`` None: every slice scheduled for later. Audited, one row per slice."""
+    where = "(status = 'retry_scheduled' OR (status = 'pending' AND next_attempt_at > now()))"
+    params: list[Any] = []
+    if ids is not None:
+        where += " AND id = ANY(%s)"
+        params.append(list(ids))
+    rows = conn.execute(
+        "WITH due AS (SELECT id, status, next_attempt_at FROM payout_slices WHERE " + where + " FOR UPDATE)"
+        " UPDATE payout_slices p SET next_attempt_at = now() FROM due WHERE p.id = due.id"
+        " RETURNING p.id, due.status, due.next_attempt_at::text", params).fetchall()
+    audit_trail.slice_changes(conn, host, who, [
+        audit_trail.SliceChange(slice_id=r[0], action="payout_retry", from_status=r[1], to_status=r[1],
+                                detail=f"made due now (was due {r[2]})") for r in rows])
+    return sorted(r[0] for r in rows)
+
+
 def show(conn: Any, slice_id: int) -> dict[str, Any]:
     """One slice with its attempts, its bank calls and its audit rows (``molamctl payouts show``)."""
     found = dict_rows(

@@ -14,6 +14,7 @@ OPERATOR_COMMANDS = [
     ("restart", {"name": "beta"}), ("force-open", {"name": "alpha"}), ("reset-circuit", {"name": "alpha"}),
     ("set-rate", {"name": "alpha", "rate": 5.0}), ("reload", {}), ("dlq-retry", {"id": 999}),
     ("dlq-drop", {"id": 999, "reason": "test"}), ("payouts-release", {"id": 999, "reason": "checked with the bank"}),
+    ("payouts-retry", {"all_scheduled": True}),
 ]
 READS = [("status", {}), ("connectors", {}), ("dlq-list", {}), ("payouts-in-doubt", {}), ("audit", {})]
 

@@ -319,3 +319,28 @@ def test_a_connector_whose_secret_is_missing(short_tmp: Path, migrated_dsn: str,
                             timeout=30, check=False)
     assert result.returncode == 1
     assert "$.connectors[0].rest.hmac_secret: secret env:MOLAMD_TEST_HMAC: environment variable" in result.stderr
+
+
+def test_a_huge_retry_after_is_capped_shown_and_an_operator_makes_the_slice_due(
+    daemon_factory: Any, short_tmp: Path, migrated_dsn: str, bank: Bank
+) -> None:
+    d = daemon_factory(payout_toml(short_tmp, migrated_dsn, rest_connector("primary", bank.url)), env=env())
+    bank.faults(rate_limit_rate=1.0, retry_after=1e9)  # a proxy in front of the bank says "come back in 30 years"
+    [limited] = seed(migrated_dsn, 1)
+    wait_for(lambda: statuses(migrated_dsn, [limited]).get("retry_scheduled") == 1, 10, "a rate-limited retry")
+    with psycopg.connect(migrated_dsn) as conn:
+        wait_s = conn.execute("SELECT extract(epoch FROM next_attempt_at - now()) FROM payout_slices WHERE id = %s",
+                              (limited,)).fetchone()[0]
+    assert 200 < float(wait_s) <= 300, "capped at limits.max_retry_after (5m by default)"
+    [row] = d.ctl_json("connectors")
+    assert row["paused_s"] is not None and row["paused_s"] > 200, "molamctl connectors shows the pause"
+    assert "PAUSED_S" in d.ctl("connectors").stdout
+    due = d.ctl_json("payouts", "retry", str(limited))
+    assert due == {"due_now": [limited]}
+    with psycopg.connect(migrated_dsn) as conn:
+        wait_s = conn.execute("SELECT extract(epoch FROM next_attempt_at - now()) FROM payout_slices WHERE id = %s",
+                              (limited,)).fetchone()[0]
+        audit = conn.execute("SELECT action, uid FROM molamd_audit WHERE payout_slice_id = %s", (limited,)).fetchall()
+    assert float(wait_s) <= 1 and audit == [("payout_retry", 0)]
+    assert d.ctl("payouts", "retry").returncode == 1, "an ID or --all-scheduled is needed"
+    assert d.stop() == 0

@@ -42,6 +42,7 @@ from connectors import (
     PaymentState,
     PaymentStatus,
     PayoutSlice,
+    RateLimited,
     SendResult,
     ServerError,
 )
@@ -89,6 +90,8 @@ class FakeConnector:
         bank.calls += 1
         if bank.mode == "refuse":
             raise Network(self.name, "connection refused", reached=False)
+        if bank.mode == "slow_down":
+            raise RateLimited(self.name, "HTTP 429", retry_after=1e9)
         try:
             await trio.sleep(0.01)
             if bank.mode == "hang":
@@ -431,3 +434,24 @@ async def test_a_failed_flush_keeps_the_outcomes_and_writes_them_later(
         assert store.rows[1].status == "sending", "not written yet: the database is away"
         await trio.sleep(5)
     assert store.rows[1].status == "sent" and a.calls == 1 and store.audit_rows
+
+
+async def test_a_huge_retry_after_is_capped_and_pauses_new_work_meanwhile(
+    autojump_clock: trio.testing.MockClock, banks: tuple[FakeBank, FakeBank]
+) -> None:
+    a, _ = banks
+    a.mode = "slow_down"  # Retry-After: 1e9 seconds
+    store = MemoryStore()
+    store.add(1)
+    store.add(2, due=5.0)
+    primary = actor("primary", a, 10, max_retry_after=Duration("30s"))
+    async with running(store, Routes([primary])):
+        await trio.sleep(1)
+        row = store.rows[1]
+        assert row.status == "retry_scheduled" and row.due == pytest.approx(30.0, abs=1.5), "capped at 30s"
+        assert not primary.accepting and primary.connector_snapshot().limiter_paused_seconds > 25
+        await trio.sleep(10)
+        assert a.calls == 1 and store.rows[2].status == "pending", "no new work while the bank said slow down"
+        a.mode = "ok"
+        await trio.sleep(30)
+        assert primary.accepting and {r.status for r in store.rows.values()} == {"sent"}

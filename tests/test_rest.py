@@ -235,10 +235,16 @@ async def send_failing(handler: Callable[[httpx.Request], httpx.Response]) -> Co
     return caught.value
 
 
-@pytest.mark.parametrize(("header", "seconds"), [("120", 120), ("inf", None), ("soon", None)])
+@pytest.mark.parametrize(("header", "seconds"), [("120", 120), ("1e9", 1e9), ("soon", None)])
 async def test_retry_after_seconds_and_nonsense(header: str, seconds: float | None) -> None:
     error = await send_failing(lambda r: signed(429, {"error": "rate_limited"}, {"Retry-After": header}))
     assert isinstance(error, RateLimited) and error.retry_after == seconds and not error.reached
+
+
+@pytest.mark.parametrize("header", ["inf", "nan", "-5"])
+async def test_an_infinite_or_negative_retry_after_is_a_bad_response(header: str) -> None:
+    error = await send_failing(lambda r: signed(429, {"error": "rate_limited"}, {"Retry-After": header}))
+    assert isinstance(error, BadResponse) and not error.reached and "is not a delay" in str(error)
 
 
 async def test_retry_after_as_an_http_date() -> None:

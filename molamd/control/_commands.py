@@ -76,6 +76,11 @@ class LimitArg(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     limit: int = 100
 
 
+class RetryArgs(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    id: int | None = None
+    all_scheduled: bool = False
+
+
 class ReleaseArgs(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     id: int
     reason: str = ""
@@ -161,6 +166,7 @@ def _connector_row(rt: Runtime, name: str) -> dict[str, Any]:
         "mailbox_size": spec_config.mailbox_size if spec_config else None,
         "in_flight": None,
         "breaker": None,
+        "paused_s": None,
         "health": None,
         "last_error": info.last_error,
     }
@@ -170,6 +176,7 @@ def _connector_row(rt: Runtime, name: str) -> dict[str, Any]:
         row["mailbox_depth"] = snap.actor.mailbox_depth
         row["in_flight"] = snap.in_flight
         row["breaker"] = snap.breaker.state.value
+        row["paused_s"] = snap.limiter_paused_seconds or None  # a bank's Retry-After: no new work meanwhile
         if snap.last_health is not None:
             row["health"] = "ok" if snap.last_health.ok else "failing"
     poller = rt.statement_source(name)
@@ -413,6 +420,23 @@ async def payouts_release(ctx: Context, args: ReleaseArgs) -> dict[str, Any]:
         raise _database(exc) from None
 
 
+async def payouts_retry(ctx: Context, args: RetryArgs) -> dict[str, Any]:
+    """Make a slice (or every slice scheduled for later) due now, in its own scope."""
+    rt = ctx.rt
+    if (args.id is None) == (not args.all_scheduled):
+        raise ControlError(ErrorCode.BAD_ARGS, "payouts retry needs an ID or --all-scheduled (not both)")
+    ids = None if args.all_scheduled else [args.id]
+    try:
+        due = await rt.db.transaction(
+            lambda c: payouts.retry_now(c, rt.host_id, ids, ctx.who))  # type: ignore[arg-type]
+    except DatabaseError as exc:
+        raise _database(exc) from None
+    if args.id is not None and not due:
+        raise ControlError(ErrorCode.NOT_FOUND, f"payout slice {args.id} is not waiting for a later attempt")
+    rt.wake_dispatcher()
+    return {"due_now": due}
+
+
 async def audit_list(ctx: Context, args: LimitArg) -> list[dict[str, Any]]:
     try:
         return await ctx.rt.db.statement(lambda c: audit.operator_actions(c, args.limit))
@@ -512,6 +536,7 @@ COMMANDS: dict[str, Command] = {
         Command("payouts-show", IdArg, False, payouts_show),
         Command("payouts-in-doubt", LimitArg, False, payouts_in_doubt),
         Command("payouts-release", ReleaseArgs, True, payouts_release),
+        Command("payouts-retry", RetryArgs, True, payouts_retry),
         Command("audit", LimitArg, False, audit_list),
         Command("statements", StatementsArgs, False, statements),
         Command("statements-poll", StatementsArgs, True, statements_poll),
