@@ -51,7 +51,6 @@ def identity(uid: int, pid: int, via: str = "molamctl") -> Identity:
     return Identity(uid=uid, pid=pid, user=user, via=via)
 
 
-DAEMON = Identity(via="molamd")
 _SECRETISH = re.compile(r"secret|password|token|pin|key", re.IGNORECASE)
 
 

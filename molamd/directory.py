@@ -75,10 +75,3 @@ class Directory:
             if actor is not None and Capability.PAYMENT_STATUS in actor.capabilities:
                 return actor
         return None
-
-    def scope_profiles(self, config: Config) -> dict[str, set[str]]:
-        """Each idempotency scope and the bank profiles its connectors belong to (for config checks)."""
-        found: dict[str, set[str]] = {}
-        for entry in config.connectors:
-            found.setdefault(entry.scope, set()).add(entry.bank_profile)
-        return found

@@ -12,6 +12,7 @@ error is returned to the caller and logged, and ``molamd_config_last_reload_succ
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import logging
 import time
@@ -19,6 +20,8 @@ from collections.abc import Awaitable, Callable, Iterator
 
 import msgspec
 import trio
+
+from actors import ChildSpec, Supervisor
 
 from .config import Config, ConfigError, ConfigProblem, load_resolved, secret_values
 from .logs import log, redactor, set_level
@@ -180,31 +183,40 @@ async def _apply_steps(rt: Runtime, old: Config, new: Config, connectors: Diff, 
 
         undo.append(put_policy_back)
 
-    sup = rt.connectors
     before = {c.name: c for c in old.connectors}
     after = {c.name: c for c in new.connectors}
-    for name in connectors.removed:
-        await sup.stop_child(name)
-        undo.append(lambda n=name: sup.start_child(rt.connector_spec(before[n], old)))  # type: ignore[misc]
-    for name in connectors.changed:
-        await sup.restart_child(name, rt.connector_spec(after[name], new))
-        undo.append(lambda n=name: sup.restart_child(n, rt.connector_spec(before[n], old)))  # type: ignore[misc]
-    for name in connectors.added:
-        await sup.start_child(rt.connector_spec(after[name], new))
-        undo.append(lambda n=name: sup.stop_child(n))  # type: ignore[misc]
+    await _apply_diff(rt.connectors, connectors, lambda n: rt.connector_spec(before[n], old),
+                      lambda n: rt.connector_spec(after[n], new), undo)
+    old_workers = {s.name: s for s in rt.worker_specs(old)}
+    new_workers = {s.name: s for s in rt.worker_specs(new)}
+    await _apply_diff(rt.workers, workers, old_workers.__getitem__, new_workers.__getitem__, undo)
 
-    workers_sup = rt.workers
-    old_specs = {s.name: s for s in rt.worker_specs(old)}
-    new_specs = {s.name: s for s in rt.worker_specs(new)}
-    for name in workers.removed:
-        await workers_sup.stop_child(name)
-        undo.append(lambda n=name: workers_sup.start_child(old_specs[n]))  # type: ignore[misc]
-    for name in workers.changed:
-        await workers_sup.restart_child(name, new_specs[name])
-        undo.append(lambda n=name: workers_sup.restart_child(n, old_specs[n]))  # type: ignore[misc]
-    for name in workers.added:
-        await workers_sup.start_child(new_specs[name])
-        undo.append(lambda n=name: workers_sup.stop_child(n))  # type: ignore[misc]
+
+SpecOf = Callable[[str], ChildSpec]
+
+
+async def _apply_diff(sup: Supervisor, diff: Diff, old_spec: SpecOf, new_spec: SpecOf, undo: list[Undo]) -> None:
+    """Stop the removed children, restart the changed ones, start the added ones; each step leaves its undo.
+
+    The old specs are built only if an undo runs.
+    """
+    for name in diff.removed:
+        await sup.stop_child(name)
+        undo.append(functools.partial(_start_with, sup, old_spec, name))
+    for name in diff.changed:
+        await sup.restart_child(name, new_spec(name))
+        undo.append(functools.partial(_restart_with, sup, old_spec, name))
+    for name in diff.added:
+        await sup.start_child(new_spec(name))
+        undo.append(functools.partial(sup.stop_child, name))
+
+
+async def _start_with(sup: Supervisor, spec_of: SpecOf, name: str) -> None:
+    await sup.start_child(spec_of(name))
+
+
+async def _restart_with(sup: Supervisor, spec_of: SpecOf, name: str) -> None:
+    await sup.restart_child(name, spec_of(name))
 
 
 def _adopt(rt: Runtime, new: Config) -> None:

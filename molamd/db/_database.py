@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import outcome
 import psycopg
 import trio
+from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from actors import Backoff
@@ -56,8 +57,6 @@ class DatabaseConflict(DatabaseError):
 
 def dict_rows(conn: Conn, sql: str, params: Any = None) -> list[dict[str, Any]]:
     """Run one query and return its rows as dicts keyed by column name (for replies that show rows)."""
-    from psycopg.rows import dict_row
-
     with conn.cursor(row_factory=dict_row) as cursor:
         rows: list[dict[str, Any]] = cursor.execute(sql, params).fetchall()
     return rows
