@@ -7,8 +7,9 @@ client certificate and a pinned CA when configured; response signatures are veri
 
 Every failure is mapped to the connector error tree at this adapter: 400/422 Validation, 401/403 Auth,
 409 IdempotencyConflict, 429 RateLimited (with Retry-After), 5xx ServerError, garbage or a bad signature
-BadResponse, timeouts Timeout, refused/reset connections Network. The transport is a seam: tests pass an
-``httpx.MockTransport``.
+BadResponse, timeouts Timeout, refused/reset connections Network. A response body (or a pushed event) longer
+than ``max_response_size`` is BadResponse: it is streamed and the reading stops at the cap, whatever the bank's
+Content-Length says. The transport is a seam: tests pass an ``httpx.MockTransport``.
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ class RestOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     connect_timeout: Duration = msgspec.field(default_factory=lambda: Duration("3s"))
     verify_response_signatures: bool = True
     max_connections: int = 64
+    max_response_size: int = 1024 * 1024  # bytes of a response body (or a pushed event) read before BadResponse
     client_cert: str | None = None
     client_key: str | None = None
     ca_file: str | None = None
@@ -210,7 +212,8 @@ class RestConnector:
         signature = sign_request(self._secret, "GET", path, timestamp, b"")
         query = urlencode({"since": since, "key_id": self._options.key_id, "ts": timestamp, "sig": signature})
         try:
-            async with trio_websocket.open_websocket_url(f"{url}?{query}", connect_timeout=10) as ws:
+            async with trio_websocket.open_websocket_url(
+                    f"{url}?{query}", connect_timeout=10, max_message_size=self._options.max_response_size) as ws:
                 while True:
                     message = await _next_message(ws, self.name)
                     try:
@@ -225,7 +228,12 @@ class RestConnector:
                     deliver(event)
         except trio_websocket.HandshakeError as exc:
             raise Auth(self.name, f"event stream refused: {exc}") from exc
-        except (trio_websocket.ConnectionClosed, OSError, trio.TooSlowError) as exc:
+        except trio_websocket.ConnectionClosed as exc:
+            if exc.reason is not None and exc.reason.code == 1009:  # MESSAGE_TOO_BIG: we closed it, at max_response_size
+                raise BadResponse(self.name, f"pushed event over max_response_size "
+                                             f"{self._options.max_response_size}") from exc
+            raise Network(self.name, f"event stream ended: {exc.reason}") from exc
+        except (OSError, trio.TooSlowError) as exc:
             raise Network(self.name, f"event stream ended: {type(exc).__name__}: {exc}") from exc
 
     async def healthcheck(self) -> Health:
@@ -267,7 +275,10 @@ class RestConnector:
 
         try:
             with trio.fail_after(ctx.timeout):
-                response = await client.request(method, target, content=body, headers=headers)
+                response, raw = await self._exchange(client, method, target, body, headers)
+        except _TooLarge as exc:
+            raise self._fail(BadResponse(self.name, f"{method} {target}: {exc}"),
+                             record("error", code="bad_response", status=exc.status)) from exc
         except (httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             # No connection in time: no byte of the request left us.
             raise self._fail(Timeout(self.name, f"{method} {target}: not sent: {type(exc).__name__}: {exc}",
@@ -282,13 +293,13 @@ class RestConnector:
         except httpx.TransportError as exc:
             raise self._fail(Network(self.name, f"{method} {target}: {type(exc).__name__}: {exc}"),
                              record("error", code="network")) from exc
-        error = self._status_error(response, method, target)
-        if error is None and self._options.verify_response_signatures and not self._signed(response):
+        error = self._status_error(response, raw, method, target)
+        if error is None and self._options.verify_response_signatures and not self._signed(response, raw):
             error = BadResponse(self.name, f"{method} {target}: response signature does not verify")
         data: dict[str, Any] = {}
-        if error is None and response.content:
+        if error is None and raw:
             try:
-                parsed = response.json()
+                parsed = json.loads(raw)
             except ValueError:
                 parsed = None
             if not isinstance(parsed, dict):
@@ -296,19 +307,43 @@ class RestConnector:
             else:
                 data = parsed
         if error is not None:
-            text = _printable(response.text[:_MAX_ERROR_TEXT])
+            text = _printable(raw[:_MAX_ERROR_TEXT * 4].decode("utf-8", "replace")[:_MAX_ERROR_TEXT])
             raise self._fail(error, record("error", code=error.code, status=response.status_code,
                                            response={"status": response.status_code, "body": text}))
         summary: dict[str, object] = {k: data[k] for k in ("id", "status", "reason_code") if k in data}
         return response, data, record("ok", status=response.status_code,
                                       response={"status": response.status_code, **summary})
 
-    def _status_error(self, response: httpx.Response, method: str, target: str) -> ConnectorError | None:
+    async def _exchange(self, client: httpx.AsyncClient, method: str, target: str, body: bytes,
+                        headers: dict[str, str]) -> tuple[httpx.Response, bytes]:
+        """Send, then read the body up to ``max_response_size``; raises _TooLarge past it."""
+        cap = self._options.max_response_size
+        request = client.build_request(method, target, content=body, headers=headers)
+        response = await client.send(request, stream=True)
+        try:
+            declared = response.headers.get("Content-Length", "")
+            if declared.isdigit() and int(declared) > cap:
+                raise _TooLarge(f"HTTP {response.status_code}: Content-Length {declared} is over "
+                                f"max_response_size {cap}", response.status_code)
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                if size > cap:
+                    raise _TooLarge(f"HTTP {response.status_code}: body is over max_response_size {cap}",
+                                    response.status_code)
+                chunks.append(chunk)
+        finally:
+            with trio.CancelScope(shield=True):
+                await response.aclose()
+        return response, b"".join(chunks)
+
+    def _status_error(self, response: httpx.Response, raw: bytes, method: str, target: str) -> ConnectorError | None:
         status = response.status_code
         if status < 400:
             return None
         where = f"{method} {target}: HTTP {status}"
-        body = _json(response)  # parsed once; a bank's text is shown escaped (it ends up in logs and rows)
+        body = _json(raw)  # parsed once; a bank's text is shown escaped (it ends up in logs and rows)
         message = body.get("message")
         detail = f": {_printable(str(message)[:_MAX_ERROR_TEXT])}" if message else ""
         if status == 429:
@@ -328,12 +363,12 @@ class RestConnector:
             return ServerError(self.name, f"{where}{detail}", http_status=status)
         return Validation(self.name, f"{where}{detail}")
 
-    def _signed(self, response: httpx.Response) -> bool:
+    def _signed(self, response: httpx.Response, raw: bytes) -> bool:
         signature = response.headers.get("X-Signature")
         timestamp = response.headers.get("X-Timestamp")
         if not signature or not timestamp:
             return False
-        return verify_response(self._secret, signature, response.status_code, timestamp, response.content)
+        return verify_response(self._secret, signature, response.status_code, timestamp, raw)
 
     @staticmethod
     def _fail(error: ConnectorError, record: CallRecord) -> ConnectorError:
@@ -346,9 +381,15 @@ def _printable(text: str) -> str:
     return "".join(c if c.isprintable() or c in "\n\t" else f"\\x{ord(c):02x}" for c in text)
 
 
-def _json(response: httpx.Response) -> dict[str, Any]:
+class _TooLarge(Exception):
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _json(raw: bytes) -> dict[str, Any]:
     try:
-        data = response.json()
+        data = json.loads(raw)
     except ValueError:
         return {}
     return data if isinstance(data, dict) else {}

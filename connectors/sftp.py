@@ -4,9 +4,9 @@ asyncssh runs in the process's asyncio thread (``_asyncio_bridge``); each trio-f
 whole coroutine there. Host keys are pinned (``known_hosts``): an unknown or changed key is refused. Only
 regular files (or symlinks that resolve inside the inbox) whose names match the patterns are offered; a name
 with a path separator, ``..`` or a control character is refused. Downloads go to a local spool file in chunks,
-so cancellation takes effect between chunks, and the size is capped. A file whose size or mtime changes during
-the download is reported as changed and tried again later. Moving a file to ``archive/`` or ``error/`` is
-the caller's last step, after its database commit.
+so cancellation takes effect between chunks, and the size is capped (so is a listing's length). A file whose
+size or mtime changes during the download is reported as changed and tried again later. Moving a file to
+``archive/`` or ``error/`` is the caller's last step, after its database commit.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import msgspec
 
 from ._asyncio_bridge import shared_loop
 from ._contract import Capability, ConnectorConfig, Health
-from ._errors import Auth, ConnectorError, Network, Timeout, Validation
+from ._errors import Auth, BadResponse, ConnectorError, Network, Timeout, Validation
 from ._values import Duration, Secret
 
 FORMATS = {"mt940-sftp": "mt940", "csv-sftp": "csv", "camt053-sftp": "camt053"}
@@ -45,6 +45,7 @@ class SftpOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     done_marker: str = ""  # e.g. ".done": a file is ready once NAME.done exists (else: size and mtime settle)
     stable_for: Duration = msgspec.field(default_factory=lambda: Duration("2s"))
     max_file_size: int = 256 * 1024 * 1024
+    max_listing: int = 10_000  # inbox entries read before the listing is a bad response
     chunk_size: int = 256 * 1024
     connect_timeout: Duration = msgspec.field(default_factory=lambda: Duration("15s"))
     poll_interval: Duration = msgspec.field(default_factory=lambda: Duration("30s"))
@@ -179,7 +180,11 @@ class SftpStatementConnector:
     async def _list(self) -> list[RemoteFile]:
         sftp = await self._session()
         o = self.options
-        entries = await sftp.readdir(o.inbox)
+        entries = []
+        async for entry in sftp.scandir(o.inbox):  # read in batches: an endless listing stops at the cap
+            entries.append(entry)
+            if len(entries) > o.max_listing:
+                raise BadResponse(self.name, f"{o.inbox}: more than max_listing {o.max_listing} entries")
         names = {e.filename for e in entries if isinstance(e.filename, str)}
         inbox = await sftp.realpath(o.inbox)
         files = []

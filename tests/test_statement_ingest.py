@@ -11,7 +11,7 @@ import psycopg
 import pytest
 import trio
 
-from connectors import Network, RemoteFile
+from connectors import BadResponse, Network, RemoteFile, SftpStatementConnector
 from connectors.sftp import safe_name
 from connectors.statements import MOLAMD_PROFILE, CsvColumns, CsvProfile, parse_mt940
 from molamd.statements import Ingested, reprocess
@@ -407,3 +407,15 @@ async def test_a_line_of_one_bank_never_settles_another_banks_slice(tmp_path: Pa
         taken = await _take_csv(r, "day2.csv", _csv("no-such-key", 15000).replace(b"2026-11-02", b"2026-11-04"))
         assert (taken["matched"], taken["settled"]) == (1, 1), "bank A's own slice on ACC-1 is the one it proves"
         assert r.query("SELECT status FROM payout_slices WHERE id = %s", mine) == [("settled",)]
+
+
+async def test_an_endless_inbox_listing_stops_at_the_cap(tmp_path: Path, migrated_dsn: str) -> None:
+    async with rig(tmp_path, migrated_dsn) as r:
+        for i in range(30):
+            r.put(f"s{i:02}.sta", SEPA)
+        connector = SftpStatementConnector(source_config(r.server, r.known_hosts, max_listing=20))
+        try:
+            with pytest.raises(BadResponse, match="more than max_listing 20 entries"):
+                await connector.list_statements()
+        finally:
+            await connector.aclose()
