@@ -8,6 +8,9 @@ checks are calls like the others: spawned, timed, counted and audited.
 
 Dispatch state is the operator's switch: ``running`` takes new work, ``paused`` takes none until resumed,
 ``draining`` finishes what is in flight and then sits ``drained``; every change is reported to the observer.
+Health is the connector's own: a failed health check or an Auth error from any call (our credentials are wrong:
+the connector's fault, not a payout's) makes it **unhealthy**, and an unhealthy connector takes no new work
+until a health check passes or an operator resumes it.
 
 A call cut short because the actor stopped is answered with Network (outcome unknown, may have reached the
 bank), never dropped: the slice stays in doubt in this connector's idempotency scope.
@@ -25,6 +28,7 @@ import msgspec
 import trio
 
 from connectors import (
+    Auth,
     BankConnector,
     Busy,
     CallContext,
@@ -163,11 +167,13 @@ class ConnectorSnapshot(msgspec.Struct, frozen=True, kw_only=True):
     events_since: int
     capabilities: list[str]
     scope: str
+    unhealthy: str | None  # why no work is routed here until a health check passes (or an operator resumes)
 
 
 def _counts_against_breaker(exc: ConnectorError) -> bool:
-    """The bank or the path to it is failing; a clear answer (no, bad request, slow down) is not a failure."""
-    return isinstance(exc, Timeout | Network)
+    """The bank or the path to it is failing, or it refuses our credentials; a clear answer about one request
+    (no, bad request, slow down) is not a failure."""
+    return isinstance(exc, Timeout | Network | Auth)
 
 
 class ConnectorActor(Actor[ConnectorMsg]):
@@ -186,6 +192,7 @@ class ConnectorActor(Actor[ConnectorMsg]):
         self._dispatch = DispatchState.RUNNING if config.enabled else DispatchState.PAUSED
         self._last_health: Health | None = None
         self._last_health_error: str | None = None
+        self._unhealthy: str | None = None
         limits = config.limits
         self.limiter = RateLimiter(limits.rate, limits.burst)
         self.bulkhead = Bulkhead(config.name, limits.concurrency)
@@ -208,9 +215,21 @@ class ConnectorActor(Actor[ConnectorMsg]):
 
     @property
     def accepting(self) -> bool:
-        """Whether the dispatcher may hand this connector new work now (not while a Retry-After pause lasts)."""
-        return (self._dispatch is DispatchState.RUNNING and self.breaker.allows()
+        """Whether the dispatcher may hand this connector new work now: running, healthy, breaker closed (or
+        probing), and no Retry-After pause."""
+        return (self._dispatch is DispatchState.RUNNING and self._unhealthy is None and self.breaker.allows()
                 and self.limiter.paused_for() <= 0.0)
+
+    @property
+    def unhealthy(self) -> str | None:
+        return self._unhealthy
+
+    def _set_health(self, problem: str | None) -> None:
+        if problem is not None and self._unhealthy is None:
+            logger.warning("%s: unhealthy, no new work routed here: %s", self.name, problem)
+        elif problem is None and self._unhealthy is not None:
+            logger.info("%s: healthy again, taking work", self.name)
+        self._unhealthy = problem
 
     @property
     def in_flight(self) -> int:
@@ -268,6 +287,7 @@ class ConnectorActor(Actor[ConnectorMsg]):
             case Pause():
                 self._set_dispatch(DispatchState.PAUSED)
             case Resume():
+                self._set_health(None)  # the operator vouches for it; the next failure says otherwise
                 self._set_dispatch(DispatchState.RUNNING)
             case Drain():
                 self._set_dispatch(DispatchState.DRAINING if self.in_flight else DispatchState.DRAINED)
@@ -323,6 +343,8 @@ class ConnectorActor(Actor[ConnectorMsg]):
             except ConnectorError as exc:
                 seconds = trio.current_time() - start
                 self.breaker.record(not _counts_against_breaker(exc), seconds)
+                if isinstance(exc, Auth):
+                    self._set_health(f"{operation}: {exc}")
                 if isinstance(exc, RateLimited) and exc.retry_after:
                     exc.retry_after = min(exc.retry_after, self.config.limits.max_retry_after.seconds)
                     self.limiter.pause_until(trio.current_time() + exc.retry_after)
@@ -395,6 +417,7 @@ class ConnectorActor(Actor[ConnectorMsg]):
         if error is not None:
             health = Health(ok=False, latency_seconds=seconds, detail=str(error))
         self._last_health_error = None if health.ok else health.detail
+        self._set_health(None if health.ok else f"health check failed: {health.detail}")
         self._last_health = health
         self._observer.call_finished(self.name, "health", error, seconds)
         self._observer.audit(CallRecord(
@@ -461,6 +484,7 @@ class ConnectorActor(Actor[ConnectorMsg]):
             events_since=self.events_since,
             capabilities=sorted(c.value for c in self.capabilities),
             scope=self.scope,
+            unhealthy=self._unhealthy,
         )
 
     async def pause(self, timeout: float = DEFAULT_ASK_TIMEOUT) -> DispatchState:

@@ -9,7 +9,9 @@ is not an attempt.
 Exactly once across channels: every attempt is recorded, and the slice bound to the connector's idempotency
 scope, before the bank is called. An attempt that provably did not reach the bank (Busy, CircuitOpen, a refused
 connection, a definite refusal) gives the binding back; anything else leaves the slice **in doubt**, bound to that
-scope. A bound slice only ever goes back to its scope: a slice recovered from ``sending`` after a crash is first
+scope. An Auth error is the connector's fault, not the payout's: the slice goes back unbound and with no attempt
+used, and the connector actor is unhealthy until a health check passes. A bound slice only ever goes back to its
+scope: a slice recovered from ``sending`` after a crash is first
 looked up there by its key; retries go to a connector of that scope (the same key makes that safe); if the scope
 is unavailable the slice waits. It is freed for another scope only when the scope answers NOT_FOUND after its
 acceptance window (the bank can no longer execute a request that old), or by an operator.
@@ -31,6 +33,7 @@ import msgspec
 import trio
 
 from connectors import (
+    Auth,
     CallRecord,
     ConnectorError,
     PaymentRef,
@@ -274,6 +277,12 @@ class Dispatcher(Actor[Wake]):
         if isinstance(exc, Rejected):
             return Outcome(slice_id=sid, kind=OutcomeKind.FAILED, connector=actor.name, error=_describe(exc),
                            attempt=AttemptOutcome.ANSWERED)
+        if isinstance(exc, Auth):
+            # Our credentials, not this payout: refused before the bank acted on it, so not an attempt, and the
+            # slice is free for another connector (the actor is now unhealthy and takes no work).
+            return Outcome(slice_id=sid, kind=OutcomeKind.RELEASE, connector=actor.name,
+                           delay=self.settings.release_delay, error=f"not sent: {_describe(exc)}",
+                           attempt=AttemptOutcome.REFUSED)
         if not exc.reached:
             if exc.retryable and not isinstance(exc, RateLimited):
                 # Nothing left us (busy, breaker open, connection refused): not an attempt; routed afresh later.

@@ -7,7 +7,7 @@
     ├── Network                  connection refused, reset, TLS failure (retryable)
     │   ├── ServerError          the bank answered 5xx (retryable; may have reached the bank)
     │   └── BadResponse          garbage, or a signature that does not verify (retryable; outcome unknown)
-    ├── Auth                     the bank refused our credentials (not retryable; fix config or secrets)
+    ├── Auth                     the bank refused our credentials (the connector's fault: it is unhealthy)
     ├── Validation               we sent something the bank cannot accept (not retryable)
     │   └── IdempotencyConflict  the bank has this key with a different request (our bug; keeps the scope)
     ├── Rejected                 the bank said no: final, with the bank's reason code

@@ -69,9 +69,11 @@ class Secret:
             raise TypeError(f"a secret is a reference string, not {type(reference).__name__}")
         scheme, sep, rest = reference.partition(":")
         if not sep or scheme not in SECRET_SCHEMES or not rest:
+            # Never echo it: a value pasted here by mistake is the secret itself.
             raise ValueError(
-                f"invalid secret reference {reference[:40]!r}: secrets are references "
-                f"({', '.join(s + ':' for s in SECRET_SCHEMES)}), never literal values"
+                f"not a secret reference (a value of {len(reference)} characters, not shown): expected one of "
+                f"{', '.join(s + ':' for s in SECRET_SCHEMES)} followed by a name or path; secrets are references,"
+                f" never literal values"
             )
         self.reference = reference
         self._value = value

@@ -229,7 +229,8 @@ class RestConnector:
         except trio_websocket.HandshakeError as exc:
             raise Auth(self.name, f"event stream refused: {exc}") from exc
         except trio_websocket.ConnectionClosed as exc:
-            if exc.reason is not None and exc.reason.code == 1009:  # MESSAGE_TOO_BIG: we closed it, at max_response_size
+            # 1009 MESSAGE_TOO_BIG: we closed it, at max_response_size
+            if exc.reason is not None and exc.reason.code == 1009:
                 raise BadResponse(self.name, f"pushed event over max_response_size "
                                              f"{self._options.max_response_size}") from exc
             raise Network(self.name, f"event stream ended: {exc.reason}") from exc

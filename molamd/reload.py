@@ -55,8 +55,10 @@ def _diff(old: dict[str, object], new: dict[str, object]) -> Diff:
     )
 
 
-def plan(old: Config, new: Config, *, file: str) -> tuple[Diff, Diff]:
-    """The connector and worker diffs; raises ConfigError for changes that need a restart."""
+def plan(old: Config, new: Config, *, file: str, allow_removals: int = 0) -> tuple[Diff, Diff]:
+    """The connector and worker diffs; raises ConfigError for changes that need a restart, and for a reload that
+    removes more connectors than ``[daemon] reload_max_removals`` without ``allow_removals`` covering them (a
+    truncated file is still valid TOML)."""
     problems = [
         ConfigProblem(f"$.{section}", f"[{section}] changed; this needs a restart (systemctl restart molamd)")
         for section in RESTART_ONLY
@@ -68,6 +70,13 @@ def plan(old: Config, new: Config, *, file: str) -> tuple[Diff, Diff]:
         raise ConfigError(file, problems)
     connectors = _diff(_connectors(old), _connectors(new))
     workers = _diff(_workers(old), _workers(new))
+    removed = len(connectors.removed)
+    if removed > new.daemon.reload_max_removals and removed > allow_removals:
+        names = ", ".join(connectors.removed[:20]) + (f" and {removed - 20} more" if removed > 20 else "")
+        raise ConfigError(file, [ConfigProblem("$.connectors", (
+            f"this reload would remove {removed} of {len(old.connectors)} connectors ({names}), more than"
+            f" [daemon] reload_max_removals {new.daemon.reload_max_removals}; if that is meant, run"
+            f" `molamctl reload --allow-removals {removed}`"))])
     return connectors, workers
 
 
@@ -85,14 +94,14 @@ def _workers(config: Config) -> dict[str, object]:
     return found
 
 
-async def reload(rt: Runtime) -> ReloadResult:
+async def reload(rt: Runtime, *, allow_removals: int = 0) -> ReloadResult:
     """Reload rt.config_path into the running daemon; raises ConfigError and changes nothing on failure."""
     async with rt.reload_lock:
         with _no_cyclic_gc():
-            return await _reload(rt)
+            return await _reload(rt, allow_removals)
 
 
-async def _reload(rt: Runtime) -> ReloadResult:
+async def _reload(rt: Runtime, allow_removals: int) -> ReloadResult:
     """The steps of one reload, under the reload lock."""
     started = trio.current_time()
     rt.notifier.reloading()
@@ -100,7 +109,7 @@ async def _reload(rt: Runtime) -> ReloadResult:
     try:
         try:
             new = await trio.to_thread.run_sync(load_resolved, rt.config_path)
-            connectors, workers = plan(rt.config, new, file=rt.config_path)
+            connectors, workers = plan(rt.config, new, file=rt.config_path, allow_removals=allow_removals)
         except ConfigError as exc:
             _failed(rt, exc)
             raise

@@ -28,6 +28,31 @@ from pgcluster import Cluster  # noqa: E402
 BIN = Path(sys.executable).parent
 MOLAMD = str(BIN / "molamd")
 MOLAMCTL = str(BIN / "molamctl")
+
+
+def _world_runnable(path: str) -> bool:
+    real = Path(os.path.realpath(path))
+    return all(p.stat().st_mode & 0o001 for p in (real, *real.parents))
+
+
+def as_any_user(entry: str) -> list[str]:
+    """The command line of ``molamd`` or ``molamctl`` that a user other than root can run: this venv's packages
+    under an interpreter every user may execute (this one, or the system's of the same version)."""
+    python = sys.executable
+    if not _world_runnable(python):
+        python = f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}"
+        if not (os.path.exists(python) and _world_runnable(python)):
+            pytest.skip(f"no Python {sys.version_info.major}.{sys.version_info.minor} that other users may run")
+    site_packages = next(p for p in sys.path if p.endswith("site-packages") and p.startswith(sys.prefix))
+    module = {"molamd": "molamd.cli", "molamctl": "molamd.ctl"}[entry]
+    code = (f"import site, sys; site.addsitedir({site_packages!r}); from {module} import main;"
+            f" sys.argv[0] = {entry!r}; sys.exit(main())")
+    return [python, "-S", "-c", code]  # -S: not the system's site-packages, only this venv's
+
+
+def env_for_any_user() -> dict[str, str]:
+    """This environment without coverage's subprocess hooks (another user cannot write our coverage files)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("COVERAGE_PROCESS")}
 _db_counter = itertools.count()
 
 
@@ -156,12 +181,15 @@ class DaemonProcess:
         self.log_path = directory / "daemon.log"
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
+        self.wrapper: list[str] = []  # e.g. setpriv ... to run the daemon as another user
 
     def start(self, *, wait: bool = True, timeout: float = 20.0) -> DaemonProcess:
         self._log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [MOLAMD, "run", "--config", str(self.config)], stdout=self._log, stderr=subprocess.STDOUT,
-            env=self.env,
+            [*(self.wrapper + as_any_user("molamd") if self.wrapper else [MOLAMD]), "run", "--config",
+             str(self.config)], stdout=self._log, stderr=subprocess.STDOUT,
+            env=env_for_any_user() | {k: v for k, v in self.env.items() if not k.startswith("COVERAGE_PROCESS")}
+            if self.wrapper else self.env,
         )
         if wait:
             self.wait_ready(timeout)
@@ -180,9 +208,11 @@ class DaemonProcess:
 
     def ctl(self, *args: str, timeout: float = 30.0, user: str | None = None) -> subprocess.CompletedProcess[str]:
         cmd = [MOLAMCTL, "--socket", self.socket, *args]
+        env = self.env
         if user is not None:
-            cmd = ["runuser", "-u", user, "--", *cmd]
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=self.env, check=False)
+            cmd = ["runuser", "-u", user, "--", *as_any_user("molamctl"), *cmd[1:]]
+            env = {k: v for k, v in env.items() if not k.startswith("COVERAGE_PROCESS")}
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, check=False)
 
     def ctl_json(self, *args: str) -> Any:
         result = self.ctl("--json", *args)

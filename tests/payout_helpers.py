@@ -53,7 +53,7 @@ class Bank:
 
 def rest_connector(name: str, bank_url: str, *, profile: str = "bank-a", priority: int = 10,
                    currencies: str = '["XOF"]', rate: float = 1000.0, call_timeout: str = "2s",
-                   events_url: str | None = None, scope: str = "") -> str:
+                   events_url: str | None = None, scope: str = "", hmac_env: str = "MOLAMD_TEST_HMAC") -> str:
     return textwrap.dedent(f"""
         [[connectors]]
         name = "{name}"
@@ -66,7 +66,7 @@ def rest_connector(name: str, bank_url: str, *, profile: str = "bank-a", priorit
         [connectors.rest]
         base_url = "{bank_url}"
         key_id = "molamd-demo"
-        hmac_secret = "env:MOLAMD_TEST_HMAC"
+        hmac_secret = "env:{hmac_env}"
         {f'events_url = "{events_url}"' if events_url else ""}
         [connectors.limits]
         rate = {rate}

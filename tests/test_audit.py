@@ -7,6 +7,7 @@ from typing import Any
 import psycopg
 
 from tests.conftest import connector_toml
+from tests.payout_helpers import wait_for
 from tests.test_control import as_nobody
 
 OPERATOR_COMMANDS = [
@@ -48,4 +49,21 @@ def test_reads_for_the_read_only_group_writes_for_operators(daemon_factory: Any,
     assert dlq_list["ok"] is True, "listing the DLQ changes nothing: a read"
     assert poll["error"]["code"] == "forbidden", "polling moves files on the bank's server: an operator command"
     assert show["error"]["code"] == "not_found", "payouts show is a read (no such slice here)"
+    assert d.stop() == 0
+
+
+def test_bank_calls_and_beneficiary_data_are_for_operators(daemon_factory: Any, migrated_dsn: str) -> None:
+    """``health NAME`` reaches the bank: operators only. ``logs NAME`` and ``payouts show`` are reads, but a
+    reader sees them without request and response bodies (masked accounts, amounts, bank answers)."""
+    d = daemon_factory(dsn=migrated_dsn, connectors=connector_toml("alpha"),
+                       control_extra='socket_mode = "0666"\nreadonly_group = "nogroup"')
+    wait_for(lambda: d.ctl_json("logs", "alpha"), 20, "a health check logged")
+    full = d.ctl_json("logs", "alpha")
+    assert "response" in full[0], "an operator sees the whole row"
+    _, health, logs = as_nobody(d.socket, [
+        {"id": 1, "cmd": "health", "args": {"name": "alpha"}}, {"id": 2, "cmd": "logs", "args": {"name": "alpha"}}])
+    assert health["error"]["code"] == "forbidden" and "operator access" in health["error"]["message"]
+    assert logs["ok"] is True and logs["result"], "a reader may list the calls"
+    assert all("request" not in row and "response" not in row for row in logs["result"])
+    assert logs["result"][0]["masked"] == "request and response need operator access"
     assert d.stop() == 0

@@ -103,3 +103,49 @@ def check_show_and_release(d: Any, migrated_dsn: str, settled_id: int) -> None:
     assert released["released_scope"] == "bank-a-api"
     history = d.ctl_json("payouts", "show", str(stuck))["audit"]
     assert [(h["action"], h["uid"], h["target"]) for h in history] == [("payout_release", 0, "bank-a-api")]
+
+
+def test_a_connector_with_wrong_credentials_is_unhealthy_and_costs_no_payout_an_attempt(
+    daemon_factory: Any, short_tmp: Path, migrated_dsn: str, two_banks: tuple[Bank, Bank]
+) -> None:
+    """A wrong HMAC key: the bank answers 401. Its slices go to the other connector of the profile, or wait
+    (pending, no attempt used) where there is none; nothing is dead, and a fixed key takes the work at once."""
+    primary, backup = two_banks
+    wrong = {"MOLAMD_WRONG_HMAC": "not-the-bank-secret"}
+    connectors = (rest_connector("primary", primary.url, priority=10, scope="bank-a-api", hmac_env="MOLAMD_WRONG_HMAC")
+                  + rest_connector("backup", backup.url, priority=20, scope="bank-a-legacy")
+                  + rest_connector("lonely", primary.url, profile="bank-b", scope="bank-b-api",
+                                   hmac_env="MOLAMD_WRONG_HMAC"))
+    config = payout_toml(short_tmp, migrated_dsn, connectors, health_interval="1h")
+    d = daemon_factory(config, env={**env(), **wrong})
+    ids_a = seed(migrated_dsn, 50, max_attempts=1)
+    ids_b = seed(migrated_dsn, 20, profile="bank-b", max_attempts=1)
+    wait_for(lambda: statuses(migrated_dsn, ids_a).get("settled", 0) == len(ids_a), 30,
+             "bank-a's slices settled through the backup", lambda: statuses(migrated_dsn, ids_a))
+    assert len(backup.ledger()) == len(ids_a) and primary.ledger() == []
+    rows = {r["name"]: r for r in d.ctl_json("connectors")}
+    assert rows["primary"]["health"] == "unhealthy" and "health check failed" in rows["primary"]["last_error"]
+    assert rows["lonely"]["health"] == "unhealthy" and rows["backup"]["health"] != "unhealthy"
+    # bank-b has no other channel: its slices wait, none dead, no attempt used.
+    with psycopg.connect(migrated_dsn) as conn:
+        waiting = conn.execute("SELECT status, attempts FROM payout_slices WHERE id = ANY(%s)", (ids_b,)).fetchall()
+    assert {status for status, _ in waiting} <= {"pending", "claimed"}, waiting
+    assert max(attempts for _, attempts in waiting) == 0
+    # A health check that fails keeps it out; one resume lets it try again (and fail again, cheaply).
+    assert d.ctl_json("health", "lonely")["ok"] is False
+    assert statuses(migrated_dsn, ids_b).get("dead", 0) == 0
+    # The key is fixed and reloaded: the connector restarts healthy and takes bank-b's work.
+    d.config.write_text(config.replace('hmac_secret = "env:MOLAMD_WRONG_HMAC"', 'hmac_secret = "env:MOLAMD_TEST_HMAC"'))
+    assert d.ctl("reload").returncode == 0
+    wait_for(lambda: statuses(migrated_dsn, ids_b).get("settled", 0) == len(ids_b), 30,
+             "bank-b's slices settled once the key is right", lambda: statuses(migrated_dsn, ids_b))
+    assert_each_paid_once(migrated_dsn, primary, backup, ids_a + ids_b)
+    assert d.stop() == 0
+
+
+def assert_each_paid_once(dsn: str, primary: Bank, backup: Bank, ids: list[int]) -> None:
+    paid = paid_per_reference(primary, backup)
+    with psycopg.connect(dsn) as conn:
+        references = [r for (r,) in conn.execute(
+            "SELECT payout_id || '/' || id FROM payout_slices WHERE id = ANY(%s)", (ids,)).fetchall()]
+    assert all(len(paid.get(ref, [])) == 1 for ref in references)

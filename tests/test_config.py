@@ -183,7 +183,7 @@ token = "file:{tmp_path}/missing"
     assert "CREDENTIALS_DIRECTORY" in found["$.connectors[1].null.token"]
     assert "cannot read" in found["$.connectors[2].null.token"]
     [p] = problems("[database]\npassword = 'hunter2'")
-    assert p.startswith("$.database.password: invalid secret reference") and "never literal" in p
+    assert p.startswith("$.database.password: not a secret reference") and "never literal" in p
 
 
 def test_unreadable_file() -> None:
@@ -210,11 +210,11 @@ poll_interval = "0s"
 csv_profile = "nope"
 """
     assert problems(text) == [
+        "$.connectors[0].sftp.chunk_size: 0 is out of bounds; give a number from 1_024 to 67_108_864",
+        "$.connectors[0].sftp.poll_interval: '0s' must be longer than zero",
         "$.connectors[0].sftp.inbox: must be an absolute remote path",
         "$.connectors[0].sftp.patterns: must name at least one pattern",
         "$.connectors[0].sftp: set password or private_key",
-        "$.connectors[0].sftp: max_file_size and chunk_size must be positive",
-        "$.connectors[0].sftp.poll_interval: must be positive",
         "$.connectors[0].sftp.csv_profile: no [csv_profiles.nope] (known: molamd)",
     ]
     bad_profile = '[csv_profiles.x]\namount_style = "indicator"\n[csv_profiles.x.columns]\namount = "a"\n'

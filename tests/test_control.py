@@ -87,6 +87,17 @@ def test_bad_requests_never_break_the_daemon(daemon_factory: Any) -> None:
     sock.sendall(b'{"id": 9, "cmd": "connector", "args": {"name": 5}}\n')
     reply = json.loads(reader.readline())
     assert reply["error"]["code"] == "bad_args" and "args.name" in reply["error"]["message"]
+    # Duplicate keys: {"cmd":"status","cmd":"reload"} once ran reload. Now neither runs.
+    sock.sendall(b'{"id": 12, "cmd": "status", "cmd": "reload"}\n')
+    reply = json.loads(reader.readline())
+    assert reply["error"]["code"] == "bad_request" and "duplicate key 'cmd'" in reply["error"]["message"]
+    assert reply["id"] is None  # not even the id of a request this ambiguous is trusted
+    # 1,000 levels in 2 KB: a bad request, not an internal error with a traceback
+    sock.sendall(b'{"id": 13, "cmd": "status", "args": {"x": ' + b"[" * 1000 + b"]" * 1000 + b"}}\n")
+    reply = json.loads(reader.readline())
+    assert reply["error"]["code"] == "bad_request" and "nested deeper than 16" in reply["error"]["message"]
+    sock.sendall(b'{"id": 14, "cmd": "status", "args": {"x": NaN}}\n')
+    assert "NaN is not a JSON number" in json.loads(reader.readline())["error"]["message"]
     sock.sendall(b'[1, 2]\n{"id": 10, "cmd": "version"}\n')
     assert json.loads(reader.readline())["error"]["code"] == "bad_request"
     assert json.loads(reader.readline())["result"]["server"] == "molamd"
@@ -101,6 +112,8 @@ def test_bad_requests_never_break_the_daemon(daemon_factory: Any) -> None:
     idle.connect(d.socket)
     assert d.ctl("status").returncode == 0
     idle.close()
+    assert not any(e.get("levelname") == "ERROR" or "Traceback" in json.dumps(e) for e in d.log_entries())
+    assert not any(e["message"] == "config reloaded" for e in d.log_entries()), "the duplicate key ran no reload"
     assert d.stop() == 0
 
 
@@ -150,7 +163,7 @@ def test_reload_ok_and_refused(daemon_factory: Any) -> None:
     assert {r["name"]: r["incarnation"] for r in d.ctl_json("connectors")} == after
     assert d.ctl_json("status")["last_reload"]["ok"] is False
 
-    d.config.write_text(good.replace("[control]", '[control]\nmax_clients = 3'))
+    d.config.write_text(good.replace("[control]", '[control]\nmax_clients = 30'))
     needs_restart = d.ctl("reload")
     assert needs_restart.returncode == 1 and "needs a restart" in needs_restart.stderr
     assert d.stop() == 0

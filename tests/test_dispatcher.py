@@ -31,6 +31,7 @@ from actors import (
     Route,
 )
 from connectors import (
+    Auth,
     CallContext,
     CallRecord,
     Capability,
@@ -90,6 +91,8 @@ class FakeConnector:
         bank.calls += 1
         if bank.mode == "refuse":
             raise Network(self.name, "connection refused", reached=False)
+        if bank.mode == "wrong_key":
+            raise Auth(self.name, "HTTP 401: signature does not verify")
         if bank.mode == "slow_down":
             raise RateLimited(self.name, "HTTP 429", retry_after=1e9)
         try:
@@ -455,3 +458,27 @@ async def test_a_huge_retry_after_is_capped_and_pauses_new_work_meanwhile(
         a.mode = "ok"
         await trio.sleep(30)
         assert primary.accepting and {r.status for r in store.rows.values()} == {"sent"}
+
+
+async def test_an_auth_error_makes_the_connector_unhealthy_and_costs_the_slice_nothing(
+    autojump_clock: trio.testing.MockClock, banks: tuple[FakeBank, FakeBank]
+) -> None:
+    a, b = banks
+    a.mode = "wrong_key"  # our credentials are wrong: the bank refuses every request
+    store, primary, backup = one_slice_two_channels(a, b)
+    store.add(2)
+    async with running(store, Routes([primary, backup])):
+        await trio.sleep(2)
+        assert primary.unhealthy is not None and "HTTP 401" in primary.unhealthy and not primary.accepting
+        for row in store.rows.values():  # refused before the bank acted: free for the backup, no attempt used
+            assert row.status == "sent" and row.connector == "backup" and row.attempts == 1
+        # Both were in the same batch, sent at once before the first 401 came back.
+        assert [x["outcome"] for x in store.attempts if x["connector"] == "primary"] == [AttemptOutcome.REFUSED] * 2
+        breaker = primary.breaker.snapshot()
+        assert (breaker.calls_in_window, breaker.failure_rate) == (2, 1.0), "auth failures count toward the breaker"
+        store.add(3)
+        await trio.sleep(2)
+        assert a.calls == 2, "an unhealthy connector is routed nothing"
+        a.mode = "ok"
+        assert (await primary.check_health()).ok and primary.accepting  # a passing check puts it back
+    assert store.paid(a, b) == {f"molam-slice-{i}": 1 for i in (1, 2, 3)}

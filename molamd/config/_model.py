@@ -29,6 +29,7 @@ class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
 class DaemonSection(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     host_id: str = ""
     shutdown_grace: Duration = msgspec.field(default_factory=lambda: _d("30s"))
+    reload_max_removals: int = 3  # a reload removing more connectors needs `molamctl reload --allow-removals N`
 
 
 class ControlSection(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -37,6 +38,9 @@ class ControlSection(_Section, frozen=True, kw_only=True, forbid_unknown_fields=
     operator_group: str = ""
     readonly_group: str = ""
     max_clients: int = 64
+    max_clients_per_uid: int = 8  # root is not limited
+    reserved_clients: int = 8  # of max_clients, kept for root, the daemon's user and the operator group
+    idle_timeout: Duration = msgspec.field(default_factory=lambda: _d("30s"))  # a request line must end by then
 
 
 class MetricsSection(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):

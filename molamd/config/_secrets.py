@@ -19,6 +19,7 @@ import msgspec
 from connectors import Secret
 
 from ._errors import ConfigError, ConfigProblem
+from ._files import SECRET_MAX_BYTES, UnreadableFile, read_regular
 
 T = TypeVar("T")
 Resolver = Callable[[str], str]
@@ -39,13 +40,14 @@ def _env(target: str, environ: Mapping[str, str]) -> str:
 
 
 def _file(target: str) -> str:
+    """The whole file, less its trailing newlines (a PEM key keeps its inner lines)."""
     path = Path(target)
     if not path.is_absolute():
         raise SecretUnavailable(f"file: needs an absolute path, got {target!r}")
     try:
-        value = path.read_text(encoding="utf-8").rstrip("\r\n")
-    except OSError as exc:
-        raise SecretUnavailable(f"cannot read {target}: {exc.strerror or exc}") from None
+        value = read_regular(target, SECRET_MAX_BYTES).decode("utf-8").rstrip("\r\n")
+    except UnreadableFile as exc:
+        raise SecretUnavailable(f"cannot read {target}: {exc}") from None
     except UnicodeDecodeError:
         raise SecretUnavailable(f"{target} is not UTF-8 text") from None
     if not value:

@@ -27,6 +27,7 @@ from .. import reload as reloading
 from .. import statements as stored
 from ..audit import Identity
 from ..config import ConfigError
+from ..config._bounds import BOUNDS
 from ..db import DatabaseError
 from ..runtime import Runtime
 from ..statement_poller import PollNow
@@ -41,6 +42,10 @@ class NoArgs(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 class NameArg(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     name: str
+
+
+class ReloadArgs(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    allow_removals: int = 0  # removals above [daemon] reload_max_removals need this many allowed
 
 
 class OptionalName(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -97,6 +102,7 @@ class Context(msgspec.Struct, frozen=True, kw_only=True):
 
     rt: Runtime
     who: Identity
+    operator: bool = False  # may run operator commands (and see what only they may see)
 
 
 Handler = Callable[[Context, Any], Awaitable[Any]]
@@ -179,6 +185,9 @@ def _connector_row(rt: Runtime, name: str) -> dict[str, Any]:
         row["paused_s"] = snap.limiter_paused_seconds or None  # a bank's Retry-After: no new work meanwhile
         if snap.last_health is not None:
             row["health"] = "ok" if snap.last_health.ok else "failing"
+        if snap.unhealthy is not None:  # no work routed here until a health check passes or `resume`
+            row["health"] = "unhealthy"
+            row["last_error"] = snap.unhealthy
     poller = rt.statement_source(name)
     if poller is not None and poller.last_poll_ok is not None:
         row["health"] = "ok" if poller.last_poll_ok else "failing"
@@ -333,8 +342,10 @@ async def set_rate(ctx: Context, args: SetRateArgs) -> dict[str, Any]:
     rt = ctx.rt
     actor = _actor(rt, args.name)
     burst = args.burst if args.burst is not None else actor.limiter.burst
-    if args.rate <= 0 or burst < 1:
-        raise ControlError(ErrorCode.BAD_ARGS, "set-rate: RATE must be positive and BURST at least 1")
+    rate, most = BOUNDS["rate"], BOUNDS["burst"]
+    if not (rate.low < args.rate <= rate.high and most.low <= burst <= most.high):
+        raise ControlError(ErrorCode.BAD_ARGS, f"set-rate: RATE must be above 0 and at most {rate.high:g}, BURST"
+                                               f" from 1 to {most.high:g}")
     result = await actor.ask(SetRate(args.rate, burst), timeout=ASK_TIMEOUT)
     return {"name": args.name, **result}
 
@@ -349,9 +360,14 @@ async def logs(ctx: Context, args: LogsArgs) -> list[dict[str, Any]]:
         raise ControlError(ErrorCode.BAD_ARGS, "logs: --limit must be between 1 and 1000")
 
     try:
-        return await rt.db.statement(lambda c: audit.connector_calls(c, args.name, args.limit))
+        rows = await rt.db.statement(lambda c: audit.connector_calls(c, args.name, args.limit))
     except DatabaseError as exc:
         raise _database(exc) from None
+    if not ctx.operator:  # bodies carry (masked) accounts, amounts and the bank's words: not for readers
+        for row in rows:
+            del row["request"], row["response"]
+            row["masked"] = "request and response need operator access"
+    return rows
 
 
 async def dlq_list(ctx: Context, args: NoArgs) -> list[Any]:
@@ -500,10 +516,10 @@ async def statements_reprocess(ctx: Context, args: StatementsArgs) -> Any:
     return _to_builtins(result)
 
 
-async def reload(ctx: Context, args: NoArgs) -> dict[str, Any]:
+async def reload(ctx: Context, args: ReloadArgs) -> dict[str, Any]:
     rt = ctx.rt
     try:
-        result = await reloading.reload(rt)
+        result = await reloading.reload(rt, allow_removals=args.allow_removals)
     except ConfigError as exc:
         raise ControlError(
             ErrorCode.CONFIG_INVALID, f"reload refused, nothing changed: {exc}", details=exc.lines()
@@ -524,8 +540,8 @@ COMMANDS: dict[str, Command] = {
         Command("resume", OptionalName, True, resume),
         Command("drain", OptionalName, True, drain),
         Command("restart", NameArg, True, restart),
-        Command("reload", NoArgs, True, reload),
-        Command("health", NameArg, False, health),
+        Command("reload", ReloadArgs, True, reload),
+        Command("health", NameArg, True, health),  # a real bank call: operators only
         Command("logs", LogsArgs, False, logs),
         Command("reset-circuit", NameArg, True, reset_circuit),
         Command("force-open", NameArg, True, force_open),

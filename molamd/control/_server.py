@@ -1,8 +1,12 @@
 """The control socket server: a Unix socket speaking the control protocol, with SO_PEERCRED checks.
 
 Each connection is its own task: a bad, slow or oversized client gets an error reply or a closed connection
-and never stalls anything else. A stale socket file left by a dead daemon is replaced; a live daemon's
-socket makes the second daemon refuse to start.
+and never stalls anything else. A request line must be complete within ``idle_timeout`` of the connection or
+of the previous reply (streams excepted, once started). Connections are counted per uid
+(``max_clients_per_uid``, root unlimited), and the last ``reserved_clients`` of ``max_clients`` are kept for
+peers with operator access, so readers can never lock root out. Refused peers are logged at a bounded rate.
+A stale socket file left by a dead daemon is replaced; a live daemon's socket makes the second daemon refuse
+to start.
 """
 
 from __future__ import annotations
@@ -22,12 +26,14 @@ from ..db import DatabaseError
 from ..logs import log
 from ..runtime import Runtime
 from ._commands import COMMANDS, Context, parse_args
-from ._peercred import Access, access_for, peer_of
+from ._peercred import Access, Peer, access_for, peer_of
 from ._protocol import MAX_LINE, ControlError, ErrorCode, decode_request, encode, hello, request_id
+from ._socket_acl import grant_groups
 
 logger = logging.getLogger("molamd.control")
 _LISTEN_BACKLOG = 128
 _SEND_TIMEOUT = 10.0
+_REFUSAL_LOG_INTERVAL = 10.0  # at most one "refused" log line per this many seconds; the rest are counted
 
 
 class AlreadyRunning(Exception):
@@ -86,12 +92,19 @@ class ControlServer:
         section = rt.config.control
         self.path = section.socket
         self._mode = int(section.socket_mode, 8)
-        self._slots = trio.CapacityLimiter(section.max_clients)
+        self._section = section
+        self._open = 0
+        self._per_uid: dict[int, int] = {}
         self._stop = trio.Event()
+        self._refusals_logged_at = -_REFUSAL_LOG_INTERVAL
+        self._refusals_unlogged = 0
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Bind, report ready, serve until stopped; the socket file is removed on the way out."""
         sock = bind_socket(self.path, self._mode)
+        for problem in grant_groups(self.path, self._mode, [self._section.operator_group,
+                                                            self._section.readonly_group]):
+            log(logger, logging.ERROR, "control socket not reachable by a configured group", problem=problem)
         inode = os.stat(self.path).st_ino
         listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
         log(logger, logging.INFO, "control socket listening", path=self.path)
@@ -120,28 +133,56 @@ class ControlServer:
                 return
             access = access_for(peer, self._rt.config.control)
             if access is Access.NONE:
-                log(logger, logging.WARNING, "control peer refused", uid=peer.uid, gid=peer.gid, pid=peer.pid)
-                await _send(stream, encode({"id": None, "ok": False, "error": {
-                    "code": ErrorCode.FORBIDDEN.value,
-                    "message": f"uid {peer.uid} is not allowed on this socket (operator or read-only group needed)",
-                }}))
+                self._refused(peer, "not allowed")
+                await _refuse(stream, ErrorCode.FORBIDDEN,
+                              f"uid {peer.uid} is not allowed on this socket (operator or read-only group needed)")
                 return
-            try:
-                self._slots.acquire_nowait()
-            except trio.WouldBlock:
-                await _send(stream, encode({"id": None, "ok": False, "error": {
-                    "code": ErrorCode.BUSY.value, "message": "too many control clients; try again"}}))
+            full = self._full(peer, access)
+            if full is not None:
+                self._refused(peer, full)
+                await _refuse(stream, ErrorCode.BUSY, f"{full}; try again")
                 return
+            self._open += 1
+            self._per_uid[peer.uid] = self._per_uid.get(peer.uid, 0) + 1
             try:
                 await _send(stream, hello(self._rt.version))
                 await self._session(stream, access, audit.identity(peer.uid, peer.pid))
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
             finally:
-                self._slots.release()
+                self._open -= 1
+                self._per_uid[peer.uid] -= 1
+                if not self._per_uid[peer.uid]:
+                    del self._per_uid[peer.uid]
+
+    def _full(self, peer: Peer, access: Access) -> str | None:
+        """Why this peer gets no connection now, or None."""
+        section = self._section
+        if self._open >= section.max_clients:
+            return f"too many control clients ({section.max_clients})"
+        if access is not Access.OPERATE and self._open >= section.max_clients - section.reserved_clients:
+            return (f"too many control clients; the last {section.reserved_clients} connections are kept for"
+                    f" operators")
+        mine = self._per_uid.get(peer.uid, 0)
+        if peer.uid != 0 and mine >= section.max_clients_per_uid:
+            return f"uid {peer.uid} has {mine} control connections open (max_clients_per_uid)"
+        return None
+
+    def _refused(self, peer: Peer, why: str) -> None:
+        """Log a refused peer, at most once per _REFUSAL_LOG_INTERVAL; the others are counted into the next line."""
+        self._rt.metrics.control_requests.labels("connect", "refused").inc()
+        now = trio.current_time()
+        if now - self._refusals_logged_at < _REFUSAL_LOG_INTERVAL:
+            self._refusals_unlogged += 1
+            return
+        log(logger, logging.WARNING, "control peer refused", uid=peer.uid, gid=peer.gid, pid=peer.pid, reason=why,
+            refused_since_last_line=self._refusals_unlogged)
+        self._refusals_logged_at, self._refusals_unlogged = now, 0
 
     async def _session(self, stream: trio.SocketStream, access: Access, who: audit.Identity) -> None:
         buffer = bytearray()
+        idle = self._section.idle_timeout.seconds
+        deadline = trio.current_time() + idle
         while True:
             newline = buffer.find(b"\n")
             if newline < 0:
@@ -149,11 +190,15 @@ class ControlServer:
                     await _error(stream, None, ControlError(
                         ErrorCode.TOO_LONG, f"request line over {MAX_LINE} bytes; closing"))
                     return
-                chunk = await stream.receive_some(65536)
-                if not chunk:
-                    return
-                buffer += chunk
-                continue
+                with trio.move_on_at(deadline):
+                    chunk = await stream.receive_some(65536)
+                    if not chunk:
+                        return
+                    buffer += chunk
+                    continue
+                await _error(stream, None, ControlError(
+                    ErrorCode.TIMEOUT, f"no complete request line within idle_timeout {idle:g}s; closing"))
+                return
             line = bytes(buffer[:newline])
             del buffer[: newline + 1]
             if len(line) > MAX_LINE:
@@ -164,6 +209,7 @@ class ControlServer:
                 continue
             if not await self._one(stream, line, access, who):
                 return
+            deadline = trio.current_time() + idle
 
     async def _one(self, stream: trio.SocketStream, line: bytes, access: Access, who: audit.Identity) -> bool:
         """Handle one request line; False when the connection should end (after a stream).
@@ -172,7 +218,7 @@ class ControlServer:
         whether it succeeded or not.
         """
         rid: Any = None
-        ctx = Context(rt=self._rt, who=who)
+        ctx = Context(rt=self._rt, who=who, operator=access is Access.OPERATE)
         audited: tuple[str, dict[str, Any]] | None = None
         metrics = self._rt.metrics.control_requests
         cmd_label = "invalid"
@@ -257,6 +303,10 @@ async def _send(stream: trio.SocketStream, data: bytes) -> None:
         await stream.send_all(data)
     if scope.cancelled_caught:
         raise trio.BrokenResourceError("control client is not reading")
+
+
+async def _refuse(stream: trio.SocketStream, code: ErrorCode, message: str) -> None:
+    await _send(stream, encode({"id": None, "ok": False, "error": {"code": code.value, "message": message}}))
 
 
 async def _error(stream: trio.SocketStream, rid: Any, exc: ControlError) -> None:

@@ -1,0 +1,115 @@
+"""Every number in the config has finite bounds: NaN, infinity and absurd sizes are refused with their path.
+
+One walk over the decoded config checks each int, float and duration against the bounds of its key (by the
+key's name, the same wherever it appears), or the defaults: ints and floats from 0 to a large ceiling, durations
+above zero and at most a year. A rule that spans keys (open_duration_max >= open_duration) lives in ``_load``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Final, NamedTuple
+
+import msgspec
+
+from connectors import Duration
+
+from ._errors import ConfigProblem
+
+
+class Bounds(NamedTuple):
+    low: float
+    high: float
+    low_open: bool = False  # the low end itself is not allowed
+
+
+_INT: Final = Bounds(0, 10**12)
+_FLOAT: Final = Bounds(0, 1e9)
+_MAX_SECONDS: Final = 366 * 86400.0
+
+BOUNDS: Final[dict[str, Bounds]] = {
+    "rate": Bounds(0, 1_000_000, low_open=True),
+    "burst": Bounds(1, 1_000_000),
+    "concurrency": Bounds(1, 100_000),
+    "priority": Bounds(-1_000_000, 1_000_000),
+    "mailbox_size": Bounds(1, 1_000_000),
+    "port": Bounds(1, 65535),
+    "failure_rate": Bounds(0, 1, low_open=True),
+    "slow_call_rate": Bounds(0, 1, low_open=True),
+    "open_duration_multiplier": Bounds(1, 100),
+    "window": Bounds(1, 100_000),
+    "minimum_calls": Bounds(1, 100_000),
+    "half_open_calls": Bounds(1, 10_000),
+    "max_connections": Bounds(1, 10_000),
+    "max_response_size": Bounds(1024, 1024**3),
+    "max_file_size": Bounds(1, 64 * 1024**3),
+    "chunk_size": Bounds(1024, 64 * 1024**2),
+    "max_listing": Bounds(1, 1_000_000),
+    "max_attempts": Bounds(1, 1000),
+    "batch_size": Bounds(1, 100_000),
+    "max_in_flight": Bounds(1, 100_000),
+    "pool_min_size": Bounds(1, 1000),
+    "pool_max_size": Bounds(1, 1000),
+    "max_restarts": Bounds(0, 10_000),
+    "max_clients": Bounds(1, 10_000),
+    "max_clients_per_uid": Bounds(1, 10_000),
+    "reserved_clients": Bounds(0, 10_000),
+}
+
+# Durations that may be zero: waiting not at all is a choice (no settle time, no grace, no pause).
+ZERO_DURATION_OK: Final = frozenset({
+    "stable_for", "max_wait", "shutdown_grace", "release_delay", "first_status_check", "stable_after", "latency",
+})
+
+
+def check_numbers(config: msgspec.Struct) -> list[ConfigProblem]:
+    problems: list[ConfigProblem] = []
+    _walk(config, "$", "", problems)
+    return problems
+
+
+def _walk(value: Any, path: str, key: str, problems: list[ConfigProblem]) -> None:
+    if isinstance(value, msgspec.Struct):
+        for field in msgspec.structs.fields(value):
+            _walk(getattr(value, field.name), f"{path}.{field.encode_name}", field.encode_name, problems)
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            _walk(item, f"{path}[{index}]", key, problems)
+    elif isinstance(value, dict):
+        for name, item in value.items():
+            _walk(item, f"{path}.{name}", key, problems)
+    elif isinstance(value, Duration):
+        problem = _duration(value, key)
+        if problem:
+            problems.append(ConfigProblem(path, problem))
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        problem = _number(value, BOUNDS.get(key, _INT if isinstance(value, int) else _FLOAT))
+        if problem:
+            problems.append(ConfigProblem(path, problem))
+
+
+def _number(value: float, bounds: Bounds) -> str | None:
+    low, high, low_open = bounds
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{value} is not a finite number; give one {_range(bounds)}"
+    if value > high or value < low or (low_open and value == low):
+        return f"{_plain(value)} is out of bounds; give a number {_range(bounds)}"
+    return None
+
+
+def _range(bounds: Bounds) -> str:
+    low, high, low_open = bounds
+    return f"{'above' if low_open else 'from'} {_plain(low)} {'up ' if low_open else ''}to {_plain(high)}"
+
+
+def _plain(x: float) -> str:
+    return f"{int(x):,}".replace(",", "_") if float(x).is_integer() else f"{x:g}"
+
+
+def _duration(value: Duration, key: str) -> str | None:
+    seconds = value.seconds
+    if not math.isfinite(seconds) or seconds > _MAX_SECONDS:
+        return f"{value.text!r} is longer than a year"
+    if seconds <= 0 and key not in ZERO_DURATION_OK:
+        return f"{value.text!r} must be longer than zero"
+    return None

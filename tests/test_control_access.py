@@ -1,0 +1,215 @@
+"""Who reaches the control socket, and how many: real Unix users and groups created here (and removed), the
+daemon run as the shipped unit's user would be, with its runtime directory mode and umask."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import DaemonProcess, as_any_user, daemon_toml, env_for_any_user
+
+ROOT = Path(__file__).resolve().parent.parent
+UNIT = (ROOT / "systemd" / "molamd.service").read_text()
+CONNECTORS = textwrap.dedent("""
+    [[connectors]]
+    name = "alpha"
+    kind = "null"
+    bank_profile = "p"
+    """)
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("useradd") is None,
+                                reason="needs root and useradd to create users")
+
+
+class Users:
+    """Throwaway groups and users: an operator, a reader, a second reader, a stranger and the daemon's user."""
+
+    def __init__(self) -> None:
+        tag = f"{os.getpid() % 100000}"
+        self.ops, self.read = f"mdt{tag}ops", f"mdt{tag}read"
+        self.operator, self.reader, self.reader2 = f"mdt{tag}op", f"mdt{tag}ro", f"mdt{tag}ro2"
+        self.stranger, self.daemon = f"mdt{tag}none", f"mdt{tag}d"
+        self.groups = [self.ops, self.read]
+        self.users = [self.operator, self.reader, self.reader2, self.stranger, self.daemon]
+        for group in self.groups:
+            _run("groupadd", group)
+        for user, groups in ((self.operator, self.ops), (self.reader, self.read), (self.reader2, self.read),
+                             (self.stranger, ""), (self.daemon, "")):
+            _run("useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", "--user-group",
+                 *(["--groups", groups] if groups else []), user)
+
+    def remove(self) -> None:
+        for user in self.users:
+            subprocess.run(["userdel", user], capture_output=True, check=False)
+        for group in self.groups:
+            subprocess.run(["groupdel", group], capture_output=True, check=False)
+
+
+def _run(*cmd: str) -> None:
+    subprocess.run(cmd, capture_output=True, check=True)
+
+
+@pytest.fixture
+def users() -> Iterator[Users]:
+    made = Users()
+    try:
+        yield made
+    finally:
+        made.remove()
+
+
+def unit_setting(key: str) -> str:
+    match = re.search(rf"^{key}=(\S+)$", UNIT, re.MULTILINE)
+    assert match, key
+    return match.group(1)
+
+
+def ctl_as(user: str, socket: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["runuser", "-u", user, "--", *as_any_user("molamctl"), "--socket", socket, "--json", *args],
+                          capture_output=True, text=True, timeout=30, check=False, env=env_for_any_user())
+
+
+def test_operator_and_reader_groups_reach_the_socket_under_the_shipped_unit(users: Users) -> None:
+    """As shipped: RuntimeDirectory=molamd with the unit's mode, the unit's UMask, the daemon as its own user."""
+    base = Path(tempfile.mkdtemp(prefix="mdu-", dir="/tmp"))
+    try:
+        base.chmod(0o755)
+        rundir = base / "molamd"  # /run/molamd as systemd makes it
+        rundir.mkdir(mode=int(unit_setting("RuntimeDirectoryMode"), 8))
+        rundir.chmod(int(unit_setting("RuntimeDirectoryMode"), 8))
+        shutil.chown(rundir, users.daemon, users.daemon)
+        socket = str(rundir / "control.sock")
+        config = daemon_toml(base, connectors=CONNECTORS, control_extra=(
+            f'operator_group = "{users.ops}"\nreadonly_group = "{users.read}"')).replace(
+            f'socket = "{base}/control.sock"', f'socket = "{socket}"')
+        d = DaemonProcess(base, config)
+        d.config.chmod(0o644)
+        d.socket = socket
+        umask = unit_setting("UMask")
+        d.wrapper = ["setpriv", f"--reuid={users.daemon}", f"--regid={users.daemon}", "--init-groups",
+                     "sh", "-c", f'umask {umask}; exec "$@"', "sh"]
+        d.start()
+        try:
+            assert oct(Path(socket).stat().st_mode & 0o777) == "0o660"
+            assert Path(socket).stat().st_uid != 0, "the daemon runs as its own user"
+            ok = ctl_as(users.operator, socket, "status")
+            assert ok.returncode == 0, ok.stderr
+            assert ctl_as(users.operator, socket, "pause", "alpha").returncode == 0
+            assert ctl_as(users.reader, socket, "connectors").returncode == 0
+            refused = ctl_as(users.reader, socket, "resume", "alpha")
+            assert refused.returncode != 0 and "needs operator access" in refused.stderr
+            stranger = ctl_as(users.stranger, socket, "status")
+            assert stranger.returncode == 3 and "ermission denied" in stranger.stderr, stranger.stderr
+        finally:
+            d.stop()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+HOLDER = """
+import json, socket, sys, time
+path, count = sys.argv[1], int(sys.argv[2])
+held, refused = [], []
+for _ in range(count):
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(10)
+    s.connect(path)
+    r = s.makefile("rb")
+    first = json.loads(r.readline())
+    if "hello" in first:
+        s.sendall(b'{"cmd": "sta')  # half a request, never finished
+        held.append((s, r))
+    else:
+        refused.append(first["error"]["code"])
+print(json.dumps({"held": len(held), "refused": refused}), flush=True)
+closed = []
+for s, r in held:
+    line = r.readline()
+    closed.append(json.loads(line)["error"]["code"] if line else "eof")
+print(json.dumps({"closed": closed}), flush=True)
+"""
+
+
+def hold(user: str, socket: str, count: int) -> subprocess.Popen[str]:
+    python = as_any_user("molamctl")[0]
+    return subprocess.Popen(["runuser", "-u", user, "--", python, "-c", HOLDER, socket, str(count)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env_for_any_user())
+
+
+def first_line(proc: subprocess.Popen[str]) -> Any:
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line, proc.stderr.read() if proc.stderr else ""
+    return json.loads(line)
+
+
+def test_half_open_readers_cannot_lock_root_out(daemon_factory: Any, users: Users) -> None:
+    d = daemon_factory(connectors=CONNECTORS, control_extra=textwrap.dedent(f"""
+        operator_group = "{users.ops}"
+        readonly_group = "{users.read}"
+        max_clients = 12
+        reserved_clients = 4
+        max_clients_per_uid = 6
+        idle_timeout = "3s"
+        """))
+    first = hold(users.reader, d.socket, 64)
+    second = hold(users.reader2, d.socket, 64)
+    try:
+        one, two = first_line(first), first_line(second)
+        assert one["held"] + two["held"] == 8, (one, two)  # 12 clients, 4 kept for operators
+        assert max(one["held"], two["held"]) <= 6  # per uid
+        assert set(one["refused"] + two["refused"]) == {"busy"}
+        # root and the operator group still get in, at once
+        for user in ("root", users.operator):
+            started = time.monotonic()
+            status = ctl_as(user, d.socket, "status")
+            assert status.returncode == 0, status.stderr
+            assert time.monotonic() - started < 2.0
+        assert d.ctl("reload").returncode == 0
+        # Past idle_timeout every half-open connection is closed with a reason.
+        assert first_line(first)["closed"] == ["timeout"] * one["held"]
+        assert first_line(second)["closed"] == ["timeout"] * two["held"]
+    finally:
+        first.kill()
+        second.kill()
+    refusals = [e for e in d.log_entries() if e["message"] == "control peer refused"]
+    assert 1 <= len(refusals) <= 2, "refused peers are logged at a bounded rate, not one line each"
+    assert d.stop() == 0
+
+
+def test_status_answers_within_100ms_while_readers_hold_connections(daemon_factory: Any, users: Users) -> None:
+    d = daemon_factory(connectors=CONNECTORS, control_extra=f'readonly_group = "{users.read}"\nidle_timeout = "5s"')
+    holder = hold(users.reader, d.socket, 8)
+    try:
+        assert first_line(holder)["held"] == 8
+        best = min(_timed_status(d.socket) for _ in range(5))
+        assert best < 0.1, f"status took {best * 1000:.0f} ms"
+    finally:
+        holder.kill()
+    assert d.stop() == 0
+
+
+def _timed_status(path: str) -> float:
+    import socket
+
+    started = time.monotonic()
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(5)
+        s.connect(path)
+        r = s.makefile("rb")
+        r.readline()
+        s.sendall(b'{"id": 1, "cmd": "status"}\n')
+        assert json.loads(r.readline())["ok"] is True
+    return time.monotonic() - started
+
