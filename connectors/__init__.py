@@ -51,9 +51,13 @@ from .sftp import CsvSftpConfig as CsvSftpConfig
 from .sftp import Fetched as Fetched
 from .sftp import FileChanged as FileChanged
 from .sftp import FileRefused as FileRefused
+from .sftp import Listing as Listing
+from .sftp import MoveRefused as MoveRefused
 from .sftp import Mt940SftpConfig as Mt940SftpConfig
 from .sftp import RemoteFile as RemoteFile
 from .sftp import SftpConfig as SftpConfig
 from .sftp import SftpOptions as SftpOptions
 from .sftp import SftpSourceConfig as SftpSourceConfig
 from .sftp import SftpStatementConnector as SftpStatementConnector
+from .sftp import Skipped as Skipped
+from .sftp import SourceMisconfigured as SourceMisconfigured

@@ -86,6 +86,20 @@ class RemoteFile(msgspec.Struct, frozen=True, kw_only=True):
     mtime: int
 
 
+class Skipped(msgspec.Struct, frozen=True, kw_only=True):
+    """An inbox entry that is never offered, and why: ``unsafe_name``, ``link_outside``, ``dangling_link``,
+    ``not_a_file`` or ``unreadable`` (a link into a directory we may not enter, a loop)."""
+
+    name: str  # shown escaped: it may hold control characters
+    reason: str
+    detail: str = ""
+
+
+class Listing(msgspec.Struct, frozen=True, kw_only=True):
+    files: list[RemoteFile]  # safe to take, oldest first
+    skipped: list[Skipped]
+
+
 class Fetched(msgspec.Struct, frozen=True, kw_only=True):
     """A downloaded file on local disk, with what was measured while it arrived."""
 
@@ -104,6 +118,48 @@ class FileRefused(Validation):
     """Never to be downloaded: too big, a bad name, a link out of the inbox."""
 
     code = "file_refused"
+
+
+class MoveRefused(Validation):
+    """The server answered no to moving a file out of the inbox (a read-only drop, a rename it denies)."""
+
+    code = "move_refused"
+
+
+class SourceMisconfigured(Validation):
+    """The source's own settings are wrong here (a known_hosts file that is missing or pins nothing for the
+    host and port): fix the config, not the network."""
+
+    code = "source_config"
+
+
+def _shown(text: str) -> str:
+    """A remote name or message made safe for logs: control characters as escapes, at most 200 characters."""
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text[:200])
+
+
+def _for_port(line: str, port: int) -> str | None:
+    """A known_hosts line cut down to its host patterns that apply to ``port`` as OpenSSH reads them (a plain
+    pattern means port 22 only, ``[host]:port`` that port), or None when none does."""
+    fields = line.split()
+    if not fields or fields[0].startswith("#"):
+        return None
+    at = 1 if fields[0].startswith("@") else 0
+    if len(fields) <= at:
+        return None
+    if fields[at].startswith("|1|"):
+        return line  # hashed: OpenSSH hashes [host]:port for other ports, so the hash itself is port-specific
+    kept = []
+    for pattern in fields[at].split(","):
+        bare = pattern.lstrip("!")
+        if bare.startswith("[") and "]:" in bare:
+            if bare.endswith(f"]:{port}"):
+                kept.append(pattern)
+        elif port == 22:
+            kept.append(pattern)
+    if not kept or all(p.startswith("!") for p in kept):
+        return None
+    return " ".join([*fields[:at], ",".join(kept), *fields[at + 1:]])
 
 
 def safe_name(name: str) -> bool:
@@ -144,10 +200,12 @@ class SftpStatementConnector:
         await self._close()
         o = self.options
         keys = [asyncssh.import_private_key(o.private_key.reveal())] if o.private_key else ()
+        # The password answers keyboard-interactive too: many banks' servers offer only that (PAM).
         self._conn = await asyncssh.connect(
             o.host, o.port, username=o.username, password=o.password.reveal() if o.password else None,
-            client_keys=keys or None, known_hosts=o.known_hosts, connect_timeout=o.connect_timeout.seconds,
-            agent_path=None, config=None, preferred_auth="publickey,password",
+            client_keys=keys or None, known_hosts=self._known_hosts(),
+            connect_timeout=o.connect_timeout.seconds, agent_path=None, config=None,
+            preferred_auth="publickey,keyboard-interactive,password",
         )
         self._sftp = await self._conn.start_sftp_client()
         return self._sftp
@@ -172,12 +230,31 @@ class SftpStatementConnector:
 
     # -- the statement operations -------------------------------------------------------------------
 
+    def _known_hosts(self) -> asyncssh.SSHKnownHosts:
+        """The pinned keys for this host and port, as OpenSSH's client reads them: a plain ``host`` line pins
+        port 22 only; any other port needs ``[host]:port`` (hashed lines are port-specific already)."""
+        o = self.options
+        try:
+            with open(o.known_hosts, encoding="utf-8") as f:
+                lines = f.read().splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SourceMisconfigured(self.name, f"known_hosts {o.known_hosts}: cannot read it: {exc}") from None
+        kept = [cut for cut in (_for_port(line, o.port) for line in lines) if cut is not None]
+        if not kept:
+            raise SourceMisconfigured(self.name, f"known_hosts {o.known_hosts} pins no key for port {o.port}"
+                                                 f" (a port other than 22 needs a [{o.host}]:{o.port} entry)")
+        return asyncssh.import_known_hosts("\n".join(kept) + "\n")
+
     async def list_statements(self) -> list[RemoteFile]:
         """Files in the inbox that match the patterns and are safe to take, oldest first."""
-        result: list[RemoteFile] = await self._call(self._list)
+        return (await self.listing()).files
+
+    async def listing(self) -> Listing:
+        """The files to take, and the entries skipped with the reason for each."""
+        result: Listing = await self._call(self._list)
         return result
 
-    async def _list(self) -> list[RemoteFile]:
+    async def _list(self) -> Listing:
         sftp = await self._session()
         o = self.options
         entries = []
@@ -187,10 +264,15 @@ class SftpStatementConnector:
                 raise BadResponse(self.name, f"{o.inbox}: more than max_listing {o.max_listing} entries")
         names = {e.filename for e in entries if isinstance(e.filename, str)}
         inbox = await sftp.realpath(o.inbox)
-        files = []
+        files, skipped = [], []
         for entry in entries:
             name = entry.filename
-            if not isinstance(name, str) or name.startswith(".") or not safe_name(name):
+            if not isinstance(name, str):
+                name = bytes(name).decode("utf-8", "backslashreplace")
+            if name in (".", "..") or (name.startswith(".") and safe_name(name)):
+                continue  # ours to ignore quietly: dot files, and the directory itself
+            if not safe_name(name):
+                skipped.append(Skipped(name=_shown(name), reason="unsafe_name"))
                 continue
             if o.done_marker and name.endswith(o.done_marker):
                 continue
@@ -204,16 +286,22 @@ class SftpStatementConnector:
                 try:
                     target = await sftp.realpath(posixpath.join(o.inbox, name))
                     if posixpath.dirname(target) != inbox:
+                        skipped.append(Skipped(name=name, reason="link_outside", detail=_shown(target)))
                         continue  # a link out of the inbox: never followed
                     attrs = await sftp.stat(target)
                 except asyncssh.SFTPNoSuchFile:
-                    continue  # a dangling link, or one the server will not resolve
+                    skipped.append(Skipped(name=name, reason="dangling_link"))
+                    continue
+                except asyncssh.SFTPError as exc:  # a directory we may not enter, a loop: this entry only
+                    skipped.append(Skipped(name=name, reason="unreadable", detail=_shown(exc.reason)))
+                    continue
                 mode = attrs.permissions or 0
             if not stat.S_ISREG(mode):
+                skipped.append(Skipped(name=name, reason="not_a_file"))
                 continue
             files.append(RemoteFile(name=name, size=attrs.size or 0, mtime=int(attrs.mtime or 0)))
         files.sort(key=lambda f: (f.mtime, f.name))
-        return files
+        return Listing(files=files, skipped=skipped)
 
     async def fetch(self, remote: RemoteFile, local_path: str) -> Fetched:
         """Download into ``local_path`` in chunks; raises FileRefused (too big), FileChanged, or a network error."""
@@ -261,7 +349,10 @@ class SftpStatementConnector:
         target = posixpath.join(folder, remote.name)
         if await sftp.exists(target):  # the same name again (a bank re-sent it): keep both
             target = posixpath.join(folder, f"{remote.name}.{time.strftime('%Y%m%dT%H%M%S')}.{remote.mtime}")
-        await sftp.rename(posixpath.join(o.inbox, remote.name), target)
+        try:
+            await sftp.rename(posixpath.join(o.inbox, remote.name), target)
+        except asyncssh.SFTPError as exc:  # the server said no (not a lost connection): this file only
+            raise MoveRefused(self.name, f"{remote.name}: cannot move it to {folder}: {exc.reason}") from None
         if o.done_marker:
             marker = posixpath.join(o.inbox, remote.name + o.done_marker)
             if await sftp.exists(marker):

@@ -208,6 +208,8 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, dict[str, Any]]:
     parser.add_argument("--all-scheduled", action="store_true",
                         help="payouts retry: every slice waiting for a later attempt, due now")
     parser.add_argument("--reason", help="payouts release: why (goes into the audit trail)")
+    parser.add_argument("--retry-stuck", action="store_true",
+                        help="statements poll: try again the files that could not be moved out of the inbox")
     parser.add_argument("--allow-removals", type=int, metavar="N",
                         help="reload: allow it to remove up to N connectors (more than [daemon] reload_max_removals)")
     parser.add_argument("command", help=", ".join(ARITY))
@@ -241,6 +243,8 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, dict[str, Any]]:
         args["all_scheduled"] = True
     if ns.reason is not None:
         args["reason"] = ns.reason
+    if ns.retry_stuck:
+        args["retry_stuck"] = True
     if ns.allow_removals is not None:
         args["allow_removals"] = ns.allow_removals
     return ns, args

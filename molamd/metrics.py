@@ -88,6 +88,10 @@ class Metrics:
         self.statement_files = Counter(
             "molamd_statement_files", "Statement files taken from sources, by outcome "
             "(parsed, duplicate, parse_failed, balance_failed, refused, changed)", ["source", "outcome"], registry=r)
+        self.statement_entries_skipped = Counter(
+            "molamd_statement_entries_skipped", "Inbox entries never taken, counted once each while they stay: "
+            "unsafe_name, link_outside, dangling_link, not_a_file, unreadable, stuck (cannot be moved)",
+            ["source", "reason"], registry=r)
         self.statement_lines = Counter(
             "molamd_statement_lines", "Statement lines committed", ["source"], registry=r)
         self.statement_lines_unmatched = Gauge(

@@ -6,6 +6,12 @@ them one by one: download to a spool file, ingest in one transaction, and only t
 ``archive/`` or ``error/``. A crash between the commit and the move leaves the file in the inbox; the next
 poll finds its sha256 already stored and only archives it, so no line is written twice. A database that is
 down leaves the file where it is. Polls back off on errors and while the inbox stays empty.
+
+A file the server will not let us move (a read-only drop, a rename it denies) is stored once and then
+remembered by name, size, mtime and hash: it is not downloaded again until it changes or an operator retries it
+(``molamctl statements poll SOURCE --retry-stuck``), and the files behind it go on. Entries never offered
+(unsafe names, links out of the inbox, dangling or unreadable links, directories) are logged once each while
+they stay, and counted.
 """
 
 from __future__ import annotations
@@ -21,8 +27,17 @@ from typing import Any
 import msgspec
 import trio
 
-from actors import Actor, Backoff
-from connectors import ConnectorError, FileChanged, FileRefused, RemoteFile, SftpSourceConfig, SftpStatementConnector
+from actors import Actor, Backoff, Deferred, Refused
+from connectors import (
+    ConnectorError,
+    FileChanged,
+    FileRefused,
+    MoveRefused,
+    RemoteFile,
+    SftpSourceConfig,
+    SftpStatementConnector,
+    Skipped,
+)
 from connectors.statements import CsvProfile
 
 from .db import DatabaseError
@@ -36,7 +51,19 @@ logger = logging.getLogger("molamd.statements")
 
 
 class PollNow(msgspec.Struct, frozen=True):
-    """Poll at once (``molamctl statements poll``, tests); answers with the poll's summary."""
+    """Poll at once (``molamctl statements poll``, tests); answers with the poll's summary. ``retry_stuck``
+    forgets the files that could not be moved, so they are downloaded and tried again."""
+
+    retry_stuck: bool = False
+
+
+class Stuck(msgspec.Struct, frozen=True, kw_only=True):
+    """A file stored but not moved out of the inbox: left alone until it changes."""
+
+    size: int
+    mtime: int
+    sha256: str
+    reason: str
 
 
 class PollSummary(msgspec.Struct, frozen=True, kw_only=True):
@@ -44,9 +71,15 @@ class PollSummary(msgspec.Struct, frozen=True, kw_only=True):
     locked_elsewhere: bool = False
     listed: int = 0
     taken: list[dict[str, Any]] = msgspec.field(default_factory=list)
+    skipped: list[Skipped] = msgspec.field(default_factory=list)
+    stuck: list[str] = msgspec.field(default_factory=list)  # left alone this poll: still cannot be moved
 
 
 class StatementPoller(Actor[PollNow]):
+    # A poll an operator asked for that fails (a wrong password, a server down) is the operator's answer, not a
+    # crash of the source.
+    reply_errors = (Refused, ConnectorError, DatabaseError)
+
     def __init__(
         self, config: SftpSourceConfig, connector: SftpStatementConnector, store: StatementStore, metrics: Metrics, *,
         csv_profile: CsvProfile | None, profile_sources: list[str],
@@ -64,6 +97,8 @@ class StatementPoller(Actor[PollNow]):
         self.last_poll_ok: bool | None = None  # None until the first poll ends
         self.last_error: str | None = None
         self._lock = trio.Lock()
+        self._stuck: dict[str, Stuck] = {}
+        self._skipped_seen: set[tuple[str, str]] = set()
         interval, worst = self.options.poll_interval.seconds, self.options.error_backoff_max.seconds
         # A failed poll is tried again soon, then less and less often, up to error_backoff_max.
         self._errors = Backoff(initial=min(interval, worst, FIRST_RETRY), maximum=max(interval, worst), jitter=0.2)
@@ -77,8 +112,20 @@ class StatementPoller(Actor[PollNow]):
         with contextlib.suppress(Exception):
             await self.connector.aclose()
 
-    async def handle(self, msg: PollNow) -> PollSummary:
-        return await self.poll_once()
+    async def handle(self, msg: PollNow) -> Deferred:
+        if msg.retry_stuck:
+            self._stuck.clear()
+        return Deferred(self._requested_poll)
+
+    async def _requested_poll(self) -> PollSummary:
+        try:
+            summary = await self.poll_once()
+        except (ConnectorError, DatabaseError) as exc:
+            self.last_poll_ok, self.last_error = False, str(exc)
+            log(logger, logging.WARNING, "statement poll failed", source=self.name, error=str(exc), requested=True)
+            raise
+        self.last_poll_ok, self.last_error = True, None
+        return summary
 
     async def _poll_forever(self) -> None:
         interval = self.options.poll_interval.seconds
@@ -122,9 +169,12 @@ class StatementPoller(Actor[PollNow]):
         if not await self.store.hold_lock(self.name):
             return PollSummary(source=self.name, locked_elsewhere=True)
         await self._settle_proven()
-        first = await self.connector.list_statements()
+        listing = await self.connector.listing()
+        self._note_skipped(listing.skipped)
+        first = self._not_stuck(listing.files)
+        stuck = sorted(self._stuck)
         if not first:
-            return PollSummary(source=self.name)
+            return PollSummary(source=self.name, listed=len(listing.files), skipped=listing.skipped, stuck=stuck)
         ready = first
         if not self.options.done_marker:  # stable: same size and mtime across two listings
             await trio.sleep(self.options.stable_for.seconds)
@@ -133,7 +183,32 @@ class StatementPoller(Actor[PollNow]):
         taken = [await self._take(f) for f in ready]
         if any(t.get("lines") for t in taken):
             await self._update_unmatched()
-        return PollSummary(source=self.name, listed=len(first), taken=taken)
+        return PollSummary(source=self.name, listed=len(listing.files), taken=taken, skipped=listing.skipped,
+                           stuck=sorted(self._stuck))
+
+    def _note_skipped(self, skipped: list[Skipped]) -> None:
+        """Log and count each skipped entry once while it stays in the inbox."""
+        present = {(s.name, s.reason) for s in skipped}
+        for entry in skipped:
+            if (entry.name, entry.reason) not in self._skipped_seen:
+                self.metrics.statement_entries_skipped.labels(self.name, entry.reason).inc()
+                log(logger, logging.WARNING, "statement inbox entry skipped", source=self.name, entry=entry.name,
+                    reason=entry.reason, detail=entry.detail or None)
+        self._skipped_seen = present
+
+    def _not_stuck(self, files: list[RemoteFile]) -> list[RemoteFile]:
+        """The files to try; a stuck file is tried again only once its size or mtime changed (or it went)."""
+        names = {f.name for f in files}
+        for name in [n for n in self._stuck if n not in names]:
+            del self._stuck[name]  # gone: someone moved it
+        ready = []
+        for f in files:
+            stuck = self._stuck.get(f.name)
+            if stuck is not None and (stuck.size, stuck.mtime) == (f.size, f.mtime):
+                continue
+            self._stuck.pop(f.name, None)
+            ready.append(f)
+        return ready
 
     async def _take(self, remote: RemoteFile) -> dict[str, Any]:
         fd, path = tempfile.mkstemp(prefix=f"molamd-{self.name}-", suffix=".part",
@@ -162,7 +237,10 @@ class StatementPoller(Actor[PollNow]):
             if self.after_commit is not None:
                 await self.after_commit(remote, result)
             ok, reason = _verdict(result)
-            moved = await self.connector.acknowledge(remote, ok=ok, reason=reason)
+            try:
+                moved = await self.connector.acknowledge(remote, ok=ok, reason=reason)
+            except MoveRefused as exc:
+                return self._stuck_file(remote, fetched.sha256.hex(), result, str(exc))
         finally:
             with contextlib.suppress(OSError):
                 os.unlink(path)
@@ -177,6 +255,16 @@ class StatementPoller(Actor[PollNow]):
         return {"file": remote.name, "outcome": result.outcome, "raw_id": result.raw_id, "lines": result.lines,
                 "matched": result.matched, "settled": result.settled, "error": reason, "moved_to": moved,
                 "download_seconds": round(downloaded - started, 3), "store_seconds": round(stored - downloaded, 3)}
+
+    def _stuck_file(self, remote: RemoteFile, sha256: str, result: Ingested, reason: str) -> dict[str, Any]:
+        self._stuck[remote.name] = Stuck(size=remote.size, mtime=remote.mtime, sha256=sha256, reason=reason)
+        self._count("stuck")
+        self.metrics.statement_entries_skipped.labels(self.name, "stuck").inc()
+        log(logger, logging.ERROR, "statement file stored but cannot be moved; left alone until it changes",
+            source=self.name, file=remote.name, sha256=sha256, raw_id=result.raw_id, outcome=result.outcome,
+            reason=reason)
+        return {"file": remote.name, "outcome": "stuck", "raw_id": result.raw_id, "lines": result.lines,
+                "stored_as": result.outcome, "error": reason}
 
     async def _settle_proven(self) -> None:
         """Slices linked to a statement line while in flight may have gone dead or retrying since: settle them."""

@@ -25,7 +25,7 @@ KINDS: dict[str, type[SftpSourceConfig]] = {
     "mt940-sftp": Mt940SftpConfig, "csv-sftp": CsvSftpConfig, "camt053-sftp": Camt053SftpConfig}
 
 
-def source_config(server: SandboxSftp, known_hosts: Path, *, name: str = "bank-a-statements",
+def source_config(server: Any, known_hosts: Path, *, name: str = "bank-a-statements",
                   kind: str = "mt940-sftp", **sftp: Any) -> SftpSourceConfig:
     raw = {
         "kind": kind, "name": name, "bank_profile": "bank-a",
@@ -41,7 +41,7 @@ def source_config(server: SandboxSftp, known_hosts: Path, *, name: str = "bank-a
 class Rig:
     """What a test drives: the SFTP server's inbox, the poller, and a way to read the database."""
 
-    def __init__(self, server: SandboxSftp, dsn: str, database: db.Database, metrics: Metrics,
+    def __init__(self, server: Any, dsn: str, database: db.Database, metrics: Metrics,
                  known_hosts: Path) -> None:
         self.server, self.dsn, self.database, self.metrics = server, dsn, database, metrics
         self.known_hosts = known_hosts
@@ -78,8 +78,11 @@ class Rig:
 
 
 @asynccontextmanager
-async def rig(tmp: Path, dsn: str) -> AsyncIterator[Rig]:
-    server = SandboxSftp(tmp / "sftp", state=tmp / "sftp-state").start()
+async def rig(tmp: Path, dsn: str, server: Any = None) -> AsyncIterator[Rig]:
+    """A rig over the sandbox SFTP server, or over ``server`` (an OpenSSH one, which the caller stops)."""
+    own = server is None
+    if own:
+        server = SandboxSftp(tmp / "sftp", state=tmp / "sftp-state").start()
     known_hosts = server.known_hosts(tmp / "known_hosts")
     metrics = Metrics()
     section = msgspec.convert({"dsn": dsn}, DatabaseSection, dec_hook=decode_hook)
@@ -97,4 +100,5 @@ async def rig(tmp: Path, dsn: str) -> AsyncIterator[Rig]:
                 await r.close()
                 database.request_stop()
     finally:
-        server.stop()
+        if own:
+            server.stop()

@@ -95,3 +95,32 @@ def test_daemon_polls_a_source_and_molamctl_shows_it(
         assert json.dumps(logs).count(server.password) == 0
     finally:
         server.stop()
+
+
+def test_a_failing_operator_poll_is_a_reply_not_a_crash(
+    tmp_path: Path, short_tmp: Path, migrated_dsn: str, daemon_factory: Any
+) -> None:
+    """A wrong password, then the server down: each `statements poll` answers the error; the source keeps its
+    incarnation and state, and polls again once the cause is gone."""
+    server = SandboxSftp(tmp_path / "sftp", state=tmp_path / "sftp-state").start()
+    try:
+        known_hosts = server.known_hosts(tmp_path / "known_hosts")
+        d = daemon_factory(daemon_toml(short_tmp, dsn=migrated_dsn) + _source_toml(server, known_hosts),
+                           env={"TEST_SFTP_PASSWORD": "not-the-password"})
+        before = d.ctl_json("connector", SOURCE)
+        for _ in range(6):
+            reply = d.ctl("statements", "poll", SOURCE)
+            assert reply.returncode == 1 and "poll failed" in reply.stderr and "login refused" in reply.stderr
+        after = d.ctl_json("connector", SOURCE)
+        assert (after["state"], after["incarnation"], after["restarts"]) == (
+            "running", before["incarnation"], before["restarts"])
+        assert after["health"] == "failing" and "login refused" in after["last_error"]
+        server.stop()
+        for _ in range(3):
+            reply = d.ctl("statements", "poll", SOURCE)
+            assert reply.returncode == 1 and "poll failed" in reply.stderr
+        assert d.ctl_json("connector", SOURCE)["incarnation"] == before["incarnation"]
+        assert d.ctl("status").returncode == 0
+        assert d.stop() == 0
+    finally:
+        server.stop()

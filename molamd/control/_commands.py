@@ -95,6 +95,7 @@ class StatementsArgs(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     action: str = "list"
     id: int | str | None = None  # show/reprocess: a stored file id; poll: a source name
     limit: int = 50
+    retry_stuck: bool = False  # poll: download again the files that could not be moved
 
 
 class Context(msgspec.Struct, frozen=True, kw_only=True):
@@ -492,7 +493,7 @@ async def statements_poll(ctx: Context, args: StatementsArgs) -> Any:
     if poller is None:
         raise ControlError(ErrorCode.NOT_FOUND, f"no running statement source {args.id!r}")
     try:
-        summary = await poller.ask(PollNow(), timeout=600)
+        summary = await poller.ask(PollNow(retry_stuck=args.retry_stuck), timeout=600)
     except (ConnectorError, DatabaseError) as exc:
         raise ControlError(ErrorCode.UNAVAILABLE, f"poll failed: {exc}") from None
     return _to_builtins(summary)
