@@ -3,13 +3,15 @@
 Each line has ``ts`` (UTC, RFC 3339), ``level``, ``logger``, ``actor``, ``trace_id``, ``message`` and
 ``fields``. The actor and trace id come from context variables, which trio copies into every task it spawns.
 Resolved secrets never reach the output: Secret objects encode as ``***`` and every known secret value is
-replaced in the finished line.
+replaced in each string of the entry *before* it is encoded (a secret holding ``"``, ``\\`` or a control
+character looks different once JSON-escaped, and would slip past a search of the finished line).
 """
 
 from __future__ import annotations
 
 import contextvars
 import datetime as dt
+import json
 import logging
 import sys
 from collections.abc import Iterable, Iterator
@@ -33,7 +35,9 @@ class Redactor:
         self._values: tuple[str, ...] = ()
 
     def set_values(self, values: Iterable[str]) -> None:
-        unique = {v for v in values if len(v) >= _MIN_SECRET_LENGTH}
+        # Each value as written, and as repr() and JSON escape it (an exception's repr, a nested dump).
+        unique = {form for v in values if len(v) >= _MIN_SECRET_LENGTH
+                  for form in (v, repr(v)[1:-1], json.dumps(v)[1:-1])}
         self._values = tuple(sorted(unique, key=len, reverse=True))
 
     def __call__(self, text: str) -> str:
@@ -50,7 +54,20 @@ def _encode_fallback(obj: Any) -> Any:
     try:
         return encode_hook(obj)
     except NotImplementedError:
-        return repr(obj)
+        return redactor(repr(obj))
+
+
+def _scrub(value: Any, depth: int = 0) -> Any:
+    """``value`` with every known secret replaced in its strings (keys included), before JSON escaping."""
+    if isinstance(value, str):
+        return redactor(value)
+    if depth > 32:
+        return redactor(repr(value))
+    if isinstance(value, dict):
+        return {_scrub(k, depth + 1) if isinstance(k, str) else k: _scrub(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_scrub(v, depth + 1) for v in value]
+    return value
 
 
 _encoder = msgspec.json.Encoder(enc_hook=_encode_fallback)
@@ -71,7 +88,7 @@ class JsonFormatter(logging.Formatter):
             entry["fields"] = fields
         if record.exc_info:
             entry["error"] = self.formatException(record.exc_info)
-        return redactor(_encoder.encode(entry).decode())
+        return _encoder.encode(_scrub(entry)).decode()
 
 
 def configure(level: str = "info", stream: TextIO | None = None) -> None:

@@ -128,6 +128,11 @@ def test_database_down_then_up(daemon_factory: Any, pg: Any, short_tmp: Path) ->
     d = daemon_factory(connectors=CONNECTORS, dsn=pg.dsn(name), metrics_port=port)
     status = d.ctl_json("status")
     assert status["database"]["up"] is False and status["database"]["error"]
+    # libpq's own cause, not the pool's "timed out"
+    deadline = time.monotonic() + 15
+    while "does not exist" not in (d.ctl_json("status")["database"]["error"] or "") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert f'database "{name}" does not exist' in d.ctl_json("status")["database"]["error"]
     metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
     assert "molamd_database_up 0.0" in metrics
     with psycopg.connect(pg.dsn("postgres"), autocommit=True) as admin:
@@ -196,3 +201,16 @@ def test_broken_config_at_start(short_tmp: Path) -> None:
     result = subprocess.run([MOLAMD, "run", "--config", str(config)], capture_output=True, text=True,
                             timeout=20, check=False)
     assert result.returncode == 1 and f"{config}: $: Object contains unknown field `daemon2`" in result.stderr
+
+
+def test_database_refusing_shows_libpq_cause_without_the_password(daemon_factory: Any, short_tmp: Path) -> None:
+    config = daemon_toml(short_tmp, connectors=CONNECTORS).replace(
+        'connect_timeout = "1s"', 'connect_timeout = "1s"\npassword = "env:MOLAMD_TEST_DB_PASSWORD"')
+    d = daemon_factory(config, env={"MOLAMD_TEST_DB_PASSWORD": "Db-Pa55word-here"})
+    deadline = time.monotonic() + 15
+    while "refused" not in (d.ctl_json("status")["database"]["error"] or "") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    error = d.ctl_json("status")["database"]["error"]
+    assert "Connection refused" in error and "port 1" in error, error
+    assert "Db-Pa55word-here" not in d.ctl("--json", "status").stdout + d.logs()
+    assert d.stop() == 0

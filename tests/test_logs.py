@@ -39,3 +39,27 @@ def test_json_lines_with_context_and_redaction() -> None:
     assert first["ts"].endswith("+00:00")
     assert lines[2]["actor"] == "explicit" and lines[2]["trace_id"] is None
     assert "hunter2" not in stream.getvalue() and "ValueError" in lines[3]["error"]
+
+
+def test_secrets_that_json_escapes_would_hide_are_redacted() -> None:
+    """A secret with a quote, a backslash, a newline or an ESC reads differently once JSON-escaped."""
+    secrets = ['pa"ss"word-1', "back\\slash\\key", "line\nbreak-key", "esc\x1bape-key", "tab\tand\x7fdel"]
+    stream = io.StringIO()
+    logs.configure("debug", stream)
+    logger = logging.getLogger("molamd.test")
+    logs.redactor.set_values(secrets)
+    try:
+        for value in secrets:
+            logs.log(logger, logging.INFO, f"in the message {value}", field=f"in a field {value}",
+                     nested={"list": [value], value: "as a key"}, obj=ValueError(value))
+    finally:
+        logs.redactor.set_values([])
+        logs.configure("info")
+    text = stream.getvalue()
+    for value in secrets:
+        assert json.dumps(value)[1:-1] not in text, value  # not even in its escaped form
+    for line in text.splitlines():
+        entry = json.loads(line)
+        assert entry["message"] == "in the message ***" and entry["fields"]["field"] == "in a field ***"
+        assert entry["fields"]["nested"] == {"list": ["***"], "***": "as a key"}
+        assert entry["fields"]["obj"] == "ValueError('***')"

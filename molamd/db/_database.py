@@ -168,7 +168,9 @@ class Database:
                 pool.open(wait=True, timeout=section.connect_timeout.seconds)
             except PoolTimeout as exc:
                 pool.close(timeout=0)
-                raise DatabaseUnavailable(f"cannot connect: {_reason(exc)}") from exc
+                # The pool only says it timed out; libpq's own words say why (refused, no such host, password
+                # authentication failed): one direct attempt to hear them.
+                raise DatabaseUnavailable(f"cannot connect: {_libpq_reason(section) or _reason(exc)}") from exc
 
         await trio.to_thread.run_sync(open_pool, limiter=self._limiter)
         self._pool = pool
@@ -285,6 +287,18 @@ class _Abandoned(Exception):
 
 def _ping(conn: Conn) -> None:
     conn.execute("SELECT 1")
+
+
+def _libpq_reason(section: DatabaseSection) -> str | None:
+    """libpq's message for one connection attempt, never the password; None if it connects after all."""
+    try:
+        psycopg.connect(section.dsn, **conninfo(section, "molamd-probe")).close()
+    except psycopg.Error as exc:
+        text = " ".join(line.strip() for line in str(exc).strip().splitlines()[:2])
+        if section.password is not None and section.password.resolved:
+            text = text.replace(section.password.reveal(), "***")
+        return text or type(exc).__name__
+    return None
 
 
 def _reason(exc: BaseException) -> str:
