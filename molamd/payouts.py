@@ -2,19 +2,26 @@
 the status follower's work, the dead-letter queue. Each function is one transaction's worth of SQL on a sync
 psycopg connection; the ``PayoutStore`` runs them through the database service (one thread hop per transaction).
 
-Every write that settles a claimed slice is guarded by ``claimed_by = this host``: a host whose lease ran out
-and whose slice another host took over cannot overwrite the newer state. Every attempt is a row of
-``payout_slice_attempts`` written before the bank is called, and binds the slice to the attempt's idempotency
-scope; an attempt that provably did not reach the bank puts the previous binding back (design §6).
+Every write that settles a claimed slice is guarded by ``claimed_by = this incarnation`` (host and lock key):
+a process whose lease ran out and whose slice another took over cannot overwrite the newer state. Each
+incarnation holds a session advisory lock for its life (``ClaimOwner``); a claim whose owner's lock is free
+belongs to a process that is gone and is taken back at once, not after its lease: a killed daemon's work
+resumes as soon as it (or another host) is back. A live owner's lock is never free, so its claims wait for
+their lease. Every attempt is a row of ``payout_slice_attempts`` written before the bank is called, and binds
+the slice to the attempt's idempotency scope; an attempt that provably did not reach the bank puts the
+previous binding back (design §6).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import random
+import threading
+from collections.abc import Callable, Sequence
 from decimal import Decimal
 from typing import Any
 
 import msgspec
+import psycopg
 
 from actors import (
     AttemptStart,
@@ -32,18 +39,25 @@ from .audit import Identity
 from .db import Database, dict_rows
 
 _CLAIM = """
-WITH picked AS (
+WITH live AS (  -- the owners alive now: their lock is held (by their session, in this database)
+    SELECT l.objid::text::integer AS key FROM pg_locks l
+    WHERE l.locktype = 'advisory' AND l.classid = %(namespace)s AND l.objsubid = 2 AND l.granted
+      AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+), picked AS (
     SELECT s.id, s.status AS previous
     FROM payout_slices s
     WHERE (s.status = 'pending' AND (s.next_attempt_at IS NULL OR s.next_attempt_at <= now()))
        OR (s.status = 'retry_scheduled' AND s.next_attempt_at <= now())
        OR (s.status IN ('claimed', 'sending') AND s.lease_until < now())
+       OR (s.status IN ('claimed', 'sending') AND s.claim_owner <> %(owner)s
+           AND s.claim_owner NOT IN (SELECT live.key FROM live))
     ORDER BY s.priority DESC, s.id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 )
 UPDATE payout_slices p
-SET status = 'claimed', claimed_by = %(host)s, lease_until = now() + %(lease)s * interval '1 second'
+SET status = 'claimed', claimed_by = %(claimer)s, claim_owner = %(owner)s,
+    lease_until = now() + %(lease)s * interval '1 second'
 FROM picked, treasury_accounts t
 WHERE p.id = picked.id AND t.id = p.treasury_account_id
 RETURNING p.id, p.payout_id, p.idempotency_key, p.amount, p.currency, p.rail, p.beneficiary_name,
@@ -59,9 +73,11 @@ WHERE payout_slice_id = ANY(%s) AND outcome IS NULL
 """
 
 
-def claim(conn: Any, host: str, limit: int, lease: float) -> list[Claimed]:
-    """Claim ready slices; then close the attempts a crash left open (a statement of its own)."""
-    rows = conn.execute(_CLAIM, {"host": host, "limit": limit, "lease": lease}).fetchall()
+def claim(conn: Any, claimer: str, owner: int, limit: int, lease: float) -> list[Claimed]:
+    """Claim ready slices for incarnation ``claimer`` (lock key ``owner``); then close the attempts a crash left
+    open (a statement of its own)."""
+    rows = conn.execute(_CLAIM, {"claimer": claimer, "owner": owner, "namespace": OWNER_NAMESPACE, "limit": limit,
+                                 "lease": lease}).fetchall()
     recovered = [r[0] for r in rows if r[15] == "sending"]
     if recovered:
         conn.execute(_ABANDONED, (recovered,))
@@ -89,7 +105,7 @@ WITH u AS (
 ), held AS (
     SELECT p.id, p.bound_scope, p.bound_at, u.connector, u.scope, u.trace
     FROM payout_slices p JOIN u ON u.id = p.id
-    WHERE p.claimed_by = %(host)s AND p.status = 'claimed' AND (p.bound_scope IS NULL OR p.bound_scope = u.scope)
+    WHERE p.claimed_by = %(claimer)s AND p.status = 'claimed' AND (p.bound_scope IS NULL OR p.bound_scope = u.scope)
     FOR UPDATE OF p
 ), bound AS (
     UPDATE payout_slices p SET status = 'sending', attempts = p.attempts + 1, connector_name = h.connector,
@@ -105,12 +121,13 @@ RETURNING payout_slice_id
 """
 
 
-def start_attempts(conn: Any, host: str, attempts: Sequence[AttemptStart], lease: float) -> set[int]:
-    """Claimed → sending with an attempt row each; the ids this host still held (and could bind)."""
+def start_attempts(conn: Any, host: str, claimer: str, attempts: Sequence[AttemptStart], lease: float) -> set[int]:
+    """Claimed → sending with an attempt row each; the ids this incarnation still held (and could bind)."""
     if not attempts:
         return set()
     rows = conn.execute(_START_ATTEMPTS, {
         "ids": [a.slice_id for a in attempts], "scopes": [a.scope for a in attempts], "host": host,
+        "claimer": claimer,
         "connectors": [a.connector for a in attempts], "traces": [a.trace_id for a in attempts], "lease": lease,
     }).fetchall()
     return {r[0] for r in rows}
@@ -139,7 +156,7 @@ SELECT id, 'scope_release', 'dispatcher', %s, status, status, scope, err FROM fr
 """
 
 
-def record(conn: Any, host: str, outcomes: Sequence[Outcome], audit: Sequence[CallRecord]) -> int:
+def record(conn: Any, host: str, claimer: str, outcomes: Sequence[Outcome], audit: Sequence[CallRecord]) -> int:
     """Write outcomes and their audit rows in one transaction; returns how many slices changed."""
     changed = 0
     by_kind: dict[OutcomeKind, list[Outcome]] = {}
@@ -152,7 +169,7 @@ def record(conn: Any, host: str, outcomes: Sequence[Outcome], audit: Sequence[Ca
     freed = [o for o in outcomes if o.released_scope is not None]
     if freed:
         conn.execute(_UNBIND, ([o.slice_id for o in freed], [o.released_scope for o in freed],
-                               [o.error for o in freed], host, host))
+                               [o.error for o in freed], claimer, host))
     for kind, group in by_kind.items():
         ids = [o.slice_id for o in group]
         refs = [o.provider_ref for o in group]
@@ -160,7 +177,7 @@ def record(conn: Any, host: str, outcomes: Sequence[Outcome], audit: Sequence[Ca
         delays = [o.delay for o in group]
         connectors = [o.connector for o in group]
         sql = _RECORD[kind]
-        cur = conn.execute(sql, (ids, refs, errors, delays, connectors, host))
+        cur = conn.execute(sql, (ids, refs, errors, delays, connectors, claimer))
         changed += cur.rowcount
     audit_trail.bank_calls(conn, host, audit)
     return changed
@@ -169,7 +186,8 @@ def record(conn: Any, host: str, outcomes: Sequence[Outcome], audit: Sequence[Ca
 _GUARD = " WHERE p.id = u.id AND p.claimed_by = %s AND p.status IN ('claimed', 'sending')"
 _UNNEST = (" FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::float8[], %s::text[])"
            " AS u(id, ref, err, delay, connector)")
-_RELEASE = ", claimed_by = NULL, lease_until = NULL, connector_name = coalesce(u.connector, p.connector_name)"
+_RELEASE = (", claimed_by = NULL, claim_owner = NULL, lease_until = NULL,"
+            " connector_name = coalesce(u.connector, p.connector_name)")
 _RECORD: dict[OutcomeKind, str] = {
     OutcomeKind.SENT: "UPDATE payout_slices p SET status = 'sent', provider_ref = u.ref, sent_at = now(),"
     " last_error = NULL, next_attempt_at = now() + u.delay * interval '1 second'" + _RELEASE + _UNNEST + _GUARD,
@@ -373,23 +391,83 @@ def status_counts(conn: Any) -> list[tuple[str, str, int]]:
     return [(r[0], r[1], int(r[2])) for r in rows]
 
 
+OWNER_NAMESPACE = 0x6D6F6C61  # "mola": the first key of every incarnation's advisory lock
+
+
+class ClaimOwner:
+    """This incarnation's session advisory lock, on a connection of its own, held for the process's life.
+
+    The key is random (a second process that draws a key in use takes another). ``hold()`` answers whether the
+    lock is held now, taking it again on a new connection if the old one was lost; while it is not held nothing
+    is claimed, since others may take this incarnation's claims back.
+    """
+
+    def __init__(self, connect: Callable[[], psycopg.Connection[Any]], rng: random.Random | None = None) -> None:
+        self._connect = connect
+        self._rng = rng or random.SystemRandom()
+        self.key = self._rng.randint(1, 2**31 - 1)
+        self._conn: psycopg.Connection[Any] | None = None
+        self._held = False
+        self._lock = threading.Lock()  # hold() runs in worker threads
+
+    def hold(self) -> bool:
+        with self._lock:
+            try:
+                if self._conn is None or self._conn.closed:
+                    self._conn, self._held = self._connect(), False
+                if self._held:
+                    self._conn.execute("SELECT 1")
+                    return True
+                for _ in range(8):
+                    row = self._conn.execute("SELECT pg_try_advisory_lock(%s, %s)",
+                                             [OWNER_NAMESPACE, self.key]).fetchone()
+                    if row and row[0]:
+                        self._held = True
+                        return True
+                    self.key = self._rng.randint(1, 2**31 - 1)  # someone else's: draw again
+                return False
+            except psycopg.Error:
+                self._drop()
+                raise
+
+    def release(self) -> None:
+        with self._lock:
+            self._drop()
+
+    def _drop(self) -> None:
+        conn, self._conn, self._held = self._conn, None, False
+        if conn is not None:
+            conn.close()  # the session ends and PostgreSQL frees the lock: our claims are free to take
+
+
 class PayoutStore:
     """The dispatcher's and follower's view of the queue, one database transaction per call."""
 
-    def __init__(self, db: Database, host: str) -> None:
+    def __init__(self, db: Database, host: str, owner: ClaimOwner) -> None:
         self._db = db
         self.host = host
+        self.owner = owner
+
+    @property
+    def claimer(self) -> str:
+        """``claimed_by`` of this incarnation's claims: the host and its lock key."""
+        return f"{self.host}#{self.owner.key}"
 
     async def claim(self, limit: int, lease: float) -> list[Claimed]:
         # Two autocommit statements, not one transaction: closing a crashed call's attempt is idempotent, and
-        # the claim (the hot path) saves its BEGIN and COMMIT.
-        return await self._db.statement(lambda c: claim(c, self.host, limit, lease))
+        # the claim (the hot path) saves its BEGIN and COMMIT. No claim without this incarnation's lock.
+        def work(c: Any) -> list[Claimed]:
+            if not self.owner.hold():
+                return []
+            return claim(c, self.claimer, self.owner.key, limit, lease)
+
+        return await self._db.statement(work)
 
     async def start_attempts(self, attempts: Sequence[AttemptStart], lease: float) -> set[int]:
-        return await self._db.statement(lambda c: start_attempts(c, self.host, attempts, lease))
+        return await self._db.statement(lambda c: start_attempts(c, self.host, self.claimer, attempts, lease))
 
     async def record(self, outcomes: Sequence[Outcome], audit: Sequence[CallRecord]) -> int:
-        return await self._db.transaction(lambda c: record(c, self.host, outcomes, audit))
+        return await self._db.transaction(lambda c: record(c, self.host, self.claimer, outcomes, audit))
 
     async def audit(self, audit: Sequence[CallRecord]) -> None:
         await self._db.statement(lambda c: audit_trail.bank_calls(c, self.host, audit))

@@ -42,7 +42,7 @@ from .directory import Directory
 from .events import EventBus
 from .logs import log, redactor
 from .metrics import Metrics
-from .payouts import PayoutStore
+from .payouts import ClaimOwner, PayoutStore
 from .registry_mirror import RegistryMirror
 from .sdnotify import Notifier
 from .statement_poller import StatementPoller
@@ -105,8 +105,8 @@ class Runtime:
         self.nursery: trio.Nursery | None = None
         self.db = db.Database(config.database, metrics=self.metrics, on_up=self._database_up)
         self.telemetry = Telemetry(self.metrics, self.db, self.host_id, publish=self.events.publish)
-        self.store = PayoutStore(self.db, self.host_id)
-        self.statements = StatementStore(self.db, self._lock_connection)
+        self.store = PayoutStore(self.db, self.host_id, ClaimOwner(lambda: self._lock_connection("molamd-owner")))
+        self.statements = StatementStore(self.db, lambda: self._lock_connection("molamd-statement-lock"))
         self.directory = Directory(config, self.connector_actor, self._running_connectors)
         policy = restart_policy(config.supervision)
         self.connectors = Supervisor(
@@ -150,11 +150,12 @@ class Runtime:
     def statement_source(self, name: str) -> StatementPoller | None:
         return self._connector_child(name, StatementPoller)
 
-    def _lock_connection(self) -> Any:
+    def _lock_connection(self, application_name: str) -> Any:
+        """A connection of its own for a session advisory lock (it lives as long as the lock)."""
         import psycopg
 
         section = self.config.database
-        kwargs = db.conninfo(section, "molamd-statement-lock")
+        kwargs = db.conninfo(section, application_name)
         kwargs.pop("options", None)
         return psycopg.connect(section.dsn, **kwargs)
 

@@ -344,3 +344,58 @@ def test_a_huge_retry_after_is_capped_shown_and_an_operator_makes_the_slice_due(
     assert float(wait_s) <= 1 and audit == [("payout_retry", 0)]
     assert d.ctl("payouts", "retry").returncode == 1, "an ID or --all-scheduled is needed"
     assert d.stop() == 0
+
+
+def test_a_killed_daemons_work_resumes_within_2s_of_the_restart(
+    daemon_factory: Any, short_tmp: Path, migrated_dsn: str
+) -> None:
+    """A 30s lease, and yet: the restarted daemon (or any other) takes back the dead incarnation's claims at
+    once, because its advisory lock died with its session. A second live daemon's claims are never taken."""
+    bank = Bank()
+    try:
+        bank.faults(latency_ms=400)
+        config = payout_toml(short_tmp, migrated_dsn, two_connectors(bank), lease="30s")
+        ids = seed(migrated_dsn, 300)
+        d = daemon_factory(config, env=env())
+        wait_for(lambda: bank.stats()["payments"] >= 30, 30, "payments under way")
+        d.signal(signal.SIGKILL)
+        d.proc.wait(10)
+        with psycopg.connect(migrated_dsn) as conn:
+            held = dict(conn.execute("SELECT id, claimed_by FROM payout_slices WHERE id = ANY(%s)"
+                                     " AND status IN ('claimed', 'sending')", (ids,)).fetchall())
+        assert held, "the kill left claims behind"
+        [dead] = set(held.values())
+        bank.faults(latency_ms=0)
+        again = DaemonProcess(short_tmp, config, env()).start()
+        restarted = time.monotonic()
+        try:
+            def still_dead() -> int:
+                with psycopg.connect(migrated_dsn) as conn:
+                    return int(conn.execute("SELECT count(*) FROM payout_slices WHERE claimed_by = %s",
+                                            (dead,)).fetchone()[0])
+
+            wait_for(lambda: still_dead() == 0, 10, "the dead incarnation's claims taken back")
+            resumed = time.monotonic() - restarted
+            assert resumed < 2.0, f"took {resumed:.1f}s"
+            assert wait_final(migrated_dsn, ids, timeout=90) == {"settled": 300}
+            assert_paid_once(migrated_dsn, bank)
+            assert again.stop() == 0
+        finally:
+            again.kill()
+    finally:
+        bank.close()
+
+
+def test_a_live_daemons_claims_are_not_taken_before_their_lease(migrated_dsn: str) -> None:
+    """The early takeover needs the owner's lock to be free: a claim held by a live session waits."""
+    from molamd.payouts import OWNER_NAMESPACE, claim
+
+    ids = seed(migrated_dsn, 3)
+    with psycopg.connect(migrated_dsn, autocommit=True) as alive, psycopg.connect(migrated_dsn, autocommit=True) as me:
+        alive.execute("SELECT pg_advisory_lock(%s, 4242)", (OWNER_NAMESPACE,))
+        me.execute("SELECT pg_advisory_lock(%s, 777)", (OWNER_NAMESPACE,))
+        taken = claim(alive, "other#4242", 4242, 3, 30.0)
+        assert {c.slice.id for c in taken} == set(ids)
+        assert claim(me, "me#777", 777, 10, 30.0) == [], "its owner is alive: the lease stands"
+        alive.execute("SELECT pg_advisory_unlock(%s, 4242)", (OWNER_NAMESPACE,))  # as if its session died
+        assert {c.slice.id for c in claim(me, "me#777", 777, 10, 30.0)} == set(ids)
