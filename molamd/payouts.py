@@ -15,7 +15,6 @@ previous binding back (design §6).
 from __future__ import annotations
 
 import random
-import threading
 from collections.abc import Callable, Sequence
 from decimal import Decimal
 from typing import Any
@@ -36,7 +35,7 @@ from connectors import CallRecord, PayoutSlice
 
 from . import audit as audit_trail
 from .audit import Identity
-from .db import Database, dict_rows
+from .db import Database, SessionLock, dict_rows
 
 _CLAIM = """
 WITH live AS (  -- the owners alive now: their lock is held (by their session, in this database)
@@ -394,50 +393,23 @@ def status_counts(conn: Any) -> list[tuple[str, str, int]]:
 OWNER_NAMESPACE = 0x6D6F6C61  # "mola": the first key of every incarnation's advisory lock
 
 
-class ClaimOwner:
-    """This incarnation's session advisory lock, on a connection of its own, held for the process's life.
-
-    The key is random (a second process that draws a key in use takes another). ``hold()`` answers whether the
-    lock is held now, taking it again on a new connection if the old one was lost; while it is not held nothing
-    is claimed, since others may take this incarnation's claims back.
-    """
+class ClaimOwner(SessionLock):
+    """This incarnation's session advisory lock, held for the process's life; while it is not held nothing is
+    claimed, since others may take this incarnation's claims back. The key is random; a key some other process
+    holds is drawn again."""
 
     def __init__(self, connect: Callable[[], psycopg.Connection[Any]], rng: random.Random | None = None) -> None:
-        self._connect = connect
+        super().__init__(connect)
         self._rng = rng or random.SystemRandom()
         self.key = self._rng.randint(1, 2**31 - 1)
-        self._conn: psycopg.Connection[Any] | None = None
-        self._held = False
-        self._lock = threading.Lock()  # hold() runs in worker threads
 
-    def hold(self) -> bool:
-        with self._lock:
-            try:
-                if self._conn is None or self._conn.closed:
-                    self._conn, self._held = self._connect(), False
-                if self._held:
-                    self._conn.execute("SELECT 1")
-                    return True
-                for _ in range(8):
-                    row = self._conn.execute("SELECT pg_try_advisory_lock(%s, %s)",
-                                             [OWNER_NAMESPACE, self.key]).fetchone()
-                    if row and row[0]:
-                        self._held = True
-                        return True
-                    self.key = self._rng.randint(1, 2**31 - 1)  # someone else's: draw again
-                return False
-            except psycopg.Error:
-                self._drop()
-                raise
-
-    def release(self) -> None:
-        with self._lock:
-            self._drop()
-
-    def _drop(self) -> None:
-        conn, self._conn, self._held = self._conn, None, False
-        if conn is not None:
-            conn.close()  # the session ends and PostgreSQL frees the lock: our claims are free to take
+    def take(self, conn: psycopg.Connection[Any]) -> bool:
+        for _ in range(8):
+            row = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", [OWNER_NAMESPACE, self.key]).fetchone()
+            if row and row[0]:
+                return True
+            self.key = self._rng.randint(1, 2**31 - 1)
+        return False
 
 
 class PayoutStore:

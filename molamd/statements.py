@@ -24,7 +24,7 @@ from psycopg.rows import dict_row
 from connectors import Fetched
 from connectors.statements import CsvProfile, Statement, StatementError, iter_statements
 
-from .db import Database, DatabaseUnavailable
+from .db import Database, DatabaseUnavailable, SessionLock
 from .reconciliation import reconcile, settle_proven, unmatched_count
 
 RAW_CHUNK = 1024 * 1024
@@ -194,37 +194,16 @@ def show_file(conn: psycopg.Connection[Any], raw_id: int, limit: int = 1000) -> 
     return found
 
 
-class SourceLock:
-    """A session advisory lock per statement source, on a connection of its own: one host polls a source.
-
-    ``hold()`` answers whether this process holds the lock now (taking it if free); a lost connection loses the
-    lock with it, and the next ``hold()`` tries again on a new connection.
-    """
+class SourceLock(SessionLock):
+    """A session advisory lock per statement source: one host polls a source."""
 
     def __init__(self, connect: Callable[[], psycopg.Connection[Any]], source: str) -> None:
-        self._connect = connect
+        super().__init__(connect)
         self._key = f"molamd.statement-source:{source}"
-        self._conn: psycopg.Connection[Any] | None = None
-        self._held = False
 
-    def hold(self) -> bool:
-        try:
-            if self._conn is None or self._conn.closed:
-                self._conn, self._held = self._connect(), False
-            if self._held:
-                self._conn.execute("SELECT 1")
-                return True
-            row = self._conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", [self._key]).fetchone()
-            self._held = bool(row and row[0])
-            return self._held
-        except psycopg.Error:
-            self.release()
-            raise
-
-    def release(self) -> None:
-        conn, self._conn, self._held = self._conn, None, False
-        if conn is not None:
-            conn.close()  # the session ends and PostgreSQL drops its advisory locks
+    def take(self, conn: psycopg.Connection[Any]) -> bool:
+        row = conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", [self._key]).fetchone()
+        return bool(row and row[0])
 
 
 class StatementStore:

@@ -129,8 +129,9 @@ class SandboxSftp:
         return self
 
     def stop(self) -> None:
-        loop = self._loop
-        if loop is None:
+        """Stop serving; a second call does nothing."""
+        loop, self._loop = self._loop, None
+        if loop is None or loop.is_closed():
             return
 
         async def close() -> None:

@@ -28,6 +28,7 @@ EXPECTED = {
         "ServerError", "Timeout", "Validation", "build_connector", "decode_hook", "encode_hook", "mask_account",
         "Camt053SftpConfig", "CsvSftpConfig", "Fetched", "FileChanged", "FileRefused", "Mt940SftpConfig", "RemoteFile",
         "SftpConfig", "SftpOptions", "SftpSourceConfig", "SftpStatementConnector",
+        "Listing", "MoveRefused", "Skipped", "SourceMisconfigured",
         "AmountError", "EventConnector", "offers", "render_amount",
     },
     "connectors.statements": {
@@ -48,7 +49,7 @@ EXPECTED = {
     "molamd.db": {
         "Conn", "Database", "DatabaseError", "DatabaseUnavailable", "Listener", "Migration", "MigrationError",
         "RegistryRow", "config_hash", "conninfo", "current_version", "migrate", "report_states",
-        "shipped_migrations", "sync_configured", "dict_rows", "DatabaseConflict",
+        "shipped_migrations", "sync_configured", "dict_rows", "DatabaseConflict", "SessionLock",
     },
 }
 

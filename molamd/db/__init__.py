@@ -17,3 +17,4 @@ from ._registry import RegistryRow as RegistryRow
 from ._registry import config_hash as config_hash
 from ._registry import report_states as report_states
 from ._registry import sync_configured as sync_configured
+from ._session_lock import SessionLock as SessionLock
