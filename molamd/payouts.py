@@ -45,11 +45,12 @@ WITH live AS (  -- the owners alive now: their lock is held (by their session, i
 ), picked AS (
     SELECT s.id, s.status AS previous
     FROM payout_slices s
-    WHERE (s.status = 'pending' AND (s.next_attempt_at IS NULL OR s.next_attempt_at <= now()))
+    WHERE EXISTS (SELECT 1 FROM live WHERE live.key = %(owner)s)  -- our own lock, checked in the same statement
+      AND ((s.status = 'pending' AND (s.next_attempt_at IS NULL OR s.next_attempt_at <= now()))
        OR (s.status = 'retry_scheduled' AND s.next_attempt_at <= now())
        OR (s.status IN ('claimed', 'sending') AND s.lease_until < now())
        OR (s.status IN ('claimed', 'sending') AND s.claim_owner <> %(owner)s
-           AND s.claim_owner NOT IN (SELECT live.key FROM live))
+           AND s.claim_owner NOT IN (SELECT live.key FROM live)))
     ORDER BY s.priority DESC, s.id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED

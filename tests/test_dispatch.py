@@ -368,6 +368,7 @@ def test_a_live_daemons_claims_are_not_taken_before_their_lease(migrated_dsn: st
     with psycopg.connect(migrated_dsn, autocommit=True) as alive, psycopg.connect(migrated_dsn, autocommit=True) as me:
         alive.execute("SELECT pg_advisory_lock(%s, 4242)", (OWNER_NAMESPACE,))
         me.execute("SELECT pg_advisory_lock(%s, 777)", (OWNER_NAMESPACE,))
+        assert claim(me, "lost#999", 999, 10, 30.0) == [], "no claim by an incarnation whose lock is not held"
         taken = claim(alive, "other#4242", 4242, 3, 30.0)
         assert {c.slice.id for c in taken} == set(ids)
         assert claim(me, "me#777", 777, 10, 30.0) == [], "its owner is alive: the lease stands"
