@@ -164,9 +164,9 @@ def _check_control(config: Config, problems: list[ConfigProblem]) -> None:
                 grp.getgrnam(group)
             except KeyError:
                 problems.append(ConfigProblem(f"$.control.{key}", f"no such group {group!r} on this host"))
-    if control.max_clients_per_uid > control.max_clients:
+    if control.per_uid > control.max_clients:
         problems.append(ConfigProblem("$.control.max_clients_per_uid", "must not be above max_clients"))
-    if control.reserved_clients >= control.max_clients:
+    if control.reserved and control.reserved >= control.max_clients:
         problems.append(ConfigProblem("$.control.reserved_clients", "must be below max_clients"))
 
 

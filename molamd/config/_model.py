@@ -38,9 +38,17 @@ class ControlSection(_Section, frozen=True, kw_only=True, forbid_unknown_fields=
     operator_group: str = ""
     readonly_group: str = ""
     max_clients: int = 64
-    max_clients_per_uid: int = 8  # root is not limited
-    reserved_clients: int = 8  # of max_clients, kept for root, the daemon's user and the operator group
+    max_clients_per_uid: int | None = None  # root is not limited; unset: min(8, max_clients)
+    reserved_clients: int | None = None  # of max_clients, kept for operators; unset: a quarter of max_clients
     idle_timeout: Duration = msgspec.field(default_factory=lambda: _d("30s"))  # a request line must end by then
+
+    @property
+    def per_uid(self) -> int:
+        return self.max_clients_per_uid if self.max_clients_per_uid is not None else min(8, self.max_clients)
+
+    @property
+    def reserved(self) -> int:
+        return self.reserved_clients if self.reserved_clients is not None else self.max_clients // 4
 
 
 class MetricsSection(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -160,11 +160,10 @@ class ControlServer:
         section = self._section
         if self._open >= section.max_clients:
             return f"too many control clients ({section.max_clients})"
-        if access is not Access.OPERATE and self._open >= section.max_clients - section.reserved_clients:
-            return (f"too many control clients; the last {section.reserved_clients} connections are kept for"
-                    f" operators")
+        if access is not Access.OPERATE and self._open >= section.max_clients - section.reserved:
+            return f"too many control clients; the last {section.reserved} connections are kept for operators"
         mine = self._per_uid.get(peer.uid, 0)
-        if peer.uid != 0 and mine >= section.max_clients_per_uid:
+        if peer.uid != 0 and mine >= section.per_uid:
             return f"uid {peer.uid} has {mine} control connections open (max_clients_per_uid)"
         return None
 
