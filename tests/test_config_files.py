@@ -174,3 +174,13 @@ def test_a_fifo_as_a_file_secret_is_refused(short_tmp: Path) -> None:
     threading.Thread(target=run, daemon=True).start()
     assert done.wait(15), "check-config is stuck on the FIFO"
     assert result[0].returncode == 1 and "not a regular file (a FIFO)" in result[0].stderr
+
+
+def test_equal_bad_tables_are_each_reported_at_their_own_path(short_tmp: Path) -> None:
+    """The bounds check remembers equal tables; each occurrence still gets its own path."""
+    path = short_tmp / "molamd.toml"
+    path.write_text(daemon_toml(short_tmp, connectors="".join(
+        connector_toml(n) + LIMITS + "rate = inf\n" for n in ("a", "b", "c"))))
+    result = check(path)
+    assert [line.split(": ")[1] for line in result.stderr.splitlines()] == [
+        f"$.connectors[{i}].limits.rate" for i in range(3)]

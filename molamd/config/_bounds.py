@@ -64,28 +64,74 @@ ZERO_DURATION_OK: Final = frozenset({
 
 def check_numbers(config: msgspec.Struct) -> list[ConfigProblem]:
     problems: list[ConfigProblem] = []
-    _walk(config, "$", "", problems)
+    _walk(config, "$", "", problems, {})
     return problems
 
 
-def _walk(value: Any, path: str, key: str, problems: list[ConfigProblem]) -> None:
+# Equal frozen tables (the default [connectors.limits] of a thousand connectors) are checked once: their
+# problems, relative to the table, by value.
+_Memo = dict[Any, list[tuple[str, str]]]
+
+
+_FIELDS: dict[type, tuple[tuple[str, str], ...]] = {}
+
+
+def _fields(struct_type: Any) -> tuple[tuple[str, str], ...]:
+    """(attribute, TOML key) of a Struct type; cached, as a config holds thousands of the same few types."""
+    found = _FIELDS.get(struct_type)
+    if found is None:
+        found = tuple(zip(struct_type.__struct_fields__, struct_type.__struct_encode_fields__, strict=True))
+        _FIELDS[struct_type] = found
+    return found
+
+
+def _walk(value: Any, path: str, key: str, problems: list[ConfigProblem], memo: _Memo) -> None:
+    """Check ``value`` (at ``path``, under TOML key ``key``); path strings are built only for containers and
+    problems, as a 1,000-connector config has some 60,000 leaves."""
     if isinstance(value, msgspec.Struct):
-        for field in msgspec.structs.fields(value):
-            _walk(getattr(value, field.name), f"{path}.{field.encode_name}", field.encode_name, problems)
+        try:
+            known = memo.get(value)
+        except TypeError:  # holds a list: not hashable, walked every time
+            known, hashable = None, False
+        else:
+            hashable = True
+        if known is not None:
+            problems.extend(ConfigProblem(path + suffix, problem) for suffix, problem in known)
+            return
+        mine: list[ConfigProblem] = []
+        _walk_struct(value, path, mine, memo)
+        if hashable:
+            memo[value] = [(p.path[len(path):], p.message) for p in mine]
+        problems.extend(mine)
     elif isinstance(value, list | tuple):
         for index, item in enumerate(value):
-            _walk(item, f"{path}[{index}]", key, problems)
+            _walk(item, f"{path}[{index}]", key, problems, memo)
     elif isinstance(value, dict):
         for name, item in value.items():
-            _walk(item, f"{path}.{name}", key, problems)
-    elif isinstance(value, Duration):
-        problem = _duration(value, key)
+            _walk(item, f"{path}.{name}", key, problems, memo)
+    elif isinstance(value, Duration | int | float) and not isinstance(value, bool):
+        problem = _leaf(value, key)
         if problem:
             problems.append(ConfigProblem(path, problem))
-    elif isinstance(value, int | float) and not isinstance(value, bool):
-        problem = _number(value, BOUNDS.get(key, _INT if isinstance(value, int) else _FLOAT))
-        if problem:
-            problems.append(ConfigProblem(path, problem))
+
+
+def _walk_struct(value: msgspec.Struct, path: str, problems: list[ConfigProblem], memo: _Memo) -> None:
+    for name, encoded in _fields(type(value)):
+        item = getattr(value, name)
+        if isinstance(item, str | bool) or item is None:
+            continue
+        if isinstance(item, Duration | int | float):
+            problem = _leaf(item, encoded)
+            if problem:
+                problems.append(ConfigProblem(f"{path}.{encoded}", problem))
+        elif isinstance(item, msgspec.Struct | list | tuple | dict):
+            _walk(item, f"{path}.{encoded}", encoded, problems, memo)
+
+
+def _leaf(value: Duration | float, key: str) -> str | None:
+    if isinstance(value, Duration):
+        return _duration(value, key)
+    return _number(value, BOUNDS.get(key, _INT if isinstance(value, int) else _FLOAT))
 
 
 def _number(value: float, bounds: Bounds) -> str | None:
