@@ -71,6 +71,7 @@ def check_numbers(config: msgspec.Struct) -> list[ConfigProblem]:
 # Equal frozen tables (the default [connectors.limits] of a thousand connectors) are checked once: their
 # problems, relative to the table, by value.
 _Memo = dict[Any, list[tuple[str, str]]]
+_UNHASHABLE: set[type] = set()  # Struct types with a list field: never memoised
 
 
 _FIELDS: dict[type, tuple[tuple[str, str], ...]] = {}
@@ -89,12 +90,14 @@ def _walk(value: Any, path: str, key: str, problems: list[ConfigProblem], memo: 
     """Check ``value`` (at ``path``, under TOML key ``key``); path strings are built only for containers and
     problems, as a 1,000-connector config has some 60,000 leaves."""
     if isinstance(value, msgspec.Struct):
-        try:
-            known = memo.get(value)
-        except TypeError:  # holds a list: not hashable, walked every time
-            known, hashable = None, False
-        else:
-            hashable = True
+        hashable = type(value) not in _UNHASHABLE
+        known = None
+        if hashable:
+            try:
+                known = memo.get(value)
+            except TypeError:  # holds a list: not hashable, walked every time
+                _UNHASHABLE.add(type(value))
+                hashable = False
         if known is not None:
             problems.extend(ConfigProblem(path + suffix, problem) for suffix, problem in known)
             return
