@@ -12,7 +12,7 @@ from typing import Any, Final, NamedTuple
 
 import msgspec
 
-from connectors import Duration
+from connectors import Duration, encode_hook
 
 from ._errors import ConfigProblem
 
@@ -71,7 +71,21 @@ def check_numbers(config: msgspec.Struct) -> list[ConfigProblem]:
 # Equal frozen tables (the default [connectors.limits] of a thousand connectors) are checked once: their
 # problems, relative to the table, by value.
 _Memo = dict[Any, list[tuple[str, str]]]
-_UNHASHABLE: set[type] = set()  # Struct types with a list field: never memoised
+_UNHASHABLE: set[type] = set()  # Struct types with a list field: never hashed again
+# Connector entries by their encoded form, across loads: a reload re-checks only the entries that changed.
+_ENTRIES: _Memo = {}
+
+
+def _memo_key(value: msgspec.Struct) -> Any:
+    """The struct itself when it hashes (equal tables share one entry), else None."""
+    if type(value) in _UNHASHABLE:
+        return None
+    try:
+        hash(value)
+    except TypeError:
+        _UNHASHABLE.add(type(value))
+        return None
+    return value
 
 
 _FIELDS: dict[type, tuple[tuple[str, str], ...]] = {}
@@ -90,21 +104,18 @@ def _walk(value: Any, path: str, key: str, problems: list[ConfigProblem], memo: 
     """Check ``value`` (at ``path``, under TOML key ``key``); path strings are built only for containers and
     problems, as a 1,000-connector config has some 60,000 leaves."""
     if isinstance(value, msgspec.Struct):
-        hashable = type(value) not in _UNHASHABLE
-        known = None
-        if hashable:
-            try:
-                known = memo.get(value)
-            except TypeError:  # holds a list: not hashable, walked every time
-                _UNHASHABLE.add(type(value))
-                hashable = False
+        table, memo_key = memo, _memo_key(value)
+        if memo_key is None:  # a table with lists (a connector entry): remembered across loads by its encoding
+            table, memo_key = _ENTRIES, (type(value), msgspec.json.encode(value, enc_hook=encode_hook))
+        known = table.get(memo_key)
         if known is not None:
             problems.extend(ConfigProblem(path + suffix, problem) for suffix, problem in known)
             return
         mine: list[ConfigProblem] = []
         _walk_struct(value, path, mine, memo)
-        if hashable:
-            memo[value] = [(p.path[len(path):], p.message) for p in mine]
+        if len(_ENTRIES) > 100_000:
+            _ENTRIES.clear()
+        table[memo_key] = [(p.path[len(path):], p.message) for p in mine]
         problems.extend(mine)
     elif isinstance(value, list | tuple):
         for index, item in enumerate(value):
