@@ -37,6 +37,10 @@ EXPECTED = {
         "guess_format", "iter_mt940", "iter_statements", "parse_camt", "parse_csv", "parse_details",
         "parse_mt940", "parse_statements",
     },
+    "connectors.iso20022": {
+        "Account", "CharsetError", "Pain001Version", "Party", "PaymentBatch", "PaymentFile", "PaymentFileError",
+        "PostalAddress", "SEPA_LATIN", "Transfer", "build_pain001", "msg_id", "to_charset", "validate",
+    },
     "molamd.config": {
         "Config", "ConfigError", "ConfigProblem", "ControlSection", "DatabaseSection", "HealthCheckerSection",
         "LogLevel", "Resolver", "SecretUnavailable", "SupervisionSection", "default_resolvers", "load_config",

@@ -1,0 +1,16 @@
+"""ISO 20022 payment files: pain.001 generation (pure: records in, bytes out), validated against the XSDs."""
+
+from ._charset import SEPA_LATIN as SEPA_LATIN
+from ._charset import CharsetError as CharsetError
+from ._charset import to_charset as to_charset
+from ._model import Account as Account
+from ._model import Pain001Version as Pain001Version
+from ._model import Party as Party
+from ._model import PaymentBatch as PaymentBatch
+from ._model import PaymentFile as PaymentFile
+from ._model import PostalAddress as PostalAddress
+from ._model import Transfer as Transfer
+from ._pain001 import PaymentFileError as PaymentFileError
+from ._pain001 import build_pain001 as build_pain001
+from ._pain001 import msg_id as msg_id
+from ._schemas import validate as validate
