@@ -40,6 +40,7 @@ EXPECTED = {
     "connectors.iso20022": {
         "Account", "CharsetError", "Pain001Version", "Party", "PaymentBatch", "PaymentFile", "PaymentFileError",
         "PostalAddress", "SEPA_LATIN", "Transfer", "build_pain001", "msg_id", "to_charset", "validate",
+        "PaymentStatus", "Reason", "StatusReport", "StatusReportError", "TransactionStatus", "parse_pain002",
     },
     "molamd.config": {
         "Config", "ConfigError", "ConfigProblem", "ControlSection", "DatabaseSection", "HealthCheckerSection",

@@ -1,4 +1,4 @@
-"""ISO 20022 payment files: pain.001 generation (pure: records in, bytes out), validated against the XSDs."""
+"""ISO 20022 payment files: pain.001 generation and pain.002 reading, pure (records in, bytes out, and back)."""
 
 from ._charset import SEPA_LATIN as SEPA_LATIN
 from ._charset import CharsetError as CharsetError
@@ -13,4 +13,10 @@ from ._model import Transfer as Transfer
 from ._pain001 import PaymentFileError as PaymentFileError
 from ._pain001 import build_pain001 as build_pain001
 from ._pain001 import msg_id as msg_id
+from ._pain002 import PaymentStatus as PaymentStatus
+from ._pain002 import Reason as Reason
+from ._pain002 import StatusReport as StatusReport
+from ._pain002 import StatusReportError as StatusReportError
+from ._pain002 import TransactionStatus as TransactionStatus
+from ._pain002 import parse_pain002 as parse_pain002
 from ._schemas import validate as validate
