@@ -20,3 +20,9 @@ from ._pain002 import StatusReportError as StatusReportError
 from ._pain002 import TransactionStatus as TransactionStatus
 from ._pain002 import parse_pain002 as parse_pain002
 from ._schemas import validate as validate
+from ._xmldsig import ECDSA_SHA256 as ECDSA_SHA256
+from ._xmldsig import RSA_SHA256 as RSA_SHA256
+from ._xmldsig import SignatureInvalid as SignatureInvalid
+from ._xmldsig import SigningError as SigningError
+from ._xmldsig import sign_enveloped as sign_enveloped
+from ._xmldsig import verify_enveloped as verify_enveloped

@@ -1,0 +1,106 @@
+"""XML-DSig over a pain.001 built with lxml, with SignedInfo signed elsewhere (in the HSM): python-xmlsec cannot
+load PKCS#11 keys, so it only verifies.
+
+Enveloped profile (pain.001.001.09): the signature goes into ``CstmrCdtTrfInitn/SplmtryData/Envlp``, the one
+place the schema allows any element; its Reference (URI "") covers the whole Document with the
+enveloped-signature transform and exclusive c14n, SHA-256. SignedInfo is canonicalised with exclusive c14n and
+signed with RSA-SHA256 or ECDSA-SHA256 (r||s). Pure apart from the ``sign`` callable it is given.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import Callable
+from typing import Final
+
+from lxml import etree
+
+DS: Final = "http://www.w3.org/2000/09/xmldsig#"
+EXC_C14N: Final = "http://www.w3.org/2001/10/xml-exc-c14n#"
+ENVELOPED: Final = "http://www.w3.org/2000/09/xmldsig#enveloped-signature"
+SHA256: Final = "http://www.w3.org/2001/04/xmlenc#sha256"
+RSA_SHA256: Final = "http://www.w3.org/2001/04/xmldsig-more#rsa-sha256"
+ECDSA_SHA256: Final = "http://www.w3.org/2001/04/xmldsig-more#ecdsa-sha256"
+_PARSER: Final = etree.XMLParser(resolve_entities=False, no_network=True, remove_blank_text=False)
+
+
+class SigningError(ValueError):
+    """The document has no place for the signature, or the signature method is not ours."""
+
+
+def sign_enveloped(document: bytes, algorithm: str, sign: Callable[[bytes], bytes],
+                   key_name: str | None = None) -> bytes:
+    """``document`` (a pain.001.001.09) with its enveloped signature; ``sign`` signs canonical SignedInfo."""
+    if algorithm not in (RSA_SHA256, ECDSA_SHA256):
+        raise SigningError(f"signature method {algorithm!r} is not RSA-SHA256 or ECDSA-SHA256")
+    root = etree.fromstring(document, _PARSER)
+    ns = etree.QName(root).namespace
+    body = root.find(f"{{{ns}}}CstmrCdtTrfInitn")
+    if body is None or not (ns or "").endswith("pain.001.001.09"):
+        raise SigningError("an enveloped signature needs a pain.001.001.09 Document (SplmtryData/Envlp)")
+    envelope = etree.SubElement(etree.SubElement(body, f"{{{ns}}}SplmtryData"), f"{{{ns}}}Envlp")
+    signature = _skeleton(envelope, algorithm, key_name)
+    _ds(signature, "DigestValue").text = _digest(root, signature)
+    signed_info = _ds(signature, "SignedInfo")
+    canonical = etree.tostring(signed_info, method="c14n", exclusive=True, with_comments=False)
+    _ds(signature, "SignatureValue").text = base64.b64encode(sign(canonical)).decode()
+    signed: bytes = etree.tostring(root, xml_declaration=True, encoding="UTF-8")
+    return signed
+
+
+def _skeleton(parent: etree._Element, algorithm: str, key_name: str | None) -> etree._Element:
+    signature = etree.SubElement(parent, f"{{{DS}}}Signature", nsmap={"ds": DS})
+    info = etree.SubElement(signature, f"{{{DS}}}SignedInfo")
+    etree.SubElement(info, f"{{{DS}}}CanonicalizationMethod", Algorithm=EXC_C14N)
+    etree.SubElement(info, f"{{{DS}}}SignatureMethod", Algorithm=algorithm)
+    reference = etree.SubElement(info, f"{{{DS}}}Reference", URI="")
+    transforms = etree.SubElement(reference, f"{{{DS}}}Transforms")
+    etree.SubElement(transforms, f"{{{DS}}}Transform", Algorithm=ENVELOPED)
+    etree.SubElement(transforms, f"{{{DS}}}Transform", Algorithm=EXC_C14N)
+    etree.SubElement(reference, f"{{{DS}}}DigestMethod", Algorithm=SHA256)
+    etree.SubElement(reference, f"{{{DS}}}DigestValue")
+    etree.SubElement(signature, f"{{{DS}}}SignatureValue")
+    if key_name:
+        etree.SubElement(etree.SubElement(signature, f"{{{DS}}}KeyInfo"), f"{{{DS}}}KeyName").text = key_name
+    return signature
+
+
+def _digest(root: etree._Element, signature: etree._Element) -> str:
+    """The Reference's digest: the Document without the Signature element (taken out for the moment, as the
+    enveloped-signature transform does), exclusive c14n, SHA-256."""
+    parent = signature.getparent()
+    assert parent is not None
+    index = parent.index(signature)
+    parent.remove(signature)
+    try:
+        canonical = etree.tostring(root, method="c14n", exclusive=True, with_comments=False)
+    finally:
+        parent.insert(index, signature)
+    return base64.b64encode(hashlib.sha256(canonical).digest()).decode()
+
+
+def _ds(signature: etree._Element, name: str) -> etree._Element:
+    found = signature.find(f".//{{{DS}}}{name}")
+    assert found is not None
+    return found
+
+
+class SignatureInvalid(ValueError):
+    """The signature does not verify against the key (tampered, another key, or no signature)."""
+
+
+def verify_enveloped(signed: bytes, public_key_pem: bytes) -> None:
+    """Verify the enveloped signature with python-xmlsec (an implementation that is not ours)."""
+    import xmlsec
+
+    root = etree.fromstring(signed, _PARSER)
+    node = xmlsec.tree.find_node(root, xmlsec.constants.NodeSignature)
+    if node is None:
+        raise SignatureInvalid("no ds:Signature in the document")
+    ctx = xmlsec.SignatureContext()
+    ctx.key = xmlsec.Key.from_memory(public_key_pem, xmlsec.constants.KeyDataFormatPem)
+    try:
+        ctx.verify(node)
+    except xmlsec.Error as exc:
+        raise SignatureInvalid(f"signature does not verify: {exc}") from None

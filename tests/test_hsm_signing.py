@@ -1,0 +1,145 @@
+"""pain.001.001.09 signed in a SoftHSM2 token (keys made inside it, never extractable), RSA-SHA256 and
+ECDSA-P256-SHA256, verified by python-xmlsec and by the xmlsec1 command line; a tampered file refused by both."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_der_public_key
+
+from connectors.iso20022 import (
+    ECDSA_SHA256,
+    RSA_SHA256,
+    Account,
+    Pain001Version,
+    Party,
+    PaymentBatch,
+    PaymentFile,
+    PostalAddress,
+    SignatureInvalid,
+    SigningError,
+    Transfer,
+    build_pain001,
+    sign_enveloped,
+    validate,
+    verify_enveloped,
+)
+from molamd.hsm import HsmError, KeyKind, KeyNotFound, Signer
+
+MODULE = "/usr/lib/softhsm/libsofthsm2.so"
+PIN = "4921"
+pytestmark = pytest.mark.skipif(not os.path.exists(MODULE) or shutil.which("xmlsec1") is None,
+                                reason="needs softhsm2 and xmlsec1 (scripts/setup installs them)")
+
+
+@pytest.fixture(scope="session")
+def token() -> Iterator[str]:
+    """A SoftHSM2 token of this test session, in a temp dir (SOFTHSM2_CONF is read when the module loads)."""
+    base = Path(tempfile.mkdtemp(prefix="md-hsm-"))
+    (base / "tokens").mkdir()
+    conf = base / "softhsm2.conf"
+    conf.write_text(f"directories.tokendir = {base / 'tokens'}\nobjectstore.backend = file\nlog.level = ERROR\n")
+    os.environ["SOFTHSM2_CONF"] = str(conf)
+    subprocess.run(["softhsm2-util", "--init-token", "--free", "--label", "molam-test", "--pin", PIN,
+                    "--so-pin", "90210"], check=True, capture_output=True)
+    yield "molam-test"
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def signer(token: str) -> Iterator[Signer]:
+    s = Signer(MODULE, token, PIN)
+    s.open()
+    s.keygen("rsa-key", KeyKind.RSA_2048)
+    s.keygen("ec-key", KeyKind.EC_P256)
+    yield s
+    s.close()
+
+
+def pem(signer: Signer, label: str) -> bytes:
+    return load_der_public_key(signer.public_key(label)).public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+
+
+def pain001(version: Pain001Version = Pain001Version.V09) -> bytes:
+    f = PaymentFile(file_id=9, created_at=dt.datetime(2026, 12, 2, 9, 0), initiating_party="Molam", batches=(
+        PaymentBatch(debtor=Party(name="Molam SN", address=PostalAddress(town="Dakar", country="SN")),
+                     debtor_account=Account(iban="SN08SN0100152000048500003035"), debtor_agent_bic="ECOCSNDA",
+                     currency="XOF", execution_date=dt.date(2026, 12, 3), transfers=(
+                         Transfer(slice_id=5, end_to_end_id="molam-slice-5", amount=Decimal("25000"),
+                                  creditor=Party(name="Fatou Sow"), creditor_account=Account(other="123456")),)),))
+    return build_pain001(f, version)
+
+
+def xmlsec1(tmp_path: Path, key_pem: bytes, document: bytes) -> subprocess.CompletedProcess[str]:
+    (tmp_path / "key.pem").write_bytes(key_pem)
+    (tmp_path / "doc.xml").write_bytes(document)
+    return subprocess.run(["xmlsec1", "--verify", "--pubkey-pem", str(tmp_path / "key.pem"), str(tmp_path / "doc.xml")],
+                          capture_output=True, text=True, check=False)
+
+
+@pytest.mark.parametrize(("label", "algorithm"), [("rsa-key", RSA_SHA256), ("ec-key", ECDSA_SHA256)])
+def test_signed_in_the_token_and_verified_by_two_others(
+    signer: Signer, tmp_path: Path, label: str, algorithm: str
+) -> None:
+    signed = sign_enveloped(pain001(), algorithm, lambda data: signer.sign(label, data), key_name=label)
+    assert validate(signed, "pain.001.001.09") == [], "the signature sits where the schema allows it"
+    assert b"<SplmtryData><Envlp><ds:Signature" in signed
+    key = pem(signer, label)
+    verify_enveloped(signed, key)
+    checked = xmlsec1(tmp_path, key, signed)
+    assert checked.returncode == 0 and "OK" in checked.stdout + checked.stderr, checked.stderr
+    tampered = signed.replace(b">25000<", b">95000<")
+    with pytest.raises(SignatureInvalid):
+        verify_enveloped(tampered, key)
+    assert xmlsec1(tmp_path, key, tampered).returncode != 0
+    other = pem(signer, "ec-key" if label == "rsa-key" else "rsa-key")
+    with pytest.raises(SignatureInvalid):
+        verify_enveloped(signed, other)
+
+
+def test_keys_live_in_the_token(signer: Signer) -> None:
+    assert signer.keys() == [("ec-key", KeyKind.EC_P256), ("rsa-key", KeyKind.RSA_2048)]
+    with pytest.raises(HsmError, match="already has a key 'rsa-key'"):
+        signer.keygen("rsa-key", KeyKind.RSA_2048)
+    with pytest.raises(KeyNotFound, match="no private key 'absent'"):
+        signer.sign("absent", b"x")
+
+
+def test_a_v03_file_has_no_place_for_an_enveloped_signature(signer: Signer) -> None:
+    with pytest.raises(SigningError, match=r"needs a pain\.001\.001\.09"):
+        sign_enveloped(pain001(Pain001Version.V03), RSA_SHA256, lambda data: signer.sign("rsa-key", data))
+
+
+PROBE = """
+import sys
+from molamd.hsm import Signer
+try:
+    Signer(sys.argv[1], sys.argv[2], sys.argv[3]).open()
+except Exception as exc:
+    print(type(exc).__name__, exc)
+"""
+
+
+@pytest.mark.parametrize(("module", "label", "pin", "says"), [
+    (MODULE, "molam-test", "0000", "HsmLoginFailed token 'molam-test': login refused"),
+    (MODULE, "no-such-token", PIN, "HsmUnavailable token 'no-such-token'"),
+    ("/nonexistent/libpkcs11.so", "molam-test", PIN, "HsmUnavailable PKCS#11 module /nonexistent/libpkcs11.so"),
+])
+def test_a_missing_module_token_or_wrong_pin_is_a_clear_error_without_the_pin(
+    token: str, module: str, label: str, pin: str, says: str
+) -> None:
+    """In a process of its own: a PKCS#11 login is per process, and this one is logged in."""
+    out = subprocess.run([sys.executable, "-c", PROBE, module, label, pin], capture_output=True, text=True,
+                         env=os.environ.copy(), check=False, timeout=60)
+    assert out.stdout.startswith(says), out.stdout + out.stderr
+    assert pin not in out.stdout.replace(says, "")
+
