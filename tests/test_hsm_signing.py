@@ -29,8 +29,10 @@ from connectors.iso20022 import (
     SigningError,
     Transfer,
     build_pain001,
+    sign_detached,
     sign_enveloped,
     validate,
+    verify_detached,
     verify_enveloped,
 )
 from molamd.hsm import HsmError, KeyKind, KeyNotFound, Signer
@@ -117,6 +119,37 @@ def test_keys_live_in_the_token(signer: Signer) -> None:
 def test_a_v03_file_has_no_place_for_an_enveloped_signature(signer: Signer) -> None:
     with pytest.raises(SigningError, match=r"needs a pain\.001\.001\.09"):
         sign_enveloped(pain001(Pain001Version.V03), RSA_SHA256, lambda data: signer.sign("rsa-key", data))
+
+
+@pytest.mark.parametrize(("label", "algorithm"), [("rsa-key", RSA_SHA256), ("ec-key", ECDSA_SHA256)])
+def test_a_v03_file_is_signed_detached_beside_it(signer: Signer, tmp_path: Path, label: str, algorithm: str) -> None:
+    payment = pain001(Pain001Version.V03)
+    signature = sign_detached(payment, "MOLAM-9.xml", algorithm, lambda data: signer.sign(label, data))
+    key = pem(signer, label)
+    verify_detached(signature, payment, "MOLAM-9.xml", key)
+    (tmp_path / "MOLAM-9.xml").write_bytes(payment)
+    (tmp_path / "MOLAM-9.xml.sig").write_bytes(signature)
+    (tmp_path / "key.pem").write_bytes(key)
+    checked = subprocess.run(["xmlsec1", "--verify", "--pubkey-pem", "key.pem", "MOLAM-9.xml.sig"], cwd=tmp_path,
+                             capture_output=True, text=True, check=False)
+    assert checked.returncode == 0, checked.stderr
+    with pytest.raises(SignatureInvalid, match="does not verify"):
+        verify_detached(signature, payment.replace(b">25000<", b">95000<"), "MOLAM-9.xml", key)
+    with pytest.raises(SignatureInvalid, match=r"does not name 'other\.xml'"):
+        verify_detached(signature, payment, "other.xml", key)
+
+
+def test_a_detached_reference_can_never_read_a_file_of_this_host(signer: Signer, tmp_path: Path) -> None:
+    """A signature from outside naming a local path: verification finds nothing there, and reads nothing."""
+    secret = tmp_path / "secret.xml"
+    secret.write_bytes(b"<secret/>")
+    forged = sign_detached(b"<secret/>", "secret.xml", RSA_SHA256, lambda d: signer.sign("rsa-key", d))
+    forged = forged.replace(b'URI="secret.xml"', f'URI="{secret}"'.encode())
+    with pytest.raises(SignatureInvalid):
+        verify_detached(forged, b"<other/>", str(secret), pem(signer, "rsa-key"))
+    # and the enveloped profile still verifies after the detached one has set its callbacks
+    signed = sign_enveloped(pain001(), RSA_SHA256, lambda data: signer.sign("rsa-key", data))
+    verify_enveloped(signed, pem(signer, "rsa-key"))
 
 
 PROBE = """

@@ -24,5 +24,7 @@ from ._xmldsig import ECDSA_SHA256 as ECDSA_SHA256
 from ._xmldsig import RSA_SHA256 as RSA_SHA256
 from ._xmldsig import SignatureInvalid as SignatureInvalid
 from ._xmldsig import SigningError as SigningError
+from ._xmldsig import sign_detached as sign_detached
 from ._xmldsig import sign_enveloped as sign_enveloped
+from ._xmldsig import verify_detached as verify_detached
 from ._xmldsig import verify_enveloped as verify_enveloped

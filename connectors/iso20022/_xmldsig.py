@@ -1,6 +1,9 @@
 """XML-DSig over a pain.001 built with lxml, with SignedInfo signed elsewhere (in the HSM): python-xmlsec cannot
 load PKCS#11 keys, so it only verifies.
 
+Detached profile (pain.001.001.03, which has no slot for one): a signature document beside the payment file,
+its Reference naming the file and digesting its bytes.
+
 Enveloped profile (pain.001.001.09): the signature goes into ``CstmrCdtTrfInitn/SplmtryData/Envlp``, the one
 place the schema allows any element; its Reference (URI "") covers the whole Document with the
 enveloped-signature transform and exclusive c14n, SHA-256. SignedInfo is canonicalised with exclusive c14n and
@@ -10,8 +13,11 @@ signed with RSA-SHA256 or ECDSA-SHA256 (r||s). Pure apart from the ``sign`` call
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
-from collections.abc import Callable
+import io
+import threading
+from collections.abc import Callable, Iterator
 from typing import Final
 
 from lxml import etree
@@ -104,3 +110,68 @@ def verify_enveloped(signed: bytes, public_key_pem: bytes) -> None:
         ctx.verify(node)
     except xmlsec.Error as exc:
         raise SignatureInvalid(f"signature does not verify: {exc}") from None
+
+
+def sign_detached(payment: bytes, file_name: str, algorithm: str, sign: Callable[[bytes], bytes],
+                  key_name: str | None = None) -> bytes:
+    """A detached XML-DSig document for the payment file ``file_name`` (pain.001.001.03 has no place for a
+    signature inside): its Reference points at the file beside it and digests its bytes as they are."""
+    if algorithm not in (RSA_SHA256, ECDSA_SHA256):
+        raise SigningError(f"signature method {algorithm!r} is not RSA-SHA256 or ECDSA-SHA256")
+    if "/" in file_name or not file_name:
+        raise SigningError(f"{file_name!r}: the detached signature names a file beside it, not a path")
+    holder = etree.Element("holder")
+    signature = _skeleton(holder, algorithm, key_name)
+    reference = _ds(signature, "Reference")
+    reference.set("URI", file_name)
+    transforms = _ds(signature, "Transforms")
+    reference.remove(transforms)  # the file's bytes as they are
+    _ds(signature, "DigestValue").text = base64.b64encode(hashlib.sha256(payment).digest()).decode()
+    holder.remove(signature)
+    canonical = etree.tostring(_ds(signature, "SignedInfo"), method="c14n", exclusive=True, with_comments=False)
+    _ds(signature, "SignatureValue").text = base64.b64encode(sign(canonical)).decode()
+    detached: bytes = etree.tostring(signature, xml_declaration=True, encoding="UTF-8")
+    return detached
+
+
+def verify_detached(signature: bytes, payment: bytes, file_name: str, public_key_pem: bytes) -> None:
+    """Verify a detached signature over ``payment`` (known as ``file_name``) with python-xmlsec."""
+    import xmlsec
+
+    root = etree.fromstring(signature, _PARSER)
+    reference = root.find(f".//{{{DS}}}Reference")
+    if reference is None or reference.get("URI") != file_name:
+        raise SignatureInvalid(f"the signature does not name {file_name!r}")
+    ctx = xmlsec.SignatureContext()
+    ctx.key = xmlsec.Key.from_memory(public_key_pem, xmlsec.constants.KeyDataFormatPem)
+    with _serving(file_name, payment):
+        try:
+            ctx.verify(root)
+        except xmlsec.Error as exc:
+            raise SignatureInvalid(f"signature does not verify: {exc}") from None
+
+
+# What a detached Reference may load while it is verified: only the file handed in, by its name. Every other URI
+# (a path on this host, a URL) finds nothing: a signature from outside can never make us read a file.
+_SERVED: dict[bytes, bytes] = {}
+_SERVED_LOCK = threading.Lock()
+_CALLBACKS: list[bool] = []
+
+
+@contextlib.contextmanager
+def _serving(file_name: str, payment: bytes) -> Iterator[None]:
+    import xmlsec
+
+    with _SERVED_LOCK:
+        if not _CALLBACKS:
+            xmlsec.cleanup_callbacks()
+            xmlsec.register_callbacks(lambda name: bytes(name) in _SERVED,
+                                      lambda name: io.BytesIO(_SERVED[bytes(name)]),
+                                      lambda stream, buffer: stream.readinto(buffer), lambda stream: stream.close())
+            _CALLBACKS.append(True)
+        _SERVED.clear()
+        _SERVED[file_name.encode()] = payment
+        try:
+            yield
+        finally:
+            _SERVED.clear()
