@@ -1,4 +1,4 @@
-"""``molamd``: run the daemon, check a config file, apply database migrations."""
+"""``molamd``: run the daemon, check a config file, apply database migrations, manage HSM keys."""
 
 from __future__ import annotations
 
@@ -36,7 +36,15 @@ def main(argv: list[str] | None = None) -> int:
     parse_p.add_argument("--csv-profile", default="molamd",
                          help="a [csv_profiles.NAME] of the config, or the built-in 'molamd' (default)")
     _config_arg(parse_p)
+    from .hsm_cli import add_parser as add_hsm
+
+    add_hsm(sub, _config_arg)
     args = parser.parse_args(argv)
+
+    if args.command == "hsm":
+        from .hsm_cli import run as run_hsm
+
+        return run_hsm(args)
 
     if args.command == "parse-statement":
         from .statement_cli import parse_statement

@@ -102,7 +102,7 @@ class Signer:
                 raise KeyNotFound(f"token {self.token_label!r}: no public key {label!r}")
             return self._public_der(public)
 
-    def keys(self) -> list[tuple[str, KeyKind]]:
+    def list_keys(self) -> list[tuple[str, KeyKind]]:
         with self._lock:
             session = self._open_session()
             found = []
@@ -112,7 +112,7 @@ class Signer:
             return sorted(found)
 
     def kind(self, label: str) -> KeyKind:
-        for name, kind in self.keys():
+        for name, kind in self.list_keys():
             if name == label:
                 return kind
         raise KeyNotFound(f"token {self.token_label!r}: no key {label!r}")

@@ -30,7 +30,7 @@ from .runtime import Runtime, restart_policy
 logger = logging.getLogger("molamd.reload")
 
 # Sections a running daemon cannot change under itself: they need `systemctl restart molamd`.
-RESTART_ONLY = ("control", "metrics", "database")
+RESTART_ONLY = ("control", "metrics", "database", "hsm")
 
 
 class Diff(msgspec.Struct, frozen=True, kw_only=True):

@@ -109,7 +109,7 @@ def test_signed_in_the_token_and_verified_by_two_others(
 
 
 def test_keys_live_in_the_token(signer: Signer) -> None:
-    assert signer.keys() == [("ec-key", KeyKind.EC_P256), ("rsa-key", KeyKind.RSA_2048)]
+    assert signer.list_keys() == [("ec-key", KeyKind.EC_P256), ("rsa-key", KeyKind.RSA_2048)]
     with pytest.raises(HsmError, match="already has a key 'rsa-key'"):
         signer.keygen("rsa-key", KeyKind.RSA_2048)
     with pytest.raises(KeyNotFound, match="no private key 'absent'"):
@@ -176,3 +176,62 @@ def test_a_missing_module_token_or_wrong_pin_is_a_clear_error_without_the_pin(
     assert out.stdout.startswith(says), out.stdout + out.stderr
     assert pin not in out.stdout.replace(says, "")
 
+
+
+def test_hsm_commands_keygen_list_csr_and_cert(token: str, tmp_path: Path) -> None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec, padding
+
+    config = tmp_path / "molamd.toml"
+    config.write_text(f'[hsm]\nmodule = "{MODULE}"\ntoken = "{token}"\npin = "env:MOLAMD_TEST_HSM_PIN"\n')
+    env = {**os.environ, "MOLAMD_TEST_HSM_PIN": PIN}
+
+    def hsm(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "molamd.cli", "hsm", *args, "--config", str(config)],
+                              capture_output=True, text=True, env=env, check=False, timeout=60)
+
+    assert hsm("keygen", "--label", "cli-rsa").returncode == 0
+    assert hsm("keygen", "--label", "cli-ec", "--kind", "ec-p256").returncode == 0
+    again = hsm("keygen", "--label", "cli-rsa")
+    assert again.returncode == 1 and "already has a key 'cli-rsa'" in again.stderr
+    listed = hsm("list").stdout.splitlines()
+    assert "cli-rsa\trsa-2048" in listed and "cli-ec\tec-p256" in listed
+    for label in ("cli-rsa", "cli-ec"):
+        made = hsm("cert", "--label", label, "--cn", "Molam payouts", "--org", "Molam", "--country", "SN",
+                   "--out", str(tmp_path / f"{label}.pem"))
+        assert made.returncode == 0, made.stderr
+        cert = x509.load_pem_x509_certificate((tmp_path / f"{label}.pem").read_bytes())
+        assert cert.subject.rfc4514_string() == "CN=Molam payouts,O=Molam,C=SN" and cert.issuer == cert.subject
+        key = cert.public_key()
+        assert cert.signature_hash_algorithm is not None
+        if label == "cli-rsa":
+            key.verify(cert.signature, cert.tbs_certificate_bytes, padding.PKCS1v15(),  # type: ignore[call-arg, union-attr]
+                       cert.signature_hash_algorithm)
+        else:
+            key.verify(cert.signature, cert.tbs_certificate_bytes,  # type: ignore[call-arg, union-attr]
+                       ec.ECDSA(cert.signature_hash_algorithm))
+        request = hsm("csr", "--label", label, "--cn", "Molam payouts")
+        assert request.returncode == 0 and x509.load_pem_x509_csr(request.stdout.encode()).is_signature_valid
+    wrong = subprocess.run([sys.executable, "-m", "molamd.cli", "hsm", "list", "--config", str(config)],
+                           capture_output=True, text=True, env={**env, "MOLAMD_TEST_HSM_PIN": "0000"}, check=False)
+    assert wrong.returncode == 1 and "login refused" in wrong.stderr and "0000" not in wrong.stderr
+
+
+def test_a_signature_verifies_against_the_connectors_certificate(signer: Signer, tmp_path: Path) -> None:
+    import xmlsec
+
+    from molamd.certificates import self_signed, subject
+
+    cert = self_signed(signer, "rsa-key", subject("Molam"))
+    signed = sign_enveloped(pain001(), RSA_SHA256, lambda data: signer.sign("rsa-key", data))
+    from lxml import etree
+
+    root = etree.fromstring(signed)
+    ctx = xmlsec.SignatureContext()
+    ctx.key = xmlsec.Key.from_memory(cert, xmlsec.constants.KeyDataFormatCertPem)
+    ctx.verify(xmlsec.tree.find_node(root, xmlsec.constants.NodeSignature))
+    (tmp_path / "cert.pem").write_bytes(cert)
+    (tmp_path / "doc.xml").write_bytes(signed)
+    checked = subprocess.run(["xmlsec1", "--verify", "--pubkey-cert-pem", "cert.pem", "doc.xml"], cwd=tmp_path,
+                             capture_output=True, text=True, check=False)
+    assert checked.returncode == 0, checked.stderr

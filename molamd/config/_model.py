@@ -126,6 +126,14 @@ class TelemetrySection(_Section, frozen=True, kw_only=True, forbid_unknown_field
     interval: Duration = msgspec.field(default_factory=lambda: _d("5s"))
 
 
+class HsmSection(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The PKCS#11 token that holds the signing keys."""
+
+    module: str = "/usr/lib/softhsm/libsofthsm2.so"  # the vendor's PKCS#11 library
+    token: str = ""  # token label; empty: no HSM configured
+    pin: Secret | None = None  # the user PIN, as a secret reference
+
+
 class WorkersSection(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     health_checker: HealthCheckerSection = msgspec.field(default_factory=HealthCheckerSection)
     dispatcher: DispatcherSection = msgspec.field(default_factory=DispatcherSection)
@@ -141,6 +149,7 @@ class Config(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     database: DatabaseSection = msgspec.field(default_factory=DatabaseSection)
     supervision: SupervisionSection = msgspec.field(default_factory=SupervisionSection)
     workers: WorkersSection = msgspec.field(default_factory=WorkersSection)
+    hsm: HsmSection = msgspec.field(default_factory=HsmSection)
     connectors: list[AnyConnectorConfig] = msgspec.field(default_factory=list)
     csv_profiles: dict[str, CsvProfile] = msgspec.field(default_factory=dict)
 
