@@ -47,6 +47,7 @@ class Signer:
         self.module, self.token_label = module, token_label
         self._pin = pin
         self._session: Any = None
+        self._private: dict[str, Any] = {}  # key handles by label: a lookup per signature would halve the rate
         self._lock = threading.Lock()
 
     # -- the session ----------------------------------------------------------------------------------
@@ -71,6 +72,7 @@ class Signer:
     def close(self) -> None:
         with self._lock:
             session, self._session = self._session, None
+            self._private.clear()
             if session is not None:
                 session.close()
 
@@ -123,9 +125,12 @@ class Signer:
         """RSA: PKCS#1 v1.5 over SHA-256; P-256: ECDSA over SHA-256, as r||s."""
         with self._lock:
             session = self._open_session()
-            key = self._find(session, ObjectClass.PRIVATE_KEY, label)
+            key = self._private.get(label)
             if key is None:
-                raise KeyNotFound(f"token {self.token_label!r}: no private key {label!r}")
+                key = self._find(session, ObjectClass.PRIVATE_KEY, label)
+                if key is None:
+                    raise KeyNotFound(f"token {self.token_label!r}: no private key {label!r}")
+                self._private[label] = key
             try:
                 if key.key_type is KeyType.RSA:
                     return bytes(key.sign(data, mechanism=Mechanism.SHA256_RSA_PKCS))
