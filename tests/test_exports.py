@@ -42,7 +42,7 @@ EXPECTED = {
         "PostalAddress", "SEPA_LATIN", "Transfer", "build_pain001", "msg_id", "to_charset", "validate",
         "PaymentStatus", "Reason", "StatusReport", "StatusReportError", "TransactionStatus", "parse_pain002",
         "ECDSA_SHA256", "RSA_SHA256", "SignatureInvalid", "SigningError", "sign_enveloped", "verify_enveloped",
-        "sign_detached", "verify_detached",
+        "sign_detached", "verify_detached", "Effect", "Move", "effect", "move",
     },
     "molamd.config": {
         "Config", "ConfigError", "ConfigProblem", "ControlSection", "DatabaseSection", "HealthCheckerSection",

@@ -20,6 +20,10 @@ from ._pain002 import StatusReportError as StatusReportError
 from ._pain002 import TransactionStatus as TransactionStatus
 from ._pain002 import parse_pain002 as parse_pain002
 from ._schemas import validate as validate
+from ._status import Effect as Effect
+from ._status import Move as Move
+from ._status import effect as effect
+from ._status import move as move
 from ._xmldsig import ECDSA_SHA256 as ECDSA_SHA256
 from ._xmldsig import RSA_SHA256 as RSA_SHA256
 from ._xmldsig import SignatureInvalid as SignatureInvalid
