@@ -12,7 +12,6 @@ the slice and the field. IBANs and BICs are checked with schwifty. Every problem
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from decimal import Decimal
 from typing import Final
 
@@ -229,8 +228,3 @@ def _masked(iban: str) -> str:
     compact = iban.replace(" ", "")
     return f"{compact[:4]}…{compact[-4:]}" if len(compact) > 8 else "****"
 
-
-def transfers(file: PaymentFile) -> Iterator[Transfer]:
-    """Every transfer of the file, in order."""
-    for batch in file.batches:
-        yield from batch.transfers
