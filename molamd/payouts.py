@@ -37,12 +37,13 @@ from . import audit as audit_trail
 from .audit import Identity
 from .db import Database, SessionLock, dict_rows
 
-_CLAIM = """
-WITH live AS (  -- the owners alive now: their lock is held (by their session, in this database)
+OWNER_NAMESPACE = 0x6D6F6C61  # "mola": the first key of every incarnation's advisory lock
+_LIVE = """live AS (  -- the owners alive now: their lock is held (by their session, in this database)
     SELECT l.objid::text::integer AS key FROM pg_locks l
     WHERE l.locktype = 'advisory' AND l.classid = %(namespace)s AND l.objsubid = 2 AND l.granted
       AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-), picked AS (
+)"""
+_CLAIM = "WITH " + _LIVE + """, picked AS (
     SELECT s.id, s.status AS previous
     FROM payout_slices s
     WHERE EXISTS (SELECT 1 FROM live WHERE live.key = %(owner)s)  -- our own lock, checked in the same statement
@@ -210,15 +211,22 @@ _RECORD: dict[OutcomeKind, str] = {
 # -- the status follower ------------------------------------------------------------------------------
 
 
-def claim_sent(conn: Any, limit: int, lease: float) -> list[SentSlice]:
-    rows = conn.execute(
-        "UPDATE payout_slices p SET next_attempt_at = now() + %s * interval '1 second'"
-        " WHERE p.id IN (SELECT id FROM payout_slices WHERE status = 'sent' AND next_attempt_at <= now()"
-        "  ORDER BY next_attempt_at LIMIT %s FOR UPDATE SKIP LOCKED)"
-        " RETURNING p.id, p.idempotency_key, p.provider_ref, p.connector_name,"
-        "  extract(epoch FROM now() - p.sent_at), p.status_checks, p.flagged_at IS NOT NULL, p.bound_scope",
-        (lease, limit),
-    ).fetchall()
+# The follower's claim of a sent slice is its next check pushed out by the lease, stamped with the owner: a dead
+# owner's checks are taken back at once, as the dispatcher's claims are.
+_CLAIM_SENT = "WITH " + _LIVE + """
+UPDATE payout_slices p SET next_attempt_at = now() + %(lease)s * interval '1 second', claim_owner = %(owner)s
+WHERE EXISTS (SELECT 1 FROM live WHERE live.key = %(owner)s)
+  AND p.id IN (SELECT id FROM payout_slices WHERE status = 'sent'
+      AND (next_attempt_at <= now() OR (claim_owner <> %(owner)s AND claim_owner NOT IN (SELECT key FROM live)))
+      ORDER BY next_attempt_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED)
+RETURNING p.id, p.idempotency_key, p.provider_ref, p.connector_name,
+  extract(epoch FROM now() - p.sent_at), p.status_checks, p.flagged_at IS NOT NULL, p.bound_scope
+"""
+
+
+def claim_sent(conn: Any, owner: int, limit: int, lease: float) -> list[SentSlice]:
+    rows = conn.execute(_CLAIM_SENT, {"lease": lease, "owner": owner, "limit": limit,
+                                      "namespace": OWNER_NAMESPACE}).fetchall()
     return [SentSlice(slice_id=r[0], idempotency_key=r[1], provider_ref=r[2], connector_name=r[3],
                       age_seconds=float(r[4] or 0), checks=r[5], flagged=r[6], scope=r[7]) for r in rows]
 
@@ -232,7 +240,7 @@ def record_status(conn: Any, host: str, outcomes: Sequence[StatusOutcome], audit
         else:
             conn.execute(
                 "UPDATE payout_slices SET next_attempt_at = now() + %s * interval '1 second',"
-                " status_checks = status_checks + 1,"
+                " status_checks = status_checks + 1, claim_owner = NULL,"
                 " flagged_at = CASE WHEN %s THEN coalesce(flagged_at, now()) ELSE flagged_at END,"
                 " last_error = CASE WHEN %s THEN %s ELSE last_error END"
                 " WHERE id = %s AND status = 'sent'",
@@ -391,7 +399,6 @@ def status_counts(conn: Any) -> list[tuple[str, str, int]]:
     return [(r[0], r[1], int(r[2])) for r in rows]
 
 
-OWNER_NAMESPACE = 0x6D6F6C61  # "mola": the first key of every incarnation's advisory lock
 
 
 class ClaimOwner(SessionLock):
@@ -446,7 +453,12 @@ class PayoutStore:
         await self._db.statement(lambda c: audit_trail.bank_calls(c, self.host, audit))
 
     async def claim_sent(self, limit: int, lease: float) -> list[SentSlice]:
-        return await self._db.statement(lambda c: claim_sent(c, limit, lease))
+        def work(c: Any) -> list[SentSlice]:
+            if not self.owner.hold():
+                return []
+            return claim_sent(c, self.owner.key, limit, lease)
+
+        return await self._db.statement(work)
 
     async def record_status(self, outcomes: Sequence[StatusOutcome], audit: Sequence[CallRecord]) -> None:
         await self._db.transaction(lambda c: record_status(c, self.host, outcomes, audit))
