@@ -41,6 +41,13 @@ from ._values import Duration as Duration
 from ._values import Secret as Secret
 from ._values import decode_hook as decode_hook
 from ._values import encode_hook as encode_hook
+from ._calendar import BankCalendar as BankCalendar
+from ._calendar import CalendarError as CalendarError
+from ._calendar import CutoffConfig as CutoffConfig
+from .file_channel import FileChannelConfig as FileChannelConfig
+from .file_channel import FileChannelConnector as FileChannelConnector
+from .file_channel import FileChannelOptions as FileChannelOptions
+from .file_channel import Prepared as Prepared
 from .null import NullConfig as NullConfig
 from .null import NullConnector as NullConnector
 from .rest import RestConfig as RestConfig
@@ -60,4 +67,7 @@ from .sftp import SftpOptions as SftpOptions
 from .sftp import SftpSourceConfig as SftpSourceConfig
 from .sftp import SftpStatementConnector as SftpStatementConnector
 from .sftp import Skipped as Skipped
+from .sftp import SftpClient as SftpClient
+from .sftp import Uploaded as Uploaded
+from .sftp import UploadRefused as UploadRefused
 from .sftp import SourceMisconfigured as SourceMisconfigured

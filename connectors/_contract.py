@@ -25,6 +25,7 @@ class Capability(enum.StrEnum):
     STATEMENTS = "statements"
     HEALTH = "health"
     PUSH_EVENTS = "push_events"  # the bank streams status changes
+    PAYMENT_FILES = "payment_files"  # payments go out in files (batched, then submitted by a FileBatcher)
 
 
 class _Table(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -8,6 +8,7 @@ from typing import Any
 import msgspec
 
 from ._contract import BankConnector, Capability, ConnectorConfig
+from .file_channel import FileChannelConfig, FileChannelConnector
 from .null import NullConfig, NullConnector
 from .rest import RestConfig, RestConnector
 from .sftp import Camt053SftpConfig, CsvSftpConfig, Mt940SftpConfig, SftpStatementConnector
@@ -27,10 +28,12 @@ KINDS: dict[str, ConnectorKind] = {
     "csv-sftp": ConnectorKind("csv-sftp", CsvSftpConfig, SftpStatementConnector, SftpStatementConnector.offers),
     "camt053-sftp": ConnectorKind("camt053-sftp", Camt053SftpConfig, SftpStatementConnector,
                                   SftpStatementConnector.offers),
+    "iso20022": ConnectorKind("iso20022", FileChannelConfig, FileChannelConnector, FileChannelConnector.offers),
 }
 
 # The union msgspec decodes ``[[connectors]]`` into; extend it with every kind added to KINDS.
-AnyConnectorConfig = NullConfig | RestConfig | Mt940SftpConfig | CsvSftpConfig | Camt053SftpConfig
+AnyConnectorConfig = (NullConfig | RestConfig | Mt940SftpConfig | CsvSftpConfig | Camt053SftpConfig
+                      | FileChannelConfig)
 
 
 def build_connector(config: ConnectorConfig) -> BankConnector:

@@ -11,6 +11,7 @@ size or mtime changes during the download is reported as changed and tried again
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import hashlib
 import posixpath
@@ -126,6 +127,20 @@ class MoveRefused(Validation):
     code = "move_refused"
 
 
+class UploadRefused(Validation):
+    """The server refused the upload (a rename it denies, our name taken by another file): nothing of ours is
+    in place under the final name."""
+
+    code = "upload_refused"
+
+
+class Uploaded(msgspec.Struct, frozen=True, kw_only=True):
+    """A file in place at the bank, checked after its rename; ``detail`` says how if not by reading it back."""
+
+    path: str
+    detail: str = ""
+
+
 class SourceMisconfigured(Validation):
     """The source's own settings are wrong here (a known_hosts file that is missing or pins nothing for the
     host and port): fix the config, not the network."""
@@ -167,20 +182,15 @@ def safe_name(name: str) -> bool:
         and not any(ord(c) < 32 or ord(c) == 127 for c in name)
 
 
-class SftpStatementConnector:
-    kind: ClassVar[str] = "sftp"
-    offers: ClassVar[frozenset[Capability]] = frozenset({Capability.STATEMENTS, Capability.HEALTH})
-    capabilities: frozenset[Capability] = offers
+class SftpClient:
+    """One pinned, lazily opened SFTP session to a bank, its errors mapped to the connector error tree."""
 
-    def __init__(self, config: SftpSourceConfig) -> None:
-        self.config = config
-        self.options = config.sftp
-        self.name = config.name
+    def __init__(self, name: str, options: SftpOptions) -> None:
+        self.name = name
+        self.options = options
         self._loop = shared_loop()
         self._conn: asyncssh.SSHClientConnection | None = None
         self._sftp: asyncssh.SFTPClient | None = None
-
-    # -- connection ---------------------------------------------------------------------------------
 
     async def open(self) -> None:
         """Nothing to open up front: each operation connects when it needs to (and keeps the session)."""
@@ -228,8 +238,6 @@ class SftpStatementConnector:
                 raise Timeout(self.name, "SFTP server did not answer in time") from exc
             raise Network(self.name, f"SFTP connection failed: {exc}") from exc
 
-    # -- the statement operations -------------------------------------------------------------------
-
     def _known_hosts(self) -> asyncssh.SSHKnownHosts:
         """The pinned keys for this host and port, as OpenSSH's client reads them: a plain ``host`` line pins
         port 22 only; any other port needs ``[host]:port`` (hashed lines are port-specific already)."""
@@ -244,6 +252,8 @@ class SftpStatementConnector:
             raise SourceMisconfigured(self.name, f"known_hosts {o.known_hosts} pins no key for port {o.port}"
                                                  f" (a port other than 22 needs a [{o.host}]:{o.port} entry)")
         return asyncssh.import_known_hosts("\n".join(kept) + "\n")
+
+    # -- the inbox ----------------------------------------------------------------------------------
 
     async def list_statements(self) -> list[RemoteFile]:
         """Files in the inbox that match the patterns and are safe to take, oldest first."""
@@ -362,6 +372,56 @@ class SftpStatementConnector:
                 await f.write(reason.encode() + b"\n")
         return target
 
+    # -- uploads ------------------------------------------------------------------------------------
+
+    async def upload(self, directory: str, name: str, content: bytes) -> Uploaded:
+        """Put ``content`` at ``directory/name``: written under a temporary name, renamed into place, then
+        checked (size and SHA-256 read back). A file already there with these bytes is a finished upload (a
+        crash after the rename); one with other bytes is never overwritten (UploadRefused)."""
+        if not safe_name(name):
+            raise UploadRefused(self.name, f"{name!r}: not a plain file name", reached=False)
+        uploaded: Uploaded = await self._call(self._upload, directory, name, content)
+        return uploaded
+
+    async def _upload(self, directory: str, name: str, content: bytes) -> Uploaded:
+        sftp = await self._session()
+        final = posixpath.join(directory, name)
+        partial = posixpath.join(directory, f".{name}.part")
+        digest = hashlib.sha256(content).digest()
+        if await sftp.exists(final):
+            if await self._holds(sftp, final, content, digest):
+                return Uploaded(path=final, detail="already in place (an earlier upload)")
+            raise UploadRefused(self.name, f"{final}: another file already has this name; not overwritten",
+                                reached=False)
+        async with sftp.open(partial, "wb") as out:
+            for start in range(0, len(content), self.options.chunk_size):
+                await out.write(content[start:start + self.options.chunk_size], start)
+        try:
+            await sftp.rename(partial, final)
+        except asyncssh.SFTPError as exc:  # the server said no: nothing is in place under the final name
+            with contextlib.suppress(asyncssh.SFTPError):
+                await sftp.remove(partial)
+            raise UploadRefused(self.name, f"{final}: rename refused: {_shown(exc.reason)}", reached=False) from None
+        try:
+            if await self._holds(sftp, final, content, digest):
+                return Uploaded(path=final)
+        except asyncssh.SFTPNoSuchFile:
+            # Banks take files from their inbox at once: renamed into place, and gone by the time we looked.
+            return Uploaded(path=final, detail="taken from the inbox before it could be read back")
+        raise BadResponse(self.name, f"{final}: read back differs from what was written")
+
+    async def _holds(self, sftp: asyncssh.SFTPClient, path: str, content: bytes, digest: bytes) -> bool:
+        attrs = await sftp.stat(path)
+        if attrs.size != len(content):
+            return False
+        found = hashlib.sha256()
+        async with sftp.open(path, "rb") as src:
+            offset = 0
+            while chunk := await src.read(self.options.chunk_size, offset):
+                found.update(chunk)
+                offset += len(chunk)
+        return found.digest() == digest
+
     async def healthcheck(self) -> Health:
         started = time.monotonic()
         try:
@@ -373,3 +433,13 @@ class SftpStatementConnector:
     async def _stat_inbox(self) -> None:
         sftp = await self._session()
         await sftp.stat(self.options.inbox)
+
+
+class SftpStatementConnector(SftpClient):
+    kind: ClassVar[str] = "sftp"
+    offers: ClassVar[frozenset[Capability]] = frozenset({Capability.STATEMENTS, Capability.HEALTH})
+    capabilities: frozenset[Capability] = offers
+
+    def __init__(self, config: SftpSourceConfig) -> None:
+        super().__init__(config.name, config.sftp)
+        self.config = config

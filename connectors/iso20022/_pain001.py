@@ -20,6 +20,7 @@ from schwifty import BIC, IBAN
 from schwifty.exceptions import SchwiftyException
 
 from .._money import AmountError, render_amount
+from .._payments import mask_account
 from ._charset import SEPA_LATIN, CharsetError, to_charset
 from ._model import Account, Pain001Version, Party, PaymentBatch, PaymentFile, PostalAddress, Transfer
 from ._schemas import validate
@@ -33,9 +34,10 @@ CHARGE_BEARERS: Final = frozenset({"SLEV", "SHAR", "DEBT", "CRED"})
 class PaymentFileError(ValueError):
     """The file cannot be built as asked; ``problems`` says each thing wrong and where (slice and field)."""
 
-    def __init__(self, problems: list[str]) -> None:
+    def __init__(self, problems: list[str], slices: frozenset[int] = frozenset()) -> None:
         super().__init__("; ".join(problems[:20]) + (f" (and {len(problems) - 20} more)" if len(problems) > 20 else ""))
         self.problems = problems
+        self.slices = slices  # the slices at fault; the file's own problems (header, debtor) name none
 
 
 def msg_id(file: PaymentFile) -> str:
@@ -47,7 +49,7 @@ def build_pain001(file: PaymentFile, version: Pain001Version, *, charset: frozen
     b = _Builder(file, version, charset)
     document = b.document()
     if b.problems:
-        raise PaymentFileError(b.problems)
+        raise PaymentFileError(b.problems, frozenset(b.bad))
     data: bytes = etree.tostring(document, xml_declaration=True, encoding="UTF-8")
     errors = validate(data, version.value)
     if errors:
@@ -61,6 +63,7 @@ class _Builder:
         self.ns = f"urn:iso:std:iso:20022:tech:xsd:{version.value}"
         self.v09 = version is Pain001Version.V09
         self.problems: list[str] = []
+        self.bad: set[int] = set()  # slices named by a problem
 
     # -- the document --------------------------------------------------------------------------------
 
@@ -91,6 +94,7 @@ class _Builder:
             return render_amount(t.amount, batch.currency)
         except AmountError as exc:
             self.problems.append(f"slice {t.slice_id}: amount: {exc}")
+            self.bad.add(t.slice_id)
             return "0"
 
     def _batch(self, body: etree._Element, batch: PaymentBatch, amounts: list[str], pmt_inf_id: str) -> None:
@@ -118,6 +122,7 @@ class _Builder:
 
     def _transfer(self, info: etree._Element, batch: PaymentBatch, t: Transfer, amount: str) -> None:
         where = f"slice {t.slice_id}"
+        before = len(self.problems)
         tx = self._sub(info, "CdtTrfTxInf")
         ids = self._sub(tx, "PmtId")
         self._text(ids, "InstrId", self._id(f"S{t.slice_id}", where, "InstrId"))
@@ -129,6 +134,8 @@ class _Builder:
         if t.remittance:
             self._text(self._sub(tx, "RmtInf"), "Ustrd", self._clean(t.remittance, where, "remittance",
                                                                       REMITTANCE_MAX))
+        if len(self.problems) > before:
+            self.bad.add(t.slice_id)
 
     # -- the pieces ----------------------------------------------------------------------------------
 
@@ -163,7 +170,7 @@ class _Builder:
             try:
                 iban = IBAN(account.iban)
             except SchwiftyException as exc:
-                self.problems.append(f"{where}: {field}: IBAN {_masked(account.iban)} is not valid: {exc}")
+                self.problems.append(f"{where}: {field}: IBAN {mask_account(account.iban.replace(' ', ''))} is not valid: {exc}")
                 self._text(ident, "IBAN", "XX00")
                 return
             self._text(ident, "IBAN", iban.compact)
@@ -222,9 +229,3 @@ class _Builder:
 
 def _total(amounts: list[str]) -> str:
     return f"{sum((Decimal(a) for a in amounts), Decimal(0)):f}"
-
-
-def _masked(iban: str) -> str:
-    compact = iban.replace(" ", "")
-    return f"{compact[:4]}…{compact[-4:]}" if len(compact) > 8 else "****"
-

@@ -1,0 +1,211 @@
+"""The ISO 20022 file channel of a bank (kind ``iso20022``): pain.001 files out, pain.002 reports back, over SFTP.
+
+A file channel does not pay slice by slice. The dispatcher hands it slices (they wait ``batched``); its
+FileBatcher closes them into files by size, age and the bank's cutoffs, and this module turns the slices of
+one file into signed bytes (``prepare``: build, XSD-validate, sign in the HSM through the ``sign`` callable,
+verify the signature with python-xmlsec against our certificate) and moves bytes: ``upload`` into the bank's
+inbox (temporary name, rename, read back), and the report drop read as a statement drop is (list, fetch,
+acknowledge, the methods of ``SftpClient``). No clock and no database here: the batcher decides when, the store what.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import hashlib
+import re
+import time
+from collections.abc import Callable, Sequence
+from decimal import Decimal
+from typing import ClassVar, Final
+
+import msgspec
+
+from ._calendar import BankCalendar, CutoffConfig
+from ._contract import Capability, ConnectorConfig, Health
+from ._errors import ConnectorError
+from ._payments import PayoutSlice
+from ._values import Duration
+from .iso20022 import (
+    ECDSA_SHA256,
+    RSA_SHA256,
+    SEPA_LATIN,
+    Account,
+    Pain001Version,
+    Party,
+    PaymentBatch,
+    PaymentFile,
+    PostalAddress,
+    Transfer,
+    build_pain001,
+    msg_id,
+    sign_detached,
+    sign_enveloped,
+    verify_detached,
+    verify_enveloped,
+)
+from .sftp import SftpClient, SftpOptions, Uploaded
+
+_IBAN: Final = re.compile(r"[A-Z]{2}[0-9]{2}[A-Z0-9]{10,30}")
+
+
+class SignatureProfile(enum.StrEnum):
+    ENVELOPED = "enveloped"  # inside the Document (pain.001.001.09 SplmtryData/Envlp)
+    DETACHED = "detached"  # an XML-DSig file beside the payment file (pain.001.001.03 has no slot)
+
+
+class FileChannelOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``[connectors.iso20022]``: what goes into the files, how they are signed, when they close."""
+
+    version: Pain001Version = Pain001Version.V09
+    signature: SignatureProfile | None = None  # default: enveloped for .09, detached for .03
+    key_label: str  # the private key in the HSM ([hsm] token) that signs every file
+    key_algorithm: str = "rsa-sha256"  # or "ecdsa-sha256" (a P-256 key)
+    certificate: str  # PEM file of our signing certificate: every signature is verified against it
+    bank_certificate: str = ""  # PEM file pinning the bank's report-signing certificate
+    reports_signed: bool = False  # refuse (store, flag, apply nothing) an unsigned report
+    initiating_party: str
+    debtor_name: str
+    debtor_town: str
+    debtor_country: str
+    debtor_agent_bic: str = ""  # the bank's BIC; empty: FinInstnId/Othr NOTPROVIDED
+    charge_bearer: str = "SLEV"
+    batch_booking: bool = True
+    extra_characters: str = ""  # beyond the SEPA Latin set, if the bank's profile accepts them
+    msg_id_prefix: str = "MOLAM"  # MsgId is PREFIX-FILEID: unique per database, so per prefix keep one database
+    max_transactions: int = 1000  # a file closes at this many transactions
+    max_age: Duration = msgspec.field(default_factory=lambda: Duration("5m"))  # ... or when its oldest waited this
+    cutoff_lead: Duration = msgspec.field(default_factory=lambda: Duration("10m"))  # ... or this long before a cutoff
+    upload_dir: str = "/inbox"  # where files go; [connectors.sftp] inbox is where the bank drops its reports
+    tick: Duration = msgspec.field(default_factory=lambda: Duration("1s"))  # how often the batcher looks
+    upload_retry_max: Duration = msgspec.field(default_factory=lambda: Duration("5m"))
+
+    @property
+    def profile(self) -> SignatureProfile:
+        if self.signature is not None:
+            return self.signature
+        return SignatureProfile.ENVELOPED if self.version is Pain001Version.V09 else SignatureProfile.DETACHED
+
+    @property
+    def charset(self) -> frozenset[str]:
+        return SEPA_LATIN | frozenset(self.extra_characters)
+
+    @property
+    def algorithm(self) -> str:
+        return ECDSA_SHA256 if self.key_algorithm == "ecdsa-sha256" else RSA_SHA256
+
+
+class FileChannelConfig(ConnectorConfig, frozen=True, kw_only=True, tag="iso20022"):
+    iso20022: FileChannelOptions
+    cutoffs: CutoffConfig
+    sftp: SftpOptions
+
+
+class Prepared(msgspec.Struct, frozen=True, kw_only=True):
+    """One payment file as it will be recorded and uploaded, byte for byte."""
+
+    file_id: int
+    msg_id: str
+    file_name: str
+    content: bytes
+    sha256: bytes
+    signature_name: str | None
+    signature: bytes | None
+    transactions: int
+    control_sum: str
+    execution_date: dt.date
+    instr_ids: dict[int, str]  # slice id -> InstrId
+    pmt_inf_ids: dict[int, str]  # slice id -> PmtInfId
+
+
+def _account(number: str) -> Account:
+    compact = number.replace(" ", "").upper()
+    if _IBAN.fullmatch(compact):
+        return Account(iban=compact)
+    return Account(other=number)
+
+
+class FileChannelConnector(SftpClient):
+    kind: ClassVar[str] = "iso20022"
+    offers: ClassVar[frozenset[Capability]] = frozenset(
+        {Capability.SEND_PAYMENT, Capability.PAYMENT_FILES, Capability.HEALTH})
+    capabilities: frozenset[Capability] = offers
+
+    def __init__(self, config: FileChannelConfig) -> None:
+        super().__init__(config.name, config.sftp)
+        self.config = config
+        self.files = config.iso20022
+        self.calendar = BankCalendar(config.cutoffs)
+
+    # -- building -----------------------------------------------------------------------------------
+
+    def payment_file(self, file_id: int, slices: Sequence[PayoutSlice], execution_date: dt.date,
+                     created_at: dt.datetime) -> PaymentFile:
+        """The file's records: one block per debtor account and currency, one transfer per slice."""
+        o = self.files
+        blocks: dict[tuple[str, str], list[PayoutSlice]] = {}
+        for s in slices:
+            blocks.setdefault((s.debtor_account, s.currency), []).append(s)
+        debtor = Party(name=o.debtor_name, address=PostalAddress(town=o.debtor_town, country=o.debtor_country))
+        batches = tuple(
+            PaymentBatch(
+                debtor=debtor, debtor_account=_account(account), debtor_agent_bic=o.debtor_agent_bic or None,
+                currency=currency, execution_date=execution_date, charge_bearer=o.charge_bearer,
+                transfers=tuple(Transfer(
+                    slice_id=s.id, end_to_end_id=s.idempotency_key, amount=s.amount,
+                    creditor=Party(name=s.beneficiary_name), creditor_account=_account(s.beneficiary_account),
+                    creditor_agent_bic=s.beneficiary_bic, remittance=s.remittance_info) for s in group))
+            for (account, currency), group in sorted(blocks.items()))
+        return PaymentFile(file_id=file_id, created_at=created_at, initiating_party=o.initiating_party,
+                           batches=batches, batch_booking=o.batch_booking, prefix=o.msg_id_prefix)
+
+    def prepare(self, file: PaymentFile, sign: Callable[[bytes], bytes], certificate_key: bytes) -> Prepared:
+        """Build, validate, sign and verify one file. Raises PaymentFileError (naming slices and fields),
+        SigningError, or SignatureInvalid (the HSM's signature does not verify with our certificate)."""
+        o = self.files
+        mid = msg_id(file)
+        name = f"{mid}.xml"
+        document = build_pain001(file, o.version, charset=o.charset)
+        signature_name = signature = None
+        if o.profile is SignatureProfile.ENVELOPED:
+            content = sign_enveloped(document, o.algorithm, sign, key_name=o.key_label)
+            verify_enveloped(content, certificate_key)
+        else:
+            content = document
+            signature_name = f"{name}.sig"
+            signature = sign_detached(content, name, o.algorithm, sign, key_name=o.key_label)
+            verify_detached(signature, content, name, certificate_key)
+        instr, blocks = {}, {}
+        total = 0
+        for index, batch in enumerate(file.batches, 1):
+            for t in batch.transfers:
+                instr[t.slice_id] = f"S{t.slice_id}"
+                blocks[t.slice_id] = f"{mid}-{index}"
+                total += 1
+        control = sum((t.amount for b in file.batches for t in b.transfers), Decimal(0))
+        return Prepared(
+            file_id=file.file_id, msg_id=mid, file_name=name, content=content,
+            sha256=hashlib.sha256(content).digest(), signature_name=signature_name, signature=signature,
+            transactions=total, control_sum=f"{control:f}", execution_date=file.batches[0].execution_date,
+            instr_ids=instr, pmt_inf_ids=blocks)
+
+    # -- moving bytes -------------------------------------------------------------------------------
+
+    async def submit(self, prepared: Prepared) -> Uploaded:
+        """The signature first (a bank must never find a payment file without it), then the file."""
+        if prepared.signature_name is not None and prepared.signature is not None:
+            await self.upload(self.files.upload_dir, prepared.signature_name, prepared.signature)
+        return await self.upload(self.files.upload_dir, prepared.file_name, prepared.content)
+
+    async def healthcheck(self) -> Health:
+        started = time.monotonic()
+        try:
+            await self._call(self._stat_dirs)
+        except ConnectorError as exc:
+            return Health(ok=False, latency_seconds=time.monotonic() - started, detail=str(exc))
+        return Health(ok=True, latency_seconds=time.monotonic() - started)
+
+    async def _stat_dirs(self) -> None:
+        sftp = await self._session()
+        await sftp.stat(self.files.upload_dir)
+        await sftp.stat(self.options.inbox)
