@@ -36,6 +36,15 @@ from ._errors import MailboxFull as MailboxFull
 from ._errors import Refused as Refused
 from ._errors import SupervisorError as SupervisorError
 from ._errors import UnknownChild as UnknownChild
+from ._file_batcher import FileBatcher as FileBatcher
+from ._file_batcher import FileObserver as FileObserver
+from ._file_types import Build as Build
+from ._file_types import FileStore as FileStore
+from ._file_types import Recorded as Recorded
+from ._file_types import ReportApplied as ReportApplied
+from ._file_types import ReportIn as ReportIn
+from ._file_types import Submission as Submission
+from ._file_types import Waiting as Waiting
 from ._health_checker import HealthChecker as HealthChecker
 from ._health_checker import HealthResult as HealthResult
 from ._limiter import RateLimiter as RateLimiter

@@ -221,6 +221,11 @@ class ConnectorActor(Actor[ConnectorMsg]):
                 and self.limiter.paused_for() <= 0.0)
 
     @property
+    def batches(self) -> bool:
+        """A file channel: slices handed to it wait for a file instead of being sent one by one."""
+        return Capability.PAYMENT_FILES in self.capabilities
+
+    @property
     def unhealthy(self) -> str | None:
         return self._unhealthy
 

@@ -253,6 +253,11 @@ class Dispatcher(Actor[Wake]):
         """One attempt at ``available[0]`` (already recorded as started); cancelled with the dispatcher."""
         actor = available[0]
         attempt = c.attempts + 1
+        if actor.batches:
+            # A file channel: the slice waits for its file, bound to the channel's scope; the attempt ends when
+            # the file is recorded (the FileBatcher owns it from here).
+            self._emit(Outcome(slice_id=c.slice.id, kind=OutcomeKind.BATCHED, connector=actor.name))
+            return
         try:
             result, record = await actor.send(c.slice, timeout=self.settings.call_timeout)
         except ConnectorError as exc:
@@ -328,6 +333,13 @@ class Dispatcher(Actor[Wake]):
         """
         actor = next((a for a in available if a.name == c.connector_name), available[0])
         scope = c.bound_scope or actor.scope
+        if actor.batches:
+            # A slice of a file channel is in a file only once it is 'sent': one found before that was never in
+            # a file, so it goes (back) to the batcher, in the same scope.
+            start = AttemptStart(slice_id=c.slice.id, connector=actor.name, scope=scope, trace_id=uuid.uuid4().hex)
+            if c.slice.id in await self._start_attempts([start]):
+                await self._send(c, [actor])
+            return
         try:
             status, _ = await actor.status(PaymentRef(idempotency_key=c.slice.idempotency_key),
                                            timeout=self.settings.call_timeout)

@@ -57,6 +57,7 @@ class OutcomeKind(enum.StrEnum):
     RETRY = "retry"
     DEAD = "dead"
     RELEASE = "release"  # not an attempt: back to pending
+    BATCHED = "batched"  # handed to a file channel: waits for its file (the attempt stays open until then)
 
 
 class Outcome(msgspec.Struct, frozen=True, kw_only=True):

@@ -1,5 +1,8 @@
 """Bank connectors: the contract every bank channel implements, and one module per connector kind."""
 
+from ._calendar import BankCalendar as BankCalendar
+from ._calendar import CalendarError as CalendarError
+from ._calendar import CutoffConfig as CutoffConfig
 from ._contract import BankConnector as BankConnector
 from ._contract import BreakerConfig as BreakerConfig
 from ._contract import CallContext as CallContext
@@ -41,9 +44,6 @@ from ._values import Duration as Duration
 from ._values import Secret as Secret
 from ._values import decode_hook as decode_hook
 from ._values import encode_hook as encode_hook
-from ._calendar import BankCalendar as BankCalendar
-from ._calendar import CalendarError as CalendarError
-from ._calendar import CutoffConfig as CutoffConfig
 from .file_channel import FileChannelConfig as FileChannelConfig
 from .file_channel import FileChannelConnector as FileChannelConnector
 from .file_channel import FileChannelOptions as FileChannelOptions
@@ -62,12 +62,12 @@ from .sftp import Listing as Listing
 from .sftp import MoveRefused as MoveRefused
 from .sftp import Mt940SftpConfig as Mt940SftpConfig
 from .sftp import RemoteFile as RemoteFile
+from .sftp import SftpClient as SftpClient
 from .sftp import SftpConfig as SftpConfig
 from .sftp import SftpOptions as SftpOptions
 from .sftp import SftpSourceConfig as SftpSourceConfig
 from .sftp import SftpStatementConnector as SftpStatementConnector
 from .sftp import Skipped as Skipped
-from .sftp import SftpClient as SftpClient
+from .sftp import SourceMisconfigured as SourceMisconfigured
 from .sftp import Uploaded as Uploaded
 from .sftp import UploadRefused as UploadRefused
-from .sftp import SourceMisconfigured as SourceMisconfigured

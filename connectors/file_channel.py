@@ -20,6 +20,8 @@ from decimal import Decimal
 from typing import ClassVar, Final
 
 import msgspec
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from ._calendar import BankCalendar, CutoffConfig
 from ._contract import Capability, ConnectorConfig, Health
@@ -36,6 +38,7 @@ from .iso20022 import (
     PaymentBatch,
     PaymentFile,
     PostalAddress,
+    SignatureInvalid,
     Transfer,
     build_pain001,
     msg_id,
@@ -46,6 +49,7 @@ from .iso20022 import (
 )
 from .sftp import SftpClient, SftpOptions, Uploaded
 
+DS: Final = "http://www.w3.org/2000/09/xmldsig#"
 _IBAN: Final = re.compile(r"[A-Z]{2}[0-9]{2}[A-Z0-9]{10,30}")
 
 
@@ -116,6 +120,20 @@ class Prepared(msgspec.Struct, frozen=True, kw_only=True):
     execution_date: dt.date
     instr_ids: dict[int, str]  # slice id -> InstrId
     pmt_inf_ids: dict[int, str]  # slice id -> PmtInfId
+
+
+def _public_key(path: str, key: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            pem = f.read(1024 * 1024)
+        certificate = x509.load_pem_x509_certificate(pem)
+    except (OSError, ValueError) as exc:
+        raise CertificateError(f"[connectors.iso20022] {key} {path}: {exc}") from None
+    return certificate.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+
+
+class CertificateError(ValueError):
+    """A certificate file that cannot be read as PEM X.509."""
 
 
 def _account(number: str) -> Account:
@@ -191,11 +209,35 @@ class FileChannelConnector(SftpClient):
 
     # -- moving bytes -------------------------------------------------------------------------------
 
-    async def submit(self, prepared: Prepared) -> Uploaded:
+    async def submit(self, file_name: str, content: bytes, signature_name: str | None,
+                     signature: bytes | None) -> Uploaded:
         """The signature first (a bank must never find a payment file without it), then the file."""
-        if prepared.signature_name is not None and prepared.signature is not None:
-            await self.upload(self.files.upload_dir, prepared.signature_name, prepared.signature)
-        return await self.upload(self.files.upload_dir, prepared.file_name, prepared.content)
+        if signature_name is not None and signature is not None:
+            await self.upload(self.files.upload_dir, signature_name, signature)
+        return await self.upload(self.files.upload_dir, file_name, content)
+
+    # -- certificates -------------------------------------------------------------------------------
+
+    def certificate_key(self) -> bytes:
+        """Our signing certificate's public key (PEM), which every signature is verified against."""
+        return _public_key(self.files.certificate, "certificate")
+
+    def report_signature(self, content: bytes) -> tuple[str, str | None]:
+        """(verified | unsigned | invalid | not_checked, the problem if the report must not be applied)."""
+        signed = DS.encode() in content
+        if not signed:
+            if self.files.reports_signed:
+                return "unsigned", "the report is not signed, and this connector requires signed reports"
+            return "unsigned", None
+        if not self.files.bank_certificate:
+            if self.files.reports_signed:
+                return "not_checked", "no bank_certificate to check the report's signature against"
+            return "not_checked", None
+        try:
+            verify_enveloped(content, _public_key(self.files.bank_certificate, "bank_certificate"))
+        except SignatureInvalid as exc:
+            return "invalid", f"the signature does not verify against the bank's pinned certificate: {exc}"
+        return "verified", None
 
     async def healthcheck(self) -> Health:
         started = time.monotonic()

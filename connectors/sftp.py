@@ -417,7 +417,10 @@ class SftpClient:
         found = hashlib.sha256()
         async with sftp.open(path, "rb") as src:
             offset = 0
-            while chunk := await src.read(self.options.chunk_size, offset):
+            while True:
+                chunk: bytes = await src.read(self.options.chunk_size, offset)
+                if not chunk:
+                    break
                 found.update(chunk)
                 offset += len(chunk)
         return found.digest() == digest

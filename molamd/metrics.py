@@ -17,7 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
-from actors import ChildState, RateLimiter, Supervisor
+from actors import ChildState, RateLimiter, ReportApplied, Supervisor
 
 from . import __version__
 
@@ -102,8 +102,60 @@ class Metrics:
             registry=r, buckets=(0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0))
         self.reload_successful.set(1)
 
+        self.files = FileMetrics(r)
+
     def watch_supervisors(self, supervisors: Callable[[], Iterable[Supervisor]]) -> None:
         self.registry.register(_ActorCollector(supervisors))
+
+
+class FileMetrics:
+    """The file channels' metrics (the FileBatcher's observer)."""
+
+    def __init__(self, r: CollectorRegistry) -> None:
+        self.built = Counter("molamd_payment_files_built", "pain.001 files built, signed and recorded",
+                             ["connector"], registry=r)
+        self.transactions = Counter("molamd_payment_file_transactions", "Transactions put in recorded files",
+                                    ["connector"], registry=r)
+        self.uploads = Counter("molamd_payment_file_uploads", "File uploads by outcome", ["connector", "outcome"],
+                               registry=r)
+        self.reports = Counter("molamd_payment_status_reports", "pain.002 reports received, by flag (none: applied)",
+                               ["connector", "flag"], registry=r)
+        self.report_slices = Counter("molamd_payment_file_slices_final",
+                                     "Slices a status report made final, by status", ["connector", "status"],
+                                     registry=r)
+        self.signing = Histogram("molamd_payment_file_build_seconds",
+                                 "Build, validate, sign in the HSM and verify one file", ["connector"], registry=r,
+                                 buckets=(0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0))
+        self.first_report = Histogram("molamd_payment_file_first_report_seconds",
+                                      "From upload to a file's first status report", ["connector"], registry=r,
+                                      buckets=(1, 5, 15, 60, 300, 900, 3600, 14400, 86400))
+        self.final_report = Histogram("molamd_payment_file_final_report_seconds",
+                                      "From upload to the report that leaves every slice of the file final",
+                                      ["connector"], registry=r, buckets=(1, 5, 15, 60, 300, 900, 3600, 14400, 86400))
+        self.waiting = Gauge("molamd_payment_file_slices_waiting", "Slices batched, waiting for their file to close",
+                             ["connector"], registry=r)
+
+    def file_built(self, connector: str, transactions: int, sign_seconds: float) -> None:
+        self.built.labels(connector).inc()
+        self.transactions.labels(connector).inc(transactions)
+        self.signing.labels(connector).observe(sign_seconds)
+
+    def file_uploaded(self, connector: str, ok: bool) -> None:
+        self.uploads.labels(connector, "ok" if ok else "error").inc()
+
+    def report_received(self, connector: str, applied: ReportApplied) -> None:
+        self.reports.labels(connector, applied.flag or "none").inc()
+        if applied.settled:
+            self.report_slices.labels(connector, "settled").inc(applied.settled)
+        if applied.failed:
+            self.report_slices.labels(connector, "failed").inc(applied.failed)
+        if applied.first_after is not None:
+            self.first_report.labels(connector).observe(applied.first_after)
+        if applied.final_after is not None:
+            self.final_report.labels(connector).observe(applied.final_after)
+
+    def slices_waiting(self, connector: str, count: int) -> None:
+        self.waiting.labels(connector).set(count)
 
 
 class _ActorCollector(Collector):

@@ -200,6 +200,8 @@ _RECORD: dict[OutcomeKind, str] = {
     " next_attempt_at = now() + u.delay * interval '1 second'" + _RELEASE + _UNNEST + _GUARD,
     OutcomeKind.DEAD: "UPDATE payout_slices p SET status = 'dead', last_error = u.err, next_attempt_at = NULL"
     + _RELEASE + _UNNEST + _GUARD,
+    OutcomeKind.BATCHED: "UPDATE payout_slices p SET status = 'batched', batched_at = now(), last_error = NULL,"
+    " next_attempt_at = NULL" + _RELEASE + _UNNEST + _GUARD,
     # Not an attempt (breaker open, every connector busy): back to the queue, the attempt given back.
     OutcomeKind.RELEASE: "UPDATE payout_slices p SET status = 'pending',"
     " next_attempt_at = now() + u.delay * interval '1 second', last_error = coalesce(u.err, p.last_error),"
@@ -216,7 +218,7 @@ _RECORD: dict[OutcomeKind, str] = {
 _CLAIM_SENT = "WITH " + _LIVE + """
 UPDATE payout_slices p SET next_attempt_at = now() + %(lease)s * interval '1 second', claim_owner = %(owner)s
 WHERE EXISTS (SELECT 1 FROM live WHERE live.key = %(owner)s)
-  AND p.id IN (SELECT id FROM payout_slices WHERE status = 'sent'
+  AND p.id IN (SELECT id FROM payout_slices WHERE status = 'sent' AND payment_file_id IS NULL
       AND (next_attempt_at <= now() OR (claim_owner <> %(owner)s AND claim_owner NOT IN (SELECT key FROM live)))
       ORDER BY next_attempt_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED)
 RETURNING p.id, p.idempotency_key, p.provider_ref, p.connector_name,

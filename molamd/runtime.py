@@ -22,6 +22,7 @@ from actors import (
     ConnectorActor,
     Dispatcher,
     DispatcherSettings,
+    FileBatcher,
     FollowerSettings,
     HealthChecker,
     Outcome,
@@ -33,15 +34,25 @@ from actors import (
     SupervisorEvent,
     UnknownChild,
 )
-from connectors import ConnectorConfig, PaymentEvent, SftpSourceConfig, SftpStatementConnector, build_connector
+from connectors import (
+    ConnectorConfig,
+    FileChannelConfig,
+    FileChannelConnector,
+    PaymentEvent,
+    SftpSourceConfig,
+    SftpStatementConnector,
+    build_connector,
+)
 
 from . import __version__, db
 from .config import Config, HealthCheckerSection, SupervisionSection, secret_values
 from .config._model import DispatcherSection, StatusFollowerSection
 from .directory import Directory
 from .events import EventBus
+from .hsm import HsmUnavailable, Signer
 from .logs import log, redactor
 from .metrics import Metrics
+from .payment_files import FileStore
 from .payouts import ClaimOwner, PayoutStore
 from .registry_mirror import RegistryMirror
 from .sdnotify import Notifier
@@ -106,6 +117,8 @@ class Runtime:
         self.db = db.Database(config.database, metrics=self.metrics, on_up=self._database_up)
         self.telemetry = Telemetry(self.metrics, self.db, self.host_id, publish=self.events.publish)
         self.store = PayoutStore(self.db, self.host_id, ClaimOwner(lambda: self._lock_connection("molamd-owner")))
+        self.files = FileStore(self.db, self.host_id)
+        self.signer: Signer | None = None
         self.statements = StatementStore(self.db, lambda: self._lock_connection("molamd-statement-lock"))
         self.directory = Directory(config, self.connector_actor, self._running_connectors)
         policy = restart_policy(config.supervision)
@@ -134,6 +147,9 @@ class Runtime:
             return ChildSpec(name=config.name, factory=lambda: self.statement_poller(config, source_of),
                              shutdown_grace=config.shutdown_grace.seconds)
         self.telemetry.set_breaker(config.name, BreakerState.CLOSED)
+        if isinstance(config, FileChannelConfig):
+            return ChildSpec(name=config.name, factory=lambda: self.file_batcher(config),
+                             shutdown_grace=config.shutdown_grace.seconds)
         return ChildSpec(
             name=config.name,
             factory=lambda: ConnectorActor(config, build_connector(config), observer=self.telemetry,
@@ -146,6 +162,20 @@ class Runtime:
                    if isinstance(c, SftpSourceConfig) and c.bank_profile == config.bank_profile]
         return StatementPoller(config, SftpStatementConnector(config), self.statements, self.metrics,
                                csv_profile=whole.source_profile(config), profile_sources=sources)
+
+    def file_batcher(self, config: FileChannelConfig) -> FileBatcher:
+        return FileBatcher(config, FileChannelConnector(config), self.files, self.sign,
+                           lambda: self.store.claimer, observer=self.telemetry, files=self.metrics.files)
+
+    def sign(self, label: str, data: bytes) -> bytes:
+        """Sign in the configured HSM (from a worker thread); the session opens on first use and stays open."""
+        section = self.config.hsm
+        if not section.token or section.pin is None:
+            raise HsmUnavailable("no [hsm] token configured")
+        if self.signer is None:
+            self.signer = Signer(section.module, section.token, section.pin.reveal())
+        self.signer.open()
+        return self.signer.sign(label, data)
 
     def statement_source(self, name: str) -> StatementPoller | None:
         return self._connector_child(name, StatementPoller)

@@ -170,7 +170,8 @@ class _Builder:
             try:
                 iban = IBAN(account.iban)
             except SchwiftyException as exc:
-                self.problems.append(f"{where}: {field}: IBAN {mask_account(account.iban.replace(' ', ''))} is not valid: {exc}")
+                shown = mask_account(account.iban.replace(" ", ""))
+                self.problems.append(f"{where}: {field}: IBAN {shown} is not valid: {exc}")
                 self._text(ident, "IBAN", "XX00")
                 return
             self._text(ident, "IBAN", iban.compact)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grp
 import ipaddress
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -77,8 +78,8 @@ def _check_kinds(data: dict[str, Any], file: str) -> None:
 def validate(config: Config) -> list[ConfigProblem]:
     """Rules no single type can express; returns every problem found."""
     problems = check_numbers(config)
-    for check in (_check_connectors, _check_sources, _check_csv_profiles, _check_control, _check_metrics,
-                  _check_database, _check_supervision, _check_workers):
+    for check in (_check_connectors, _check_sources, _check_file_channels, _check_csv_profiles, _check_control,
+                  _check_metrics, _check_database, _check_supervision, _check_workers):
         check(config, problems)
     return problems
 
@@ -138,6 +139,44 @@ def _check_sources(config: Config, problems: list[ConfigProblem]) -> None:
         if entry.statement_format == "csv" and config.csv_profile(o.csv_profile) is None:
             known = ", ".join([MOLAMD_PROFILE_NAME, *sorted(config.csv_profiles)])
             problems.append(ConfigProblem(f"{path}.csv_profile", f"no [csv_profiles.{o.csv_profile}] (known: {known})"))
+
+
+def _check_file_channels(config: Config, problems: list[ConfigProblem]) -> None:
+    from connectors import BankCalendar, CalendarError, FileChannelConfig
+    from connectors.iso20022 import Pain001Version
+
+    for index, entry in enumerate(config.connectors):
+        if not isinstance(entry, FileChannelConfig):
+            continue
+        path, o = f"$.connectors[{index}]", entry.iso20022
+        try:
+            BankCalendar(entry.cutoffs)
+        except CalendarError as exc:
+            problems.append(ConfigProblem(f"{path}.cutoffs", str(exc)))
+        if not config.hsm.token:
+            problems.append(ConfigProblem("$.hsm.token", f"connector {entry.name!r} signs files: configure the HSM"))
+        if o.profile.value == "enveloped" and o.version is not Pain001Version.V09:
+            problems.append(ConfigProblem(f"{path}.iso20022.signature",
+                                          f"{o.version.value} has no place for an enveloped signature: use detached"))
+        if o.key_algorithm not in ("rsa-sha256", "ecdsa-sha256"):
+            problems.append(ConfigProblem(f"{path}.iso20022.key_algorithm", "rsa-sha256 or ecdsa-sha256"))
+        for key in ("certificate", "bank_certificate"):
+            value = getattr(o, key)
+            if value and not os.path.isfile(value):
+                problems.append(ConfigProblem(f"{path}.iso20022.{key}", f"{value}: no such file"))
+        if o.reports_signed and not o.bank_certificate:
+            problems.append(ConfigProblem(f"{path}.iso20022.bank_certificate",
+                                          "reports_signed needs the bank's certificate to check them against"))
+        if not 1 <= o.max_transactions <= 100_000:
+            problems.append(ConfigProblem(f"{path}.iso20022.max_transactions", "between 1 and 100000"))
+        for key in ("upload_dir",):
+            if not getattr(o, key).startswith("/"):
+                problems.append(ConfigProblem(f"{path}.iso20022.{key}", "must be an absolute remote path"))
+        if o.upload_dir.rstrip("/") == entry.sftp.inbox.rstrip("/"):
+            problems.append(ConfigProblem(f"{path}.iso20022.upload_dir",
+                                          "must differ from sftp.inbox (where the bank drops its reports)"))
+        if entry.sftp.password is None and entry.sftp.private_key is None:
+            problems.append(ConfigProblem(f"{path}.sftp", "set password or private_key"))
 
 
 def _check_csv_profiles(config: Config, problems: list[ConfigProblem]) -> None:

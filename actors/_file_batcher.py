@@ -1,0 +1,301 @@
+"""The FileBatcher: the connector actor of an ISO 20022 file channel, which also closes, submits and follows its
+files.
+
+The dispatcher routes slices to it as to any connector (pause, drain, breaker and health all apply) but does
+not call it: the slices wait ``batched``, bound to its scope. Every ``tick`` the batcher looks at what waits,
+per debtor account and currency, and closes a file when one of three things holds: ``max_transactions`` are
+waiting, the oldest has waited ``max_age``, or the bank's next cutoff is within ``cutoff_lead``. Closing is one
+database transaction: the slices taken, the file built, signed in the HSM and verified, recorded with its
+bytes, and the slices moved to ``sent`` in it. Only then is it uploaded; an upload that fails is retried with
+backoff, and a crash anywhere resumes from the record: the same bytes, the same MsgId, never a second file with
+other ids. Status reports are read from the bank's drop, stored as received, verified when signed, and applied
+by the store (never backwards).
+
+Before it takes any work the batcher builds and signs a probe file and verifies the signature with our
+certificate: an HSM that is missing or locked, a wrong PIN, an absent key or a certificate that does not match
+stop it here, with the reason, and nothing is sent.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import os
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from decimal import Decimal
+from typing import Protocol
+
+import trio
+
+from connectors import (
+    CallContext,
+    CallRecord,
+    ConnectorError,
+    FileChannelConfig,
+    FileChannelConnector,
+    MoveRefused,
+    PayoutSlice,
+    Prepared,
+    RemoteFile,
+    Uploaded,
+)
+from connectors.iso20022 import StatusReportError, parse_pain002
+
+from ._backoff import Backoff
+from ._connector_actor import CallObserver, ConnectorActor, DispatchState
+from ._file_types import FileStore, ReportApplied, ReportIn, Submission, Waiting
+
+logger = logging.getLogger("molamd.files")
+Sign = Callable[[str, bytes], bytes]  # (key label, data) -> signature, in the HSM
+
+
+class FileObserver(Protocol):
+    def file_built(self, connector: str, transactions: int, sign_seconds: float) -> None: ...
+
+    def file_uploaded(self, connector: str, ok: bool) -> None: ...
+
+    def report_received(self, connector: str, applied: ReportApplied) -> None: ...
+
+    def slices_waiting(self, connector: str, count: int) -> None: ...
+
+
+class NullFileObserver:
+    def file_built(self, connector: str, transactions: int, sign_seconds: float) -> None:
+        pass
+
+    def file_uploaded(self, connector: str, ok: bool) -> None:
+        pass
+
+    def report_received(self, connector: str, applied: ReportApplied) -> None:
+        pass
+
+    def slices_waiting(self, connector: str, count: int) -> None:
+        pass
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class FileBatcher(ConnectorActor):
+    def __init__(self, config: FileChannelConfig, connector: FileChannelConnector, store: FileStore, sign: Sign,
+                 owner: Callable[[], str], observer: CallObserver | None = None,
+                 files: FileObserver | None = None, clock: Callable[[], dt.datetime] = _utcnow,
+                 spool_dir: str | None = None) -> None:
+        super().__init__(config, connector, observer=observer)
+        self.channel = connector
+        self.options = config.iso20022
+        self._store = store
+        self._sign = sign
+        self._owner = owner
+        self._files: FileObserver = files or NullFileObserver()
+        self._clock = clock
+        self._spool = spool_dir or tempfile.gettempdir()
+        self._certificate = b""
+        self._upload_backoff = Backoff(initial=1.0, maximum=self.options.upload_retry_max.seconds, jitter=0.2)
+        self._stuck: set[tuple[str, int, int]] = set()  # reports the server would not let us move
+        self._wake = trio.Event()
+        self.files_recorded = 0
+        self.files_uploaded = 0
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+
+    async def setup(self) -> None:
+        await super().setup()
+        await trio.to_thread.run_sync(self._probe)
+        self.nursery.start_soon(self._files_loop)
+        self.nursery.start_soon(self._reports_loop)
+
+    def _probe(self) -> None:
+        """One file built, signed and verified, never recorded nor sent: the HSM, the key and the certificate
+        work together, or the connector does not start (the error says which)."""
+        self._certificate = self.channel.certificate_key()
+        probe = PayoutSlice(id=1, payout_id="probe", idempotency_key="molam-probe-1", amount=Decimal(1),
+                            currency="XOF", rail="probe", debtor_account="PROBE", beneficiary_name="Probe",
+                            beneficiary_account="PROBE")
+        self._build(0, [probe], self._clock(), self._clock().date())
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    @property
+    def _working(self) -> bool:
+        return self.dispatch is DispatchState.RUNNING and self.unhealthy is None
+
+    # -- files --------------------------------------------------------------------------------------
+
+    async def _files_loop(self) -> None:
+        while True:
+            if self._working:
+                try:
+                    await self._upload_recorded()
+                    await self._close_due()
+                except Exception as exc:
+                    if not getattr(exc, "retryable", False):
+                        raise
+                    logger.warning("%s: database unavailable (%s); files wait", self.name, exc)
+            with trio.move_on_after(self.options.tick.seconds):
+                await self._wake.wait()
+            self._wake = trio.Event()
+
+    async def _close_due(self) -> None:
+        groups = await self._store.waiting(self.name)
+        self._files.slices_waiting(self.name, sum(g.count for g in groups))
+        if not groups:
+            return
+        now = self._clock()
+        cutoff = self.channel.calendar.next_cutoff(now)
+        near_cutoff = (cutoff - now).total_seconds() <= self.options.cutoff_lead.seconds
+        for group in groups:
+            if not self._due(group, near_cutoff):
+                continue
+            left = group
+            while True:
+                submission = await self._record(left, now, cutoff.date())
+                if submission is None:
+                    break
+                await self._upload(submission)
+                if left.count <= submission.transactions:
+                    break
+                left = Waiting(debtor_account=left.debtor_account, currency=left.currency,
+                               count=left.count - submission.transactions, oldest_seconds=left.oldest_seconds)
+                if not self._due(left, near_cutoff):
+                    break
+
+    def _due(self, group: Waiting, near_cutoff: bool) -> bool:
+        o = self.options
+        return group.count >= o.max_transactions or group.oldest_seconds >= o.max_age.seconds or near_cutoff
+
+    async def _record(self, group: Waiting, now: dt.datetime, execution_date: dt.date) -> Submission | None:
+        timings: list[float] = []
+
+        def build(file_id: int, slices: Sequence[PayoutSlice], created_at: dt.datetime) -> Prepared:
+            started = time.perf_counter()
+            prepared = self._build(file_id, slices, created_at, execution_date)
+            timings.append(time.perf_counter() - started)
+            return prepared
+
+        recorded = await self._store.record_file(self.name, self.options.version.value, group,
+                                                 self.options.max_transactions, build)
+        for slice_id, why in recorded.refused.items():
+            logger.error("%s: payout slice %s is dead: %s", self.name, slice_id, why)
+        if recorded.file is not None:
+            self.files_recorded += 1
+            self._files.file_built(self.name, recorded.file.transactions, timings[-1] if timings else 0.0)
+            logger.info("%s: file %s recorded: %d transactions, execution date %s", self.name,
+                        recorded.file.msg_id, recorded.file.transactions, execution_date)
+        return recorded.file
+
+    def _build(self, file_id: int, slices: Sequence[PayoutSlice], created_at: dt.datetime,
+               execution_date: dt.date) -> Prepared:
+        label = self.options.key_label
+        file = self.channel.payment_file(file_id, slices, execution_date, created_at)
+        return self.channel.prepare(file, lambda data: self._sign(label, data), self._certificate)
+
+    async def _upload_recorded(self) -> None:
+        lease = self.config.limits.call_timeout.seconds * 3 + 30.0
+        for submission in await self._store.to_upload(self.name, self._owner(), lease):
+            await self._upload(submission)
+
+    async def _upload(self, s: Submission) -> None:
+        ctx = CallContext(trace_id=uuid.uuid4().hex, timeout=self.config.limits.call_timeout.seconds)
+        request: dict[str, object] = {"file": s.file_name, "msg_id": s.msg_id, "bytes": len(s.content),
+                                      "transactions": s.transactions, "attempt": s.upload_attempts}
+
+        async def call(c: CallContext) -> tuple[Uploaded, CallRecord]:
+            started = trio.current_time()
+            try:
+                done = await self.channel.submit(s.file_name, s.content, s.signature_name, s.signature)
+            except ConnectorError as exc:
+                exc.record = CallRecord(
+                    connector=self.name, trace_id=c.trace_id, operation="upload", outcome="error",
+                    duration_seconds=trio.current_time() - started, error_code=exc.code, request=request,
+                    response={"error": str(exc)[:500]})
+                raise
+            return done, CallRecord(
+                connector=self.name, trace_id=c.trace_id, operation="upload", outcome="ok",
+                duration_seconds=trio.current_time() - started, request=request,
+                response={"path": done.path, "detail": done.detail})
+
+        try:
+            done, record = await self._guarded("upload", call, ctx)
+        except ConnectorError as exc:
+            delay = self._upload_backoff.delay(max(1, s.upload_attempts))
+            logger.warning("%s: upload of %s failed (%s: %s); again in %.0fs", self.name, s.msg_id, exc.code, exc,
+                           delay)
+            self._files.file_uploaded(self.name, False)
+            await self._store.upload_failed(s.file_id, f"{exc.code}: {exc}", delay, exc.record)
+            return
+        await self._store.uploaded(s.file_id, done.detail, record)
+        self.files_uploaded += 1
+        self._files.file_uploaded(self.name, True)
+        logger.info("%s: file %s uploaded to %s%s", self.name, s.msg_id, done.path,
+                    f" ({done.detail})" if done.detail else "")
+
+    # -- status reports -----------------------------------------------------------------------------
+
+    async def _reports_loop(self) -> None:
+        failures = 0
+        sftp = self.channel.options
+        while True:
+            try:
+                await self._take_reports()
+                failures = 0
+                delay = sftp.poll_interval.seconds
+            except ConnectorError as exc:
+                failures += 1
+                delay = min(sftp.error_backoff_max.seconds, sftp.poll_interval.seconds * 2 ** min(failures, 10))
+                logger.warning("%s: status reports: %s: %s; again in %.0fs", self.name, exc.code, exc, delay)
+            except Exception as exc:
+                if not getattr(exc, "retryable", False):
+                    raise
+                delay = sftp.poll_interval.seconds
+                logger.warning("%s: status reports wait for the database (%s)", self.name, exc)
+            await trio.sleep(delay)
+
+    async def _take_reports(self) -> None:
+        listing = await self.channel.listing()
+        settle = self.channel.options.stable_for.seconds
+        for remote in listing.files:
+            if (remote.name, remote.size, remote.mtime) in self._stuck or time.time() - remote.mtime < settle:
+                continue
+            await self._take_report(remote)
+
+    async def _take_report(self, remote: RemoteFile) -> None:
+        fd, path = tempfile.mkstemp(prefix="molamd-report-", dir=self._spool)
+        os.close(fd)
+        try:
+            fetched = await self.channel.fetch(remote, path)
+            content = await trio.Path(path).read_bytes()
+        finally:
+            await trio.Path(path).unlink(missing_ok=True)
+        if not await self._store.known_report(self.name, fetched.sha256):
+            report_in = await trio.to_thread.run_sync(self._read_report, remote.name, content)
+            applied = await self._store.record_report(report_in)
+            self._files.report_received(self.name, applied)
+            if applied.flag is not None:
+                logger.error("%s: status report %s flagged %s: %s", self.name, remote.name, applied.flag,
+                             applied.detail)
+            else:
+                logger.info("%s: status report %s: %d slices settled, %d failed", self.name, remote.name,
+                            applied.settled, applied.failed)
+        try:
+            await self.channel.acknowledge(remote, ok=True)
+        except MoveRefused as exc:
+            self._stuck.add((remote.name, remote.size, remote.mtime))
+            logger.warning("%s: %s", self.name, exc)
+
+    def _read_report(self, name: str, content: bytes) -> ReportIn:
+        sha = hashlib.sha256(content).digest()
+        try:
+            report = parse_pain002(content)
+        except StatusReportError as exc:
+            return ReportIn(connector=self.name, remote_name=name, content=content, sha256=sha, report=None,
+                            signature="not_checked", problem=str(exc))
+        signature, problem = self.channel.report_signature(content)
+        return ReportIn(connector=self.name, remote_name=name, content=content, sha256=sha, report=report,
+                        signature=signature, problem=problem)
