@@ -39,10 +39,11 @@ ARITY: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "statements": ((), ("action", "id")),
     "payouts": (("action",), ("id",)),  # show ID, release ID --reason TEXT, in-doubt, retry ID|--all-scheduled
     "audit": ((), ()),
+    "files": (("action",), ("id",)),  # list, show ID, resubmit ID
 }
 # Sub-commands the daemon serves as commands of their own, so reads and writes can be told apart.
 SPLIT = {"dlq": ("list", "retry", "drop"), "payouts": ("show", "release", "in-doubt", "retry"),
-         "statements": ("poll", "reprocess")}
+         "statements": ("poll", "reprocess"), "files": ("list", "show", "resubmit")}
 NUMBERS: dict[str, type] = {"rate": float, "burst": int, "id": int}
 
 

@@ -297,34 +297,33 @@ def _reason_text(reasons: Sequence[Any]) -> str:
 
 
 def list_files(conn: Any, connector: str | None, limit: int) -> list[dict[str, Any]]:
-    with conn.cursor(row_factory=dict_rows) as cur:
-        return list(cur.execute(
-            "SELECT id, connector_name AS connector, msg_id, file_name, status, group_status, transactions,"
-            " control_sum::text, execution_date::text, upload_attempts, created_at::text, uploaded_at::text,"
-            " first_report_at::text, final_report_at::text, last_error FROM payment_files"
-            " WHERE %(c)s::text IS NULL OR connector_name = %(c)s ORDER BY id DESC LIMIT %(n)s",
-            {"c": connector, "n": limit}).fetchall())
+    return dict_rows(
+        conn, "SELECT id, connector_name AS connector, msg_id, file_name, status, group_status, transactions,"
+        " control_sum::text, execution_date::text, upload_attempts, created_at::text, uploaded_at::text,"
+        " first_report_at::text, final_report_at::text, last_error FROM payment_files"
+        " WHERE %(c)s::text IS NULL OR connector_name = %(c)s ORDER BY id DESC LIMIT %(n)s",
+        {"c": connector, "n": limit})
 
 
 def show_file(conn: Any, file_id: int) -> dict[str, Any] | None:
-    with conn.cursor(row_factory=dict_rows) as cur:
-        found = cur.execute(
-            "SELECT id, connector_name AS connector, bank_profile_id AS bank_profile, msg_id, version, file_name,"
-            " encode(sha256, 'hex') AS sha256, octet_length(content) AS size_bytes, signature_name, status,"
-            " group_status, transactions, control_sum::text, execution_date::text, upload_attempts,"
-            " created_at::text, uploaded_at::text, first_report_at::text, final_report_at::text, last_error"
-            " FROM payment_files WHERE id = %s", (file_id,)).fetchone()
-        if found is None:
-            return None
-        found["slices"] = cur.execute(
-            "SELECT f.payout_slice_id AS slice_id, f.instr_id, f.end_to_end_id, f.tx_status, f.reason,"
-            " p.status, p.amount::text, p.currency FROM payment_file_slices f"
-            " JOIN payout_slices p ON p.id = f.payout_slice_id WHERE f.payment_file_id = %s"
-            " ORDER BY f.payout_slice_id", (file_id,)).fetchall()
-        found["reports"] = cur.execute(
-            "SELECT id, remote_name, msg_id, group_status, signature, flag, detail, applied, received_at::text"
-            " FROM payment_status_reports WHERE payment_file_id = %s ORDER BY id", (file_id,)).fetchall()
-        return dict(found)
+    found = dict_rows(
+        conn, "SELECT id, connector_name AS connector, bank_profile_id AS bank_profile, msg_id, version, file_name,"
+        " encode(sha256, 'hex') AS sha256, octet_length(content) AS size_bytes, signature_name, status,"
+        " group_status, transactions, control_sum::text, execution_date::text, upload_attempts,"
+        " created_at::text, uploaded_at::text, first_report_at::text, final_report_at::text, last_error"
+        " FROM payment_files WHERE id = %s", (file_id,))
+    if not found:
+        return None
+    shown = found[0]
+    shown["slices"] = dict_rows(
+        conn, "SELECT f.payout_slice_id AS slice_id, f.instr_id, f.end_to_end_id, f.tx_status, f.reason,"
+        " p.status, p.amount::text, p.currency FROM payment_file_slices f"
+        " JOIN payout_slices p ON p.id = f.payout_slice_id WHERE f.payment_file_id = %s"
+        " ORDER BY f.payout_slice_id", (file_id,))
+    shown["reports"] = dict_rows(
+        conn, "SELECT id, remote_name, msg_id, group_status, signature, flag, detail, applied, received_at::text"
+        " FROM payment_status_reports WHERE payment_file_id = %s ORDER BY id", (file_id,))
+    return shown
 
 
 class ResubmitRefused(Exception):

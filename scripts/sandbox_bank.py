@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from connectors._signing import sign_response, verify_request
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sandbox_files import FileDesk
 from sandbox_statements import StatementWriter
 
 MAX_BODY = 1 << 20
@@ -96,6 +97,7 @@ class Bank:
         self._event_added = trio.Event()
         self._streams: set[Any] = set()
         self.events_url = ""
+        self.desk: Any = None  # the file desk (pain.001 in, pain.002 out), when --files-root is given
 
     # -- the API ------------------------------------------------------------------------------------
 
@@ -209,6 +211,11 @@ class Bank:
         if path == "/admin/stats":
             return Reply(200, {**self.stats, "ledger": len(self.ledger), "events": len(self.events),
                                "streams": len(self._streams)})
+        if path == "/admin/files" and self.desk is not None:
+            if method == "POST":
+                self.desk.faults.update({k: float(v) for k, v in json.loads(body or b"{}").items()
+                                         if k in self.desk.faults})
+            return Reply(200, self.desk.summary())
         if path == "/admin/info":
             return Reply(200, {"events_url": self.events_url})
         if path == "/admin/drop_streams" and method == "POST":
@@ -365,6 +372,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--statement-interval", type=float, default=2.0, help="seconds between statement files")
     parser.add_argument("--statement-account", default="SN08SN0100152000048500003035")
     parser.add_argument("--statement-prefix", default="", help="file name prefix (two banks writing one drop)")
+    parser.add_argument("--files-root", help="the file desk: pain.001 from ROOT/inbox, pain.002 to ROOT/outbox")
+    parser.add_argument("--files-certificate", help="PEM certificate the customer's file signatures must verify with")
+    parser.add_argument("--report-key", help="PEM private key the bank signs its pain.002 reports with")
+    parser.add_argument("--report-delay", type=float, default=1.0, help="seconds from ACTC to the final report")
     return parser.parse_args(argv)
 
 
@@ -374,6 +385,11 @@ async def main_async(args: argparse.Namespace) -> None:
     bank.faults.update(json.loads(args.faults))
     async with trio.open_nursery() as nursery:
         port = await nursery.start(bank.serve, args.host, args.port, args.events_port)
+        if args.files_root:
+            bank.desk = FileDesk(bank, Path(args.files_root), report_delay=args.report_delay, rng=bank.rng,
+                                 certificate=Path(args.files_certificate) if args.files_certificate else None,
+                                 report_key=Path(args.report_key) if args.report_key else None)
+            nursery.start_soon(bank.desk.run)
         if args.statements_dir:
             writer = StatementWriter(Path(args.statements_dir), account=args.statement_account,
                                      prefix=args.statement_prefix)

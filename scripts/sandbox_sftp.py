@@ -2,7 +2,8 @@
 
 Run it as a program (the demo does) or start it in-process with ``SandboxSftp(root).start()``, which runs its
 asyncio loop in a thread. Faults for tests: ``drop_after`` (bytes served before the connection is aborted,
-once), and whatever a test does to the files themselves.
+once), ``drop_after_rename`` (renames answered by a dropped connection), ``take_at_once`` (a file renamed into
+``inbox/`` is gone to ``taken/`` before the client can look), and whatever a test does to the files themselves.
 
     python scripts/sandbox_sftp.py --root DIR --port 2222 --user bank --password secret --state DIR
 """
@@ -72,6 +73,20 @@ class _Sftp(asyncssh.SFTPServer):
             raise asyncssh.SFTPConnectionLost("sandbox: connection dropped mid-transfer")
         return data
 
+    def rename(self, oldpath: bytes, newpath: bytes) -> None:
+        super().rename(oldpath, newpath)
+        server = self._server
+        if server.take_at_once and server.taken is not None:
+            # Banks take a file from their inbox the moment it lands under its final name.
+            local = Path(self.map_path(newpath).decode())
+            if local.parent.name == "inbox":
+                os.rename(local, server.taken / local.name)
+        if server.drop_after_rename:
+            server.drop_after_rename -= 1
+            server.drops += 1
+            self._chan.get_extra_info("connection").abort()
+            raise asyncssh.SFTPConnectionLost("sandbox: connection dropped after the rename")
+
 
 class SandboxSftp:
     def __init__(self, root: Path, *, state: Path, user: str = "bank", password: str = "sandbox",
@@ -84,6 +99,9 @@ class SandboxSftp:
         self.drop_after: int | None = None
         self.drops = 0
         self.on_read: Callable[[int], None] | None = None  # called with each read's offset (a test's fault)
+        self.drop_after_rename = 0  # renames after which the connection is aborted (the reply never comes)
+        self.take_at_once = False  # a file renamed into inbox/ is moved to taken/ at once
+        self.taken: Path | None = None
         for sub in (INBOX, f"{INBOX}/archive", f"{INBOX}/error", "incoming"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         self.state.mkdir(parents=True, exist_ok=True)

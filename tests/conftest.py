@@ -56,6 +56,24 @@ def env_for_any_user() -> dict[str, str]:
 _db_counter = itertools.count()
 
 
+HSM_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
+HSM_PIN = "4921"
+
+
+@pytest.fixture(scope="session")
+def token() -> Iterator[str]:
+    """A SoftHSM2 token of this test session, in a temp dir (SOFTHSM2_CONF is read when the module loads)."""
+    base = Path(tempfile.mkdtemp(prefix="md-hsm-"))
+    (base / "tokens").mkdir()
+    conf = base / "softhsm2.conf"
+    conf.write_text(f"directories.tokendir = {base / 'tokens'}\nobjectstore.backend = file\nlog.level = ERROR\n")
+    os.environ["SOFTHSM2_CONF"] = str(conf)
+    subprocess.run(["softhsm2-util", "--init-token", "--free", "--label", "molam-test", "--pin", HSM_PIN,
+                    "--so-pin", "90210"], check=True, capture_output=True)
+    yield "molam-test"
+    shutil.rmtree(base, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def pg() -> Iterator[Cluster]:
     directory = tempfile.mkdtemp(prefix="molamd-pg-")

@@ -40,6 +40,13 @@ class Bank:
     def stats(self) -> dict[str, int]:
         return dict(httpx.get(f"{self.url}/admin/stats", timeout=10).json())
 
+    def files(self) -> dict[str, Any]:
+        """The file desk's counters (files, duplicates, verified MsgIds...)."""
+        return dict(httpx.get(f"{self.url}/admin/files", timeout=10).json())
+
+    def files_faults(self, **values: float) -> None:
+        httpx.post(f"{self.url}/admin/files", json=values, timeout=5).raise_for_status()
+
     def events_url(self) -> str:
         return str(httpx.get(f"{self.url}/admin/info", timeout=5).json()["events_url"])
 

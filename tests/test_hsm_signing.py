@@ -8,7 +8,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -41,20 +40,6 @@ MODULE = "/usr/lib/softhsm/libsofthsm2.so"
 PIN = "4921"
 pytestmark = pytest.mark.skipif(not os.path.exists(MODULE) or shutil.which("xmlsec1") is None,
                                 reason="needs softhsm2 and xmlsec1 (scripts/setup installs them)")
-
-
-@pytest.fixture(scope="session")
-def token() -> Iterator[str]:
-    """A SoftHSM2 token of this test session, in a temp dir (SOFTHSM2_CONF is read when the module loads)."""
-    base = Path(tempfile.mkdtemp(prefix="md-hsm-"))
-    (base / "tokens").mkdir()
-    conf = base / "softhsm2.conf"
-    conf.write_text(f"directories.tokendir = {base / 'tokens'}\nobjectstore.backend = file\nlog.level = ERROR\n")
-    os.environ["SOFTHSM2_CONF"] = str(conf)
-    subprocess.run(["softhsm2-util", "--init-token", "--free", "--label", "molam-test", "--pin", PIN,
-                    "--so-pin", "90210"], check=True, capture_output=True)
-    yield "molam-test"
-    shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -22,7 +22,7 @@ from actors import (
 )
 from connectors import ConnectorError, encode_hook
 
-from .. import audit, payouts
+from .. import audit, payment_files, payouts
 from .. import reload as reloading
 from .. import statements as stored
 from ..audit import Identity
@@ -517,6 +517,36 @@ async def statements_reprocess(ctx: Context, args: StatementsArgs) -> Any:
     return _to_builtins(result)
 
 
+async def files_list(ctx: Context, args: LimitArg) -> dict[str, Any]:
+    try:
+        found = await ctx.rt.db.statement(lambda c: payment_files.list_files(c, None, args.limit))
+    except DatabaseError as exc:
+        raise _database(exc) from None
+    return {"files": found}
+
+
+async def files_show(ctx: Context, args: IdArg) -> dict[str, Any]:
+    try:
+        found = await ctx.rt.db.statement(lambda c: payment_files.show_file(c, args.id))
+    except DatabaseError as exc:
+        raise _database(exc) from None
+    if found is None:
+        raise ControlError(ErrorCode.NOT_FOUND, f"no payment file {args.id}")
+    return found
+
+
+async def files_resubmit(ctx: Context, args: IdArg) -> dict[str, Any]:
+    """Upload a recorded file again: the same bytes, the same MsgId (a bank that has it refuses it, DU01)."""
+    rt = ctx.rt
+    try:
+        result = await rt.db.transaction(lambda c: payment_files.resubmit(c, rt.host_id, ctx.who, args.id))
+    except payment_files.ResubmitRefused as exc:
+        raise ControlError(ErrorCode.NOT_FOUND, str(exc)) from None
+    except DatabaseError as exc:
+        raise _database(exc) from None
+    return result
+
+
 async def reload(ctx: Context, args: ReloadArgs) -> dict[str, Any]:
     rt = ctx.rt
     try:
@@ -555,6 +585,9 @@ COMMANDS: dict[str, Command] = {
         Command("payouts-release", ReleaseArgs, True, payouts_release),
         Command("payouts-retry", RetryArgs, True, payouts_retry),
         Command("audit", LimitArg, False, audit_list),
+        Command("files-list", LimitArg, False, files_list),
+        Command("files-show", IdArg, False, files_show),
+        Command("files-resubmit", IdArg, True, files_resubmit),
         Command("statements", StatementsArgs, False, statements),
         Command("statements-poll", StatementsArgs, True, statements_poll),
         Command("statements-reprocess", StatementsArgs, True, statements_reprocess),

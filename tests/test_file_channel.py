@@ -1,0 +1,226 @@
+"""The ISO 20022 file channel end to end: a real daemon batching slices into pain.001 files signed in SoftHSM2,
+uploaded over SFTP to the sandbox bank's file desk (XSD, xmlsec1, DU01, a ledger), which answers with pain.002
+reports that settle or fail the slices. Faults: a connection dropped after the rename, files taken from the
+inbox at once, reports that come twice, and the daemon SIGKILLed mid-run."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.conftest import HSM_MODULE, HSM_PIN
+from tests.payout_helpers import ROOT, Bank, payout_toml, seed, statuses, wait_for
+
+sys.path.insert(0, str(ROOT / "scripts"))
+from sandbox_sftp import SandboxSftp
+
+FINAL = ("settled", "failed", "dead")
+KEY = "files-key"
+
+
+def hsm_toml(token: str) -> str:
+    return f'\n[hsm]\nmodule = "{HSM_MODULE}"\ntoken = "{token}"\npin = "env:MOLAMD_TEST_PIN"\n'
+
+
+def file_connector(name: str, sftp: SandboxSftp, known_hosts: Path, certificate: Path, *, profile: str = "bank-c",
+                   max_transactions: int = 25, scope: str = "", priority: int = 10) -> str:
+    return textwrap.dedent(f"""
+        [[connectors]]
+        name = "{name}"
+        kind = "iso20022"
+        bank_profile = "{profile}"
+        priority = {priority}
+        idempotency_scope = "{scope}"
+        shutdown_grace = "2s"
+        [connectors.limits]
+        call_timeout = "3s"
+        [connectors.iso20022]
+        version = "pain.001.001.09"
+        key_label = "{KEY}"
+        certificate = "{certificate}"
+        initiating_party = "Molam SAS"
+        debtor_name = "Molam Senegal"
+        debtor_town = "Dakar"
+        debtor_country = "SN"
+        debtor_agent_bic = "CBAOSNDA"
+        max_transactions = {max_transactions}
+        max_age = "1s"
+        cutoff_lead = "1m"
+        tick = "200ms"
+        upload_retry_max = "1s"
+        [connectors.cutoffs]
+        country = "SN"
+        timezone = "Africa/Dakar"
+        times = ["10:00", "15:00"]
+        [connectors.sftp]
+        host = "127.0.0.1"
+        port = {sftp.port}
+        username = "bank"
+        password = "env:MOLAMD_TEST_SFTP"
+        known_hosts = "{known_hosts}"
+        inbox = "/outbox"
+        archive = "/outbox/archive"
+        error = "/outbox/error"
+        patterns = ["*.xml"]
+        poll_interval = "200ms"
+        stable_for = "0s"
+        """)
+
+
+@pytest.fixture
+def hsm_key(token: str, short_tmp: Path) -> Iterator[tuple[str, Path]]:
+    """A key made in the session's token by `molamd hsm keygen`, and its self-signed certificate (`hsm cert`)."""
+    config = short_tmp / "hsm.toml"
+    config.write_text(hsm_toml(token))
+    env = {"MOLAMD_TEST_PIN": HSM_PIN, "PATH": "/usr/bin:/bin", "SOFTHSM2_CONF": _softhsm_conf()}
+
+    def hsm(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "molamd.cli", "hsm", *args, "--config", str(config)],
+                              capture_output=True, text=True, env=env, cwd=ROOT, check=False)
+
+    listed = hsm("list")
+    if KEY not in listed.stdout:
+        made = hsm("keygen", "--label", KEY, "--kind", "rsa-2048")
+        assert made.returncode == 0, made.stderr
+    certificate = short_tmp / "molam-files.pem"
+    out = hsm("cert", "--label", KEY, "--cn", "Molam SAS files", "--country", "SN", "--out", str(certificate))
+    assert out.returncode == 0, out.stderr
+    assert KEY in hsm("list").stdout
+    yield token, certificate
+
+
+def _softhsm_conf() -> str:
+    import os
+
+    return os.environ["SOFTHSM2_CONF"]
+
+
+@pytest.fixture
+def file_bank(short_tmp: Path, hsm_key: tuple[str, Path]) -> Iterator[tuple[Bank, SandboxSftp, Path]]:
+    root = short_tmp / "bank-c"
+    (root / "inbox").mkdir(parents=True)
+    bank = Bank("--files-root", str(root), "--files-certificate", str(hsm_key[1]), "--report-delay", "0.5",
+                "--reject-rate", "0.1")
+    sftp = SandboxSftp(root, state=short_tmp / "sftp-state", password="sftp-secret").start()
+    sftp.taken = root / "taken"
+    yield bank, sftp, root
+    sftp.stop()
+    bank.close()
+
+
+def files_env(token: str) -> dict[str, str]:
+    return {"MOLAMD_TEST_PIN": HSM_PIN, "MOLAMD_TEST_SFTP": "sftp-secret", "SOFTHSM2_CONF": _softhsm_conf()}
+
+
+def test_slices_go_out_in_signed_files_and_reports_bring_them_back(
+    daemon_factory: Any, short_tmp: Path, migrated_dsn: str, hsm_key: tuple[str, Path],
+    file_bank: tuple[Bank, SandboxSftp, Path],
+) -> None:
+    token, certificate = hsm_key
+    bank, sftp, root = file_bank
+    known_hosts = sftp.known_hosts(short_tmp / "known_hosts")
+    config = (payout_toml(short_tmp, migrated_dsn, file_connector("bank-c-files", sftp, known_hosts, certificate))
+              + hsm_toml(token))
+    sftp.drop_after_rename = 1  # the first upload's rename is done, and its answer never comes
+    bank.files_faults(duplicate_report_rate=0.3)
+    ids = seed_files(migrated_dsn, 120)
+    d = daemon_factory(config, env=files_env(token))
+    wait_for(lambda: _files(migrated_dsn) >= 2, 30, "two files recorded", lambda: _errors(migrated_dsn))
+    d.signal(signal.SIGKILL)  # mid-run: files recorded, some uploaded, some reported
+    d.proc.wait()
+    sftp.take_at_once = True  # from now on the bank takes each file the moment it is renamed into place
+    d.start()
+    wait_for(lambda: sum(statuses(migrated_dsn, ids).get(s, 0) for s in FINAL) == len(ids), 60,
+             "every slice final", lambda: (statuses(migrated_dsn, ids), bank.files()))
+    done = statuses(migrated_dsn, ids)
+    assert done.get("dead", 0) == 0 and done.get("failed", 0) > 0 and done.get("settled", 0) > 0, done
+
+    ledger = [p for p in bank.ledger() if p.get("channel") == "file"]
+    keys = [p["idempotency_key"] for p in ledger]
+    assert len(keys) == len(set(keys)) == len(ids), "every slice paid exactly once by the bank"
+    with psycopg.connect(migrated_dsn) as conn:
+        files = conn.execute("SELECT id, msg_id, file_name, content, status, transactions FROM payment_files"
+                             " ORDER BY id").fetchall()
+        in_files = conn.execute("SELECT count(*), count(DISTINCT payout_slice_id) FROM payment_file_slices"
+                                ).fetchone()
+        slices = conn.execute("SELECT p.id, p.status, p.last_error, f.tx_status FROM payout_slices p"
+                              " JOIN payment_file_slices f ON f.payout_slice_id = p.id WHERE p.id = ANY(%s)",
+                              (ids,)).fetchall()
+        flagged = conn.execute("SELECT flag, count(*) FROM payment_status_reports GROUP BY flag").fetchall()
+        uploads = conn.execute("SELECT count(*) FROM bank_connector_logs WHERE operation = 'upload'").fetchone()
+    assert in_files == (len(ids), len(ids)), "each slice in exactly one file"
+    assert all(f[5] <= 25 for f in files) and {f[4] for f in files} == {"completed"}, [f[4] for f in files]
+    assert set(bank.files()["verified_ids"]) >= {f[1] for f in files}, "the bank verified every file's signature"
+    for slice_id, status, error, tx_status in slices:
+        assert (status, tx_status) in (("settled", "ACSC"), ("failed", "RJCT")), slice_id
+        if status == "failed":
+            assert error is not None and "AC04" in error
+    assert uploads[0] >= len(files)
+    flags = dict(flagged)
+    assert set(flags) <= {None, "duplicate_submission"}, flags
+    for _, msg_id, name, content, _, _ in files:  # xmlsec1 itself, against the certificate, for every file
+        path = short_tmp / name
+        path.write_bytes(bytes(content))
+        checked = subprocess.run(["xmlsec1", "--verify", "--pubkey-cert-pem", str(certificate), str(path)],
+                                 capture_output=True, text=True, check=False)
+        assert checked.returncode == 0, (msg_id, checked.stderr)
+        tampered = bytes(content).replace(b"<InstdAmt Ccy=\"XOF\">1", b"<InstdAmt Ccy=\"XOF\">9", 1)
+        path.write_bytes(tampered)
+        assert subprocess.run(["xmlsec1", "--verify", "--pubkey-cert-pem", str(certificate), str(path)],
+                              capture_output=True, check=False).returncode != 0
+    listed = d.ctl_json("files", "list")
+    assert {f["msg_id"] for f in listed["files"]} == {f[1] for f in files}
+    shown = d.ctl_json("files", "show", str(files[0][0]))
+    assert len(shown["slices"]) == files[0][5] and shown["reports"]
+    resubmitted = d.ctl("files", "resubmit", str(files[0][0]))
+    assert resubmitted.returncode != 0 and "completed" in resubmitted.stderr + resubmitted.stdout
+
+
+def seed_files(dsn: str, count: int) -> list[int]:
+    """Slices for bank-c; their beneficiaries hold local account numbers (not IBAN-registered), one in ten an
+    IBAN, and a name in another script."""
+    ids = seed(dsn, count, profile="bank-c")
+    with psycopg.connect(dsn) as conn:
+        conn.execute("UPDATE payout_slices SET beneficiary_account = CASE WHEN id %% 10 = 0"
+                     " THEN 'SN08SN0100152000048500003035' ELSE '0412' || lpad(id::text, 8, '0') END,"
+                     " beneficiary_name = CASE WHEN id %% 7 = 0 THEN 'Aïssatou Ndiàye' ELSE beneficiary_name END"
+                     " WHERE id = ANY(%s)", (ids,))
+    return ids
+
+
+def _errors(dsn: str) -> list[tuple[str, str | None]]:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute("SELECT status, min(last_error) FROM payout_slices GROUP BY 1").fetchall()
+
+
+def _files(dsn: str) -> int:
+    with psycopg.connect(dsn) as conn:
+        return int(conn.execute("SELECT count(*) FROM payment_files").fetchone()[0])
+
+
+def test_a_file_channel_whose_key_is_absent_does_not_start_and_sends_nothing(
+    daemon_factory: Any, short_tmp: Path, migrated_dsn: str, hsm_key: tuple[str, Path],
+    file_bank: tuple[Bank, SandboxSftp, Path],
+) -> None:
+    token, certificate = hsm_key
+    bank, sftp, root = file_bank
+    known_hosts = sftp.known_hosts(short_tmp / "known_hosts")
+    config = (payout_toml(short_tmp, migrated_dsn, file_connector("bank-c-files", sftp, known_hosts, certificate))
+              .replace(f'key_label = "{KEY}"', 'key_label = "no-such-key"') + hsm_toml(token))
+    ids = seed_files(migrated_dsn, 5)
+    d = daemon_factory(config, env=files_env(token))
+    wait_for(lambda: "no-such-key" in d.logs(), 20, "the reason in the log")
+    time.sleep(1.0)
+    assert statuses(migrated_dsn, ids) == {"pending": 5}, "nothing routed to a connector that is not running"
+    assert _files(migrated_dsn) == 0 and not list((root / "inbox").iterdir())
+    state = {c["name"]: c for c in d.ctl_json("connectors")}["bank-c-files"]
+    assert state["state"] != "running", state
