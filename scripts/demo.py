@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,14 @@ SFTP_ROOT = Path("/tmp/molamd-demo/sftp")  # config/molamd.dev.toml pins the hos
 SFTP_STATE = Path("/tmp/molamd-demo/sftp-state")
 SFTP_PASSWORD = "sandbox-sftp-password"
 SANDBOX_SECRET = "sandbox-hmac-secret"
+FILES_PORT = 58100  # bank C: cbao-sn's bank, which takes payment files only
+FILES_SFTP_PORT = 58023
+FILES_ROOT = Path("/tmp/molamd-demo/bank-c")  # its SFTP root: /inbox, /outbox (pain.002), /outgoing (MT940)
+FILES_STATE = Path("/tmp/molamd-demo/bank-c-state")
+FILES_ACCOUNT = "0411-0042-000123456"  # cbao-sn's XOF account in seed_demo.sql
+HSM_DIR = Path("/tmp/molamd-demo/hsm")  # the demo's SoftHSM2 token, key and certificate
+HSM_PIN = "demo-hsm-pin"
+FILES_KEY = "molam-files"
 IDLE_TIMEOUT = 600.0
 LOG_PATH = ROOT / "var" / "molamd.log"
 FINAL = ("settled", "failed", "dead")
@@ -78,12 +87,14 @@ def healthy(status: Any, connectors: Any) -> bool:
     )
 
 
-def start_sftp() -> subprocess.Popen[str]:
-    """The bank's SFTP server; its inbox starts empty, like the demo database."""
-    shutil.rmtree(SFTP_ROOT, ignore_errors=True)
+def start_sftp(root: Path = SFTP_ROOT, state: Path = SFTP_STATE, port: int = SFTP_PORT, *, clean: bool = True,
+               extra: list[str] | None = None) -> subprocess.Popen[str]:
+    """A bank's SFTP server; its inbox starts empty, like the demo database."""
+    if clean:
+        shutil.rmtree(root, ignore_errors=True)
     sftp = subprocess.Popen(
-        [str(BIN / "python"), str(ROOT / "scripts" / "sandbox_sftp.py"), "--root", str(SFTP_ROOT),
-         "--state", str(SFTP_STATE), "--port", str(SFTP_PORT), "--password", SFTP_PASSWORD],
+        [str(BIN / "python"), str(ROOT / "scripts" / "sandbox_sftp.py"), "--root", str(root),
+         "--state", str(state), "--port", str(port), "--password", SFTP_PASSWORD, *(extra or [])],
         stdout=subprocess.PIPE, text=True)
     assert sftp.stdout is not None
     line = sftp.stdout.readline().strip()
@@ -92,13 +103,49 @@ def start_sftp() -> subprocess.Popen[str]:
     return sftp
 
 
-def start_bank(port: int, faults: bool, prefix: str) -> tuple[subprocess.Popen[str], str]:
+def start_hsm() -> Path:
+    """A fresh SoftHSM2 token with a key made inside it (`molamd hsm keygen`) and its self-signed certificate
+    (`molamd hsm cert`): what a bank would be given, here the sandbox bank C."""
+    shutil.rmtree(HSM_DIR, ignore_errors=True)
+    (HSM_DIR / "tokens").mkdir(parents=True)
+    conf = HSM_DIR / "softhsm2.conf"
+    conf.write_text(f"directories.tokendir = {HSM_DIR / 'tokens'}\nobjectstore.backend = file\nlog.level = ERROR\n")
+    os.environ["SOFTHSM2_CONF"] = str(conf)
+    os.environ["MOLAMD_DEMO_HSM_PIN"] = HSM_PIN
+    subprocess.run(["softhsm2-util", "--init-token", "--free", "--label", "molam-demo", "--pin", HSM_PIN,
+                    "--so-pin", "demo-so-pin"], check=True, capture_output=True)
+    certificate = HSM_DIR / f"{FILES_KEY}.pem"
+    for args in (["keygen", "--label", FILES_KEY, "--kind", "rsa-2048"],
+                 ["cert", "--label", FILES_KEY, "--cn", "Molam Senegal SA payment files", "--org", "Molam SAS",
+                  "--country", "SN", "--out", str(certificate)]):
+        subprocess.run([str(BIN / "molamd"), "hsm", *args, "--config", str(CONFIG)], check=True,
+                       stdout=subprocess.DEVNULL)
+    return certificate
+
+
+def start_files_bank(faults: bool, certificate: Path) -> tuple[subprocess.Popen[str], str, subprocess.Popen[str]]:
+    """Bank C: its file desk (XSD, xmlsec1, DU01, ledger, pain.002) and its SFTP server over the same root."""
+    shutil.rmtree(FILES_ROOT, ignore_errors=True)
+    bank, url = start_bank(FILES_PORT, False, "C_", statements=FILES_ROOT / "outgoing", account=FILES_ACCOUNT,
+                           extra=["--files-root", str(FILES_ROOT), "--files-certificate", str(certificate),
+                                  "--report-delay", "1.0"])
+    if faults:  # reports that come twice, and some that never come (the statements settle those)
+        httpx.post(f"{url}/admin/files", json={"duplicate_report_rate": 0.2, "report_loss_rate": 0.1},
+                   timeout=10).raise_for_status()
+    sftp = start_sftp(FILES_ROOT, FILES_STATE, FILES_SFTP_PORT, clean=False,
+                      extra=["--drop-after-rename", "2", "--take-at-once"] if faults else [])
+    return bank, url, sftp
+
+
+def start_bank(port: int, faults: bool, prefix: str, *, statements: Path = SFTP_ROOT / "outgoing",
+               account: str = TREASURY_ACCOUNT, extra: list[str] | None = None) -> tuple[subprocess.Popen[str], str]:
     mix = FAULT_MIX if faults else {}
     bank = subprocess.Popen(
         [str(BIN / "python"), str(ROOT / "scripts" / "sandbox_bank.py"), "--port", str(port),
-         "--events-port", str(port + 1), "--statements-dir", str(SFTP_ROOT / "outgoing"),
-         "--statement-interval", "1", "--statement-account", TREASURY_ACCOUNT, "--statement-prefix", prefix,
-         "--secret", SANDBOX_SECRET, "--settle-delay", "0.2", "--reject-rate", "0.01", "--faults", json.dumps(mix)],
+         "--events-port", str(port + 1), "--statements-dir", str(statements),
+         "--statement-interval", "1", "--statement-account", account, "--statement-prefix", prefix,
+         "--secret", SANDBOX_SECRET, "--settle-delay", "0.2", "--reject-rate", "0.01", "--faults", json.dumps(mix),
+         *(extra or [])],
         stdout=subprocess.PIPE, text=True)
     assert bank.stdout is not None
     line = bank.stdout.readline().strip()
@@ -131,10 +178,10 @@ def reconcile(cluster: Cluster, bank_urls: list[str]) -> tuple[int, int, list[st
     by_ref: dict[str, list[dict[str, Any]]] = {}
     for url in bank_urls:
         for payment in httpx.get(f"{url}/admin/ledger", timeout=30).json()["payments"]:
-            by_ref.setdefault(str(payment["reference"]), []).append({**payment, "bank": url})
+            by_ref.setdefault(str(payment["idempotency_key"]), []).append({**payment, "bank": url})
     paid_twice = sum(1 for payments in by_ref.values() if len(payments) > 1)
     with psycopg.connect(cluster.dsn()) as conn:
-        rows = conn.execute("SELECT payout_id || '/' || id, status, provider_ref FROM payout_slices").fetchall()
+        rows = conn.execute("SELECT idempotency_key, status, provider_ref FROM payout_slices").fetchall()
     lost, notes = 0, []
     for reference, payments in by_ref.items():
         if len(payments) > 1:
@@ -147,7 +194,8 @@ def reconcile(cluster: Cluster, bank_urls: list[str]) -> tuple[int, int, list[st
         elif paid and status not in ("settled", "sent", "failed"):
             lost += 1
             notes.append(f"{reference}: executed by a bank ({paid[0]['id']}) but {status} in the database")
-        elif paid and provider_ref not in {p["id"] for p in paid}:
+        elif paid and provider_ref not in {p["id"] for p in paid} and not any(
+                p.get("channel") == "file" and str(provider_ref).endswith("/" + p["reference"]) for p in paid):
             lost += 1
             notes.append(f"{reference}: the database names {provider_ref}, the bank {paid[0]['id']}")
         elif status not in FINAL:
@@ -164,10 +212,10 @@ def statement_counts(cluster: Cluster) -> dict[str, int]:
         lines, linked, settled_linked = conn.execute(
             "SELECT count(*), count(l.payout_slice_id), count(*) FILTER (WHERE s.status = 'settled')"
             " FROM bank_statement_lines l LEFT JOIN payout_slices s ON s.id = l.payout_slice_id").fetchone()
-        # Only ecobank-sn sends statements in the demo: those are the settled payouts a statement can confirm.
+        # ecobank-sn and cbao-sn send statements in the demo: those are the settled payouts a statement can confirm.
         settled = conn.execute(
             "SELECT count(*) FROM payout_slices s JOIN treasury_accounts t ON t.id = s.treasury_account_id"
-            " WHERE s.status = 'settled' AND t.bank_profile_id = 'ecobank-sn'").fetchone()[0]
+            " WHERE s.status = 'settled' AND t.bank_profile_id IN ('ecobank-sn', 'cbao-sn')").fetchone()[0]
         proven = conn.execute(
             "SELECT count(*) FROM molamd_audit WHERE action = 'statement_settle'").fetchone()[0]
     return {"files": files, "failed": failed, "lines": lines, "linked": linked, "settled_linked": settled_linked,
@@ -178,7 +226,7 @@ def summary(cluster: Cluster, bank_urls: list[str], elapsed: float, outage: dict
     status, connectors = ctl("status"), ctl("connectors") or []
     counts = slice_counts(cluster)
     paid_twice, lost, notes = reconcile(cluster, bank_urls)
-    bank_url, backup_url = bank_urls
+    bank_url, backup_url, files_url = bank_urls
     with psycopg.connect(cluster.dsn()) as conn:
         dead = conn.execute("SELECT attempts, max_attempts, last_error FROM payout_slices WHERE status = 'dead'"
                             " ORDER BY id LIMIT 5").fetchall()
@@ -218,11 +266,41 @@ def summary(cluster: Cluster, bank_urls: list[str], elapsed: float, outage: dict
           f"{st['linked']} linked to the payouts they carry; {st['settled_linked']} of {st['settled']} settled "
           f"payouts confirmed by a statement line ({st['proven']} of them settled by it from dead or retrying); "
           f"{st['lines'] - st['linked']} lines unmatched")
-    print(f"paid twice: {paid_twice} (over both banks' ledgers)")
+    files = file_counts(cluster, files_url)
+    print(f"files: {files['files']} pain.001 files signed in the HSM ({files['statuses']}), {files['transactions']}"
+          f" transactions; {files['verified']} of {files['files']} verified by xmlsec1 against the certificate;"
+          f" bank C took {files['desk']['files']} uploads ({files['desk']['duplicates']} refused as duplicates,"
+          f" DU01); {files['reports']} pain.002 reports ({files['flags']})")
+    print(f"paid twice: {paid_twice} (over the three banks' ledgers)")
     print(f"lost: {lost}")
     for note in notes[:10]:
         print(f"  {note}")
-    return 0 if paid_twice == 0 and lost == 0 and outage["backup_during"] > 0 else 1
+    ok = files["files"] > 0 and files["verified"] == files["files"]
+    return 0 if paid_twice == 0 and lost == 0 and outage["backup_during"] > 0 and ok else 1
+
+
+def file_counts(cluster: Cluster, files_url: str) -> dict[str, Any]:
+    """The payment files in the database, each checked by the xmlsec1 command line, and what bank C saw."""
+    certificate = HSM_DIR / f"{FILES_KEY}.pem"
+    with psycopg.connect(cluster.dsn()) as conn:
+        files = conn.execute("SELECT file_name, content, status, transactions FROM payment_files").fetchall()
+        reports = conn.execute("SELECT coalesce(flag, 'applied'), count(*) FROM payment_status_reports"
+                               " GROUP BY 1").fetchall()
+    verified = 0
+    with tempfile.TemporaryDirectory(prefix="molamd-demo-verify-") as tmp:
+        for name, content, _, _ in files:
+            path = Path(tmp) / name
+            path.write_bytes(bytes(content))
+            checked = subprocess.run(["xmlsec1", "--verify", "--pubkey-cert-pem", str(certificate), str(path)],
+                                     capture_output=True, check=False)
+            verified += checked.returncode == 0
+    statuses: dict[str, int] = {}
+    for _, _, status, _ in files:
+        statuses[status] = statuses.get(status, 0) + 1
+    return {"files": len(files), "transactions": sum(f[3] for f in files), "verified": verified,
+            "statuses": ", ".join(f"{k} {v}" for k, v in sorted(statuses.items())) or "none",
+            "reports": sum(n for _, n in reports), "flags": ", ".join(f"{k} {v}" for k, v in sorted(reports)),
+            "desk": httpx.get(f"{files_url}/admin/files", timeout=10).json()}
 
 
 def breaker_outage(bank_urls: list[str]) -> dict[str, int]:
@@ -246,7 +324,7 @@ def prepare(cluster: Cluster, slices: int) -> None:
     seed = (ROOT / "scripts" / "seed_demo.sql").read_text().replace("__SLICES__", str(int(slices)))
     with psycopg.connect(cluster.dsn()) as conn:
         conn.execute(seed.encode())
-    say(f"seeded 2 bank profiles, their XOF accounts and {slices} payout slices")
+    say(f"seeded 3 bank profiles, their XOF accounts and {slices} payout slices")
 
 
 def watch(daemon: subprocess.Popen[bytes], cluster: Cluster, bank_urls: list[str], until_idle: bool) -> int:
@@ -281,7 +359,7 @@ def watch(daemon: subprocess.Popen[bytes], cluster: Cluster, bank_urls: list[str
 
 
 def stop(daemon: subprocess.Popen[bytes] | None, banks: list[subprocess.Popen[str]], cluster: Cluster,
-         sftp: subprocess.Popen[str] | None = None) -> None:
+         *sftp: subprocess.Popen[str] | None) -> None:
     if daemon is not None and daemon.poll() is None:
         daemon.send_signal(signal.SIGTERM)
         try:
@@ -290,7 +368,7 @@ def stop(daemon: subprocess.Popen[bytes] | None, banks: list[subprocess.Popen[st
             daemon.kill()
             code = daemon.wait()
         say(f"molamd stopped (exit {code})")
-    for peer in (*banks, sftp):
+    for peer in (*banks, *sftp):
         if peer is not None:
             peer.terminate()
             peer.wait(10)
@@ -306,7 +384,10 @@ def run(until_idle: bool, faults: bool, slices: int) -> int:
     daemon: subprocess.Popen[bytes] | None = None
     banks: list[subprocess.Popen[str]] = []
     sftp: subprocess.Popen[str] | None = None
+    files_sftp: subprocess.Popen[str] | None = None
     try:
+        certificate = start_hsm()
+        say(f"SoftHSM2 token in {HSM_DIR}: key {FILES_KEY!r} made inside it, self-signed certificate {certificate}")
         prepare(cluster, slices)
         sftp = start_sftp()
         say(f"sandbox SFTP statement drop at 127.0.0.1:{SFTP_PORT} (inbox {SFTP_ROOT / 'outgoing'})")
@@ -316,18 +397,22 @@ def run(until_idle: bool, faults: bool, slices: int) -> int:
         backup, backup_url = start_bank(BACKUP_PORT, False, "B_")
         banks.append(backup)
         say(f"sandbox bank B (backup channel, its own ledger and idempotency store) at {backup_url}")
+        files_bank, files_url, files_sftp = start_files_bank(faults, certificate)
+        banks.append(files_bank)
+        say(f"sandbox bank C (cbao-sn, payment files over SFTP at 127.0.0.1:{FILES_SFTP_PORT}) at {files_url}"
+            + (": uploads dropped after the rename, files taken at once, reports lost or doubled" if faults else ""))
         LOG_PATH.parent.mkdir(parents=True, exist_ok=True)
         say(f"starting molamd (JSON logs in {LOG_PATH.relative_to(ROOT)})")
         with LOG_PATH.open("ab") as log:
             daemon = subprocess.Popen([str(BIN / "molamd"), "run", "--config", str(CONFIG)],
                                       stdout=log, stderr=subprocess.STDOUT)
         say(f"from another shell: .venv/bin/molamctl --socket {control_socket()} status")
-        return watch(daemon, cluster, [bank_url, backup_url], until_idle)
+        return watch(daemon, cluster, [bank_url, backup_url, files_url], until_idle)
     except KeyboardInterrupt:
         say("stopping")
         return 0
     finally:
-        stop(daemon, banks, cluster, sftp)
+        stop(daemon, banks, cluster, sftp, files_sftp)
 
 
 def main() -> int:

@@ -175,9 +175,17 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--user", default="bank")
     parser.add_argument("--password", default="sandbox")
+    parser.add_argument("--drop-after-rename", type=int, default=0,
+                        help="abort the connection after this many renames (the client never hears back)")
+    parser.add_argument("--take-at-once", action="store_true",
+                        help="a file renamed into inbox/ moves to taken/ at once, as banks take their files")
     args = parser.parse_args()
     server = SandboxSftp(Path(args.root), state=Path(args.state), user=args.user, password=args.password,
                          port=args.port)
+    server.drop_after_rename = args.drop_after_rename
+    if args.take_at_once:
+        server.take_at_once, server.taken = True, Path(args.root) / "taken"
+        server.taken.mkdir(parents=True, exist_ok=True)
 
     async def run() -> None:
         await server.listen()

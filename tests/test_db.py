@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tempfile
 import time
 from typing import Any
@@ -91,6 +92,26 @@ def test_payout_status_machine_is_enforced(migrated_dsn: str) -> None:
         before, after = conn.execute(
             "SELECT created_at, updated_at FROM payout_slices WHERE id = %s", (sid,)).fetchone()
         assert after >= before
+
+
+def _transitions(source: str) -> set[tuple[str, str]]:
+    return set(re.findall(r"\('([a-z_]+)', '([a-z_]+)'\)", source.split("IN (", 1)[1].split(") THEN", 1)[0]))
+
+
+def test_each_migration_that_replaces_the_status_guard_keeps_every_transition_before_it(migrated_dsn: str) -> None:
+    """A guard replaced by a later migration that forgot a transition stops the dispatcher dead in production."""
+    previous: set[tuple[str, str]] = set()
+    for migration in db.shipped_migrations():
+        if "FUNCTION payout_slices_guard_status" not in migration.sql:
+            continue
+        body = migration.sql.split("FUNCTION payout_slices_guard_status", 1)[1].split("END $$", 1)[0]
+        allowed = _transitions(body)
+        assert previous <= allowed, f"{migration.version:04d}_{migration.name} drops {sorted(previous - allowed)}"
+        previous = allowed
+    with psycopg.connect(migrated_dsn) as conn:
+        live = conn.execute("SELECT prosrc FROM pg_proc WHERE proname = 'payout_slices_guard_status'").fetchone()[0]
+    assert _transitions(live) == previous
+    assert {("sending", "batched"), ("batched", "sent"), ("sending", "pending")} <= previous
 
 
 def test_raw_statements_are_immutable(migrated_dsn: str) -> None:

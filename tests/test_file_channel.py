@@ -126,7 +126,7 @@ def test_slices_go_out_in_signed_files_and_reports_bring_them_back(
     file_bank: tuple[Bank, SandboxSftp, Path],
 ) -> None:
     token, certificate = hsm_key
-    bank, sftp, root = file_bank
+    bank, sftp, _ = file_bank
     known_hosts = sftp.known_hosts(short_tmp / "known_hosts")
     config = (payout_toml(short_tmp, migrated_dsn, file_connector("bank-c-files", sftp, known_hosts, certificate))
               + hsm_toml(token))
@@ -212,7 +212,7 @@ def test_a_file_channel_whose_key_is_absent_does_not_start_and_sends_nothing(
     file_bank: tuple[Bank, SandboxSftp, Path],
 ) -> None:
     token, certificate = hsm_key
-    bank, sftp, root = file_bank
+    _, sftp, root = file_bank
     known_hosts = sftp.known_hosts(short_tmp / "known_hosts")
     config = (payout_toml(short_tmp, migrated_dsn, file_connector("bank-c-files", sftp, known_hosts, certificate))
               .replace(f'key_label = "{KEY}"', 'key_label = "no-such-key"') + hsm_toml(token))

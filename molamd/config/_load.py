@@ -162,8 +162,8 @@ def _check_file_channels(config: Config, problems: list[ConfigProblem]) -> None:
             problems.append(ConfigProblem(f"{path}.iso20022.key_algorithm", "rsa-sha256 or ecdsa-sha256"))
         for key in ("certificate", "bank_certificate"):
             value = getattr(o, key)
-            if value and not os.path.isfile(value):
-                problems.append(ConfigProblem(f"{path}.iso20022.{key}", f"{value}: no such file"))
+            if value and not os.path.isabs(value):
+                problems.append(ConfigProblem(f"{path}.iso20022.{key}", f"{value}: give an absolute path"))
         if o.reports_signed and not o.bank_certificate:
             problems.append(ConfigProblem(f"{path}.iso20022.bank_certificate",
                                           "reports_signed needs the bank's certificate to check them against"))
