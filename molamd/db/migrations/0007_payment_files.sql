@@ -11,6 +11,7 @@ ALTER TABLE payout_slices ADD CONSTRAINT payout_slices_status_check CHECK (statu
 ALTER TABLE payout_slices ADD COLUMN batched_at timestamptz;
 CREATE INDEX payout_slices_batched_idx ON payout_slices (connector_name, batched_at) WHERE status = 'batched';
 
+-- As 0004 left it, with the file channel's transitions added.
 CREATE OR REPLACE FUNCTION payout_slices_guard_status() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF NEW.status = OLD.status THEN
@@ -19,11 +20,14 @@ BEGIN
     IF (OLD.status, NEW.status) IN (
         ('pending', 'claimed'), ('retry_scheduled', 'claimed'),
         ('claimed', 'sending'), ('claimed', 'pending'), ('claimed', 'retry_scheduled'), ('claimed', 'dead'),
+        ('claimed', 'sent'), ('claimed', 'settled'), ('claimed', 'failed'),
         ('sending', 'sent'), ('sending', 'settled'), ('sending', 'failed'), ('sending', 'retry_scheduled'),
-        ('sending', 'dead'), ('sending', 'claimed'), ('sending', 'batched'),
-        ('batched', 'sent'), ('batched', 'dead'), ('batched', 'pending'),
+        ('sending', 'dead'), ('sending', 'claimed'), ('sending', 'pending'),
         ('sent', 'settled'), ('sent', 'failed'),
-        ('dead', 'pending')
+        ('dead', 'pending'), ('dead', 'failed'),
+        ('dead', 'settled'), ('retry_scheduled', 'settled'),
+        -- the file channel: handed to a FileBatcher, then in a recorded file, or refused by every file
+        ('sending', 'batched'), ('batched', 'sent'), ('batched', 'dead'), ('batched', 'pending')
     ) THEN
         RETURN NEW;
     END IF;
