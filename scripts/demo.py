@@ -129,8 +129,8 @@ def start_files_bank(faults: bool, certificate: Path) -> tuple[subprocess.Popen[
     bank, url = start_bank(FILES_PORT, False, "C_", statements=FILES_ROOT / "outgoing", account=FILES_ACCOUNT,
                            extra=["--files-root", str(FILES_ROOT), "--files-certificate", str(certificate),
                                   "--report-delay", "1.0"])
-    if faults:  # reports that come twice, and some that never come (the statements settle those)
-        httpx.post(f"{url}/admin/files", json={"duplicate_report_rate": 0.2, "report_loss_rate": 0.1},
+    if faults:  # reports that come twice, and some that come late (a statement may settle those first)
+        httpx.post(f"{url}/admin/files", json={"duplicate_report_rate": 0.2, "late_report_rate": 0.2},
                    timeout=10).raise_for_status()
     sftp = start_sftp(FILES_ROOT, FILES_STATE, FILES_SFTP_PORT, clean=False,
                       extra=["--drop-after-rename", "2", "--take-at-once"] if faults else [])
@@ -400,7 +400,7 @@ def run(until_idle: bool, faults: bool, slices: int) -> int:
         files_bank, files_url, files_sftp = start_files_bank(faults, certificate)
         banks.append(files_bank)
         say(f"sandbox bank C (cbao-sn, payment files over SFTP at 127.0.0.1:{FILES_SFTP_PORT}) at {files_url}"
-            + (": uploads dropped after the rename, files taken at once, reports lost or doubled" if faults else ""))
+            + (": uploads dropped after the rename, files taken at once, reports late or doubled" if faults else ""))
         LOG_PATH.parent.mkdir(parents=True, exist_ok=True)
         say(f"starting molamd (JSON logs in {LOG_PATH.relative_to(ROOT)})")
         with LOG_PATH.open("ab") as log:

@@ -10,6 +10,7 @@ ACTC report goes out at once; after ``report_delay`` each transaction is settled
 reported in a second file. Reports may be signed with the bank's own key (python-xmlsec, enveloped).
 
 Faults (``faults`` dict, changed at run time): ``report_loss_rate`` (the final report never comes),
+``late_report_rate`` (it comes ten report delays late, after a statement may have settled the payment),
 ``duplicate_report_rate`` (it comes twice, under two MsgIds).
 """
 
@@ -54,7 +55,9 @@ class FileDesk:
         self.report_delay = report_delay
         self.report_key = report_key
         self.rng = rng or random.Random()
-        self.faults: dict[str, float] = {"report_loss_rate": 0.0, "duplicate_report_rate": 0.0}
+        self.faults: dict[str, float] = {"report_loss_rate": 0.0, "late_report_rate": 0.0,
+                                         "duplicate_report_rate": 0.0}
+        self._late: list[tuple[float, str, list[dict[str, Any]]]] = []
         self.seen: dict[str, str] = {}  # MsgId -> sha256 of the file first received under it
         self.ids = itertools.count(1)
         self.stats: dict[str, int] = {"files": 0, "duplicates": 0, "invalid": 0, "bad_signature": 0,
@@ -76,6 +79,9 @@ class FileDesk:
             due, self._due = [d for d in self._due if d[0] <= now], [d for d in self._due if d[0] > now]
             for _, msg_id, payments in due:
                 self.finish(msg_id, payments)
+            late, self._late = [d for d in self._late if d[0] <= now], [d for d in self._late if d[0] > now]
+            for _, msg_id, payments in late:
+                self.report(msg_id, None, None, None, payments)
 
     def take(self, path: Path) -> None:
         """One pain.001 file out of the inbox: checked, executed, acknowledged."""
@@ -163,6 +169,9 @@ class FileDesk:
             else:
                 p["status"] = "settled"
         if self.rng.random() < self.faults["report_loss_rate"]:
+            return
+        if self.rng.random() < self.faults["late_report_rate"]:
+            self._late.append((time.monotonic() + 10 * self.report_delay, msg_id, payments))
             return
         copies = 2 if self.rng.random() < self.faults["duplicate_report_rate"] else 1
         for _ in range(copies):

@@ -74,8 +74,16 @@ class _Sftp(asyncssh.SFTPServer):
         return data
 
     def rename(self, oldpath: bytes, newpath: bytes) -> None:
-        super().rename(oldpath, newpath)
         server = self._server
+        if server.refuse_rename:
+            server.refuse_rename -= 1
+            raise asyncssh.SFTPPermissionDenied("sandbox: rename refused")
+        if server.drop_before_rename:
+            server.drop_before_rename -= 1
+            server.drops += 1
+            self._chan.get_extra_info("connection").abort()
+            raise asyncssh.SFTPConnectionLost("sandbox: connection dropped before the rename")
+        super().rename(oldpath, newpath)
         if server.take_at_once and server.taken is not None:
             # Banks take a file from their inbox the moment it lands under its final name.
             local = Path(self.map_path(newpath).decode())
@@ -100,6 +108,8 @@ class SandboxSftp:
         self.drops = 0
         self.on_read: Callable[[int], None] | None = None  # called with each read's offset (a test's fault)
         self.drop_after_rename = 0  # renames after which the connection is aborted (the reply never comes)
+        self.drop_before_rename = 0  # renames not done: the connection is aborted instead (after the write)
+        self.refuse_rename = 0  # renames answered "permission denied"
         self.take_at_once = False  # a file renamed into inbox/ is moved to taken/ at once
         self.taken: Path | None = None
         for sub in (INBOX, f"{INBOX}/archive", f"{INBOX}/error", "incoming"):

@@ -1,0 +1,177 @@
+"""Submitting a recorded file over SFTP, broken at each step: before the upload, after the write, at the rename
+(refused, or the connection dropped before or after it), and after the upload but before it is marked. Every
+resumption sends the recorded bytes under the recorded name: never a second file with other ids, never a
+file of ours overwritten, and a stranger's file under our name never replaced."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import psycopg
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.x509.oid import NameOID
+from sandbox_sftp import SandboxSftp
+
+from actors import Waiting
+from connectors import (
+    FileChannelConfig,
+    FileChannelConnector,
+    Network,
+    PayoutSlice,
+    Prepared,
+    UploadRefused,
+    decode_hook,
+)
+from molamd import payment_files
+from tests.payout_helpers import seed
+
+CONNECTOR = "bank-c-files"
+
+
+@pytest.fixture
+def bank(tmp_path: Path) -> Iterator[SandboxSftp]:
+    root = tmp_path / "bank"
+    (root / "inbox").mkdir(parents=True)
+    (root / "outbox").mkdir()
+    server = SandboxSftp(root, state=tmp_path / "state", password="pw").start()
+    yield server
+    server.stop()
+
+
+def channel(tmp_path: Path, server: SandboxSftp) -> tuple[FileChannelConnector, rsa.RSAPrivateKey]:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "molam")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now).not_valid_after(now + dt.timedelta(days=1))
+            .sign(key, hashes.SHA256()))
+    (tmp_path / "molam.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    config = msgspec.convert({
+        "kind": "iso20022", "name": CONNECTOR, "bank_profile": "bank-c",
+        "iso20022": {"key_label": "k", "certificate": str(tmp_path / "molam.pem"), "initiating_party": "Molam",
+                     "debtor_name": "Molam", "debtor_town": "Dakar", "debtor_country": "SN"},
+        "cutoffs": {"country": "SN", "timezone": "Africa/Dakar", "times": ["15:00"]},
+        "sftp": {"host": "127.0.0.1", "port": server.port, "username": "bank", "password": "env:X",
+                 "known_hosts": str(server.known_hosts(tmp_path / "known_hosts")), "inbox": "/outbox",
+                 "connect_timeout": "5s"},
+    }, FileChannelConfig, dec_hook=decode_hook)
+    options = msgspec.structs.replace(config.sftp, password=config.sftp.password.with_value("pw"))  # type: ignore[union-attr]
+    return FileChannelConnector(msgspec.structs.replace(config, sftp=options)), key
+
+
+def record(dsn: str, connector: FileChannelConnector, key: rsa.RSAPrivateKey, count: int = 4) -> Any:
+    ids = seed(dsn, count, profile="bank-c")
+    with psycopg.connect(dsn) as conn:
+        for status in ("claimed", "sending", "batched"):
+            conn.execute("UPDATE payout_slices SET status = %s, claimed_by = 'h#1', lease_until = now() + interval"
+                         " '1 minute', connector_name = %s, batched_at = now(),"
+                         " beneficiary_account = '0412' || lpad(id::text, 10, '0') WHERE id = ANY(%s)",
+                         (status, CONNECTOR, ids))
+        account = conn.execute("SELECT coalesce(t.iban, t.account_number) FROM payout_slices p JOIN"
+                               " treasury_accounts t ON t.id = p.treasury_account_id WHERE p.id = %s",
+                               (ids[0],)).fetchone()[0]
+
+        def build(file_id: int, slices: list[PayoutSlice], created: dt.datetime) -> Prepared:
+            f = connector.payment_file(file_id, slices, dt.date(2026, 12, 3), created)
+            return connector.prepare(f, lambda data: key.sign(data, padding.PKCS1v15(), hashes.SHA256()),
+                                     connector.certificate_key())
+
+        recorded = payment_files.record_file(conn, CONNECTOR, "pain.001.001.09", Waiting(
+            debtor_account=account, currency="XOF", count=count, oldest_seconds=9), count, build)
+    assert recorded.file is not None
+    return recorded.file
+
+
+def resumed(dsn: str) -> list[Any]:
+    """What a new incarnation finds to upload (the previous one's lease is over)."""
+    with psycopg.connect(dsn) as conn:
+        conn.execute("UPDATE payment_files SET upload_lease = NULL")
+        return payment_files.to_upload(conn, CONNECTOR, "host#2", 60)
+
+
+def at_the_bank(server: SandboxSftp) -> dict[str, bytes]:
+    inbox = server.root / "inbox"
+    return {p.name: p.read_bytes() for p in sorted(inbox.iterdir())}
+
+
+async def submit(connector: FileChannelConnector, s: Any) -> Any:
+    return await connector.submit(s.file_name, s.content, s.signature_name, s.signature)
+
+
+async def test_a_crash_before_the_upload_resumes_from_the_record(tmp_path: Path, migrated_dsn: str,
+                                                                 bank: SandboxSftp) -> None:
+    connector, key = channel(tmp_path, bank)
+    recorded = record(migrated_dsn, connector, key)
+    [again] = resumed(migrated_dsn)  # the recording process died before it uploaded anything
+    assert (again.file_id, again.msg_id, again.content) == (recorded.file_id, recorded.msg_id, recorded.content)
+    await submit(connector, again)
+    assert at_the_bank(bank) == {recorded.file_name: recorded.content}
+    await connector.aclose()
+
+
+@pytest.mark.parametrize("fault", ["drop_before_rename", "drop_after_rename", "refuse_rename"])
+async def test_a_broken_rename_resumes_with_the_same_bytes_under_the_same_name(
+    tmp_path: Path, migrated_dsn: str, bank: SandboxSftp, fault: str
+) -> None:
+    connector, key = channel(tmp_path, bank)
+    recorded = record(migrated_dsn, connector, key)
+    setattr(bank, fault, 1)
+    with pytest.raises(UploadRefused if fault == "refuse_rename" else Network):
+        await submit(connector, recorded)
+    seen = at_the_bank(bank)
+    if fault == "drop_after_rename":
+        assert seen == {recorded.file_name: recorded.content}, "renamed into place before the line dropped"
+    elif fault == "drop_before_rename":
+        assert seen == {f".{recorded.file_name}.part": recorded.content}, "written, not yet in place"
+    else:
+        assert seen == {}, "a refused rename leaves nothing behind"
+    [again] = resumed(migrated_dsn)
+    done = await submit(connector, again)
+    assert at_the_bank(bank) == {recorded.file_name: recorded.content}, "the one file, and no leftover"
+    if fault == "drop_after_rename":
+        assert "already in place" in done.detail
+    await connector.aclose()
+
+
+async def test_a_crash_after_the_upload_before_it_is_marked_sends_nothing_new(
+    tmp_path: Path, migrated_dsn: str, bank: SandboxSftp
+) -> None:
+    connector, key = channel(tmp_path, bank)
+    recorded = record(migrated_dsn, connector, key)
+    await submit(connector, recorded)  # and the process dies before payment_files says 'uploaded'
+    [again] = resumed(migrated_dsn)
+    done = await submit(connector, again)
+    assert "already in place" in done.detail
+    assert at_the_bank(bank) == {recorded.file_name: recorded.content}
+    bank.take_at_once, bank.taken = True, bank.root / "taken"  # a bank that takes its files at once
+    bank.taken.mkdir()
+    (bank.root / "inbox" / recorded.file_name).rename(bank.taken / recorded.file_name)
+    [third] = resumed(migrated_dsn)
+    done = await submit(connector, third)  # gone from the inbox: sent again, byte for byte (the bank says DU01)
+    assert (bank.taken / recorded.file_name).read_bytes() == recorded.content
+    assert "taken from the inbox" in done.detail
+    with psycopg.connect(migrated_dsn) as conn:
+        files = conn.execute("SELECT count(*), count(DISTINCT msg_id) FROM payment_files").fetchone()
+    assert files == (1, 1), "one file, one MsgId, however many times it went"
+    await connector.aclose()
+
+
+async def test_a_strangers_file_under_our_name_is_never_overwritten(
+    tmp_path: Path, migrated_dsn: str, bank: SandboxSftp
+) -> None:
+    connector, key = channel(tmp_path, bank)
+    recorded = record(migrated_dsn, connector, key)
+    (bank.root / "inbox" / recorded.file_name).write_bytes(b"someone else's file")
+    with pytest.raises(UploadRefused, match="not overwritten"):
+        await submit(connector, recorded)
+    assert (bank.root / "inbox" / recorded.file_name).read_bytes() == b"someone else's file"
+    assert hashlib.sha256(recorded.content).digest() != hashlib.sha256(b"someone else's file").digest()
+    await connector.aclose()
