@@ -18,7 +18,8 @@ import psycopg
 import pytest
 
 from tests.conftest import HSM_MODULE, HSM_PIN
-from tests.payout_helpers import ROOT, Bank, payout_toml, seed, statuses, wait_for
+from tests.payout_helpers import ROOT, Bank, payout_toml, rest_connector, seed, statuses, wait_for
+from tests.payout_helpers import env as rest_env
 
 sys.path.insert(0, str(ROOT / "scripts"))
 from sandbox_sftp import SandboxSftp
@@ -224,3 +225,52 @@ def test_a_file_channel_whose_key_is_absent_does_not_start_and_sends_nothing(
     assert _files(migrated_dsn) == 0 and not list((root / "inbox").iterdir())
     state = {c["name"]: c for c in d.ctl_json("connectors")}["bank-c-files"]
     assert state["state"] != "running", state
+
+
+def test_a_payout_in_doubt_on_the_rest_channel_never_goes_into_a_file(
+    daemon_factory: Any, short_tmp: Path, migrated_dsn: str, hsm_key: tuple[str, Path],
+    file_bank: tuple[Bank, SandboxSftp, Path],
+) -> None:
+    """One bank, two channels with their own idempotency stores: its REST API (primary) and its file desk
+    (backup). The API hangs: what it may have received stays with it; only what it provably never got goes
+    into files. The bank's one ledger would show a payment made by both channels."""
+    token, certificate = hsm_key
+    bank, sftp, _ = file_bank
+    known_hosts = sftp.known_hosts(short_tmp / "known_hosts")
+    connectors = (rest_connector("bank-c-api", bank.url, profile="bank-c", priority=10, call_timeout="300ms",
+                                 scope="bank-c-api")
+                  + file_connector("bank-c-files", sftp, known_hosts, certificate, priority=20))
+    config = payout_toml(short_tmp, migrated_dsn, connectors, lease="8s") + hsm_toml(token)
+    bank.faults(hang_rate=0.6, error_rate=0.2)
+    ids = seed_files(migrated_dsn, 150)
+    env = {**files_env(token), **rest_env()}
+    d = daemon_factory(config, env=env)
+    wait_for(lambda: statuses(migrated_dsn, ids).get("pending", 0) < 100, 30, "the API tried", lambda: statuses(
+        migrated_dsn, ids))
+    assert d.ctl_json("force-open", "bank-c-api")["breaker"] == "forced_open"  # the bank's API is down
+    during = seed_files(migrated_dsn, 60)
+    ids += during
+    wait_for(lambda: _files(migrated_dsn) >= 1, 30, "the backup's first file", lambda: _errors(migrated_dsn))
+    d.ctl_json("reset-circuit", "bank-c-api")
+    bank.faults(hang_rate=0.0, error_rate=0.0)
+    wait_for(lambda: sum(statuses(migrated_dsn, ids).get(s, 0) for s in FINAL) == len(ids), 90,
+             "every slice final", lambda: statuses(migrated_dsn, ids))
+    by_key: dict[str, list[str]] = {}
+    for payment in bank.ledger():
+        by_key.setdefault(payment["idempotency_key"], []).append(payment.get("channel", "rest"))
+    twice = {k: v for k, v in by_key.items() if len(v) > 1}
+    assert twice == {}, f"paid through both channels: {list(twice.items())[:5]}"
+    with psycopg.connect(migrated_dsn) as conn:
+        crossed = conn.execute(
+            "SELECT f.payout_slice_id FROM payment_file_slices f JOIN payout_slice_attempts a"
+            " ON a.payout_slice_id = f.payout_slice_id WHERE a.idempotency_scope = 'bank-c-api'"
+            " AND a.outcome NOT IN ('not_sent', 'refused')").fetchall()
+        channels = conn.execute("SELECT count(*) FILTER (WHERE payment_file_id IS NOT NULL), count(*)"
+                                " FROM payout_slices WHERE id = ANY(%s)", (ids,)).fetchone()
+        doubted = conn.execute("SELECT count(DISTINCT payout_slice_id) FROM payout_slice_attempts"
+                               " WHERE idempotency_scope = 'bank-c-api' AND outcome = 'in_doubt'").fetchone()[0]
+    assert doubted > 0, "the API left some slices in doubt: the rule was put to the test"
+    assert crossed == [], "a slice the API may have received went into a file"
+    assert 0 < channels[0] < channels[1], channels
+    assert {"rest", "file"} <= {c for v in by_key.values() for c in v}
+    assert d.ctl("status").returncode == 0
