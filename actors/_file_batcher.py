@@ -43,7 +43,7 @@ from connectors import (
     RemoteFile,
     Uploaded,
 )
-from connectors.iso20022 import StatusReportError, parse_pain002
+from connectors.iso20022 import SignatureInvalid, StatusReportError, parse_pain002
 
 from ._backoff import Backoff
 from ._connector_actor import CallObserver, ConnectorActor, DispatchState
@@ -117,7 +117,12 @@ class FileBatcher(ConnectorActor):
         probe = PayoutSlice(id=1, payout_id="probe", idempotency_key="molam-probe-1", amount=Decimal(1),
                             currency="XOF", rail="probe", debtor_account="PROBE", beneficiary_name="Probe",
                             beneficiary_account="PROBE")
-        self._build(0, [probe], self._clock(), self._clock().date())
+        try:
+            self._build(0, [probe], self._clock(), self._clock().date())
+        except SignatureInvalid as exc:
+            raise SignatureInvalid(
+                f"key {self.options.key_label!r} in the HSM does not make signatures that verify against"
+                f" certificate {self.options.certificate}: is it that key's certificate? ({exc})") from None
 
     def wake(self) -> None:
         self._wake.set()

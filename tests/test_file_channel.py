@@ -208,23 +208,58 @@ def _files(dsn: str) -> int:
         return int(conn.execute("SELECT count(*) FROM payment_files").fetchone()[0])
 
 
-def test_a_file_channel_whose_key_is_absent_does_not_start_and_sends_nothing(
+@pytest.mark.parametrize(("broken", "says"), [
+    ("key", "no-such-key"),
+    ("pin", "login refused"),
+    ("module", "cannot load it"),
+    ("certificate", "molam-other.pem"),
+])
+def test_a_file_channel_whose_hsm_or_key_is_broken_does_not_start_and_sends_nothing(
     daemon_factory: Any, short_tmp: Path, migrated_dsn: str, hsm_key: tuple[str, Path],
-    file_bank: tuple[Bank, SandboxSftp, Path],
+    file_bank: tuple[Bank, SandboxSftp, Path], broken: str, says: str,
 ) -> None:
     token, certificate = hsm_key
     _, sftp, root = file_bank
     known_hosts = sftp.known_hosts(short_tmp / "known_hosts")
     config = (payout_toml(short_tmp, migrated_dsn, file_connector("bank-c-files", sftp, known_hosts, certificate))
-              .replace(f'key_label = "{KEY}"', 'key_label = "no-such-key"') + hsm_toml(token))
+              + hsm_toml(token))
+    env = files_env(token)
+    if broken == "key":
+        config = config.replace(f'key_label = "{KEY}"', 'key_label = "no-such-key"')
+    elif broken == "pin":
+        env["MOLAMD_TEST_PIN"] = "0000"
+    elif broken == "module":
+        config = config.replace(HSM_MODULE, "/usr/lib/no-such-pkcs11.so")
+    else:  # a certificate of another key: the HSM's signatures do not verify with it
+        other = short_tmp / "molam-other.pem"
+        other.write_bytes(_other_certificate())
+        config = config.replace(f'certificate = "{certificate}"', f'certificate = "{other}"')
     ids = seed_files(migrated_dsn, 5)
-    d = daemon_factory(config, env=files_env(token))
-    wait_for(lambda: "no-such-key" in d.logs(), 20, "the reason in the log")
+    d = daemon_factory(config, env=env)
+    wait_for(lambda: says in d.logs(), 20, f"the reason ({says}) in the log", lambda: d.logs()[-3000:])
     time.sleep(1.0)
     assert statuses(migrated_dsn, ids) == {"pending": 5}, "nothing routed to a connector that is not running"
     assert _files(migrated_dsn) == 0 and not list((root / "inbox").iterdir())
     state = {c["name"]: c for c in d.ctl_json("connectors")}["bank-c-files"]
     assert state["state"] != "running", state
+    assert HSM_PIN not in d.logs()
+
+
+def _other_certificate() -> bytes:
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "not our key")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(7).not_valid_before(now).not_valid_after(now + dt.timedelta(days=1))
+            .sign(key, hashes.SHA256()))
+    return cert.public_bytes(serialization.Encoding.PEM)
 
 
 def test_a_payout_in_doubt_on_the_rest_channel_never_goes_into_a_file(
