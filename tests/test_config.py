@@ -32,6 +32,7 @@ def problems(text: str) -> list[str]:
 def test_shipped_configs_are_valid(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MOLAMD_SANDBOX_HMAC", "demo-secret")  # scripts/demo sets these for the dev config
     monkeypatch.setenv("MOLAMD_SANDBOX_SFTP", "demo-password")
+    monkeypatch.setenv("MOLAMD_DEMO_HSM_PIN", "demo-pin")
     example = load_resolved(str(EXAMPLE))
     assert example.connectors[0].name == "ecobank-sn-null"
     assert load_resolved(str(DEV)).daemon.host_id == "demo-host"
@@ -62,7 +63,10 @@ def test_example_documents_every_key() -> None:
     from connectors.statements import CsvColumns, CsvProfile
 
     assert "\n[csv_profiles." in text
-    for struct in (LimitsConfig, BreakerConfig, RestOptions, SftpOptions, CsvProfile, CsvColumns):
+    from connectors import CutoffConfig, FileChannelOptions
+
+    for struct in (LimitsConfig, BreakerConfig, RestOptions, SftpOptions, CsvProfile, CsvColumns, FileChannelOptions,
+                   CutoffConfig):
         for key in struct.__struct_fields__:
             assert f"\n{key} =" in text or f"\n# {key} =" in text or f".{key}]" in text, f"{struct.__name__}.{key}"
 
