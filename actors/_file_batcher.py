@@ -214,7 +214,7 @@ class FileBatcher(ConnectorActor):
         async def call(c: CallContext) -> tuple[Uploaded, CallRecord]:
             started = trio.current_time()
             try:
-                done = await self.channel.submit(s.file_name, s.content, s.signature_name, s.signature)
+                done = await self.channel.submit(s.file_name, s.content, s.signature_name, s.signature, s.msg_id)
             except ConnectorError as exc:
                 exc.record = CallRecord(
                     connector=self.name, trace_id=c.trace_id, operation="upload", outcome="error",
@@ -245,36 +245,33 @@ class FileBatcher(ConnectorActor):
 
     async def _reports_loop(self) -> None:
         failures = 0
-        sftp = self.channel.options
+        every, most = self.options.report_poll_interval.seconds, self.options.report_backoff_max.seconds
         while True:
             try:
                 await self._take_reports()
                 failures = 0
-                delay = sftp.poll_interval.seconds
+                delay = every
             except ConnectorError as exc:
                 failures += 1
-                delay = min(sftp.error_backoff_max.seconds, sftp.poll_interval.seconds * 2 ** min(failures, 10))
+                delay = min(most, every * 2 ** min(failures, 10))
                 logger.warning("%s: status reports: %s: %s; again in %.0fs", self.name, exc.code, exc, delay)
             except Exception as exc:
                 if not getattr(exc, "retryable", False):
                     raise
-                delay = sftp.poll_interval.seconds
+                delay = every
                 logger.warning("%s: status reports wait for the database (%s)", self.name, exc)
             await trio.sleep(delay)
 
     async def _take_reports(self) -> None:
-        listing = await self.channel.listing()
-        settle = self.channel.options.stable_for.seconds
-        for remote in listing.files:
-            if (remote.name, remote.size, remote.mtime) in self._stuck or time.time() - remote.mtime < settle:
-                continue
-            await self._take_report(remote)
+        for remote in await self.channel.pending_reports():
+            if (remote.name, remote.size, remote.mtime) not in self._stuck:
+                await self._take_report(remote)
 
     async def _take_report(self, remote: RemoteFile) -> None:
         fd, path = tempfile.mkstemp(prefix="molamd-report-", dir=self._spool)
         os.close(fd)
         try:
-            fetched = await self.channel.fetch(remote, path)
+            fetched = await self.channel.fetch_report(remote, path)
             content = await trio.Path(path).read_bytes()
         finally:
             await trio.Path(path).unlink(missing_ok=True)
@@ -289,7 +286,7 @@ class FileBatcher(ConnectorActor):
                 logger.info("%s: status report %s: %d slices settled, %d failed", self.name, remote.name,
                             applied.settled, applied.failed)
         try:
-            await self.channel.acknowledge(remote, ok=True)
+            await self.channel.done_report(remote)
         except MoveRefused as exc:
             self._stuck.add((remote.name, remote.size, remote.mtime))
             logger.warning("%s: %s", self.name, exc)

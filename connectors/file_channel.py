@@ -5,7 +5,8 @@ FileBatcher closes them into files by size, age and the bank's cutoffs, and this
 one file into signed bytes (``prepare``: build, XSD-validate, sign in the HSM through the ``sign`` callable,
 verify the signature with python-xmlsec against our certificate) and moves bytes: ``upload`` into the bank's
 inbox (temporary name, rename, read back), and the report drop read as a statement drop is (list, fetch,
-acknowledge, the methods of ``SftpClient``). No clock and no database here: the batcher decides when, the store what.
+acknowledge), or the same over the bank's REST API (``transport = "rest"``: POST /files with the MsgId as
+idempotency key). No clock and no database here: the batcher decides when, the store what.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import enum
 import hashlib
 import re
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from decimal import Decimal
 from typing import ClassVar, Final
@@ -24,7 +26,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from ._calendar import BankCalendar, CutoffConfig
-from ._contract import Capability, ConnectorConfig, Health
+from ._contract import CallContext, Capability, ConnectorConfig, Health
 from ._errors import ConnectorError
 from ._payments import PayoutSlice
 from ._values import Duration
@@ -47,7 +49,8 @@ from .iso20022 import (
     verify_detached,
     verify_enveloped,
 )
-from .sftp import SftpClient, SftpOptions, Uploaded
+from .rest import RestConfig, RestConnector, RestOptions
+from .sftp import Fetched, RemoteFile, SftpClient, SftpOptions, Uploaded
 
 DS: Final = "http://www.w3.org/2000/09/xmldsig#"
 _IBAN: Final = re.compile(r"[A-Z]{2}[0-9]{2}[A-Z0-9]{10,30}")
@@ -56,6 +59,11 @@ _IBAN: Final = re.compile(r"[A-Z]{2}[0-9]{2}[A-Z0-9]{10,30}")
 class SignatureProfile(enum.StrEnum):
     ENVELOPED = "enveloped"  # inside the Document (pain.001.001.09 SplmtryData/Envlp)
     DETACHED = "detached"  # an XML-DSig file beside the payment file (pain.001.001.03 has no slot)
+
+
+class Transport(enum.StrEnum):
+    SFTP = "sftp"  # files into upload_dir (temporary name, rename, read back); reports from sftp.inbox
+    REST = "rest"  # POST /files with the MsgId as idempotency key; reports from GET /files/reports
 
 
 class FileChannelOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -83,6 +91,9 @@ class FileChannelOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unkno
     upload_dir: str = "/inbox"  # where files go; [connectors.sftp] inbox is where the bank drops its reports
     tick: Duration = msgspec.field(default_factory=lambda: Duration("1s"))  # how often the batcher looks
     upload_retry_max: Duration = msgspec.field(default_factory=lambda: Duration("5m"))
+    transport: Transport = Transport.SFTP  # how files go and reports come: [connectors.sftp] or [connectors.rest]
+    report_poll_interval: Duration = msgspec.field(default_factory=lambda: Duration("30s"))
+    report_backoff_max: Duration = msgspec.field(default_factory=lambda: Duration("5m"))
 
     @property
     def profile(self) -> SignatureProfile:
@@ -102,7 +113,8 @@ class FileChannelOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unkno
 class FileChannelConfig(ConnectorConfig, frozen=True, kw_only=True, tag="iso20022"):
     iso20022: FileChannelOptions
     cutoffs: CutoffConfig
-    sftp: SftpOptions
+    sftp: SftpOptions | None = None
+    rest: RestOptions | None = None
 
 
 class Prepared(msgspec.Struct, frozen=True, kw_only=True):
@@ -143,17 +155,39 @@ def _account(number: str) -> Account:
     return Account(other=number)
 
 
-class FileChannelConnector(SftpClient):
+class FileChannelConnector:
     kind: ClassVar[str] = "iso20022"
     offers: ClassVar[frozenset[Capability]] = frozenset(
         {Capability.SEND_PAYMENT, Capability.PAYMENT_FILES, Capability.HEALTH})
     capabilities: frozenset[Capability] = offers
 
     def __init__(self, config: FileChannelConfig) -> None:
-        super().__init__(config.name, config.sftp)
         self.config = config
+        self.name = config.name
         self.files = config.iso20022
         self.calendar = BankCalendar(config.cutoffs)
+        self.sftp: SftpClient | None = None
+        self.rest: RestConnector | None = None
+        if self.files.transport is Transport.SFTP:
+            if config.sftp is None:
+                raise ValueError(f"{config.name}: transport sftp needs [connectors.sftp]")
+            self.sftp = SftpClient(config.name, config.sftp)
+        else:
+            if config.rest is None:
+                raise ValueError(f"{config.name}: transport rest needs [connectors.rest]")
+            self.rest = RestConnector(RestConfig(name=config.name, bank_profile=config.bank_profile,
+                                                 limits=config.limits, rest=config.rest))
+        self._offered: dict[str, bytes] = {}  # REST: reports listed, by name, until acknowledged
+
+    async def open(self) -> None:
+        if self.rest is not None:
+            await self.rest.open()
+
+    async def aclose(self) -> None:
+        if self.sftp is not None:
+            await self.sftp.aclose()
+        if self.rest is not None:
+            await self.rest.aclose()
 
     # -- building -----------------------------------------------------------------------------------
 
@@ -210,11 +244,56 @@ class FileChannelConnector(SftpClient):
     # -- moving bytes -------------------------------------------------------------------------------
 
     async def submit(self, file_name: str, content: bytes, signature_name: str | None,
-                     signature: bytes | None) -> Uploaded:
+                     signature: bytes | None, msg_id: str = "") -> Uploaded:
         """The signature first (a bank must never find a payment file without it), then the file."""
+        if self.rest is not None:
+            return await self._post(file_name, content, signature_name, signature, msg_id or file_name)
+        assert self.sftp is not None
         if signature_name is not None and signature is not None:
-            await self.upload(self.files.upload_dir, signature_name, signature)
-        return await self.upload(self.files.upload_dir, file_name, content)
+            await self.sftp.upload(self.files.upload_dir, signature_name, signature)
+        return await self.sftp.upload(self.files.upload_dir, file_name, content)
+
+    async def _post(self, file_name: str, content: bytes, signature_name: str | None, signature: bytes | None,
+                    key: str) -> Uploaded:
+        assert self.rest is not None
+        ctx = CallContext(trace_id=uuid.uuid4().hex, timeout=self.config.limits.call_timeout.seconds)
+        if signature_name is not None and signature is not None:
+            await self.rest.upload_file(signature_name, signature, f"{key}.sig", ctx)
+        replayed, _ = await self.rest.upload_file(file_name, content, key, ctx)
+        return Uploaded(path=f"POST /files {file_name}",
+                        detail="the bank had it already (idempotent replay)" if replayed else "")
+
+    # -- status reports -----------------------------------------------------------------------------
+
+    async def pending_reports(self) -> list[RemoteFile]:
+        """Reports the bank has for us, ready to take (SFTP: settled for ``stable_for``), oldest first."""
+        if self.rest is not None:
+            ctx = CallContext(trace_id=uuid.uuid4().hex, timeout=self.config.limits.call_timeout.seconds)
+            listed = await self.rest.list_reports(ctx)
+            self._offered = dict(listed)
+            return [RemoteFile(name=name, size=len(data), mtime=0) for name, data in listed]
+        assert self.sftp is not None
+        settle = self.sftp.options.stable_for.seconds
+        return [f for f in (await self.sftp.listing()).files if time.time() - f.mtime >= settle]
+
+    async def fetch_report(self, remote: RemoteFile, local_path: str) -> Fetched:
+        if self.rest is not None:
+            data = self._offered.get(remote.name, b"")
+            with open(local_path, "wb") as out:  # noqa: ASYNC230 - a report already in memory
+                out.write(data)
+            return Fetched(path=local_path, sha256=hashlib.sha256(data).digest(), size=len(data))
+        assert self.sftp is not None
+        return await self.sftp.fetch(remote, local_path)
+
+    async def done_report(self, remote: RemoteFile) -> None:
+        """Stored: the bank may stop offering it (SFTP: moved to archive/; raises MoveRefused if it may not)."""
+        if self.rest is not None:
+            ctx = CallContext(trace_id=uuid.uuid4().hex, timeout=self.config.limits.call_timeout.seconds)
+            await self.rest.ack_report(remote.name, ctx)
+            self._offered.pop(remote.name, None)
+            return
+        assert self.sftp is not None
+        await self.sftp.acknowledge(remote, ok=True)
 
     # -- certificates -------------------------------------------------------------------------------
 
@@ -240,14 +319,12 @@ class FileChannelConnector(SftpClient):
         return "verified", None
 
     async def healthcheck(self) -> Health:
+        if self.rest is not None:
+            return await self.rest.healthcheck()
+        assert self.sftp is not None
         started = time.monotonic()
         try:
-            await self._call(self._stat_dirs)
+            await self.sftp.stat_dirs(self.files.upload_dir, self.sftp.options.inbox)
         except ConnectorError as exc:
             return Health(ok=False, latency_seconds=time.monotonic() - started, detail=str(exc))
         return Health(ok=True, latency_seconds=time.monotonic() - started)
-
-    async def _stat_dirs(self) -> None:
-        sftp = await self._session()
-        await sftp.stat(self.files.upload_dir)
-        await sftp.stat(self.options.inbox)

@@ -14,6 +14,7 @@ Content-Length says. The transport is a seam: tests pass an ``httpx.MockTranspor
 
 from __future__ import annotations
 
+import base64
 import email.utils
 import json
 import math
@@ -21,7 +22,7 @@ import ssl
 import time
 from collections.abc import Callable
 from typing import Any, ClassVar
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 import httpx
 import msgspec
@@ -237,6 +238,32 @@ class RestConnector:
         except (OSError, trio.TooSlowError) as exc:
             raise Network(self.name, f"event stream ended: {type(exc).__name__}: {exc}") from exc
 
+    # -- payment files (the REST transport of a file channel) ---------------------------------------
+
+    async def upload_file(self, name: str, content: bytes, key: str, ctx: CallContext) -> tuple[bool, CallRecord]:
+        """POST /files: a payment file's bytes under its MsgId as idempotency key; True when the bank answered
+        from its idempotency record (it had the file already)."""
+        audit_request: dict[str, object] = {"method": "POST", "path": "/files", "file": name, "bytes": len(content),
+                                            "idempotency_key": key}
+        response, _, record = await self._call("upload", "POST", "/files", content, ctx, audit_request,
+                                               extra_headers={"Idempotency-Key": key, "X-File-Name": name},
+                                               content_type="application/xml")
+        return response.headers.get("Idempotent-Replayed") == "true", record
+
+    async def list_reports(self, ctx: CallContext) -> list[tuple[str, bytes]]:
+        """GET /files/reports: the status reports waiting for us, as (name, bytes)."""
+        _, data, _ = await self._call("reports", "GET", "/files/reports", b"", ctx,
+                                      {"method": "GET", "path": "/files/reports"})
+        try:
+            return [(str(r["name"]), base64.b64decode(str(r["content"]), validate=True)) for r in data["reports"]]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BadResponse(self.name, f"unexpected reports answer: {exc}") from exc
+
+    async def ack_report(self, name: str, ctx: CallContext) -> None:
+        """POST /files/reports/NAME/ack: stored on our side, the bank may stop offering it."""
+        target = f"/files/reports/{quote(name, safe='')}/ack"
+        await self._call("report_ack", "POST", target, b"", ctx, {"method": "POST", "path": target})
+
     async def healthcheck(self) -> Health:
         start = trio.current_time()
         ctx = CallContext(trace_id="health", timeout=self.config.limits.call_timeout.seconds)
@@ -248,6 +275,7 @@ class RestConnector:
     async def _call(
         self, operation: str, method: str, target: str, body: bytes, ctx: CallContext,
         audit_request: dict[str, object], extra_headers: dict[str, str] | None = None,
+        content_type: str = "application/json",
     ) -> tuple[httpx.Response, dict[str, Any], CallRecord]:
         if not self._clients:
             raise Network(self.name, "connector is not open")
@@ -255,7 +283,7 @@ class RestConnector:
         client = self._clients[self._turn]
         timestamp = int(time.time())
         headers = {
-            "Content-Type": "application/json",
+            "Content-Type": content_type,
             "X-Key-Id": self._options.key_id,
             "X-Timestamp": str(timestamp),
             "X-Signature": sign_request(self._secret, method, target, timestamp, body),

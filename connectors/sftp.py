@@ -425,6 +425,15 @@ class SftpClient:
                 offset += len(chunk)
         return found.digest() == digest
 
+    async def stat_dirs(self, *paths: str) -> None:
+        """Each directory there (a health check of a drop with more than one)."""
+        await self._call(self._stat_dirs, paths)
+
+    async def _stat_dirs(self, paths: tuple[str, ...]) -> None:
+        sftp = await self._session()
+        for path in paths:
+            await sftp.stat(path)
+
     async def healthcheck(self) -> Health:
         started = time.monotonic()
         try:

@@ -118,6 +118,9 @@ class Bank:
             key = parse_qs(urlsplit(target).query).get("idempotency_key", [""])[0]
             found = self.by_key.get(key)
             return Reply(200, self.view(found[1])) if found else Reply(404, {"error": "not_found"})
+        if path.startswith("/files") and self.desk is not None:
+            status, answer, extra = self.desk.http(method, path, headers, body)
+            return Reply(status, answer, extra)
         if path.startswith("/payments/") and method == "GET":
             payment = self.by_id.get(path.removeprefix("/payments/"))
             return Reply(200, self.view(payment)) if payment else Reply(404, {"error": "not_found"})

@@ -16,7 +16,9 @@ Faults (``faults`` dict, changed at run time): ``report_loss_rate`` (the final r
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import hashlib
 import itertools
 import random
 import shutil
@@ -26,6 +28,7 @@ import time
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import trio
 from lxml import etree
@@ -64,6 +67,7 @@ class FileDesk:
                                       "transactions": 0, "reports": 0}
         self.verified: list[str] = []  # MsgIds whose signature xmlsec1 verified
         self._due: list[tuple[float, str, list[dict[str, Any]]]] = []
+        self.uploads: dict[str, str] = {}  # REST: Idempotency-Key -> sha256 of the bytes first posted under it
 
     # -- the inbox ----------------------------------------------------------------------------------
 
@@ -240,6 +244,45 @@ class FileDesk:
         ctx = xmlsec.SignatureContext()
         ctx.key = xmlsec.Key.from_file(str(self.report_key), xmlsec.constants.KeyDataFormatPem)
         ctx.sign(signature)
+
+    # -- the same over HTTP (a bank's file API) ---------------------------------------------------------
+
+    def http(self, method: str, path: str, headers: dict[str, str], body: bytes
+             ) -> tuple[int, dict[str, Any], dict[str, str]]:
+        """POST /files (Idempotency-Key: the MsgId), GET /files/reports, POST /files/reports/NAME/ack; answers
+        (status, JSON body, headers)."""
+
+        def Reply(status: int, answer: dict[str, Any], extra: dict[str, str] | None = None  # noqa: N802
+                  ) -> tuple[int, dict[str, Any], dict[str, str]]:
+            return status, answer, extra or {}
+
+        if path == "/files" and method == "POST":
+            key, name = headers.get("idempotency-key", ""), headers.get("x-file-name", "")
+            if not key or not name or "/" in name or name.startswith("."):
+                return Reply(400, {"error": "validation", "message": "Idempotency-Key and X-File-Name are required"})
+            digest = hashlib.sha256(body).hexdigest()
+            known = self.uploads.get(key)
+            if known is not None:
+                if known != digest:
+                    return Reply(409, {"error": "idempotency_conflict", "message": "other bytes under this key"})
+                return Reply(202, {"status": "received", "file": name}, {"Idempotent-Replayed": "true"})
+            self.uploads[key] = digest
+            partial = self.inbox / f".{name}.part"
+            partial.write_bytes(body)
+            partial.rename(self.inbox / name)
+            return Reply(202, {"status": "received", "file": name})
+        if path == "/files/reports" and method == "GET":
+            names = sorted(p.name for p in self.outbox.iterdir() if p.is_file() and not p.name.startswith("."))[:20]
+            return Reply(200, {"reports": [{"name": n, "content": base64.b64encode(
+                (self.outbox / n).read_bytes()).decode()} for n in names]})
+        if path.startswith("/files/reports/") and path.endswith("/ack") and method == "POST":
+            name = unquote(path.removeprefix("/files/reports/").removesuffix("/ack"))
+            report = self.outbox / name
+            if "/" in name or not report.is_file():
+                return Reply(404, {"error": "not_found"})
+            report.rename(self.outbox / "archive" / name)
+            return Reply(200, {"status": "acknowledged"})
+        return Reply(404, {"error": "not_found", "message": f"no route {method} {path}"})
 
     def summary(self) -> dict[str, Any]:
         return {**self.stats, "verified": len(self.verified), "verified_ids": self.verified, "faults": self.faults}

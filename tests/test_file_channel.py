@@ -309,3 +309,35 @@ def test_a_payout_in_doubt_on_the_rest_channel_never_goes_into_a_file(
     assert 0 < channels[0] < channels[1], channels
     assert {"rest", "file"} <= {c for v in by_key.values() for c in v}
     assert d.ctl("status").returncode == 0
+
+
+def test_files_over_the_banks_rest_api(
+    daemon_factory: Any, short_tmp: Path, migrated_dsn: str, hsm_key: tuple[str, Path],
+    file_bank: tuple[Bank, SandboxSftp, Path],
+) -> None:
+    """transport = "rest": the same signed bytes POSTed with the MsgId as idempotency key, reports read back from
+    GET /files/reports and acknowledged; a re-post of the same file is answered from the bank's record."""
+    token, certificate = hsm_key
+    bank, sftp, root = file_bank
+    section = file_connector("bank-c-files", sftp, short_tmp / "unused", certificate)
+    section = section[:section.index("[connectors.sftp]")] + textwrap.dedent(f"""
+        [connectors.rest]
+        base_url = "{bank.url}"
+        key_id = "molamd-demo"
+        hmac_secret = "env:MOLAMD_TEST_HMAC"
+        """)
+    section = section.replace('max_age = "1s"', 'max_age = "1s"\ntransport = "rest"\nreport_poll_interval = "200ms"')
+    config = payout_toml(short_tmp, migrated_dsn, section) + hsm_toml(token)
+    ids = seed_files(migrated_dsn, 60)
+    d = daemon_factory(config, env={**files_env(token), **rest_env()})
+    wait_for(lambda: sum(statuses(migrated_dsn, ids).get(s, 0) for s in FINAL) == len(ids), 60,
+             "every slice final", lambda: (statuses(migrated_dsn, ids), bank.files()))
+    keys = [p["idempotency_key"] for p in bank.ledger() if p.get("channel") == "file"]
+    assert sorted(keys) == sorted(f"molam-slice-{i}" for i in ids)
+    assert not list((root / "outbox").glob("*.xml")), "every report acknowledged (moved to archive by the bank)"
+    with psycopg.connect(migrated_dsn) as conn:
+        files = conn.execute("SELECT msg_id, status FROM payment_files").fetchall()
+        calls = conn.execute("SELECT operation, count(*) FROM bank_connector_logs GROUP BY 1").fetchall()
+    assert {status for _, status in files} == {"completed"} and len(files) >= 2
+    assert dict(calls).get("upload") == len(files)
+    assert set(bank.files()["verified_ids"]) == {m for m, _ in files}

@@ -172,11 +172,17 @@ def _check_file_channels(config: Config, problems: list[ConfigProblem]) -> None:
         for key in ("upload_dir",):
             if not getattr(o, key).startswith("/"):
                 problems.append(ConfigProblem(f"{path}.iso20022.{key}", "must be an absolute remote path"))
-        if o.upload_dir.rstrip("/") == entry.sftp.inbox.rstrip("/"):
-            problems.append(ConfigProblem(f"{path}.iso20022.upload_dir",
-                                          "must differ from sftp.inbox (where the bank drops its reports)"))
-        if entry.sftp.password is None and entry.sftp.private_key is None:
-            problems.append(ConfigProblem(f"{path}.sftp", "set password or private_key"))
+        if o.transport.value == "sftp":
+            if entry.sftp is None:
+                problems.append(ConfigProblem(f"{path}.sftp", "transport sftp needs [connectors.sftp]"))
+            else:
+                if o.upload_dir.rstrip("/") == entry.sftp.inbox.rstrip("/"):
+                    problems.append(ConfigProblem(f"{path}.iso20022.upload_dir",
+                                                  "must differ from sftp.inbox (where the bank drops its reports)"))
+                if entry.sftp.password is None and entry.sftp.private_key is None:
+                    problems.append(ConfigProblem(f"{path}.sftp", "set password or private_key"))
+        elif entry.rest is None:
+            problems.append(ConfigProblem(f"{path}.rest", "transport rest needs [connectors.rest]"))
 
 
 def _check_csv_profiles(config: Config, problems: list[ConfigProblem]) -> None:
