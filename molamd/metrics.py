@@ -132,6 +132,11 @@ class FileMetrics:
         self.final_report = Histogram("molamd_payment_file_final_report_seconds",
                                       "From upload to the report that leaves every slice of the file final",
                                       ["connector"], registry=r, buckets=(1, 5, 15, 60, 300, 900, 3600, 14400, 86400))
+        self.by_status = Gauge("molamd_payment_files", "Payment files by status (recorded, uploaded, accepted,"
+                               " partially_accepted, rejected, completed)", ["connector", "status"], registry=r)
+        self.tx_by_status = Gauge("molamd_payment_file_transactions_by_status",
+                                  "Transactions in files by the latest status a report gave them (none: no report yet)",
+                                  ["connector", "status"], registry=r)
         self.waiting = Gauge("molamd_payment_file_slices_waiting", "Slices batched, waiting for their file to close",
                              ["connector"], registry=r)
 
@@ -156,6 +161,14 @@ class FileMetrics:
 
     def slices_waiting(self, connector: str, count: int) -> None:
         self.waiting.labels(connector).set(count)
+
+    def set_counts(self, files: list[tuple[str, str, int]], transactions: list[tuple[str, str, int]]) -> None:
+        self.by_status.clear()
+        for connector, status, count in files:
+            self.by_status.labels(connector, status).set(count)
+        self.tx_by_status.clear()
+        for connector, status, count in transactions:
+            self.tx_by_status.labels(connector, status).set(count)
 
 
 class _ActorCollector(Collector):

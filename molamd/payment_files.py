@@ -343,6 +343,14 @@ def resubmit(conn: Any, host: str, who: Identity, file_id: int) -> dict[str, Any
     return {"id": file_id, "msg_id": row[0], "was": row[1], "status": "recorded"}
 
 
+def counts(conn: Any) -> tuple[list[tuple[str, str, int]], list[tuple[str, str, int]]]:
+    """Files by connector and status, and their transactions by connector and latest reported status."""
+    files = conn.execute("SELECT connector_name, status, count(*) FROM payment_files GROUP BY 1, 2").fetchall()
+    txs = conn.execute("SELECT f.connector_name, coalesce(s.tx_status, 'none'), count(*) FROM payment_file_slices s"
+                       " JOIN payment_files f ON f.id = s.payment_file_id GROUP BY 1, 2").fetchall()
+    return files, txs
+
+
 class FileStore:
     """The FileBatchers' view of the database, one transaction per call."""
 

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from actors import BreakerEvent, BreakerState, DispatchState
 from connectors import CallRecord, ConnectorError
 
-from . import audit, db, payouts
+from . import audit, db, payment_files, payouts
 from .logs import log
 from .metrics import Metrics
 
@@ -78,9 +78,11 @@ class Telemetry:
         rows, self._audit = self._audit, []
         try:
             counts = await self._db.transaction(lambda conn: self._write(conn, rows))
+            files = await self._db.statement(payment_files.counts)
         except db.DatabaseError:
             self._audit[:0] = rows
             return
+        self._metrics.files.set_counts(*files)
         self._metrics.payout_slices.clear()
         dead = 0
         for status, currency, count in counts:

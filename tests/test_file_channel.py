@@ -17,7 +17,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.conftest import HSM_MODULE, HSM_PIN
+from tests.conftest import HSM_MODULE, HSM_PIN, free_port
 from tests.payout_helpers import ROOT, Bank, payout_toml, rest_connector, seed, statuses, wait_for
 from tests.payout_helpers import env as rest_env
 
@@ -129,8 +129,9 @@ def test_slices_go_out_in_signed_files_and_reports_bring_them_back(
     token, certificate = hsm_key
     bank, sftp, _ = file_bank
     known_hosts = sftp.known_hosts(short_tmp / "known_hosts")
-    config = (payout_toml(short_tmp, migrated_dsn, file_connector("bank-c-files", sftp, known_hosts, certificate))
-              + hsm_toml(token))
+    port = free_port()
+    config = (payout_toml(short_tmp, migrated_dsn, file_connector("bank-c-files", sftp, known_hosts, certificate),
+                          metrics_port=port) + hsm_toml(token))
     sftp.drop_after_rename = 1  # the first upload's rename is done, and its answer never comes
     bank.files_faults(duplicate_report_rate=0.3)
     ids = seed_files(migrated_dsn, 120)
@@ -178,6 +179,17 @@ def test_slices_go_out_in_signed_files_and_reports_bring_them_back(
         path.write_bytes(tampered)
         assert subprocess.run(["xmlsec1", "--verify", "--pubkey-cert-pem", str(certificate), str(path)],
                               capture_output=True, check=False).returncode != 0
+    samples = _metrics(port)
+    label = '{connector="bank-c-files"}'
+    # Files built by the incarnation after the SIGKILL (counters start again with the process).
+    assert 1 <= samples[f"molamd_payment_files_built_total{label}"] <= len(files)
+    assert samples[f"molamd_payment_file_build_seconds_count{label}"] >= 1
+    assert samples[f"molamd_payment_file_first_report_seconds_count{label}"] >= 1
+    assert samples[f"molamd_payment_file_slices_waiting{label}"] == 0
+    wait_for(lambda: _metrics(port).get('molamd_payment_files{connector="bank-c-files",status="completed"}')
+             == len(files), 10, "the files gauge")
+    final = {k: v for k, v in samples.items() if k.startswith("molamd_payment_file_slices_final_total")}
+    assert sum(final.values()) >= 1, samples
     listed = d.ctl_json("files", "list")
     assert {f["msg_id"] for f in listed["files"]} == {f[1] for f in files}
     shown = d.ctl_json("files", "show", str(files[0][0]))
@@ -196,6 +208,14 @@ def seed_files(dsn: str, count: int) -> list[int]:
                      " beneficiary_name = CASE WHEN id %% 7 = 0 THEN 'Aïssatou Ndiàye' ELSE beneficiary_name END"
                      " WHERE id = ANY(%s)", (ids,))
     return ids
+
+
+def _metrics(port: int) -> dict[str, float]:
+    import httpx
+
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+            if line and not line.startswith("#")}
 
 
 def _errors(dsn: str) -> list[tuple[str, str | None]]:
