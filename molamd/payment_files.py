@@ -17,8 +17,7 @@ from typing import Any
 
 import msgspec
 
-from actors import Build, ReportApplied, ReportIn, Submission, Waiting
-from actors._file_types import Recorded
+from actors import Build, Recorded, ReportApplied, ReportIn, Submission, Waiting
 from connectors import CallRecord, PayoutSlice
 from connectors.iso20022 import Effect, Move, PaymentFileError, StatusReport, effect, move
 

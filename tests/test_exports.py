@@ -18,6 +18,8 @@ EXPECTED = {
         "RetryPolicy", "Router", "RunNow", "SentSlice", "SetRate", "StatusFollower", "StatusOutcome", "Strategy",
         "Supervisor", "SupervisorError", "SupervisorEvent", "UnknownChild", "describe_error",
         "AttemptOutcome", "AttemptStart", "Deferred", "NOT_REACHED", "Route",
+        "Build", "FileBatcher", "FileObserver", "FileStore", "Recorded", "ReportApplied", "ReportIn", "Submission",
+        "Waiting",
     },
     "connectors": {
         "AnyConnectorConfig", "Auth", "BadResponse", "BankConnector", "BreakerConfig", "Busy", "CallContext",
@@ -30,6 +32,8 @@ EXPECTED = {
         "SftpConfig", "SftpOptions", "SftpSourceConfig", "SftpStatementConnector",
         "Listing", "MoveRefused", "Skipped", "SourceMisconfigured",
         "AmountError", "EventConnector", "offers", "render_amount",
+        "BankCalendar", "CalendarError", "CutoffConfig", "FileChannelConfig", "FileChannelConnector",
+        "FileChannelOptions", "Prepared", "SftpClient", "UploadRefused", "Uploaded",
     },
     "connectors.statements": {
         "Balance", "BalanceMismatch", "CsvColumns", "CsvProfile", "DEFAULT_MAX_BYTES", "Details", "FORMATS",
