@@ -83,7 +83,7 @@ def _utcnow() -> dt.datetime:
 
 class FileBatcher(ConnectorActor):
     def __init__(self, config: FileChannelConfig, connector: FileChannelConnector, store: FileStore, sign: Sign,
-                 owner: Callable[[], str], observer: CallObserver | None = None,
+                 observer: CallObserver | None = None,
                  files: FileObserver | None = None, clock: Callable[[], dt.datetime] = _utcnow,
                  spool_dir: str | None = None) -> None:
         super().__init__(config, connector, observer=observer)
@@ -91,7 +91,6 @@ class FileBatcher(ConnectorActor):
         self.options = config.iso20022
         self._store = store
         self._sign = sign
-        self._owner = owner
         self._files: FileObserver = files or NullFileObserver()
         self._clock = clock
         self._spool = spool_dir or tempfile.gettempdir()
@@ -203,7 +202,7 @@ class FileBatcher(ConnectorActor):
 
     async def _upload_recorded(self) -> None:
         lease = self.config.limits.call_timeout.seconds * 3 + 30.0
-        for submission in await self._store.to_upload(self.name, self._owner(), lease):
+        for submission in await self._store.to_upload(self.name, lease):
             await self._upload(submission)
 
     async def _upload(self, s: Submission) -> None:

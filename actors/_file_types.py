@@ -78,8 +78,9 @@ class FileStore(Protocol):
         recorded, and the slices moved to 'sent' in it."""
         ...
 
-    async def to_upload(self, connector: str, owner: str, lease: float) -> list[Submission]:
-        """Recorded files of this connector not yet known to be at the bank, taken for ``lease`` seconds."""
+    async def to_upload(self, connector: str, lease: float) -> list[Submission]:
+        """Recorded files of this connector not yet known to be at the bank, taken for ``lease`` seconds (at
+        once when the incarnation that held one is gone)."""
         ...
 
     async def uploaded(self, file_id: int, detail: str, record: CallRecord) -> None: ...

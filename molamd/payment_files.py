@@ -24,6 +24,7 @@ from connectors.iso20022 import Effect, Move, PaymentFileError, StatusReport, ef
 from . import audit as audit_trail
 from .audit import Identity
 from .db import Database, dict_rows
+from .payouts import LIVE_OWNERS, OWNER_NAMESPACE, ClaimOwner
 
 _WAITING = """
 SELECT coalesce(t.iban, t.account_number), p.currency, count(*), extract(epoch FROM now() - min(p.batched_at))
@@ -130,17 +131,23 @@ def _refuse(conn: Any, refused: dict[int, str]) -> None:
         conn.execute(_REFUSE, (ids, errors, ids, errors))
 
 
-_TO_UPLOAD = """
-UPDATE payment_files SET upload_owner = %(owner)s, upload_lease = now() + %(lease)s * interval '1 second',
-    upload_attempts = upload_attempts + 1
-WHERE id IN (SELECT id FROM payment_files WHERE connector_name = %(connector)s AND status = 'recorded'
-             AND (upload_lease IS NULL OR upload_lease < now()) ORDER BY id FOR UPDATE SKIP LOCKED)
+# A recorded file is uploaded by one incarnation at a time, under a lease stamped with its lock key; a file whose
+# uploader's lock is free (killed mid-upload) is taken at once, not after the lease, as claims are.
+_TO_UPLOAD = "WITH " + LIVE_OWNERS + """
+UPDATE payment_files SET upload_owner = %(owner)s, upload_owner_key = %(key)s,
+    upload_lease = now() + %(lease)s * interval '1 second', upload_attempts = upload_attempts + 1
+WHERE EXISTS (SELECT 1 FROM live WHERE live.key = %(key)s)
+  AND id IN (SELECT id FROM payment_files WHERE connector_name = %(connector)s AND status = 'recorded'
+             AND (upload_lease IS NULL OR upload_lease < now()
+                  OR (upload_owner_key <> %(key)s AND upload_owner_key NOT IN (SELECT key FROM live)))
+             ORDER BY id FOR UPDATE SKIP LOCKED)
 RETURNING id, msg_id, file_name, content, signature_name, signature, transactions, upload_attempts
 """
 
 
-def to_upload(conn: Any, connector: str, owner: str, lease: float) -> list[Submission]:
-    rows = conn.execute(_TO_UPLOAD, {"owner": owner, "lease": lease, "connector": connector}).fetchall()
+def to_upload(conn: Any, connector: str, owner: str, key: int, lease: float) -> list[Submission]:
+    rows = conn.execute(_TO_UPLOAD, {"owner": owner, "key": key, "lease": lease, "connector": connector,
+                                     "namespace": OWNER_NAMESPACE}).fetchall()
     return [Submission(file_id=r[0], msg_id=r[1], file_name=r[2], content=bytes(r[3]), signature_name=r[4],
                        signature=None if r[5] is None else bytes(r[5]), transactions=r[6], upload_attempts=r[7])
             for r in sorted(rows)]
@@ -353,9 +360,10 @@ def counts(conn: Any) -> tuple[list[tuple[str, str, int]], list[tuple[str, str, 
 class FileStore:
     """The FileBatchers' view of the database, one transaction per call."""
 
-    def __init__(self, db: Database, host: str) -> None:
+    def __init__(self, db: Database, host: str, owner: ClaimOwner) -> None:
         self._db = db
         self.host = host
+        self.owner = owner  # this incarnation's lock: uploads are taken under it, like claims
 
     async def waiting(self, connector: str) -> list[Waiting]:
         return await self._db.statement(lambda c: waiting(c, connector))
@@ -363,8 +371,13 @@ class FileStore:
     async def record_file(self, connector: str, version: str, group: Waiting, limit: int, build: Build) -> Recorded:
         return await self._db.transaction(lambda c: record_file(c, connector, version, group, limit, build))
 
-    async def to_upload(self, connector: str, owner: str, lease: float) -> list[Submission]:
-        return await self._db.transaction(lambda c: to_upload(c, connector, owner, lease))
+    async def to_upload(self, connector: str, lease: float) -> list[Submission]:
+        def work(c: Any) -> list[Submission]:
+            if not self.owner.hold():
+                return []
+            return to_upload(c, connector, f"{self.host}#{self.owner.key}", self.owner.key, lease)
+
+        return await self._db.transaction(work)
 
     async def uploaded(self, file_id: int, detail: str, record: CallRecord) -> None:
         await self._db.transaction(lambda c: uploaded(c, self.host, file_id, detail, record))

@@ -38,12 +38,12 @@ from .audit import Identity
 from .db import Database, SessionLock, dict_rows
 
 OWNER_NAMESPACE = 0x6D6F6C61  # "mola": the first key of every incarnation's advisory lock
-_LIVE = """live AS (  -- the owners alive now: their lock is held (by their session, in this database)
+LIVE_OWNERS = """live AS (  -- the owners alive now: their lock is held (by their session, in this database)
     SELECT l.objid::text::integer AS key FROM pg_locks l
     WHERE l.locktype = 'advisory' AND l.classid = %(namespace)s AND l.objsubid = 2 AND l.granted
       AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
 )"""
-_CLAIM = "WITH " + _LIVE + """, picked AS (
+_CLAIM = "WITH " + LIVE_OWNERS + """, picked AS (
     SELECT s.id, s.status AS previous
     FROM payout_slices s
     WHERE EXISTS (SELECT 1 FROM live WHERE live.key = %(owner)s)  -- our own lock, checked in the same statement
@@ -215,7 +215,7 @@ _RECORD: dict[OutcomeKind, str] = {
 
 # The follower's claim of a sent slice is its next check pushed out by the lease, stamped with the owner: a dead
 # owner's checks are taken back at once, as the dispatcher's claims are.
-_CLAIM_SENT = "WITH " + _LIVE + """
+_CLAIM_SENT = "WITH " + LIVE_OWNERS + """
 UPDATE payout_slices p SET next_attempt_at = now() + %(lease)s * interval '1 second', claim_owner = %(owner)s
 WHERE EXISTS (SELECT 1 FROM live WHERE live.key = %(owner)s)
   AND p.id IN (SELECT id FROM payout_slices WHERE status = 'sent' AND payment_file_id IS NULL

@@ -117,7 +117,7 @@ class Runtime:
         self.db = db.Database(config.database, metrics=self.metrics, on_up=self._database_up)
         self.telemetry = Telemetry(self.metrics, self.db, self.host_id, publish=self.events.publish)
         self.store = PayoutStore(self.db, self.host_id, ClaimOwner(lambda: self._lock_connection("molamd-owner")))
-        self.files = FileStore(self.db, self.host_id)
+        self.files = FileStore(self.db, self.host_id, self.store.owner)
         self.signer: Signer | None = None
         self.statements = StatementStore(self.db, lambda: self._lock_connection("molamd-statement-lock"))
         self.directory = Directory(config, self.connector_actor, self._running_connectors)
@@ -164,8 +164,8 @@ class Runtime:
                                csv_profile=whole.source_profile(config), profile_sources=sources)
 
     def file_batcher(self, config: FileChannelConfig) -> FileBatcher:
-        return FileBatcher(config, FileChannelConnector(config), self.files, self.sign,
-                           lambda: self.store.claimer, observer=self.telemetry, files=self.metrics.files)
+        return FileBatcher(config, FileChannelConnector(config), self.files, self.sign, observer=self.telemetry,
+                           files=self.metrics.files)
 
     def sign(self, label: str, data: bytes) -> bytes:
         """Sign in the configured HSM (from a worker thread); the session opens on first use and stays open."""

@@ -24,8 +24,9 @@ from molamd import db
 from molamd.config import DatabaseSection
 from molamd.metrics import Metrics
 from molamd.payment_files import FileStore
-from tests.payout_helpers import seed
-from tests.test_file_submission import CONNECTOR, channel
+from molamd.payouts import ClaimOwner
+from tests.file_helpers import CONNECTOR, batched
+from tests.test_file_submission import channel
 
 DAKAR = ZoneInfo("Africa/Dakar")
 
@@ -45,17 +46,6 @@ async def database(migrated_dsn: str) -> AsyncIterator[db.Database]:
         database.request_stop()
 
 
-def batched(dsn: str, count: int) -> list[int]:
-    ids = seed(dsn, count, profile="bank-c")
-    with psycopg.connect(dsn) as conn:
-        for status in ("claimed", "sending", "batched"):
-            conn.execute("UPDATE payout_slices SET status = %s, claimed_by = 'h#1', lease_until = now() + interval"
-                         " '1 minute', connector_name = %s, batched_at = now(),"
-                         " beneficiary_account = '0412' || lpad(id::text, 10, '0') WHERE id = ANY(%s)",
-                         (status, CONNECTOR, ids))
-    return ids
-
-
 def batcher(tmp_path: Path, server: SandboxSftp, database: db.Database, now: dt.datetime,
             **options: object) -> tuple[FileBatcher, Metrics]:
     connector, key = channel(tmp_path, server)
@@ -69,8 +59,9 @@ def batcher(tmp_path: Path, server: SandboxSftp, database: db.Database, now: dt.
         assert isinstance(key, rsa.RSAPrivateKey)
         return key.sign(data, padding.PKCS1v15(), hashes.SHA256())
 
-    return FileBatcher(config, connector, FileStore(database, "test-host"), sign, lambda: "test-host#1",
-                       files=metrics.files, clock=lambda: now), metrics
+    owner = ClaimOwner(lambda: psycopg.connect(database.section.dsn))
+    return FileBatcher(config, connector, FileStore(database, "test-host", owner), sign, files=metrics.files,
+                       clock=lambda: now), metrics
 
 
 def dates(dsn: str) -> list[dt.date]:
@@ -114,7 +105,7 @@ async def test_a_file_closes_by_size_by_age_or_before_a_cutoff_and_not_otherwise
     tmp_path: Path, migrated_dsn: str, database: db.Database, bank: SandboxSftp,
 ) -> None:
     quiet = dt.datetime(2026, 12, 2, 12, 0, tzinfo=DAKAR)  # 3.5 hours before the next cutoff
-    ids = batched(migrated_dsn, 5)
+    ids, _ = batched(migrated_dsn, 5)
     files, metrics = batcher(tmp_path, bank, database, quiet, max_transactions=10, max_age=Duration("1h"),
                              cutoff_lead=Duration("10m"))
     files._certificate = files.channel.certificate_key()

@@ -18,6 +18,7 @@ import psycopg
 import pytest
 
 from tests.conftest import HSM_MODULE, HSM_PIN, free_port
+from tests.file_helpers import self_signed
 from tests.payout_helpers import ROOT, Bank, payout_toml, rest_connector, seed, statuses, wait_for
 from tests.payout_helpers import env as rest_env
 
@@ -169,27 +170,8 @@ def test_slices_go_out_in_signed_files_and_reports_bring_them_back(
     assert uploads[0] >= len(files)
     flags = dict(flagged)
     assert set(flags) <= {None, "duplicate_submission"}, flags
-    for _, msg_id, name, content, _, _ in files:  # xmlsec1 itself, against the certificate, for every file
-        path = short_tmp / name
-        path.write_bytes(bytes(content))
-        checked = subprocess.run(["xmlsec1", "--verify", "--pubkey-cert-pem", str(certificate), str(path)],
-                                 capture_output=True, text=True, check=False)
-        assert checked.returncode == 0, (msg_id, checked.stderr)
-        tampered = bytes(content).replace(b"<InstdAmt Ccy=\"XOF\">1", b"<InstdAmt Ccy=\"XOF\">9", 1)
-        path.write_bytes(tampered)
-        assert subprocess.run(["xmlsec1", "--verify", "--pubkey-cert-pem", str(certificate), str(path)],
-                              capture_output=True, check=False).returncode != 0
-    samples = _metrics(port)
-    label = '{connector="bank-c-files"}'
-    # Files built by the incarnation after the SIGKILL (counters start again with the process).
-    assert 1 <= samples[f"molamd_payment_files_built_total{label}"] <= len(files)
-    assert samples[f"molamd_payment_file_build_seconds_count{label}"] >= 1
-    assert samples[f"molamd_payment_file_first_report_seconds_count{label}"] >= 1
-    assert samples[f"molamd_payment_file_slices_waiting{label}"] == 0
-    wait_for(lambda: _metrics(port).get('molamd_payment_files{connector="bank-c-files",status="completed"}')
-             == len(files), 10, "the files gauge")
-    final = {k: v for k, v in samples.items() if k.startswith("molamd_payment_file_slices_final_total")}
-    assert sum(final.values()) >= 1, samples
+    verify_with_xmlsec1(files, certificate, short_tmp)
+    check_file_metrics(port, len(files))
     listed = d.ctl_json("files", "list")
     assert {f["msg_id"] for f in listed["files"]} == {f[1] for f in files}
     shown = d.ctl_json("files", "show", str(files[0][0]))
@@ -208,6 +190,41 @@ def seed_files(dsn: str, count: int) -> list[int]:
                      " beneficiary_name = CASE WHEN id %% 7 = 0 THEN 'Aïssatou Ndiàye' ELSE beneficiary_name END"
                      " WHERE id = ANY(%s)", (ids,))
     return ids
+
+
+def verify_with_xmlsec1(files: list[Any], certificate: Path, directory: Path) -> None:
+    """xmlsec1 itself, against the certificate, for every recorded file; a tampered copy refused."""
+    for _, msg_id, name, content, _, _ in files:  # xmlsec1 itself, against the certificate, for every file
+        path = directory / name
+        path.write_bytes(bytes(content))
+        checked = subprocess.run(["xmlsec1", "--verify", "--pubkey-cert-pem", str(certificate), str(path)],
+                                 capture_output=True, text=True, check=False)
+        assert checked.returncode == 0, (msg_id, checked.stderr)
+        tampered = bytes(content).replace(b"<InstdAmt Ccy=\"XOF\">1", b"<InstdAmt Ccy=\"XOF\">9", 1)
+        path.write_bytes(tampered)
+        assert subprocess.run(["xmlsec1", "--verify", "--pubkey-cert-pem", str(certificate), str(path)],
+                              capture_output=True, check=False).returncode != 0
+
+
+def check_file_metrics(port: int, files: int, slices: int | None = None) -> None:
+    """The file metrics on a live scrape. With ``slices``, the counters of a daemon that ran the whole time."""
+    label = '{connector="bank-c-files"}'
+    wait_for(lambda: _metrics(port).get('molamd_payment_files{connector="bank-c-files",status="completed"}')
+             == files, 10, "the files gauge")
+    samples = _metrics(port)
+    assert samples[f"molamd_payment_file_slices_waiting{label}"] == 0
+    if slices is None:
+        return
+    assert samples[f"molamd_payment_files_built_total{label}"] == files
+    assert samples[f"molamd_payment_file_transactions_total{label}"] == slices
+    assert samples[f"molamd_payment_file_build_seconds_count{label}"] == files
+    assert samples['molamd_payment_file_uploads_total{connector="bank-c-files",outcome="ok"}'] == files
+    assert samples[f"molamd_payment_file_first_report_seconds_count{label}"] == files
+    assert samples[f"molamd_payment_file_final_report_seconds_count{label}"] == files
+    final = sum(v for k, v in samples.items() if k.startswith("molamd_payment_file_slices_final_total"))
+    assert final == slices
+    by_status = sum(v for k, v in samples.items() if k.startswith("molamd_payment_file_transactions_by_status{"))
+    assert by_status == slices
 
 
 def _metrics(port: int) -> dict[str, float]:
@@ -252,7 +269,7 @@ def test_a_file_channel_whose_hsm_or_key_is_broken_does_not_start_and_sends_noth
         config = config.replace(HSM_MODULE, "/usr/lib/no-such-pkcs11.so")
     else:  # a certificate of another key: the HSM's signatures do not verify with it
         other = short_tmp / "molam-other.pem"
-        other.write_bytes(_other_certificate())
+        other.write_bytes(self_signed("not our key")[1])
         config = config.replace(f'certificate = "{certificate}"', f'certificate = "{other}"')
     ids = seed_files(migrated_dsn, 5)
     d = daemon_factory(config, env=env)
@@ -263,23 +280,6 @@ def test_a_file_channel_whose_hsm_or_key_is_broken_does_not_start_and_sends_noth
     state = {c["name"]: c for c in d.ctl_json("connectors")}["bank-c-files"]
     assert state["state"] != "running", state
     assert HSM_PIN not in d.logs()
-
-
-def _other_certificate() -> bytes:
-    import datetime as dt
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-    from cryptography.x509.oid import NameOID
-
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "not our key")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(7).not_valid_before(now).not_valid_after(now + dt.timedelta(days=1))
-            .sign(key, hashes.SHA256()))
-    return cert.public_bytes(serialization.Encoding.PEM)
 
 
 def test_a_payout_in_doubt_on_the_rest_channel_never_goes_into_a_file(
@@ -347,9 +347,10 @@ def test_files_over_the_banks_rest_api(
         hmac_secret = "env:MOLAMD_TEST_HMAC"
         """)
     section = section.replace('max_age = "1s"', 'max_age = "1s"\ntransport = "rest"\nreport_poll_interval = "200ms"')
-    config = payout_toml(short_tmp, migrated_dsn, section) + hsm_toml(token)
+    port = free_port()
+    config = payout_toml(short_tmp, migrated_dsn, section, metrics_port=port) + hsm_toml(token)
     ids = seed_files(migrated_dsn, 60)
-    d = daemon_factory(config, env={**files_env(token), **rest_env()})
+    daemon_factory(config, env={**files_env(token), **rest_env()})
     wait_for(lambda: sum(statuses(migrated_dsn, ids).get(s, 0) for s in FINAL) == len(ids), 60,
              "every slice final", lambda: (statuses(migrated_dsn, ids), bank.files()))
     keys = [p["idempotency_key"] for p in bank.ledger() if p.get("channel") == "file"]
@@ -361,3 +362,4 @@ def test_files_over_the_banks_rest_api(
     assert {status for _, status in files} == {"completed"} and len(files) >= 2
     assert dict(calls).get("upload") == len(files)
     assert set(bank.files()["verified_ids"]) == {m for m, _ in files}
+    check_file_metrics(port, len(files), len(ids))

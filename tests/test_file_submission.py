@@ -14,10 +14,8 @@ from typing import Any
 import msgspec
 import psycopg
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from cryptography.x509.oid import NameOID
 from sandbox_sftp import SandboxSftp
 
 from actors import Waiting
@@ -31,9 +29,8 @@ from connectors import (
     decode_hook,
 )
 from molamd import payment_files
-from tests.payout_helpers import seed
-
-CONNECTOR = "bank-c-files"
+from molamd.payouts import OWNER_NAMESPACE
+from tests.file_helpers import CONNECTOR, batched, self_signed
 
 
 @pytest.fixture
@@ -47,13 +44,8 @@ def bank(tmp_path: Path) -> Iterator[SandboxSftp]:
 
 
 def channel(tmp_path: Path, server: SandboxSftp) -> tuple[FileChannelConnector, rsa.RSAPrivateKey]:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "molam")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
-            .serial_number(1).not_valid_before(now).not_valid_after(now + dt.timedelta(days=1))
-            .sign(key, hashes.SHA256()))
-    (tmp_path / "molam.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key, cert = self_signed("molam")
+    (tmp_path / "molam.pem").write_bytes(cert)
     config = msgspec.convert({
         "kind": "iso20022", "name": CONNECTOR, "bank_profile": "bank-c",
         "iso20022": {"key_label": "k", "certificate": str(tmp_path / "molam.pem"), "initiating_party": "Molam",
@@ -68,16 +60,8 @@ def channel(tmp_path: Path, server: SandboxSftp) -> tuple[FileChannelConnector, 
 
 
 def record(dsn: str, connector: FileChannelConnector, key: rsa.RSAPrivateKey, count: int = 4) -> Any:
-    ids = seed(dsn, count, profile="bank-c")
+    _, account = batched(dsn, count)
     with psycopg.connect(dsn) as conn:
-        for status in ("claimed", "sending", "batched"):
-            conn.execute("UPDATE payout_slices SET status = %s, claimed_by = 'h#1', lease_until = now() + interval"
-                         " '1 minute', connector_name = %s, batched_at = now(),"
-                         " beneficiary_account = '0412' || lpad(id::text, 10, '0') WHERE id = ANY(%s)",
-                         (status, CONNECTOR, ids))
-        account = conn.execute("SELECT coalesce(t.iban, t.account_number) FROM payout_slices p JOIN"
-                               " treasury_accounts t ON t.id = p.treasury_account_id WHERE p.id = %s",
-                               (ids[0],)).fetchone()[0]
 
         def build(file_id: int, slices: list[PayoutSlice], created: dt.datetime) -> Prepared:
             f = connector.payment_file(file_id, slices, dt.date(2026, 12, 3), created)
@@ -91,10 +75,11 @@ def record(dsn: str, connector: FileChannelConnector, key: rsa.RSAPrivateKey, co
 
 
 def resumed(dsn: str) -> list[Any]:
-    """What a new incarnation finds to upload (the previous one's lease is over)."""
+    """What a new incarnation (lock key 2, held) finds to upload; the previous one's lease is over."""
     with psycopg.connect(dsn) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s, 2)", (OWNER_NAMESPACE,))
         conn.execute("UPDATE payment_files SET upload_lease = NULL")
-        return payment_files.to_upload(conn, CONNECTOR, "host#2", 60)
+        return payment_files.to_upload(conn, CONNECTOR, "host#2", 2, 60)
 
 
 def at_the_bank(server: SandboxSftp) -> dict[str, bytes]:
@@ -175,3 +160,22 @@ async def test_a_strangers_file_under_our_name_is_never_overwritten(
     assert (bank.root / "inbox" / recorded.file_name).read_bytes() == b"someone else's file"
     assert hashlib.sha256(recorded.content).digest() != hashlib.sha256(b"someone else's file").digest()
     await connector.aclose()
+
+
+def test_a_killed_uploaders_file_is_taken_at_once_and_a_live_ones_never(
+    tmp_path: Path, migrated_dsn: str, bank: SandboxSftp
+) -> None:
+    connector, key = channel(tmp_path, bank)
+    recorded = record(migrated_dsn, connector, key)
+    first = psycopg.connect(migrated_dsn, autocommit=True)
+    first.execute("SELECT pg_advisory_lock(%s, 1)", (OWNER_NAMESPACE,))
+    [taken] = payment_files.to_upload(first, CONNECTOR, "host#1", 1, 600)
+    assert taken.file_id == recorded.file_id
+    with psycopg.connect(migrated_dsn) as other:
+        other.execute("SELECT pg_advisory_lock(%s, 2)", (OWNER_NAMESPACE,))
+        assert payment_files.to_upload(other, CONNECTOR, "host#2", 2, 600) == [], "its uploader is alive"
+    first.close()  # killed mid-upload: its session, and its lock, are gone
+    with psycopg.connect(migrated_dsn) as other:
+        other.execute("SELECT pg_advisory_lock(%s, 2)", (OWNER_NAMESPACE,))
+        [again] = payment_files.to_upload(other, CONNECTOR, "host#2", 2, 600)
+    assert (again.file_id, again.content, again.upload_attempts) == (recorded.file_id, recorded.content, 2)

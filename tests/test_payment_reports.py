@@ -12,34 +12,24 @@ from typing import Any
 
 import psycopg
 import pytest
-from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
 from lxml import etree
 
 from actors import ReportIn, Waiting
 from connectors import FileChannelConfig, FileChannelConnector, PayoutSlice, Prepared
 from connectors.iso20022 import parse_pain002
 from molamd import payment_files
-from tests.payout_helpers import seed
+from tests.file_helpers import CONNECTOR, batched, key_files
 
 CORPUS = Path(__file__).parent / "fixtures" / "svapnil-iso20022.js" / "pain002"
-CONNECTOR = "bank-c-files"
 NS = "urn:iso:std:iso:20022:tech:xsd:pain.002.001.10"
 
 
 def recorded_file(dsn: str, count: int, msg_id: str) -> tuple[int, list[int]]:
     """``count`` slices put through the dispatcher's states into one recorded file named ``msg_id``."""
-    ids = seed(dsn, count, profile="bank-c")
+    ids, account = batched(dsn, count, local_accounts=False)
     with psycopg.connect(dsn) as conn:
-        for status in ("claimed", "sending", "batched"):
-            conn.execute("UPDATE payout_slices SET status = %s, claimed_by = 'h#1', lease_until = now() + interval"
-                         " '1 minute', connector_name = %s, batched_at = now() WHERE id = ANY(%s)",
-                         (status, CONNECTOR, ids))
-        account = conn.execute("SELECT coalesce(t.iban, t.account_number) FROM payout_slices p JOIN"
-                               " treasury_accounts t ON t.id = p.treasury_account_id WHERE p.id = %s",
-                               (ids[0],)).fetchone()[0]
 
         def build(file_id: int, slices: Any, created: dt.datetime) -> Prepared:
             content = f"<Document>{msg_id}</Document>".encode()
@@ -170,20 +160,6 @@ def test_real_banks_reports_apply_to_the_slices_they_name(migrated_dsn: str, nam
         assert now[slice_id][0] == expected, (name, tx)
 
 
-def _bank_key(tmp_path: Path, name: str) -> tuple[Path, Path]:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = dt.datetime.now(dt.UTC)
-    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now)
-            .not_valid_after(now + dt.timedelta(days=1)).sign(key, hashes.SHA256()))
-    key_path, cert_path = tmp_path / f"{name}.key", tmp_path / f"{name}.pem"
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return key_path, cert_path
-
-
 def _signed(data: bytes, key: Path) -> bytes:
     import xmlsec
 
@@ -217,8 +193,8 @@ def _channel(tmp_path: Path, bank_cert: Path, *, required: bool) -> FileChannelC
 
 
 def test_a_signed_report_is_verified_against_the_banks_pinned_certificate(tmp_path: Path) -> None:
-    key, cert = _bank_key(tmp_path, "bank")
-    other_key, _ = _bank_key(tmp_path, "impostor")
+    key, cert = key_files(tmp_path, "bank")
+    other_key, _ = key_files(tmp_path, "impostor")
     channel = _channel(tmp_path, cert, required=True)
     data = report("MOLAM-T3", "ACTC")
     assert channel.report_signature(_signed(data, key)) == ("verified", None)
@@ -234,20 +210,12 @@ def test_a_signed_report_is_verified_against_the_banks_pinned_certificate(tmp_pa
 def test_a_slice_no_file_can_carry_is_dead_with_the_reason_and_the_rest_go(migrated_dsn: str, tmp_path: Path) -> None:
     from cryptography.hazmat.primitives.asymmetric import padding
 
-    key_path, cert = _bank_key(tmp_path, "molam")
+    key_path, cert = key_files(tmp_path, "molam")
     key = serialization.load_pem_private_key(key_path.read_bytes(), None)
     assert isinstance(key, rsa.RSAPrivateKey)
-    ids = seed(migrated_dsn, 3, profile="bank-c")
+    ids, account = batched(migrated_dsn, 3)
     with psycopg.connect(migrated_dsn) as conn:
-        for status in ("claimed", "sending", "batched"):
-            conn.execute("UPDATE payout_slices SET status = %s, claimed_by = 'h#1', lease_until = now() + interval"
-                         " '1 minute', connector_name = %s, batched_at = now(),"
-                         " beneficiary_account = '0412' || lpad(id::text, 10, '0') WHERE id = ANY(%s)",
-                         (status, CONNECTOR, ids))
         conn.execute("UPDATE payout_slices SET beneficiary_name = 'Moussa \U0001F600' WHERE id = %s", (ids[1],))
-        account = conn.execute("SELECT coalesce(t.iban, t.account_number) FROM payout_slices p JOIN"
-                               " treasury_accounts t ON t.id = p.treasury_account_id WHERE p.id = %s",
-                               (ids[0],)).fetchone()[0]
         channel = _channel(tmp_path, cert, required=False)
 
         def build(file_id: int, slices: list[PayoutSlice], created: dt.datetime) -> Prepared:

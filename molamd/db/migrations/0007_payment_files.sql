@@ -56,6 +56,7 @@ CREATE TABLE payment_files (
     group_status     text,  -- the latest group status reported (ACTC, RJCT, PART...)
     upload_attempts  integer NOT NULL DEFAULT 0 CHECK (upload_attempts >= 0),
     upload_owner     text,  -- host#key uploading it now
+    upload_owner_key integer,  -- that incarnation's advisory lock key: free, it is gone, and the upload is free
     upload_lease     timestamptz,
     last_error       text,
     created_at       timestamptz NOT NULL DEFAULT now(),
