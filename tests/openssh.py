@@ -39,10 +39,12 @@ class OpenSshServer:
         self.base.chmod(0o755)
         self.chroot = self.base / "chroot"
         self.inbox = self.chroot / "outgoing"
+        self.uploads = self.chroot / "incoming"  # where we put payment files
         # internal-sftp is chrooted, as banks run it; sftp-server (a binary the chroot would need copies of its
         # libraries for) is not, and sees the real paths.
         self.chrooted = subsystem == "internal-sftp"
         self.remote_inbox = "/outgoing" if self.chrooted else str(self.inbox)
+        self.remote_uploads = "/incoming" if self.chrooted else str(self.uploads)
         self._proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> OpenSshServer:
@@ -60,7 +62,7 @@ class OpenSshServer:
                        check=True, capture_output=True)
         subprocess.run(["chpasswd"], input=f"{self.user}:{self.password}".encode(), check=True, capture_output=True)
         self.chroot.mkdir(mode=0o755)
-        for folder in (self.inbox, self.inbox / "archive", self.inbox / "error"):
+        for folder in (self.inbox, self.inbox / "archive", self.inbox / "error", self.uploads):
             folder.mkdir()
             shutil.chown(folder, self.user, self.user)
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # privilege separation directory

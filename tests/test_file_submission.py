@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -179,3 +180,47 @@ def test_a_killed_uploaders_file_is_taken_at_once_and_a_live_ones_never(
         other.execute("SELECT pg_advisory_lock(%s, 2)", (OWNER_NAMESPACE,))
         [again] = payment_files.to_upload(other, CONNECTOR, "host#2", 2, 600)
     assert (again.file_id, again.content, again.upload_attempts) == (recorded.file_id, recorded.content, 2)
+
+
+@pytest.mark.parametrize("subsystem", ["internal-sftp", "/usr/lib/openssh/sftp-server"])
+async def test_uploads_and_reports_against_openssh(tmp_path: Path, migrated_dsn: str, subsystem: str) -> None:
+    """The same submission against OpenSSH's own server, chrooted internal-sftp and sftp-server: in place with
+    our bytes and nothing else left behind, a second upload finding it in place, a stranger's file under our
+    name refused; a report listed, fetched and archived."""
+    from tests.openssh import SSHD, OpenSshServer
+
+    if not os.path.exists(SSHD):
+        pytest.skip("needs OpenSSH's sshd (scripts/setup installs it)")
+    with OpenSshServer(subsystem=subsystem) as server:
+        known_hosts = server.known_hosts(tmp_path / "known_hosts")
+        key, cert = self_signed("molam")
+        (tmp_path / "molam.pem").write_bytes(cert)
+        config = msgspec.convert({
+            "kind": "iso20022", "name": CONNECTOR, "bank_profile": "bank-c",
+            "iso20022": {"key_label": "k", "certificate": str(tmp_path / "molam.pem"), "initiating_party": "Molam",
+                         "debtor_name": "Molam", "debtor_town": "Dakar", "debtor_country": "SN",
+                         "upload_dir": server.remote_uploads},
+            "cutoffs": {"country": "SN", "timezone": "Africa/Dakar", "times": ["15:00"]},
+            "sftp": {"host": server.host, "port": server.port, "username": server.user, "password": "env:X",
+                     "known_hosts": str(known_hosts), **server.remote(), "stable_for": "0s"},
+        }, FileChannelConfig, dec_hook=decode_hook)
+        assert config.sftp is not None and config.sftp.password is not None
+        options = msgspec.structs.replace(config.sftp, password=config.sftp.password.with_value(server.password))
+        connector = FileChannelConnector(msgspec.structs.replace(config, sftp=options))
+        recorded = record(migrated_dsn, connector, key)
+        done = await submit(connector, recorded)
+        assert done.detail == "" and done.path.endswith(recorded.file_name)
+        assert {p.name: p.read_bytes() for p in server.uploads.iterdir()} == {recorded.file_name: recorded.content}
+        assert (await submit(connector, recorded)).detail.startswith("already in place")
+        (server.uploads / recorded.file_name).write_bytes(b"a stranger's file")
+        with pytest.raises(UploadRefused, match="not overwritten"):
+            await submit(connector, recorded)
+        report = b'<?xml version="1.0"?><Document><CstmrPmtStsRpt/></Document>'
+        (server.inbox / "pain002-1.xml").write_bytes(report)
+        [listed] = await connector.pending_reports()
+        fetched = await connector.fetch_report(listed, str(tmp_path / "report"))
+        assert fetched.sha256 == hashlib.sha256(report).digest()
+        await connector.done_report(listed)
+        assert [p.name for p in (server.inbox / "archive").iterdir()] == ["pain002-1.xml"]
+        assert (await connector.healthcheck()).ok
+        await connector.aclose()
