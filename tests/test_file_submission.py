@@ -32,6 +32,7 @@ from connectors import (
 from molamd import payment_files
 from molamd.payouts import OWNER_NAMESPACE
 from tests.file_helpers import CONNECTOR, batched, self_signed
+from tests.openssh import SSHD, OpenSshServer
 
 
 @pytest.fixture
@@ -182,15 +183,12 @@ def test_a_killed_uploaders_file_is_taken_at_once_and_a_live_ones_never(
     assert (again.file_id, again.content, again.upload_attempts) == (recorded.file_id, recorded.content, 2)
 
 
+@pytest.mark.skipif(not os.path.exists(SSHD), reason="needs OpenSSH's sshd (scripts/setup installs it)")
 @pytest.mark.parametrize("subsystem", ["internal-sftp", "/usr/lib/openssh/sftp-server"])
 async def test_uploads_and_reports_against_openssh(tmp_path: Path, migrated_dsn: str, subsystem: str) -> None:
     """The same submission against OpenSSH's own server, chrooted internal-sftp and sftp-server: in place with
     our bytes and nothing else left behind, a second upload finding it in place, a stranger's file under our
     name refused; a report listed, fetched and archived."""
-    from tests.openssh import SSHD, OpenSshServer
-
-    if not os.path.exists(SSHD):
-        pytest.skip("needs OpenSSH's sshd (scripts/setup installs it)")
     with OpenSshServer(subsystem=subsystem) as server:
         known_hosts = server.known_hosts(tmp_path / "known_hosts")
         key, cert = self_signed("molam")
