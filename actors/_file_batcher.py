@@ -184,7 +184,7 @@ class FileBatcher(ConnectorActor):
             return prepared
 
         recorded = await self._store.record_file(self.name, self.options.version.value, group,
-                                                 self.options.max_transactions, build)
+                                                 self.options.max_transactions, build, self._upload_lease)
         for slice_id, why in recorded.refused.items():
             logger.error("%s: payout slice %s is dead: %s", self.name, slice_id, why)
         if recorded.file is not None:
@@ -200,9 +200,12 @@ class FileBatcher(ConnectorActor):
         file = self.channel.payment_file(file_id, slices, execution_date, created_at)
         return self.channel.prepare(file, lambda data: self._sign(label, data), self._certificate)
 
+    @property
+    def _upload_lease(self) -> float:
+        return self.config.limits.call_timeout.seconds * 3 + 30.0
+
     async def _upload_recorded(self) -> None:
-        lease = self.config.limits.call_timeout.seconds * 3 + 30.0
-        for submission in await self._store.to_upload(self.name, lease):
+        for submission in await self._store.to_upload(self.name, self._upload_lease):
             await self._upload(submission)
 
     async def _upload(self, s: Submission) -> None:

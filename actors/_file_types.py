@@ -73,9 +73,11 @@ class ReportIn(msgspec.Struct, frozen=True, kw_only=True):
 class FileStore(Protocol):
     async def waiting(self, connector: str) -> list[Waiting]: ...
 
-    async def record_file(self, connector: str, version: str, group: Waiting, limit: int, build: Build) -> Recorded:
+    async def record_file(self, connector: str, version: str, group: Waiting, limit: int, build: Build,
+                          lease: float) -> Recorded:
         """In one transaction: the group's batched slices (up to ``limit``), the file built from them and
-        recorded, and the slices moved to 'sent' in it."""
+        recorded (taken for its upload by this incarnation for ``lease`` seconds), and the slices moved to
+        'sent' in it."""
         ...
 
     async def to_upload(self, connector: str, lease: float) -> list[Submission]:

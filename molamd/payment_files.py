@@ -56,10 +56,12 @@ UPDATE payout_slices p SET status = 'dead', last_error = u.err, batched_at = NUL
 FROM unnest(%s::bigint[], %s::text[]) AS u(id, err) LEFT JOIN ended e ON e.payout_slice_id = u.id
 WHERE p.id = u.id AND p.status = 'batched'
 """
+# Recorded already taken for upload by the incarnation that built it (it uploads next, under its lease).
 _INSERT_FILE = """
 INSERT INTO payment_files (id, connector_name, bank_profile_id, msg_id, version, file_name, content, sha256,
-                           signature_name, signature, transactions, control_sum, execution_date)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+                           signature_name, signature, transactions, control_sum, execution_date,
+                           upload_owner, upload_owner_key, upload_lease, upload_attempts)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now() + %s * interval '1 second', 1)
 """
 _LINK = """
 INSERT INTO payment_file_slices (payment_file_id, payout_slice_id, pmt_inf_id, instr_id, end_to_end_id)
@@ -88,7 +90,9 @@ def _slice(r: Sequence[Any]) -> PayoutSlice:
                        remittance_info=r[9], debtor_account=r[10])
 
 
-def record_file(conn: Any, connector: str, version: str, group: Waiting, limit: int, build: Build) -> Recorded:
+def record_file(conn: Any, connector: str, version: str, group: Waiting, limit: int, build: Build,
+                owner: tuple[str, int, float] = ("", 0, 0.0)) -> Recorded:
+    """``owner``: (host#key, lock key, lease seconds) of the incarnation that will upload the file."""
     rows = conn.execute(_TAKE_BATCHED, (connector, group.debtor_account, group.currency, limit)).fetchall()
     slices = [_slice(r) for r in rows]
     refused: dict[int, str] = {}
@@ -110,7 +114,7 @@ def record_file(conn: Any, connector: str, version: str, group: Waiting, limit: 
         conn.execute(_INSERT_FILE, (
             file_id, connector, bank_profile, prepared.msg_id, version, prepared.file_name, prepared.content,
             prepared.sha256, prepared.signature_name, prepared.signature, prepared.transactions,
-            prepared.control_sum, prepared.execution_date))
+            prepared.control_sum, prepared.execution_date, owner[0] or None, owner[1] or None, owner[2]))
         ids = [s.id for s in slices]
         blocks, instrs = [prepared.pmt_inf_ids[i] for i in ids], [prepared.instr_ids[i] for i in ids]
         conn.execute(_LINK, (file_id, ids, blocks, instrs))
@@ -120,7 +124,7 @@ def record_file(conn: Any, connector: str, version: str, group: Waiting, limit: 
         return Recorded(file=Submission(
             file_id=file_id, msg_id=prepared.msg_id, file_name=prepared.file_name, content=prepared.content,
             signature_name=prepared.signature_name, signature=prepared.signature,
-            transactions=prepared.transactions, upload_attempts=0), refused=refused)
+            transactions=prepared.transactions, upload_attempts=1), refused=refused)
     _refuse(conn, refused)
     return Recorded(file=None, refused=refused)
 
@@ -368,8 +372,10 @@ class FileStore:
     async def waiting(self, connector: str) -> list[Waiting]:
         return await self._db.statement(lambda c: waiting(c, connector))
 
-    async def record_file(self, connector: str, version: str, group: Waiting, limit: int, build: Build) -> Recorded:
-        return await self._db.transaction(lambda c: record_file(c, connector, version, group, limit, build))
+    async def record_file(self, connector: str, version: str, group: Waiting, limit: int, build: Build,
+                          lease: float) -> Recorded:
+        owner = (f"{self.host}#{self.owner.key}", self.owner.key, lease)
+        return await self._db.transaction(lambda c: record_file(c, connector, version, group, limit, build, owner))
 
     async def to_upload(self, connector: str, lease: float) -> list[Submission]:
         def work(c: Any) -> list[Submission]:

@@ -18,7 +18,7 @@ import psycopg
 import pytest
 
 from tests.conftest import HSM_MODULE, HSM_PIN, free_port
-from tests.file_helpers import self_signed
+from tests.file_helpers import key_files, self_signed
 from tests.payout_helpers import ROOT, Bank, payout_toml, rest_connector, seed, statuses, wait_for
 from tests.payout_helpers import env as rest_env
 
@@ -59,6 +59,7 @@ def file_connector(name: str, sftp: SandboxSftp, known_hosts: Path, certificate:
         cutoff_lead = "1m"
         tick = "200ms"
         upload_retry_max = "1s"
+        report_poll_interval = "200ms"
         [connectors.cutoffs]
         country = "SN"
         timezone = "Africa/Dakar"
@@ -331,35 +332,111 @@ def test_a_payout_in_doubt_on_the_rest_channel_never_goes_into_a_file(
     assert d.ctl("status").returncode == 0
 
 
-def test_files_over_the_banks_rest_api(
+@pytest.mark.parametrize("version", ["pain.001.001.09", "pain.001.001.03"])
+def test_files_over_the_banks_rest_api_with_signed_reports(
+    daemon_factory: Any, short_tmp: Path, migrated_dsn: str, hsm_key: tuple[str, Path], version: str,
+) -> None:
+    """transport = "rest": the same signed bytes POSTed with the MsgId as idempotency key (.09 enveloped, .03
+    with its detached signature first), reports read back from GET /files/reports, each signed by the bank and
+    verified against its pinned certificate, and acknowledged."""
+    token, certificate = hsm_key
+    root = short_tmp / "bank-c"
+    (root / "inbox").mkdir(parents=True)
+    report_key, report_cert = key_files(short_tmp, "bank-c-reports")
+    bank = Bank("--files-root", str(root), "--files-certificate", str(certificate), "--report-delay", "0.3",
+                "--reject-rate", "0.1", "--report-key", str(report_key))
+    try:
+        section = textwrap.dedent(f"""
+            [[connectors]]
+            name = "bank-c-files"
+            kind = "iso20022"
+            bank_profile = "bank-c"
+            [connectors.iso20022]
+            version = "{version}"
+            transport = "rest"
+            key_label = "{KEY}"
+            certificate = "{certificate}"
+            bank_certificate = "{report_cert}"
+            reports_signed = true
+            initiating_party = "Molam SAS"
+            debtor_name = "Molam Senegal"
+            debtor_town = "Dakar"
+            debtor_country = "SN"
+            max_transactions = 25
+            max_age = "1s"
+            tick = "200ms"
+            report_poll_interval = "200ms"
+            [connectors.cutoffs]
+            country = "SN"
+            timezone = "Africa/Dakar"
+            times = ["10:00", "15:00"]
+            [connectors.rest]
+            base_url = "{bank.url}"
+            key_id = "molamd-demo"
+            hmac_secret = "env:MOLAMD_TEST_HMAC"
+            """)
+        port = free_port()
+        config = payout_toml(short_tmp, migrated_dsn, section, metrics_port=port) + hsm_toml(token)
+        ids = seed_files(migrated_dsn, 60)
+        daemon_factory(config, env={**files_env(token), **rest_env()})
+        wait_for(lambda: sum(statuses(migrated_dsn, ids).get(s, 0) for s in FINAL) == len(ids), 60,
+                 "every slice final", lambda: (statuses(migrated_dsn, ids), bank.files()))
+        keys = [p["idempotency_key"] for p in bank.ledger() if p.get("channel") == "file"]
+        assert sorted(keys) == sorted(f"molam-slice-{i}" for i in ids)
+        assert not list((root / "outbox").glob("*.xml")), "every report acknowledged (moved to archive by the bank)"
+        with psycopg.connect(migrated_dsn) as conn:
+            files = conn.execute("SELECT msg_id, status, signature_name FROM payment_files").fetchall()
+            calls = conn.execute("SELECT operation, count(*) FROM bank_connector_logs GROUP BY 1").fetchall()
+            signatures = conn.execute("SELECT signature, flag, count(*) FROM payment_status_reports GROUP BY 1, 2"
+                                      ).fetchall()
+        assert {status for _, status, _ in files} == {"completed"} and len(files) >= 2
+        assert {name is not None for _, _, name in files} == {version.endswith("03")}
+        assert dict(calls).get("upload") == len(files)
+        assert set(bank.files()["verified_ids"]) == {m for m, _, _ in files}
+        assert [(sig, flag) for sig, flag, _ in signatures] == [("verified", None)], signatures
+        check_file_metrics(port, len(files), len(ids))
+    finally:
+        bank.close()
+
+
+def test_a_report_that_never_comes_leaves_slices_sent_and_a_resubmit_pays_nothing_twice(
     daemon_factory: Any, short_tmp: Path, migrated_dsn: str, hsm_key: tuple[str, Path],
     file_bank: tuple[Bank, SandboxSftp, Path],
 ) -> None:
-    """transport = "rest": the same signed bytes POSTed with the MsgId as idempotency key, reports read back from
-    GET /files/reports and acknowledged; a re-post of the same file is answered from the bank's record."""
     token, certificate = hsm_key
-    bank, sftp, root = file_bank
-    section = file_connector("bank-c-files", sftp, short_tmp / "unused", certificate)
-    section = section[:section.index("[connectors.sftp]")] + textwrap.dedent(f"""
-        [connectors.rest]
-        base_url = "{bank.url}"
-        key_id = "molamd-demo"
-        hmac_secret = "env:MOLAMD_TEST_HMAC"
-        """)
-    section = section.replace('max_age = "1s"', 'max_age = "1s"\ntransport = "rest"\nreport_poll_interval = "200ms"')
-    port = free_port()
-    config = payout_toml(short_tmp, migrated_dsn, section, metrics_port=port) + hsm_toml(token)
-    ids = seed_files(migrated_dsn, 60)
-    daemon_factory(config, env={**files_env(token), **rest_env()})
-    wait_for(lambda: sum(statuses(migrated_dsn, ids).get(s, 0) for s in FINAL) == len(ids), 60,
-             "every slice final", lambda: (statuses(migrated_dsn, ids), bank.files()))
+    bank, sftp, _ = file_bank
+    known_hosts = sftp.known_hosts(short_tmp / "known_hosts")
+    config = (payout_toml(short_tmp, migrated_dsn, file_connector("bank-c-files", sftp, known_hosts, certificate))
+              + hsm_toml(token))
+    bank.files_faults(report_loss_rate=1.0)  # the bank acknowledges (ACTC) and never reports the outcome
+    ids = seed_files(migrated_dsn, 20)
+    d = daemon_factory(config, env=files_env(token))
+
+    def accepted() -> list[tuple[int, str]]:
+        with psycopg.connect(migrated_dsn) as conn:
+            return conn.execute("SELECT id, status FROM payment_files ORDER BY id").fetchall()
+
+    wait_for(lambda: [s for _, s in accepted()] == ["accepted"], 30, "the file acknowledged", accepted)
+    time.sleep(1.5)
+    assert statuses(migrated_dsn, ids) == {"sent": 20}, "no outcome: the slices stay in doubt, sent"
+    [(file_id, _)] = accepted()
+    shown = d.ctl_json("files", "show", str(file_id))
+    assert shown["status"] == "accepted" and {s["tx_status"] for s in shown["slices"]} == {"ACTC"}
+    resubmitted = d.ctl_json("files", "resubmit", str(file_id))
+    assert resubmitted == {"id": file_id, "msg_id": shown["msg_id"], "was": "accepted", "status": "recorded"}
+    wait_for(lambda: bank.files()["duplicates"] == 1, 30, "the bank refusing the duplicate", bank.files)
+
+    def flags() -> list[str | None]:
+        with psycopg.connect(migrated_dsn) as conn:
+            return [r[0] for r in conn.execute("SELECT flag FROM payment_status_reports ORDER BY id")]
+
+    wait_for(lambda: "duplicate_submission" in flags(), 30, "the DU01 report stored and flagged", flags)
+    assert statuses(migrated_dsn, ids) == {"sent": 20}, "a DU01 refusal of a re-upload fails nothing"
     keys = [p["idempotency_key"] for p in bank.ledger() if p.get("channel") == "file"]
-    assert sorted(keys) == sorted(f"molam-slice-{i}" for i in ids)
-    assert not list((root / "outbox").glob("*.xml")), "every report acknowledged (moved to archive by the bank)"
+    assert len(keys) == len(set(keys)) == 20, "executed once: the bank refused the second upload"
     with psycopg.connect(migrated_dsn) as conn:
-        files = conn.execute("SELECT msg_id, status FROM payment_files").fetchall()
-        calls = conn.execute("SELECT operation, count(*) FROM bank_connector_logs GROUP BY 1").fetchall()
-    assert {status for _, status in files} == {"completed"} and len(files) >= 2
-    assert dict(calls).get("upload") == len(files)
-    assert set(bank.files()["verified_ids"]) == {m for m, _ in files}
-    check_file_metrics(port, len(files), len(ids))
+        audited = conn.execute("SELECT action, target, ok FROM molamd_audit WHERE action LIKE 'command:files%'"
+                               ).fetchall()
+        again = conn.execute("SELECT upload_attempts, msg_id FROM payment_files WHERE id = %s", (file_id,)).fetchone()
+    assert audited == [("command:files-resubmit", str(file_id), True)]
+    assert again == (2, shown["msg_id"]), "uploaded twice, the same MsgId"
