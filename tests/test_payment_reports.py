@@ -236,3 +236,30 @@ def test_a_slice_no_file_can_carry_is_dead_with_the_reason_and_the_rest_go(migra
         with pytest.raises(psycopg.errors.IntegrityConstraintViolation):
             conn.execute("UPDATE payment_files SET content = 'x'::bytea")
     assert attempt == [], "no attempt was recorded for these hand-moved slices"
+
+
+async def test_a_statement_line_settles_a_slice_of_a_file_as_it_settles_a_rest_one(
+    tmp_path: Path, migrated_dsn: str
+) -> None:
+    """No report yet: the bank's statement carries the payment under our end-to-end id (the slice's key)."""
+    import msgspec
+
+    from connectors.statements import MOLAMD_PROFILE
+    from tests.statement_helpers import rig, source_config
+
+    _, [slice_id, other] = recorded_file(migrated_dsn, 2, "MOLAM-T9")
+    with psycopg.connect(migrated_dsn) as conn:
+        amount = conn.execute("SELECT amount::int FROM payout_slices WHERE id = %s", (slice_id,)).fetchone()[0]
+    csv = ("account,statement,booking_date,value_date,amount,currency,reference,bank_ref,end_to_end_id,"
+           "counterparty_name,counterparty_iban,counterparty_bic,remittance,balance\n"
+           f"ACC-123456,1,2026-12-03,2026-12-03,-{amount},XOF,,B77,molam-slice-{slice_id},Awa,,,payout,"
+           f"{1000000 - amount}\n").encode()
+    async with rig(tmp_path, migrated_dsn) as r:
+        r.put("day.csv", csv)
+        config = msgspec.structs.replace(source_config(r.server, r.known_hosts, kind="csv-sftp"),
+                                         bank_profile="bank-c")
+        [taken] = (await r.poller(config, csv_profile=MOLAMD_PROFILE).poll_once()).taken
+    assert (taken["outcome"], taken["matched"], taken["settled"]) == ("parsed", 1, 1)
+    assert states(migrated_dsn, [slice_id, other]) == {slice_id: ("settled", None), other: ("sent", None)}
+    late = apply(migrated_dsn, report("MOLAM-T9", txs=[(f"molam-slice-{slice_id}", "ACSC", None)]))
+    assert (late.flag, late.applied) == (None, 0), "the report that follows agrees and changes nothing"
