@@ -117,21 +117,27 @@ def test_a_charset_a_bank_profile_widens() -> None:
 LETTERS = st.characters(categories=["Lu", "Ll", "Lo"], max_codepoint=0x9FFF)
 NAMES = st.text(LETTERS | st.just(" ") | st.just("-"), min_size=1, max_size=40).filter(lambda s: s.strip(" -"))
 MINOR = {"XOF": 0, "EUR": 2, "USD": 2}
+ADDRESSES = st.none() | st.builds(
+    PostalAddress, town=NAMES, country=st.sampled_from(["SN", "CI", "ML", "BF", "FR", "US"]),
+    street=st.none() | NAMES, building=st.none() | st.from_regex(r"[0-9]{1,4}[A-B]?", fullmatch=True),
+    postcode=st.none() | st.from_regex(r"[0-9]{5}", fullmatch=True),
+    lines=st.lists(NAMES, max_size=2).map(tuple))
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(currency=st.sampled_from(sorted(MINOR)), version=st.sampled_from(list(Pain001Version)),
-       rows=st.lists(st.tuples(NAMES, st.integers(1, 10**12)), min_size=1, max_size=12))
+       rows=st.lists(st.tuples(NAMES, st.integers(1, 10**12), ADDRESSES), min_size=1, max_size=12))
 def test_any_slices_give_a_schema_valid_file_or_errors_that_name_them(
-    currency: str, version: Pain001Version, rows: list[tuple[str, int]]
+    currency: str, version: Pain001Version, rows: list[tuple[str, int, PostalAddress | None]]
 ) -> None:
-    transfers = [transfer(i, str(Decimal(minor).scaleb(-MINOR[currency])), creditor=Party(name=name))
-                 for i, (name, minor) in enumerate(rows, 1)]
+    transfers = [transfer(i, str(Decimal(minor).scaleb(-MINOR[currency])), creditor=Party(name=name, address=a))
+                 for i, (name, minor, a) in enumerate(rows, 1)]
     f = payment_file(batch(currency, *transfers))
     try:
         data = build_pain001(f, version)
     except PaymentFileError as exc:
-        assert all(p.split(":")[0].startswith("slice ") and "creditor name" in p for p in exc.problems), exc.problems
+        assert all(p.split(":")[0].startswith("slice ") and ": creditor " in p for p in exc.problems), exc.problems
+        assert exc.slices and exc.slices <= {t.slice_id for t in transfers}
         return
     assert validate(data, version.value) == []
     amounts = [Decimal(a) for a in texts(data, "//p:InstdAmt/text()")]
