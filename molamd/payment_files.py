@@ -209,10 +209,15 @@ def record_report(conn: Any, r: ReportIn) -> ReportApplied:
     row = conn.execute(
         "INSERT INTO payment_status_reports (connector_name, remote_name, sha256, content, msg_id, original_msg_id,"
         " payment_file_id, group_status, signature, flag, detail, applied)"
-        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+        " ON CONFLICT (connector_name, sha256) DO NOTHING RETURNING id",
         (r.connector, r.remote_name, r.sha256, r.content, report.msg_id if report else None,
          report.original_msg_id if report else None, file_id, report.group_status if report else None,
          r.signature, flag, (detail or "")[:4000] or None, counts["applied"])).fetchone()
+    if row is None:
+        # Another host stored the same bytes meanwhile; what this transaction applied, it applied the same way
+        # (reports never move a slice backwards), so nothing is done twice.
+        return ReportApplied(report_id=None, file_id=file_id, flag=None, detail="already received")
     return ReportApplied(report_id=row[0], file_id=file_id, flag=flag, detail=detail, **counts)
 
 
