@@ -97,9 +97,6 @@ class FileBatcher(ConnectorActor):
         self._certificate = b""
         self._upload_backoff = Backoff(initial=1.0, maximum=self.options.upload_retry_max.seconds, jitter=0.2)
         self._stuck: set[tuple[str, int, int]] = set()  # reports the server would not let us move
-        self._wake = trio.Event()
-        self.files_recorded = 0
-        self.files_uploaded = 0
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
@@ -123,9 +120,6 @@ class FileBatcher(ConnectorActor):
                 f"key {self.options.key_label!r} in the HSM does not make signatures that verify against"
                 f" certificate {self.options.certificate}: is it that key's certificate? ({exc})") from None
 
-    def wake(self) -> None:
-        self._wake.set()
-
     @property
     def _working(self) -> bool:
         return self.dispatch is DispatchState.RUNNING and self.unhealthy is None
@@ -142,9 +136,7 @@ class FileBatcher(ConnectorActor):
                     if not getattr(exc, "retryable", False):
                         raise
                     logger.warning("%s: database unavailable (%s); files wait", self.name, exc)
-            with trio.move_on_after(self.options.tick.seconds):
-                await self._wake.wait()
-            self._wake = trio.Event()
+            await trio.sleep(self.options.tick.seconds)
 
     async def _close_due(self) -> None:
         groups = await self._store.waiting(self.name)
@@ -159,7 +151,7 @@ class FileBatcher(ConnectorActor):
                 continue
             left = group
             while True:
-                submission = await self._record(left, now, cutoff.date())
+                submission = await self._record(left, cutoff.date())
                 if submission is None:
                     break
                 await self._upload(submission)
@@ -174,7 +166,7 @@ class FileBatcher(ConnectorActor):
         o = self.options
         return group.count >= o.max_transactions or group.oldest_seconds >= o.max_age.seconds or near_cutoff
 
-    async def _record(self, group: Waiting, now: dt.datetime, execution_date: dt.date) -> Submission | None:
+    async def _record(self, group: Waiting, execution_date: dt.date) -> Submission | None:
         timings: list[float] = []
 
         def build(file_id: int, slices: Sequence[PayoutSlice], created_at: dt.datetime) -> Prepared:
@@ -188,7 +180,6 @@ class FileBatcher(ConnectorActor):
         for slice_id, why in recorded.refused.items():
             logger.error("%s: payout slice %s is dead: %s", self.name, slice_id, why)
         if recorded.file is not None:
-            self.files_recorded += 1
             self._files.file_built(self.name, recorded.file.transactions, timings[-1] if timings else 0.0)
             logger.info("%s: file %s recorded: %d transactions, execution date %s", self.name,
                         recorded.file.msg_id, recorded.file.transactions, execution_date)
@@ -238,7 +229,6 @@ class FileBatcher(ConnectorActor):
             await self._store.upload_failed(s.file_id, f"{exc.code}: {exc}", delay, exc.record)
             return
         await self._store.uploaded(s.file_id, done.detail, record)
-        self.files_uploaded += 1
         self._files.file_uploaded(self.name, True)
         logger.info("%s: file %s uploaded to %s%s", self.name, s.msg_id, done.path,
                     f" ({done.detail})" if done.detail else "")
