@@ -313,13 +313,27 @@ def file_counts(cluster: Cluster, files_url: str) -> dict[str, Any]:
             "desk": httpx.get(f"{files_url}/admin/files", timeout=10).json()}
 
 
-def breaker_outage(bank_urls: list[str]) -> dict[str, int]:
+OUTAGE_SLICES = 200  # ecobank-sn payouts the platform writes while the primary's breaker is open
+
+
+def breaker_outage(bank_urls: list[str], cluster: Cluster) -> dict[str, int]:
     """An operator opens the primary's breaker for a while, as for a bank incident: new work goes to the backup
-    bank, slices in doubt at the primary wait for it. Returns how many payments the backup made meanwhile."""
+    bank, slices in doubt at the primary wait for it. Meanwhile the platform writes more ecobank-sn payouts
+    (however fast the first ones went, there is new work during the outage). Returns how many payments the
+    backup made meanwhile."""
     backup = bank_urls[1]
     before = httpx.get(f"{backup}/admin/stats", timeout=10).json()["payments"]
     say(f"operator: molamctl force-open {PRIMARY} (the backup bank takes new work)")
     ctl("force-open", PRIMARY)
+    with psycopg.connect(cluster.dsn()) as conn:
+        conn.execute(
+            "INSERT INTO payout_slices (payout_id, treasury_account_id, amount, currency, rail, beneficiary_name,"
+            " beneficiary_account, remittance_info)"
+            " SELECT 'outage-' || lpad(n::text, 5, '0'), t.id, (7000 + n * 11)::numeric, 'XOF', 'ach',"
+            " 'Beneficiary outage ' || n, 'SN08' || lpad((200000000 + n)::text, 20, '0'), 'Molam payout demo'"
+            " FROM generate_series(1, %s) AS n, treasury_accounts t"
+            " WHERE t.bank_profile_id = 'ecobank-sn' AND t.label = 'payouts-xof'", (OUTAGE_SLICES,))
+    say(f"platform: {OUTAGE_SLICES} more ecobank-sn payouts written during the outage")
     time.sleep(3.0)
     during = httpx.get(f"{backup}/admin/stats", timeout=10).json()["payments"] - before
     ctl("reset-circuit", PRIMARY)
@@ -352,7 +366,7 @@ def watch(daemon: subprocess.Popen[bytes], cluster: Cluster, bank_urls: list[str
             mark = (now, final)
             done = final == sum(counts.values())
             if outage is None and primary_progress(cluster) >= 0.25:
-                outage = breaker_outage(bank_urls)
+                outage = breaker_outage(bank_urls, cluster)
             st = statement_counts(cluster)
             say(f"statements: {st['files']} files, {st['lines']} lines, {st['linked']} linked")
             reported = st["settled_linked"] == st["settled"]
