@@ -33,8 +33,21 @@ def hsm_toml(token: str) -> str:
     return f'\n[hsm]\nmodule = "{HSM_MODULE}"\ntoken = "{token}"\npin = "env:MOLAMD_TEST_PIN"\n'
 
 
-def file_connector(name: str, sftp: SandboxSftp, known_hosts: Path, certificate: Path, *, profile: str = "bank-c",
-                   max_transactions: int = 25, scope: str = "", priority: int = 10) -> str:
+def file_connector(name: str, sftp: SandboxSftp | None, known_hosts: Path, certificate: Path, *,
+                   profile: str = "bank-c", max_transactions: int = 25, scope: str = "", priority: int = 10,
+                   version: str = "pain.001.001.09", options: tuple[str, ...] = (), rest_url: str | None = None
+                   ) -> str:
+    """An iso20022 connector over the sandbox's SFTP server, or (``rest_url``) over its REST API; ``options``
+    are more lines of its [connectors.iso20022]."""
+    if rest_url is not None:
+        transport = (f'[connectors.rest]\nbase_url = "{rest_url}"\nkey_id = "molamd-demo"\n'
+                     'hmac_secret = "env:MOLAMD_TEST_HMAC"\n')
+        options = (*options, 'transport = "rest"')
+    else:
+        assert sftp is not None
+        transport = (f'[connectors.sftp]\nhost = "127.0.0.1"\nport = {sftp.port}\nusername = "bank"\n'
+                     f'password = "env:MOLAMD_TEST_SFTP"\nknown_hosts = "{known_hosts}"\ninbox = "/outbox"\n'
+                     'archive = "/outbox/archive"\nerror = "/outbox/error"\npatterns = ["*.xml"]\nstable_for = "0s"\n')
     return textwrap.dedent(f"""
         [[connectors]]
         name = "{name}"
@@ -45,8 +58,12 @@ def file_connector(name: str, sftp: SandboxSftp, known_hosts: Path, certificate:
         shutdown_grace = "2s"
         [connectors.limits]
         call_timeout = "3s"
+        [connectors.cutoffs]
+        country = "SN"
+        timezone = "Africa/Dakar"
+        times = ["10:00", "15:00"]
         [connectors.iso20022]
-        version = "pain.001.001.09"
+        version = "{version}"
         key_label = "{KEY}"
         certificate = "{certificate}"
         initiating_party = "Molam SAS"
@@ -60,23 +77,7 @@ def file_connector(name: str, sftp: SandboxSftp, known_hosts: Path, certificate:
         tick = "200ms"
         upload_retry_max = "1s"
         report_poll_interval = "200ms"
-        [connectors.cutoffs]
-        country = "SN"
-        timezone = "Africa/Dakar"
-        times = ["10:00", "15:00"]
-        [connectors.sftp]
-        host = "127.0.0.1"
-        port = {sftp.port}
-        username = "bank"
-        password = "env:MOLAMD_TEST_SFTP"
-        known_hosts = "{known_hosts}"
-        inbox = "/outbox"
-        archive = "/outbox/archive"
-        error = "/outbox/error"
-        patterns = ["*.xml"]
-        poll_interval = "200ms"
-        stable_for = "0s"
-        """)
+        """) + "".join(f"{line}\n" for line in options) + transport
 
 
 @pytest.fixture
@@ -346,35 +347,9 @@ def test_files_over_the_banks_rest_api_with_signed_reports(
     bank = Bank("--files-root", str(root), "--files-certificate", str(certificate), "--report-delay", "0.3",
                 "--reject-rate", "0.1", "--report-key", str(report_key))
     try:
-        section = textwrap.dedent(f"""
-            [[connectors]]
-            name = "bank-c-files"
-            kind = "iso20022"
-            bank_profile = "bank-c"
-            [connectors.iso20022]
-            version = "{version}"
-            transport = "rest"
-            key_label = "{KEY}"
-            certificate = "{certificate}"
-            bank_certificate = "{report_cert}"
-            reports_signed = true
-            initiating_party = "Molam SAS"
-            debtor_name = "Molam Senegal"
-            debtor_town = "Dakar"
-            debtor_country = "SN"
-            max_transactions = 25
-            max_age = "1s"
-            tick = "200ms"
-            report_poll_interval = "200ms"
-            [connectors.cutoffs]
-            country = "SN"
-            timezone = "Africa/Dakar"
-            times = ["10:00", "15:00"]
-            [connectors.rest]
-            base_url = "{bank.url}"
-            key_id = "molamd-demo"
-            hmac_secret = "env:MOLAMD_TEST_HMAC"
-            """)
+        section = file_connector("bank-c-files", None, short_tmp / "unused", certificate, version=version,
+                                 rest_url=bank.url, options=(f'bank_certificate = "{report_cert}"',
+                                                             "reports_signed = true"))
         port = free_port()
         config = payout_toml(short_tmp, migrated_dsn, section, metrics_port=port) + hsm_toml(token)
         ids = seed_files(migrated_dsn, 60)
