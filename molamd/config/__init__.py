@@ -19,5 +19,9 @@ from ._secrets import secret_values as secret_values
 
 
 def load_resolved(path: str) -> Config:
-    """Load, validate and resolve secrets: what the daemon and check-config both do."""
-    return resolve_secrets(load_config(path), file=path)
+    """Load, validate and resolve secrets (from Vault too, when [vault] has an address): what the daemon and
+    check-config both do. Blocking: run it in a worker thread."""
+    from ._vault import resolvers_for
+
+    config = load_config(path)
+    return resolve_secrets(config, file=path, resolvers=resolvers_for(config.vault, file=path))

@@ -134,6 +134,19 @@ class HsmSection(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True
     pin: Secret | None = None  # the user PIN, as a secret reference
 
 
+class VaultSection(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``[vault]``: where ``vault:`` references are resolved (OpenBao or HashiCorp Vault), and how to log in."""
+
+    address: str = ""  # e.g. "https://vault.internal:8200"; empty: no Vault, and a vault: reference is an error
+    role_id: str = ""  # the AppRole role_id (not a secret by itself)
+    secret_id: Secret | None = None  # the AppRole secret_id: credential:, file: or env:, never vault:
+    secret_id_wrapped: bool = False  # secret_id is a response-wrapping token, unwrapped once at start
+    approle_mount: str = "approle"
+    namespace: str = ""  # Vault Enterprise / OpenBao namespaces; empty: none
+    ca_file: str = ""  # PEM bundle to verify the server's certificate; empty: the system's
+    timeout: Duration = msgspec.field(default_factory=lambda: _d("5s"))
+
+
 class WorkersSection(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     health_checker: HealthCheckerSection = msgspec.field(default_factory=HealthCheckerSection)
     dispatcher: DispatcherSection = msgspec.field(default_factory=DispatcherSection)
@@ -150,6 +163,7 @@ class Config(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     supervision: SupervisionSection = msgspec.field(default_factory=SupervisionSection)
     workers: WorkersSection = msgspec.field(default_factory=WorkersSection)
     hsm: HsmSection = msgspec.field(default_factory=HsmSection)
+    vault: VaultSection = msgspec.field(default_factory=VaultSection)
     connectors: list[AnyConnectorConfig] = msgspec.field(default_factory=list)
     csv_profiles: dict[str, CsvProfile] = msgspec.field(default_factory=dict)
 

@@ -80,7 +80,7 @@ def default_resolvers(environ: Mapping[str, str] | None = None) -> dict[str, Res
     }
 
 
-def resolve_secrets(config: T, *, file: str, resolvers: Mapping[str, Resolver] | None = None) -> T:
+def resolve_secrets(config: T, *, file: str, resolvers: Mapping[str, Resolver] | None = None, root: str = "$") -> T:
     """A copy of ``config`` with every Secret resolved; raises ConfigError listing each one that is not."""
     table = dict(default_resolvers()) if resolvers is None else dict(resolvers)
     problems: list[ConfigProblem] = []
@@ -111,7 +111,7 @@ def resolve_secrets(config: T, *, file: str, resolvers: Mapping[str, Resolver] |
             return items if any(a is not b for a, b in zip(items, value, strict=True)) else value
         return value
 
-    resolved = walk(config, "$")
+    resolved = walk(config, root)
     if problems:
         raise ConfigError(file, problems)
     return resolved  # type: ignore[no-any-return]
