@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import re
+import time
 from typing import Any, Final
 
 SECRET_SCHEMES: Final = ("vault", "file", "credential", "env")
@@ -62,9 +63,9 @@ class Secret:
     The value, once resolved, lives only here and prints as ``***`` everywhere: repr, str, JSON.
     """
 
-    __slots__ = ("_value", "reference")
+    __slots__ = ("_value", "reference", "resolved_at", "version")
 
-    def __init__(self, reference: str, value: str | None = None) -> None:
+    def __init__(self, reference: str, value: str | None = None, *, version: int | None = None) -> None:
         if not isinstance(reference, str):
             raise TypeError(f"a secret is a reference string, not {type(reference).__name__}")
         scheme, sep, rest = reference.partition(":")
@@ -77,6 +78,8 @@ class Secret:
             )
         self.reference = reference
         self._value = value
+        self.version = version  # the source's version of it (a KV v2 version), when the source has versions
+        self.resolved_at = time.time() if value is not None else None
 
     @property
     def scheme(self) -> str:
@@ -90,8 +93,8 @@ class Secret:
     def resolved(self) -> bool:
         return self._value is not None
 
-    def with_value(self, value: str) -> Secret:
-        return Secret(self.reference, value)
+    def with_value(self, value: str, version: int | None = None) -> Secret:
+        return Secret(self.reference, value, version=version)
 
     def reveal(self) -> str:
         """The secret value; only for the code that hands it to a bank, database or HSM."""

@@ -40,6 +40,7 @@ ARITY: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "payouts": (("action",), ("id",)),  # show ID, release ID --reason TEXT, in-doubt, retry ID|--all-scheduled
     "audit": ((), ()),
     "files": (("action",), ("id",)),  # list, show ID, resubmit ID
+    "secrets": ((), ()),
 }
 # Sub-commands the daemon serves as commands of their own, so reads and writes can be told apart.
 SPLIT = {"dlq": ("list", "retry", "drop"), "payouts": ("show", "release", "in-doubt", "retry"),

@@ -8,10 +8,12 @@ import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from molamd.config import ConfigError, load_resolved
+from tests.conftest import daemon_toml
 from tests.openbao import OpenBao
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -122,3 +124,32 @@ def test_a_refused_login_and_a_vault_that_is_down_are_clear_errors(tmp_path: Pat
     assert "role_id or secret_id refused" in problems(path), "a secret_id with one use, used"
     down = config(tmp_path, bao, bao.secret_id(), "vault:secret/molamd/bank-a#hmac", address="http://127.0.0.1:9")
     assert "cannot connect" in problems(down)
+
+
+def test_molamctl_secrets_lists_each_reference_with_its_version_and_never_a_value(
+    daemon_factory: Any, short_tmp: Path, bao: OpenBao
+) -> None:
+    version = bao.put("molamd/bank-a", hmac=CANARY)
+    (short_tmp / "secret_id").write_text(bao.secret_id())
+    text = daemon_toml(short_tmp, connectors=textwrap.dedent("""
+        [[connectors]]
+        name = "bank-a"
+        kind = "null"
+        bank_profile = "bank-a"
+        [connectors.null]
+        token = "vault:secret/molamd/bank-a#hmac"
+        """)) + textwrap.dedent(f"""
+        [vault]
+        address = "{bao.address}"
+        role_id = "{bao.role_id}"
+        secret_id = "file:{short_tmp / 'secret_id'}"
+        """)
+    d = daemon_factory(text, env={"HOME": str(short_tmp)})
+    rows = {r["path"]: r for r in d.ctl_json("secrets")}
+    token = rows["$.connectors[0].null.token"]
+    assert (token["scheme"], token["source"], token["version"], token["resolved"]) == (
+        "vault", bao.address, version, True)
+    assert rows["$.vault.secret_id"]["source"] == str(short_tmp / "secret_id")
+    assert rows["$.vault.secret_id"]["version"] is None
+    shown = d.ctl("--json", "secrets").stdout + d.logs()
+    assert CANARY not in shown and (short_tmp / "secret_id").read_text() not in shown

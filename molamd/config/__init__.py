@@ -15,6 +15,7 @@ from ._secrets import Resolver as Resolver
 from ._secrets import SecretUnavailable as SecretUnavailable
 from ._secrets import default_resolvers as default_resolvers
 from ._secrets import resolve_secrets as resolve_secrets
+from ._secrets import secret_entries as secret_entries
 from ._secrets import secret_values as secret_values
 
 

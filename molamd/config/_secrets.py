@@ -22,7 +22,16 @@ from ._errors import ConfigError, ConfigProblem
 from ._files import SECRET_MAX_BYTES, UnreadableFile, read_regular
 
 T = TypeVar("T")
-Resolver = Callable[[str], str]
+
+
+class Versioned(msgspec.Struct, frozen=True):
+    """What a resolver of a versioned source (Vault's KV v2) answers: the value and its version there."""
+
+    value: str
+    version: int
+
+
+Resolver = Callable[[str], "str | Versioned"]
 
 
 class SecretUnavailable(Exception):
@@ -94,10 +103,13 @@ def resolve_secrets(config: T, *, file: str, resolvers: Mapping[str, Resolver] |
                 problems.append(ConfigProblem(path, f"no resolver for {value.scheme}: references"))
                 return value
             try:
-                return value.with_value(resolver(value.target))
+                found = resolver(value.target)
             except SecretUnavailable as exc:
                 problems.append(ConfigProblem(path, f"secret {value.reference}: {exc}"))
                 return value
+            if isinstance(found, Versioned):
+                return value.with_value(found.value, found.version)
+            return value.with_value(found)
         if isinstance(value, msgspec.Struct):
             changes = {}
             for name in value.__struct_fields__:
@@ -139,19 +151,24 @@ def _type_may_hold_secret(hint: Any) -> bool:
     return any(_type_may_hold_secret(arg) for arg in typing.get_args(hint))
 
 
-def secret_values(config: object) -> list[str]:
-    """Every resolved secret value in a config, for the log redactor."""
-    found: list[str] = []
+def secret_entries(config: object) -> list[tuple[str, Secret]]:
+    """Every secret reference in a config, with its TOML path (``$.connectors[2].rest.hmac_secret``)."""
+    found: list[tuple[str, Secret]] = []
 
-    def walk(value: Any) -> None:
-        if isinstance(value, Secret) and value.resolved:
-            found.append(value.reveal())
+    def walk(value: Any, path: str) -> None:
+        if isinstance(value, Secret):
+            found.append((path, value))
         elif isinstance(value, msgspec.Struct) and _may_hold_secret(type(value)):
             for name in value.__struct_fields__:
-                walk(getattr(value, name))
+                walk(getattr(value, name), f"{path}.{name}")
         elif isinstance(value, list):
-            for item in value:
-                walk(item)
+            for i, item in enumerate(value):
+                walk(item, f"{path}[{i}]")
 
-    walk(config)
+    walk(config, "$")
     return found
+
+
+def secret_values(config: object) -> list[str]:
+    """Every resolved secret value in a config, for the log redactor."""
+    return [s.reveal() for _, s in secret_entries(config) if s.resolved]

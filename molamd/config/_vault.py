@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ._errors import ConfigError, ConfigProblem
 from ._model import VaultSection
-from ._secrets import Resolver, SecretUnavailable, default_resolvers, resolve_secrets
+from ._secrets import Resolver, SecretUnavailable, Versioned, default_resolvers, resolve_secrets
 
 
 def resolvers_for(section: VaultSection, *, file: str) -> dict[str, Resolver]:
@@ -38,11 +38,12 @@ def resolvers_for(section: VaultSection, *, file: str) -> dict[str, Resolver]:
         vault.close()
         raise ConfigError(file, [ConfigProblem("$.vault", f"{section.address}: {exc}")]) from None
 
-    def resolve(target: str) -> str:
+    def resolve(target: str) -> Versioned:
         try:
-            return vault.read(Reference.parse(target)).value
+            found = vault.read(Reference.parse(target))
         except VaultError as exc:
             raise SecretUnavailable(str(exc)) from None
+        return Versioned(found.value, found.version)
 
     table["vault"] = resolve
     return table

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -26,7 +27,7 @@ from .. import audit, payment_files, payouts
 from .. import reload as reloading
 from .. import statements as stored
 from ..audit import Identity
-from ..config import ConfigError
+from ..config import ConfigError, secret_entries
 from ..config._bounds import BOUNDS
 from ..db import DatabaseError
 from ..runtime import Runtime
@@ -547,6 +548,27 @@ async def files_resubmit(ctx: Context, args: IdArg) -> dict[str, Any]:
     return result
 
 
+async def secrets(ctx: Context, args: NoArgs) -> list[dict[str, Any]]:
+    """Each secret reference of the running config: where it resolved from, its version there, its age. Never
+    the value."""
+    rt = ctx.rt
+    now = time.time()
+    rows = []
+    for path, secret in secret_entries(rt.config):
+        if secret.scheme == "vault":
+            source = rt.config.vault.address
+        elif secret.scheme == "env":
+            source = f"environment variable {secret.target}"
+        elif secret.scheme == "credential":
+            source = f"systemd credential {secret.target}"
+        else:
+            source = secret.target
+        rows.append({"path": path, "reference": secret.reference, "scheme": secret.scheme, "source": source,
+                     "version": secret.version, "resolved": secret.resolved,
+                     "age_seconds": None if secret.resolved_at is None else round(now - secret.resolved_at, 1)})
+    return rows
+
+
 async def reload(ctx: Context, args: ReloadArgs) -> dict[str, Any]:
     rt = ctx.rt
     try:
@@ -585,6 +607,7 @@ COMMANDS: dict[str, Command] = {
         Command("payouts-release", ReleaseArgs, True, payouts_release),
         Command("payouts-retry", RetryArgs, True, payouts_retry),
         Command("audit", LimitArg, False, audit_list),
+        Command("secrets", NoArgs, False, secrets),
         Command("files-list", LimitArg, False, files_list),
         Command("files-show", IdArg, False, files_show),
         Command("files-resubmit", IdArg, True, files_resubmit),
