@@ -51,7 +51,7 @@ EXPECTED = {
     "molamd.config": {
         "Config", "ConfigError", "ConfigProblem", "ControlSection", "DatabaseSection", "HealthCheckerSection",
         "LogLevel", "Resolver", "SecretUnavailable", "SupervisionSection", "default_resolvers", "load_config",
-        "load_resolved", "parse_config", "resolve_secrets", "secret_values", "split_listen",
+        "load_resolved", "parse_config", "resolve_secrets", "secret_values", "split_listen", "secret_entries",
     },
     "molamd.control": {
         "Access", "AlreadyRunning", "COMMANDS", "ControlError", "ControlServer", "ErrorCode", "MAX_LINE",
