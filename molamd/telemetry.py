@@ -77,8 +77,7 @@ class Telemetry:
             return
         rows, self._audit = self._audit, []
         try:
-            counts = await self._db.transaction(lambda conn: self._write(conn, rows))
-            files = await self._db.statement(payment_files.counts)
+            counts, files = await self._db.transaction(lambda conn: self._write(conn, rows))
         except db.DatabaseError:
             self._audit[:0] = rows
             return
@@ -91,6 +90,9 @@ class Telemetry:
                 dead += count
         self._metrics.dlq_slices.set(dead)
 
-    def _write(self, conn: db.Conn, rows: Sequence[CallRecord]) -> list[tuple[str, str, int]]:
+    def _write(self, conn: db.Conn, rows: Sequence[CallRecord]) -> tuple[
+            list[tuple[str, str, int]], tuple[list[tuple[str, str, int]], list[tuple[str, str, int]]]]:
+        """The audit rows written, and the counts read, in one transaction: a failure after the rows were
+        committed would have queued them again, and written them twice."""
         audit.bank_calls(conn, self._host, rows)
-        return payouts.status_counts(conn)
+        return payouts.status_counts(conn), payment_files.counts(conn)
