@@ -108,22 +108,27 @@ def migrate(config_path: str, dsn: str | None) -> int:
 def run(config_path: str) -> int:
     import trio
 
-    from .config import ConfigError, load_resolved
+    from .config import ConfigError, connect_vault, load_config, resolve_config
     from .control import AlreadyRunning, check_socket_path
     from .daemon import run as run_daemon
 
+    vault = None
     try:
-        config = load_resolved(config_path)
+        config = load_config(config_path)
+        vault = connect_vault(config.vault, file=config_path)  # kept: the daemon's token actor renews its token
+        config = resolve_config(config, file=config_path, vault=vault)
     except ConfigError as exc:
         for line in exc.lines():
             print(line, file=sys.stderr)
+        if vault is not None:
+            vault.close()
         return 1
     try:
         check_socket_path(config.control.socket)
     except AlreadyRunning as exc:
         print(f"molamd: {exc}", file=sys.stderr)
         return 1
-    return trio.run(run_daemon, config_path, config)
+    return trio.run(run_daemon, config_path, config, vault)
 
 
 if __name__ == "__main__":

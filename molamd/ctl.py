@@ -40,11 +40,12 @@ ARITY: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "payouts": (("action",), ("id",)),  # show ID, release ID --reason TEXT, in-doubt, retry ID|--all-scheduled
     "audit": ((), ()),
     "files": (("action",), ("id",)),  # list, show ID, resubmit ID
-    "secrets": ((), ()),
+    "secrets": ((), ("action",)),  # (list), refresh
 }
 # Sub-commands the daemon serves as commands of their own, so reads and writes can be told apart.
 SPLIT = {"dlq": ("list", "retry", "drop"), "payouts": ("show", "release", "in-doubt", "retry"),
-         "statements": ("poll", "reprocess"), "files": ("list", "show", "resubmit")}
+         "statements": ("poll", "reprocess"), "files": ("list", "show", "resubmit"), "secrets": ("refresh",)}
+LISTS = {"secrets"}  # without an action: the list
 NUMBERS: dict[str, type] = {"rate": float, "burst": int, "id": int}
 
 
@@ -231,7 +232,8 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, dict[str, Any]]:
                 parser.error(f"{ns.command}: {key.upper()} must be a number, got {args[key]!r}")
     action = args.get("action")
     if ns.command in SPLIT:
-        if ns.command != "statements" and action not in SPLIT[ns.command]:
+        listing = ns.command in LISTS and action is None
+        if ns.command != "statements" and not listing and action not in SPLIT[ns.command]:
             parser.error(f"{ns.command}: unknown action {action!r}; use {', '.join(SPLIT[ns.command])}")
         if action in SPLIT[ns.command]:
             ns.command = f"{ns.command}-{action}"

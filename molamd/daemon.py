@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 
 import trio
 
-from actors import ChildSpec, RestartPolicy, Strategy, Supervisor, describe_error
+from actors import ChildSpec, Periodic, RestartPolicy, Strategy, Supervisor, describe_error
 
 from . import db, logs
 from .config import Config, ConfigError, split_listen
@@ -25,6 +25,7 @@ from .metrics import MetricsServer
 from .reload import reload
 from .runtime import Runtime
 from .sdnotify import Notifier
+from .vault import Vault, VaultError
 
 logger = logging.getLogger("molamd.daemon")
 
@@ -33,21 +34,35 @@ _CORE_GRACE = 5.0
 
 
 class Daemon:
-    def __init__(self, config_path: str, config: Config, *, notifier: Notifier | None = None) -> None:
-        self.rt = Runtime(config_path, config, notifier=notifier)
+    def __init__(self, config_path: str, config: Config, *, notifier: Notifier | None = None,
+                 vault: Vault | None = None) -> None:
+        self.rt = Runtime(config_path, config, notifier=notifier, vault=vault)
         self._stop = trio.Event()
         self._reload_wanted = trio.Event()
         self._root_done = trio.Event()
         self._startup: trio.CancelScope | None = None
         self.exit_reason = "stopped"
-        specs = [ChildSpec(name="database", factory=lambda: self.rt.db, core=True, shutdown_grace=_CORE_GRACE)]
+        specs = []
+        rt = self.rt
+        if rt.token_keeper is not None:
+            keeper = rt.token_keeper
+            specs.append(ChildSpec(name=keeper.name, factory=lambda: keeper, shutdown_grace=_CORE_GRACE))
+            interval = config.vault.rotation_check.seconds
+            if interval > 0:
+                specs.append(ChildSpec(name="secret-rotation", factory=lambda: Periodic(
+                    "secret-rotation", interval, self._check_secrets)))
+        if rt.credentials is not None:
+            credentials = rt.credentials
+            specs.append(ChildSpec(name=credentials.name, factory=lambda: credentials, shutdown_grace=_CORE_GRACE))
+        specs.append(ChildSpec(name="database", factory=lambda: self.rt.db, core=True, shutdown_grace=_CORE_GRACE))
         if config.metrics.enabled:
             host, port = split_listen(config.metrics.listen)
             self.metrics_server = MetricsServer(self.rt.metrics, host, port)
             specs.append(ChildSpec(name="metrics", factory=lambda: self.metrics_server, core=True))
         grace = config.daemon.shutdown_grace.seconds
         if config.workers.dispatcher.enabled:
-            listener = db.Listener(config.database, "molamd_payout_slices", self.rt.wake_dispatcher)
+            listener = db.Listener(config.database, "molamd_payout_slices", self.rt.wake_dispatcher,
+                                   login=self.rt.db.login_now if self.rt.credentials is not None else None)
             specs.append(ChildSpec(name="listener", factory=lambda: listener, shutdown_grace=_CORE_GRACE))
         specs += [
             ChildSpec(name="connectors", factory=lambda: self.rt.connectors, core=True, shutdown_grace=grace),
@@ -84,6 +99,7 @@ class Daemon:
                     socket=rt.config.control.socket, version=rt.version)
                 await self._stop.wait()
                 await self._shutdown()
+                await self._revoke_token()
                 nursery.cancel_scope.cancel()
 
     def request_stop(self, reason: str = "stop requested") -> None:
@@ -111,6 +127,25 @@ class Daemon:
             log(logger, logging.WARNING, "shutdown grace elapsed; cancelling what is left")
         log(logger, logging.INFO, "stopped", reason=self.exit_reason)
 
+    async def _check_secrets(self) -> None:
+        from .secret_rotation import check_and_apply
+
+        with contextlib.suppress(ConfigError):  # logged, counted and kept in `status` by the refresh itself
+            await check_and_apply(self.rt)
+
+    async def _revoke_token(self) -> None:
+        """At a clean stop: the token is revoked, and the leases under it (database credentials) end with it."""
+        vault = self.rt.vault
+        if vault is None:
+            return
+        with trio.move_on_after(_CORE_GRACE):
+            try:
+                await trio.to_thread.run_sync(vault.revoke_token, abandon_on_cancel=True)
+            except VaultError as exc:
+                log(logger, logging.WARNING, "could not revoke the Vault token at stop", error=str(exc))
+            else:
+                log(logger, logging.INFO, "vault token revoked")
+
     async def _signals(self, signals: AsyncIterator[int]) -> None:
         async for signum in signals:
             if signum == signal.SIGHUP:
@@ -126,10 +161,10 @@ class Daemon:
                 await reload(self.rt)
 
 
-async def run(config_path: str, config: Config) -> int:
-    """Run the daemon; the process exit code."""
+async def run(config_path: str, config: Config, vault: Vault | None = None) -> int:
+    """Run the daemon (``vault``: the client logged in while the config was resolved); the process exit code."""
     logs.configure(config.logging.level.value)
-    daemon = Daemon(config_path, config)
+    daemon = Daemon(config_path, config, vault=vault)
     failed = False
     try:
         await daemon.run()

@@ -26,6 +26,7 @@ actor_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("molamd_a
 trace_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("molamd_trace", default=None)
 
 _MIN_SECRET_LENGTH = 4
+_LEASED_KEPT = 16
 
 
 class Redactor:
@@ -33,10 +34,22 @@ class Redactor:
 
     def __init__(self) -> None:
         self._values: tuple[str, ...] = ()
+        self._config: list[str] = []
+        self._leased: list[str] = []  # secrets that are not in the config (leased database passwords): the last few
 
     def set_values(self, values: Iterable[str]) -> None:
+        """The config's secret values (replacing the previous config's)."""
+        self._config = list(values)
+        self._update()
+
+    def add_values(self, values: Iterable[str]) -> None:
+        """Secrets obtained at run time; the last ``_LEASED_KEPT`` are kept whatever the config says."""
+        self._leased = (self._leased + list(values))[-_LEASED_KEPT:]
+        self._update()
+
+    def _update(self) -> None:
         # Each value as written, and as repr() and JSON escape it (an exception's repr, a nested dump).
-        unique = {form for v in values if len(v) >= _MIN_SECRET_LENGTH
+        unique = {form for v in (*self._config, *self._leased) if len(v) >= _MIN_SECRET_LENGTH
                   for form in (v, repr(v)[1:-1], json.dumps(v)[1:-1])}
         self._values = tuple(sorted(unique, key=len, reverse=True))
 

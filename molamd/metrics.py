@@ -103,9 +103,35 @@ class Metrics:
         self.reload_successful.set(1)
 
         self.files = FileMetrics(r)
+        self.vault = VaultMetrics(r)
 
     def watch_supervisors(self, supervisors: Callable[[], Iterable[Supervisor]]) -> None:
         self.registry.register(_ActorCollector(supervisors))
+
+
+class VaultMetrics:
+    """The Vault token, the secrets read from it, and the database credentials leased from it."""
+
+    def __init__(self, r: CollectorRegistry) -> None:
+        self.up = Gauge("molamd_vault_token_valid", "1 while the daemon holds a Vault token it could renew", registry=r)
+        self.token_ttl = Gauge("molamd_vault_token_ttl_seconds", "TTL the last login or renewal granted", registry=r)
+        self.token_expiry = Gauge("molamd_vault_token_expiry_timestamp_seconds", "Unix time the token ends unless"
+                                  " renewed", registry=r)
+        self.last_renewal = Gauge("molamd_vault_token_last_renewal_timestamp_seconds",
+                                  "Unix time of the last successful renewal", registry=r)
+        self.renewals = Counter("molamd_vault_token_renewals", "Token renewals by outcome (capped: max TTL near)",
+                                ["outcome"], registry=r)
+        self.logins = Counter("molamd_vault_logins", "AppRole logins after the first, by outcome", ["outcome"],
+                              registry=r)
+        self.secret_checks = Counter("molamd_vault_secret_checks", "Rotation checks of the secrets in use, by"
+                                     " outcome (rotated: a new version was applied)", ["outcome"], registry=r)
+        self.db_lease_expiry = Gauge("molamd_database_credentials_lease_expiry_timestamp_seconds",
+                                     "Unix time the current leased database credentials end unless renewed",
+                                     registry=r)
+        self.db_lease = Gauge("molamd_database_credentials_lease_info", "1 for the lease the pool logs in with",
+                              ["lease_id"], registry=r)
+        self.db_rotations = Counter("molamd_database_credentials_rotations", "Moves of the pool to new leased"
+                                    " credentials, by reason", ["reason"], registry=r)
 
 
 class FileMetrics:

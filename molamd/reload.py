@@ -22,15 +22,18 @@ import msgspec
 import trio
 
 from actors import ChildSpec, Supervisor
+from connectors import Secret
 
-from .config import Config, ConfigError, ConfigProblem, load_resolved, secret_values
+from .config import Config, ConfigError, ConfigProblem, load_resolved, resolve_config, secret_values
 from .logs import log, redactor, set_level
 from .runtime import Runtime, restart_policy
 
 logger = logging.getLogger("molamd.reload")
 
-# Sections a running daemon cannot change under itself: they need `systemctl restart molamd`.
-RESTART_ONLY = ("control", "metrics", "database", "hsm")
+# Sections a running daemon cannot change under itself: they need `systemctl restart molamd`. A new value of the
+# same secret reference in them (a rotated database password or HSM PIN) is not a change of the section: it is
+# taken without a restart (new connections log in with it; the HSM session opens again with it).
+RESTART_ONLY = ("control", "metrics", "database", "hsm", "vault")
 
 
 class Diff(msgspec.Struct, frozen=True, kw_only=True):
@@ -62,7 +65,7 @@ def plan(old: Config, new: Config, *, file: str, allow_removals: int = 0) -> tup
     problems = [
         ConfigProblem(f"$.{section}", f"[{section}] changed; this needs a restart (systemctl restart molamd)")
         for section in RESTART_ONLY
-        if getattr(old, section) != getattr(new, section)
+        if _by_reference(getattr(old, section)) != _by_reference(getattr(new, section))
     ]
     if old.daemon.host_id != new.daemon.host_id:
         problems.append(ConfigProblem("$.daemon.host_id", "changed; this needs a restart"))
@@ -78,6 +81,11 @@ def plan(old: Config, new: Config, *, file: str, allow_removals: int = 0) -> tup
             f" [daemon] reload_max_removals {new.daemon.reload_max_removals}; if that is meant, run"
             f" `molamctl reload --allow-removals {removed}`"))])
     return connectors, workers
+
+
+def _by_reference(section: msgspec.Struct) -> object:
+    """A section with its secrets as their references: equal when only secret values differ."""
+    return msgspec.to_builtins(section, enc_hook=lambda s: s.reference if isinstance(s, Secret) else str(s))
 
 
 def _connectors(config: Config) -> dict[str, object]:
@@ -98,17 +106,26 @@ async def reload(rt: Runtime, *, allow_removals: int = 0) -> ReloadResult:
     """Reload rt.config_path into the running daemon; raises ConfigError and changes nothing on failure."""
     async with rt.reload_lock:
         with _no_cyclic_gc():
-            return await _reload(rt, allow_removals)
+            return await _reload(rt, allow_removals,
+                                 lambda: load_resolved(rt.config_path, vault=rt.vault), "reload")
 
 
-async def _reload(rt: Runtime, allow_removals: int) -> ReloadResult:
+async def refresh_secrets(rt: Runtime, fresh: frozenset[str]) -> ReloadResult:
+    """The running config with its secrets resolved again (``fresh``: vault: references read past the cache),
+    applied as a reload applies a file: only the actors whose secrets changed restart."""
+    async with rt.reload_lock:
+        return await _reload(rt, 0, lambda: resolve_config(rt.config, file=rt.config_path, vault=rt.vault,
+                                                            fresh=fresh), "secrets")
+
+
+async def _reload(rt: Runtime, allow_removals: int, load: Callable[[], Config], why: str) -> ReloadResult:
     """The steps of one reload, under the reload lock."""
     started = trio.current_time()
     rt.notifier.reloading()
-    rt.events.publish("reload", phase="started")
+    rt.events.publish("reload", phase="started", trigger=why)
     try:
         try:
-            new = await trio.to_thread.run_sync(load_resolved, rt.config_path)
+            new = await trio.to_thread.run_sync(load)
             connectors, workers = plan(rt.config, new, file=rt.config_path, allow_removals=allow_removals)
         except ConfigError as exc:
             _failed(rt, exc)
@@ -132,7 +149,8 @@ async def _reload(rt: Runtime, allow_removals: int) -> ReloadResult:
     rt.metrics.reload_successful.set(1)
     rt.metrics.reload_success_timestamp.set(time.time())
     rt.metrics.reloads.labels("success").inc()
-    log(logger, logging.INFO, "config reloaded", **msgspec.structs.asdict(result))
+    log(logger, logging.INFO, "config reloaded" if why == "reload" else "secrets refreshed",
+        **msgspec.structs.asdict(result))
     rt.events.publish("reload", phase="done", ok=True, result=msgspec.to_builtins(result))
     if connectors.added or connectors.changed or connectors.removed:
         rt.spawn(rt.registry.sync)  # the reply does not wait for the database
@@ -229,7 +247,13 @@ async def _restart_with(sup: Supervisor, spec_of: SpecOf, name: str) -> None:
 
 
 def _adopt(rt: Runtime, new: Config) -> None:
-    """The new config becomes the running one: routes, secrets to redact, log level."""
+    """The new config becomes the running one: routes, secrets to redact, log level, and new values of the
+    restart-only sections' secrets (the database password, the HSM PIN)."""
+    old = rt.config
+    if new.database != old.database:
+        rt.db.section = new.database  # the next connection logs in with the new password
+    if new.hsm != old.hsm:
+        rt.reset_signer()
     rt.config = new
     rt.directory.index(new)
     rt.config_loaded_at = time.time()

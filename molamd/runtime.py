@@ -11,7 +11,7 @@ import os
 import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
 
@@ -60,6 +60,11 @@ from .statement_poller import StatementPoller
 from .statements import StatementStore
 from .telemetry import Telemetry
 
+if TYPE_CHECKING:
+    from .db_credentials import CredentialKeeper
+    from .vault import Vault
+    from .vault_token import TokenKeeper
+
 logger = logging.getLogger("molamd.runtime")
 C = TypeVar("C")
 
@@ -100,7 +105,8 @@ def restart_policy(section: SupervisionSection) -> RestartPolicy:
 
 
 class Runtime:
-    def __init__(self, config_path: str, config: Config, *, notifier: Notifier | None = None) -> None:
+    def __init__(self, config_path: str, config: Config, *, notifier: Notifier | None = None,
+                 vault: Vault | None = None) -> None:
         self.config_path = config_path
         self.config = config
         self.host_id = config.daemon.host_id or socket.gethostname()
@@ -114,7 +120,15 @@ class Runtime:
         self.notifier = notifier or Notifier()
         self.reload_lock = trio.Lock()
         self.nursery: trio.Nursery | None = None
-        self.db = db.Database(config.database, metrics=self.metrics, on_up=self._database_up)
+        self.vault = vault
+        self.vault_limiter = trio.CapacityLimiter(4)
+        self.token_keeper: TokenKeeper | None = None
+        self.credentials: CredentialKeeper | None = None
+        self._vault_services(config)
+        credentials = self.credentials
+        self.db = db.Database(config.database, metrics=self.metrics, on_up=self._database_up,
+                              login=credentials.login if credentials is not None else None,
+                              on_refused=(lambda: credentials.rotate_soon("refused")) if credentials else None)
         self.telemetry = Telemetry(self.metrics, self.db, self.host_id, publish=self.events.publish)
         self.store = PayoutStore(self.db, self.host_id, ClaimOwner(lambda: self._lock_connection("molamd-owner")))
         self.files = FileStore(self.db, self.host_id, self.store.owner)
@@ -137,6 +151,36 @@ class Runtime:
                                        self.connectors.infos, self.connector_actor)
         self.metrics.watch_supervisors(lambda: (self.connectors, self.workers))
         redactor.set_values(secret_values(config))
+
+    def _vault_services(self, config: Config) -> None:
+        """The token actor, and the database credentials keeper when the pool logs in with leased credentials."""
+        vault = self.vault
+        if vault is None:
+            return
+        from .db_credentials import CredentialKeeper
+        from .vault_token import TokenKeeper
+
+        fraction = config.vault.token_renew_fraction
+        self.token_keeper = TokenKeeper(vault, self.metrics.vault, fraction=fraction, limiter=self.vault_limiter)
+        role = config.database.credentials_role
+        if role is not None:
+            credentials = CredentialKeeper(vault, role[0], role[1], self.metrics.vault, fraction=fraction,
+                                           limiter=self.vault_limiter, drain=self._drain_pool)
+            self.credentials = credentials
+
+            async def new_token() -> None:
+                credentials.rotate_soon("new token")
+
+            self.token_keeper.on_new_token(new_token)
+
+    async def _drain_pool(self) -> None:
+        await self.db.drain()
+
+    def reset_signer(self) -> None:
+        """A new HSM PIN: the next signature opens a new session with it; the old one closes off the trio thread."""
+        old, self.signer = self.signer, None
+        if old is not None and self.nursery is not None:
+            self.nursery.start_soon(trio.to_thread.run_sync, old.close)
 
     # -- specs --------------------------------------------------------------------------------------
 
@@ -172,10 +216,11 @@ class Runtime:
         section = self.config.hsm
         if not section.token or section.pin is None:
             raise HsmUnavailable("no [hsm] token configured")
-        if self.signer is None:
-            self.signer = Signer(section.module, section.token, section.pin.reveal())
-        self.signer.open()
-        return self.signer.sign(label, data)
+        signer = self.signer
+        if signer is None:
+            signer = self.signer = Signer(section.module, section.token, section.pin.reveal())
+        signer.open()
+        return signer.sign(label, data)
 
     def statement_source(self, name: str) -> StatementPoller | None:
         return self._connector_child(name, StatementPoller)
@@ -184,10 +229,9 @@ class Runtime:
         """A connection of its own for a session advisory lock (it lives as long as the lock)."""
         import psycopg
 
-        section = self.config.database
-        kwargs = db.conninfo(section, application_name)
+        kwargs = self.db.connect_kwargs(application_name)
         kwargs.pop("options", None)
-        return psycopg.connect(section.dsn, **kwargs)
+        return psycopg.connect(self.config.database.dsn, **kwargs)
 
     def worker_specs(self, config: Config) -> list[ChildSpec]:
         specs = []

@@ -11,14 +11,18 @@ in one). Every call has an explicit timeout. hvac's and requests' errors are map
     └── VaultLoginFailed     the role_id or secret_id is refused (expired, used up, wrong)
 
 hvac reads ``VAULT_TOKEN`` and ``~/.vault-token`` by itself; this client never lets it: it always sets its own
-token (empty until the AppRole login). A reference is ``vault:MOUNT/PATH#FIELD`` or ``vault:MOUNT/PATH#FIELD@N``
-(version N); messages name the reference, never a value.
+token (empty until the AppRole login). KV reads go through an in-memory cache (never written to disk): a fresh
+entry answers without a call, and while Vault cannot be reached an entry keeps answering until ``cache_ttl``
+after it was read; then the reference fails with the reason. A reference is ``vault:MOUNT/PATH#FIELD`` or
+``vault:MOUNT/PATH#FIELD@N`` (version N); messages name the reference, never a value.
 """
 
 from __future__ import annotations
 
+import base64
 import re
 import threading
+import time
 import warnings
 from typing import Any, Final, cast
 
@@ -76,6 +80,32 @@ class Resolved(msgspec.Struct, frozen=True, kw_only=True):
     version: int
 
 
+class Lease(msgspec.Struct, frozen=True, kw_only=True):
+    """A lease of the database engine: its id (shown in status and metrics) and how long it runs from ``at``."""
+
+    lease_id: str
+    duration: int
+    renewable: bool
+    at: float  # time.time() when the duration was granted
+
+
+class DbCredentials(msgspec.Struct, frozen=True, kw_only=True):
+    username: str
+    password: str
+    lease: Lease
+
+    def __repr__(self) -> str:
+        return f"DbCredentials(username={self.username!r}, password=***, lease={self.lease!r})"
+
+
+class TokenState(msgspec.Struct, frozen=True, kw_only=True):
+    """The daemon's token after a login or renewal: its TTL, and whether the server capped it (max TTL near)."""
+
+    ttl: int
+    renewable: bool
+    capped: bool = False
+
+
 def _mapped(exc: Exception, what: str) -> VaultError:
     """hvac's and requests' exceptions as ours; ``what`` names the call (never a value)."""
     import hvac.exceptions as hv
@@ -91,6 +121,14 @@ def _mapped(exc: Exception, what: str) -> VaultError:
         return VaultDenied(f"{what}: permission denied (a policy, or a token that is no longer valid)")
     if isinstance(exc, hv.InvalidPath):
         return VaultNotFound(f"{what}: no such path (or its version was deleted or destroyed)")
+    if isinstance(exc, hv.InvalidRequest):
+        text = "; ".join(map(str, exc.errors or []))
+        if "too old" in text or "disallowed by policy" in text:
+            return VaultDenied(f"{what}: that key version is retired (min_decryption_version)")
+        if "message authentication failed" in text or "invalid ciphertext" in text:
+            return VaultError(f"{what}: the ciphertext is corrupted (authentication failed)")
+        if "lease not found" in text or "invalid lease" in text:
+            return VaultNotFound(f"{what}: the lease is gone (revoked or expired)")
     if isinstance(exc, hv.VaultError):
         return VaultError(f"{what}: {type(exc).__name__}: {'; '.join(map(str, exc.errors or []))[:300]}")
     return VaultUnavailable(f"{what}: {type(exc).__name__}")
@@ -100,7 +138,7 @@ class Vault:
     """One hvac client and its token; safe to share between threads (one lock around the token)."""
 
     def __init__(self, address: str, *, timeout: float = 5.0, ca_file: str | None = None,
-                 namespace: str | None = None) -> None:
+                 namespace: str | None = None, cache_ttl: float = 900.0) -> None:
         import hvac
 
         self.address = address
@@ -111,6 +149,10 @@ class Vault:
                                    namespace=self._namespace)
         self._lock = threading.Lock()
         self.token_ttl: int | None = None
+        self.cache_ttl = cache_ttl
+        self._cache: dict[str, tuple[Resolved, float]] = {}  # reference → (what it resolved to, monotonic read time)
+        self._login: tuple[str, str, str] | None = None  # role_id, secret_id, mount: to log in again
+        self.logged_in_at: float | None = None
 
     # -- authentication -------------------------------------------------------------------------------
 
@@ -148,13 +190,82 @@ class Vault:
                                    " up, or wrong)") from None
         except Exception as exc:
             raise _mapped(exc, f"AppRole login at auth/{mount}") from None
+        self._login = (role_id, secret_id, mount)
         self.token_ttl = int(answer["auth"]["lease_duration"])
+        self.logged_in_at = time.time()
         return self.token_ttl
+
+    def login_again(self) -> int:
+        """A new token from the AppRole credentials of the first login."""
+        if self._login is None:
+            raise VaultLoginFailed("never logged in")
+        return self.login(*self._login)
+
+    def renew_token(self) -> TokenState:
+        """Renew the daemon's own token; ``capped`` when the server granted less than it had (max TTL near)."""
+        try:
+            with self._lock:
+                answer: Any = self._client.auth.token.renew_self()
+        except Exception as exc:
+            raise _mapped(exc, "renew the token") from None
+        auth = answer.get("auth") or {}
+        ttl = int(auth.get("lease_duration") or 0)
+        capped = bool(answer.get("warnings")) or (self.token_ttl is not None and ttl < self.token_ttl)
+        self.token_ttl = ttl
+        return TokenState(ttl=ttl, renewable=bool(auth.get("renewable")), capped=capped)
+
+    def token_lookup(self) -> dict[str, Any]:
+        """The token's own lookup (ttl, period, policies); for status and doctor, never the token itself."""
+        try:
+            answer: Any = self._client.auth.token.lookup_self()
+        except Exception as exc:
+            raise _mapped(exc, "look up the token") from None
+        data = answer.get("data") or {}
+        return {k: data.get(k) for k in ("ttl", "period", "policies", "renewable", "expire_time", "display_name")}
+
+    def revoke_token(self) -> None:
+        """Revoke the daemon's token (and with it every lease it holds); at shutdown."""
+        try:
+            self._client.auth.token.revoke_self()
+        except Exception as exc:
+            raise _mapped(exc, "revoke the token") from None
 
     # -- KV v2 ----------------------------------------------------------------------------------------
 
-    def read(self, reference: Reference) -> Resolved:
-        """One field of a KV v2 secret, at its latest version or the one named."""
+    def read(self, reference: Reference, *, fresh: bool = False) -> Resolved:
+        """One field of a KV v2 secret, at its latest version or the one named: from the cache while it is fresh
+        (unless ``fresh``), from the cache until ``cache_ttl`` while Vault cannot be reached."""
+        key = str(reference)
+        with self._lock:
+            cached = self._cache.get(key)
+        now = time.monotonic()
+        if cached is not None and not fresh and now - cached[1] < self.cache_ttl:
+            return cached[0]
+        try:
+            found = self._read(reference)
+        except (VaultUnavailable, VaultDenied) as exc:
+            if cached is not None and now - cached[1] < self.cache_ttl:
+                return cached[0]  # the value we had: Vault is away, not the secret
+            raise exc from None
+        with self._lock:
+            self._cache[key] = (found, now)
+        return found
+
+    def cached_age(self, reference: Reference) -> float | None:
+        with self._lock:
+            cached = self._cache.get(str(reference))
+        return None if cached is None else time.monotonic() - cached[1]
+
+    def current_version(self, reference: Reference) -> int:
+        """The latest version of a KV v2 secret (its metadata: no value is read)."""
+        try:
+            answer: Any = self._client.secrets.kv.v2.read_secret_metadata(path=reference.path,
+                                                                          mount_point=reference.mount)
+        except Exception as exc:
+            raise _mapped(exc, f"{reference} (metadata)") from None
+        return int((answer.get("data") or {}).get("current_version") or 0)
+
+    def _read(self, reference: Reference) -> Resolved:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)
@@ -171,6 +282,57 @@ class Vault:
             raise VaultNotFound(f"{reference}: the field is empty or not a string")
         version = int(((answer.get("data") or {}).get("metadata") or {}).get("version") or 0)
         return Resolved(value=value, version=version)
+
+    # -- the database engine -------------------------------------------------------------------------
+
+    def database_credentials(self, mount: str, role: str) -> DbCredentials:
+        """New PostgreSQL credentials of a database engine role, under a lease that is a child of our token."""
+        what = f"vault-db:{mount}/{role}"
+        try:
+            answer: Any = self._client.secrets.database.generate_credentials(name=role, mount_point=mount)  # type: ignore[no-untyped-call]
+        except Exception as exc:
+            raise _mapped(exc, what) from None
+        data = answer.get("data") or {}
+        return DbCredentials(username=str(data.get("username")), password=str(data.get("password")),
+                             lease=Lease(lease_id=str(answer.get("lease_id")),
+                                         duration=int(answer.get("lease_duration") or 0),
+                                         renewable=bool(answer.get("renewable")), at=time.time()))
+
+    def renew_lease(self, lease: Lease, increment: int | None = None) -> Lease:
+        """The lease renewed; its duration may come back shorter (capped by the role's max TTL)."""
+        try:
+            answer: Any = self._client.sys.renew_lease(lease_id=lease.lease_id, increment=increment)  # type: ignore[no-untyped-call]
+        except Exception as exc:
+            raise _mapped(exc, f"renew lease {lease.lease_id}") from None
+        return Lease(lease_id=lease.lease_id, duration=int(answer.get("lease_duration") or 0),
+                     renewable=bool(answer.get("renewable")), at=time.time())
+
+    # -- transit --------------------------------------------------------------------------------------
+
+    def data_key(self, key: str) -> tuple[bytes, str]:
+        """A new 256-bit data key from transit: (the key, the key wrapped by ``key`` as ``vault:vN:…``)."""
+        try:
+            answer: Any = self._client.secrets.transit.generate_data_key(name=key, key_type="plaintext")  # type: ignore[no-untyped-call]
+        except Exception as exc:
+            raise _mapped(exc, f"transit key {key!r} (datakey)") from None
+        data = answer["data"]
+        return base64.b64decode(data["plaintext"]), str(data["ciphertext"])
+
+    def unwrap_key(self, key: str, wrapped: str) -> bytes:
+        """The data key inside ``wrapped``; a retired key version or a corrupted wrapping is VaultError."""
+        try:
+            answer: Any = self._client.secrets.transit.decrypt_data(name=key, ciphertext=wrapped)
+        except Exception as exc:
+            raise _mapped(exc, f"transit key {key!r} (decrypt)") from None
+        return base64.b64decode(answer["data"]["plaintext"])
+
+    def rewrap(self, key: str, wrapped: str) -> str:
+        """``wrapped`` under the key's latest version (after a rotation), without the data key leaving Vault."""
+        try:
+            answer: Any = self._client.secrets.transit.rewrap_data(name=key, ciphertext=wrapped)  # type: ignore[no-untyped-call]
+        except Exception as exc:
+            raise _mapped(exc, f"transit key {key!r} (rewrap)") from None
+        return str(answer["data"]["ciphertext"])
 
     def close(self) -> None:
         self._client.adapter.close()

@@ -52,6 +52,7 @@ EXPECTED = {
         "Config", "ConfigError", "ConfigProblem", "ControlSection", "DatabaseSection", "HealthCheckerSection",
         "LogLevel", "Resolver", "SecretUnavailable", "SupervisionSection", "default_resolvers", "load_config",
         "load_resolved", "parse_config", "resolve_secrets", "secret_values", "split_listen", "secret_entries",
+        "connect_vault", "resolve_config",
     },
     "molamd.control": {
         "Access", "AlreadyRunning", "COMMANDS", "ControlError", "ControlServer", "ErrorCode", "MAX_LINE",

@@ -148,7 +148,7 @@ def test_molamctl_secrets_lists_each_reference_with_its_version_and_never_a_valu
     rows = {r["path"]: r for r in d.ctl_json("secrets")}
     token = rows["$.connectors[0].null.token"]
     assert (token["scheme"], token["source"], token["version"], token["resolved"]) == (
-        "vault", bao.address, version, True)
+        "vault", f"{bao.address} (KV v2)", version, True)
     assert rows["$.vault.secret_id"]["source"] == str(short_tmp / "secret_id")
     assert rows["$.vault.secret_id"]["version"] is None
     shown = d.ctl("--json", "secrets").stdout + d.logs()

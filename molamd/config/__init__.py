@@ -1,5 +1,7 @@
 """molamd.toml: the model, loading with path-naming errors, and secret resolution."""
 
+import typing as _typing
+
 from ._errors import ConfigError as ConfigError
 from ._errors import ConfigProblem as ConfigProblem
 from ._load import load_config as load_config
@@ -17,12 +19,22 @@ from ._secrets import default_resolvers as default_resolvers
 from ._secrets import resolve_secrets as resolve_secrets
 from ._secrets import secret_entries as secret_entries
 from ._secrets import secret_values as secret_values
+from ._vault import connect_vault as connect_vault
+from ._vault import resolve_config as resolve_config
+
+if _typing.TYPE_CHECKING:
+    from ..vault import Vault
 
 
-def load_resolved(path: str) -> Config:
+def load_resolved(path: str, *, vault: "Vault | None" = None) -> Config:
     """Load, validate and resolve secrets (from Vault too, when [vault] has an address): what the daemon and
-    check-config both do. Blocking: run it in a worker thread."""
-    from ._vault import resolvers_for
-
+    check-config both do. ``vault``: a client already logged in (the running daemon's); without one, this logs in
+    for itself and closes the client after. Blocking: run it in a worker thread."""
     config = load_config(path)
-    return resolve_secrets(config, file=path, resolvers=resolvers_for(config.vault, file=path))
+    own = vault is None
+    client = connect_vault(config.vault, file=path) if own else vault
+    try:
+        return resolve_config(config, file=path, vault=client)
+    finally:
+        if own and client is not None:
+            client.close()

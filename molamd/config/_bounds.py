@@ -54,11 +54,13 @@ BOUNDS: Final[dict[str, Bounds]] = {
     "max_clients": Bounds(1, 10_000),
     "max_clients_per_uid": Bounds(1, 10_000),
     "reserved_clients": Bounds(0, 10_000),
+    "token_renew_fraction": Bounds(0, 0.95, low_open=True),
 }
 
 # Durations that may be zero: waiting not at all is a choice (no settle time, no grace, no pause).
 ZERO_DURATION_OK: Final = frozenset({
     "stable_for", "max_wait", "shutdown_grace", "release_delay", "first_status_check", "stable_after", "latency",
+    "rotation_check",
 })
 
 

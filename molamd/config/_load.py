@@ -234,6 +234,15 @@ def _check_database(config: Config, problems: list[ConfigProblem]) -> None:
         if "password" in params:
             problems.append(ConfigProblem("$.database.dsn", "holds a password (not shown): remove it and give "
                                           "[database] password as a secret reference, e.g. \"credential:db-password\""))
+    if db.credentials:
+        role = db.credentials_role
+        if not db.credentials.startswith("vault-db:") or role is None or not _NAME.match(role[1]):
+            problems.append(ConfigProblem("$.database.credentials", f"{db.credentials!r}: give \"vault-db:ROLE\" or"
+                                          " \"vault-db:MOUNT/ROLE\""))
+        if not config.vault.address:
+            problems.append(ConfigProblem("$.database.credentials", "leased credentials need [vault] address"))
+        if db.password is not None:
+            problems.append(ConfigProblem("$.database.password", "set password or credentials, not both"))
     if not 1 <= db.pool_min_size <= db.pool_max_size:
         problems.append(ConfigProblem("$.database.pool_min_size", "need 1 <= pool_min_size <= pool_max_size"))
     if db.retry_max.seconds < db.retry_initial.seconds:

@@ -77,6 +77,18 @@ class DatabaseSection(_Section, frozen=True, kw_only=True, forbid_unknown_fields
     ping_interval: Duration = msgspec.field(default_factory=lambda: _d("5s"))
     retry_initial: Duration = msgspec.field(default_factory=lambda: _d("1s"))
     retry_max: Duration = msgspec.field(default_factory=lambda: _d("30s"))
+    # "vault-db:ROLE" or "vault-db:MOUNT/ROLE": leased credentials from Vault's database engine; empty: the dsn's
+    # user with `password`
+    credentials: str = ""
+
+    @property
+    def credentials_role(self) -> tuple[str, str] | None:
+        """(mount, role) of ``credentials``, or None for a static login."""
+        if not self.credentials:
+            return None
+        target = self.credentials.removeprefix("vault-db:")
+        mount, _, role = target.rpartition("/")
+        return (mount or "database", role)
 
 
 class SupervisionSection(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -145,6 +157,9 @@ class VaultSection(_Section, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     namespace: str = ""  # Vault Enterprise / OpenBao namespaces; empty: none
     ca_file: str = ""  # PEM bundle to verify the server's certificate; empty: the system's
     timeout: Duration = msgspec.field(default_factory=lambda: _d("5s"))
+    cache_ttl: Duration = msgspec.field(default_factory=lambda: _d("15m"))
+    rotation_check: Duration = msgspec.field(default_factory=lambda: _d("1m"))
+    token_renew_fraction: float = 0.5
 
 
 class WorkersSection(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):

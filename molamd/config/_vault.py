@@ -1,20 +1,24 @@
 """``vault:`` references: the [vault] section's own secrets first (never from Vault), an AppRole login, then a
-resolver that reads KV v2 for every other reference."""
+resolver that reads KV v2 (through the client's cache) for every other reference."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ._errors import ConfigError, ConfigProblem
-from ._model import VaultSection
+from ._model import Config, VaultSection
 from ._secrets import Resolver, SecretUnavailable, Versioned, default_resolvers, resolve_secrets
 
+if TYPE_CHECKING:
+    from ..vault import Vault
 
-def resolvers_for(section: VaultSection, *, file: str) -> dict[str, Resolver]:
-    """The resolvers for a config with this [vault] section; raises ConfigError when Vault cannot be used."""
-    from ..vault import Reference, Vault, VaultError
 
-    table = default_resolvers()
+def connect_vault(section: VaultSection, *, file: str) -> Vault | None:
+    """A logged-in Vault client for this [vault] section (None without an address); raises ConfigError."""
+    from ..vault import Vault, VaultError
+
     if not section.address:
-        return table
+        return None
     problems = []
     if not section.role_id:
         problems.append(ConfigProblem("$.vault.role_id", "needed with an address"))
@@ -24,11 +28,11 @@ def resolvers_for(section: VaultSection, *, file: str) -> dict[str, Resolver]:
         problems.append(ConfigProblem("$.vault.secret_id", "the secret_id that logs in to Vault cannot come from it"))
     if problems:
         raise ConfigError(file, problems)
-    own = resolve_secrets(section, file=file, resolvers={k: v for k, v in table.items() if k != "vault"},
+    own = resolve_secrets(section, file=file, resolvers={k: v for k, v in default_resolvers().items() if k != "vault"},
                           root="$.vault")
     assert own.secret_id is not None
     vault = Vault(section.address, timeout=section.timeout.seconds, ca_file=section.ca_file or None,
-                  namespace=section.namespace or None)
+                  namespace=section.namespace or None, cache_ttl=section.cache_ttl.seconds)
     try:
         secret_id = own.secret_id.reveal()
         if section.secret_id_wrapped:
@@ -37,13 +41,29 @@ def resolvers_for(section: VaultSection, *, file: str) -> dict[str, Resolver]:
     except VaultError as exc:
         vault.close()
         raise ConfigError(file, [ConfigProblem("$.vault", f"{section.address}: {exc}")]) from None
+    return vault
+
+
+def resolvers_for(vault: Vault | None, *, fresh: frozenset[str] = frozenset()) -> dict[str, Resolver]:
+    """The resolver table with ``vault:`` served by this client (its cache, except the references in ``fresh``)."""
+    from ..vault import Reference, VaultError
+
+    table = default_resolvers()
+    if vault is None:
+        return table
 
     def resolve(target: str) -> Versioned:
         try:
-            found = vault.read(Reference.parse(target))
+            found = vault.read(Reference.parse(target), fresh=f"vault:{target}" in fresh)
         except VaultError as exc:
             raise SecretUnavailable(str(exc)) from None
         return Versioned(found.value, found.version)
 
     table["vault"] = resolve
     return table
+
+
+def resolve_config(config: Config, *, file: str, vault: Vault | None,
+                   fresh: frozenset[str] = frozenset()) -> Config:
+    """``config`` with every secret resolved (vault: ones through ``vault``); raises ConfigError."""
+    return resolve_secrets(config, file=file, resolvers=resolvers_for(vault, fresh=fresh))

@@ -149,7 +149,9 @@ async def status(ctx: Context, args: NoArgs) -> dict[str, Any]:
         "config_file": rt.config_path,
         "config_loaded_at": rt.config_loaded_at,
         "last_reload": rt.last_reload,
-        "database": {"up": rt.db.up, "error": rt.db.last_error},
+        "database": {"up": rt.db.up, "error": rt.db.last_error,
+                     **(rt.credentials.status() if rt.credentials is not None else {})},
+        "vault": rt.token_keeper.status() if rt.token_keeper is not None else None,
         "connectors": {"configured": len(rt.config.connectors), "dispatch": dict(dispatch)},
         "actors": dict(actor_states),
         "workers": rt.workers.names(),
@@ -556,7 +558,7 @@ async def secrets(ctx: Context, args: NoArgs) -> list[dict[str, Any]]:
     rows = []
     for path, secret in secret_entries(rt.config):
         if secret.scheme == "vault":
-            source = rt.config.vault.address
+            source = f"{rt.config.vault.address} (KV v2)"
         elif secret.scheme == "env":
             source = f"environment variable {secret.target}"
         elif secret.scheme == "credential":
@@ -567,6 +569,19 @@ async def secrets(ctx: Context, args: NoArgs) -> list[dict[str, Any]]:
                      "version": secret.version, "resolved": secret.resolved,
                      "age_seconds": None if secret.resolved_at is None else round(now - secret.resolved_at, 1)})
     return rows
+
+
+async def secrets_refresh(ctx: Context, args: NoArgs) -> dict[str, Any]:
+    """Every secret reference read again now (vault: ones past the cache); only actors whose secrets changed
+    restart."""
+    from ..secret_rotation import refresh_all
+
+    try:
+        changed, result = await refresh_all(ctx.rt)
+    except ConfigError as exc:
+        raise ControlError(ErrorCode.CONFIG_INVALID, f"refresh refused, nothing changed: {exc}",
+                           details=exc.lines()) from None
+    return {"changed": changed, **_to_builtins(result)}
 
 
 async def reload(ctx: Context, args: ReloadArgs) -> dict[str, Any]:
@@ -608,6 +623,7 @@ COMMANDS: dict[str, Command] = {
         Command("payouts-retry", RetryArgs, True, payouts_retry),
         Command("audit", LimitArg, False, audit_list),
         Command("secrets", NoArgs, False, secrets),
+        Command("secrets-refresh", NoArgs, True, secrets_refresh),
         Command("files-list", LimitArg, False, files_list),
         Command("files-show", IdArg, False, files_show),
         Command("files-resubmit", IdArg, True, files_resubmit),

@@ -62,8 +62,12 @@ def dict_rows(conn: Conn, sql: str, params: Any = None) -> list[dict[str, Any]]:
     return rows
 
 
-def conninfo(section: DatabaseSection, application_name: str = "molamd") -> dict[str, Any]:
-    """Keyword arguments for psycopg.connect / the pool, from the [database] section."""
+Login = Callable[[], dict[str, str]]  # user and password of leased credentials, read at each new connection
+
+
+def conninfo(section: DatabaseSection, application_name: str = "molamd", login: Login | None = None) -> dict[str, Any]:
+    """Keyword arguments for psycopg.connect / the pool, from the [database] section (and ``login``, when the
+    credentials are leased)."""
     kwargs: dict[str, Any] = {
         "application_name": application_name,
         # Autocommit: a single statement is its own transaction (one round trip, not BEGIN/stmt/COMMIT);
@@ -74,6 +78,8 @@ def conninfo(section: DatabaseSection, application_name: str = "molamd") -> dict
     }
     if section.password is not None:
         kwargs["password"] = section.password.reveal()
+    if login is not None:
+        kwargs.update(login())
     return kwargs
 
 
@@ -95,10 +101,14 @@ class Database:
         *,
         metrics: Metrics,
         on_up: Callable[[], Awaitable[None]] | None = None,
+        login: Login | None = None,
+        on_refused: Callable[[], None] | None = None,
     ) -> None:
         self.section = section
         self._metrics = metrics
         self._on_up = on_up
+        self.login = login
+        self._on_refused = on_refused
         self._pool: ConnectionPool[Conn] | None = None
         self._limiter = trio.CapacityLimiter(section.pool_max_size)
         self._stop = trio.Event()
@@ -149,11 +159,35 @@ class Database:
         """Check the connection now instead of at the next ping."""
         self._wake.set()
 
+    async def drain(self) -> None:
+        """Retire every connection as it comes back to the pool (new credentials): none is cut mid-work."""
+        pool = self._pool
+        if pool is not None:
+            await trio.to_thread.run_sync(pool.drain)
+
+    def connect_kwargs(self, application_name: str) -> dict[str, Any]:
+        """What a connection of its own (a lock, LISTEN) connects with now."""
+        return conninfo(self.section, application_name, self.login_now)
+
+    def login_now(self) -> dict[str, str]:
+        """The leased user and password now (empty for a static login); DatabaseUnavailable before a lease."""
+        if self.login is None:
+            return {}
+        try:
+            return self.login()
+        except Exception as exc:  # NoCredentials: the keeper has none yet
+            raise DatabaseUnavailable(str(exc)) from None
+
+    def _refused(self) -> None:
+        if self._on_refused is not None:
+            self._on_refused()
+
     async def _open_pool(self) -> None:
         section = self.section
+        self.login_now()  # no lease yet: unavailable, with what it waits for
         pool: ConnectionPool[Conn] = ConnectionPool(
             section.dsn,
-            kwargs=conninfo(section),
+            kwargs=lambda: conninfo(self.section, "molamd", self.login_now),
             min_size=section.pool_min_size,
             max_size=section.pool_max_size,
             open=False,
@@ -170,7 +204,8 @@ class Database:
                 pool.close(timeout=0)
                 # The pool only says it timed out; libpq's own words say why (refused, no such host, password
                 # authentication failed): one direct attempt to hear them.
-                raise DatabaseUnavailable(f"cannot connect: {_libpq_reason(section) or _reason(exc)}") from exc
+                raise DatabaseUnavailable(
+                    f"cannot connect: {_libpq_reason(section, self.login_now) or _reason(exc)}") from exc
 
         await trio.to_thread.run_sync(open_pool, limiter=self._limiter)
         self._pool = pool
@@ -222,7 +257,11 @@ class Database:
         running = _Running()
 
         def work() -> T:
-            return _work_in_thread(pool, running, fn)
+            try:
+                return _work_in_thread(pool, running, fn)
+            except _Refused as exc:
+                trio.from_thread.run_sync(self._refused)
+                raise DatabaseUnavailable(str(exc)) from exc
 
         finished = False
 
@@ -277,8 +316,15 @@ def _work_in_thread(pool: ConnectionPool[Conn], running: _Running, fn: Callable[
         if running.cancelled:
             raise _Abandoned from exc
         raise DatabaseUnavailable(_reason(exc)) from exc
+    except (psycopg.errors.InsufficientPrivilege, psycopg.errors.InvalidAuthorizationSpecification) as exc:
+        # Leased credentials revoked under us: the same work succeeds once the pool has new ones.
+        raise _Refused(f"the database refused the user: {_reason(exc)}") from exc
     except psycopg.OperationalError as exc:
         raise DatabaseUnavailable(_reason(exc)) from exc
+
+
+class _Refused(Exception):
+    """The server refused the current user (privileges gone); never escapes run_sync."""
 
 
 class _Abandoned(Exception):
@@ -289,14 +335,16 @@ def _ping(conn: Conn) -> None:
     conn.execute("SELECT 1")
 
 
-def _libpq_reason(section: DatabaseSection) -> str | None:
+def _libpq_reason(section: DatabaseSection, login: Login | None = None) -> str | None:
     """libpq's message for one connection attempt, never the password; None if it connects after all."""
+    kwargs = conninfo(section, "molamd-probe", login)
     try:
-        psycopg.connect(section.dsn, **conninfo(section, "molamd-probe")).close()
+        psycopg.connect(section.dsn, **kwargs).close()
     except psycopg.Error as exc:
         text = " ".join(line.strip() for line in str(exc).strip().splitlines()[:2])
-        if section.password is not None and section.password.resolved:
-            text = text.replace(section.password.reveal(), "***")
+        password = kwargs.get("password")
+        if password:
+            text = text.replace(password, "***")
         return text or type(exc).__name__
     return None
 

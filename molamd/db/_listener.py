@@ -20,16 +20,18 @@ from actors import Backoff
 
 from ..config import DatabaseSection
 from ..logs import log
-from ._database import conninfo
+from ._database import Login, conninfo
 
 logger = logging.getLogger("molamd.db.listener")
 _SLICE_SECONDS = 1.0
 
 
 class Listener:
-    def __init__(self, section: DatabaseSection, channel: str, on_notify: Callable[[], None]) -> None:
+    def __init__(self, section: DatabaseSection, channel: str, on_notify: Callable[[], None], *,
+                 login: Login | None = None) -> None:
         self.name = f"listen:{channel}"
         self._section = section
+        self._login = login
         self._channel = channel
         self._on_notify = on_notify
         self._stop = trio.Event()
@@ -66,7 +68,10 @@ class Listener:
         self._stop.set()
 
     def _connect(self) -> psycopg.Connection[Any]:
-        kwargs = conninfo(self._section, "molamd-listen")  # autocommit, as LISTEN needs
+        try:
+            kwargs = conninfo(self._section, "molamd-listen", self._login)
+        except Exception as exc:  # no leased credentials yet: as if the server were away
+            raise psycopg.OperationalError(str(exc)) from exc  # autocommit, as LISTEN needs
         conn: psycopg.Connection[Any] = psycopg.connect(self._section.dsn, **kwargs)
         conn.execute(f"LISTEN {self._channel}")
         return conn
