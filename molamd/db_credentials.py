@@ -119,8 +119,8 @@ class CredentialKeeper:
         with self._lock:
             self._current = renewed
         self._leased(renewed)
-        if lease.duration < self._first_duration * _ROTATE_WHEN_LEFT or not lease.renewable:
-            self._rotate_reason = "max TTL"
+        if lease.duration < current.lease.duration or not lease.renewable:
+            self._rotate_reason = "max TTL"  # the server granted less than asked: the role's max TTL is near
             return await self._rotate()
         return True
 

@@ -16,7 +16,16 @@ import pytest
 
 from tests.conftest import free_port
 from tests.openbao import OpenBao
-from tests.payout_helpers import Bank, paid_per_reference, payout_toml, rest_connector, seed, wait_final, wait_for
+from tests.payout_helpers import (
+    Bank,
+    assert_paid_once,
+    paid_per_reference,
+    payout_toml,
+    rest_connector,
+    seed,
+    wait_final,
+    wait_for,
+)
 
 CANARY = "canary-5be1-"
 
@@ -145,3 +154,70 @@ def test_the_token_actor_renews_logs_in_again_when_revoked_and_the_daemon_outliv
     time.sleep(0.5)
     assert d.stop() == 0
     assert CANARY not in d.logs()
+
+
+@pytest.fixture
+def scram_cluster() -> Iterator[Any]:
+    """A PostgreSQL cluster of this test where every user but postgres logs in with scram-sha-256: the leased
+    passwords are really checked."""
+    import tempfile
+
+    from pgcluster import Cluster
+
+    cluster = Cluster(tempfile.mkdtemp(prefix="md-pgv-"))
+    cluster.init()
+    (cluster.data / "pg_hba.conf").write_text("local all postgres trust\nhost all postgres 127.0.0.1/32 trust\n"
+                                              "host all all 127.0.0.1/32 scram-sha-256\n")
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
+def test_leased_database_credentials_rotate_several_times_and_survive_a_revocation_mid_run(
+        short_tmp: Path, daemon_factory: Any, bao: OpenBao, scram_cluster: Any) -> None:
+    import psycopg
+    import vault_setup
+
+    from molamd.db import migrate
+
+    dsn = scram_cluster.dsn("molam")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        migrate(conn)
+        vault_setup.prepare_database(conn)
+    bao.database(f"127.0.0.1:{scram_cluster.port}", "molam", ttl="2s", max_ttl="4s")
+    bank = Bank()
+    try:
+        bao.put("molamd/bank-a", hmac=CANARY + "a")
+        httpx.post(f"{bank.url}/admin/secret", json={"secret": CANARY + "a", "keep_previous": False},
+                   timeout=5).raise_for_status()
+        daemon_dsn = f"host=127.0.0.1 port={scram_cluster.port} dbname=molam"
+        text = payout_toml(short_tmp, daemon_dsn, vault_connector("bank-a", bank.url, "bank-a", rate=40.0)) \
+            + vault_toml(bao, short_tmp)
+        text = text.replace('retry_max = "500ms"\n', 'retry_max = "500ms"\ncredentials = "vault-db:molamd"\n', 1)
+        d = daemon_factory(text, env={"HOME": str(short_tmp)})
+        wait_for(lambda: d.ctl_json("status")["database"]["up"], 15, "the pool up on leased credentials")
+        ids = seed(dsn, 400)
+        wait_for(lambda: d.ctl_json("status")["database"]["rotations"] >= 1, 20, "a first rotation")
+        lease = d.ctl_json("status")["database"]["lease_id"]
+        assert lease.startswith("database/creds/molamd/")
+        bao.admin.sys.revoke_lease(lease)  # from outside: the role is dropped under the pool
+        final = wait_final(dsn, ids, 90)
+        assert final == {"settled": 400}, final
+        assert_paid_once(dsn, bank)
+        database = d.ctl_json("status")["database"]
+        assert database["rotations"] >= 3, database
+        assert database["lease_id"] != lease and "password" not in database
+        with psycopg.connect(dsn) as conn:
+            leased = [r[0] for r in conn.execute("SELECT rolname FROM pg_roles WHERE rolname LIKE 'v-%'")]
+        assert leased, "the pool logs in as a leased user"
+        assert d.stop() == 0
+        reasons = [e["fields"]["reason"] for e in d.log_entries() if e.get("message") == "database credentials rotated"]
+        assert len(reasons) >= 3 and "max TTL" in reasons, reasons
+        assert {"revoked", "refused"} & set(reasons), f"the revocation noticed: {reasons}"
+        with psycopg.connect(dsn) as conn:
+            left = [r[0] for r in conn.execute("SELECT rolname FROM pg_roles WHERE rolname LIKE 'v-%'")]
+        assert left == [], "the token revoked at stop took its leased roles with it"
+    finally:
+        bank.close()
