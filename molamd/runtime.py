@@ -48,6 +48,7 @@ from . import __version__, db
 from .config import Config, HealthCheckerSection, SupervisionSection, secret_values
 from .config._model import DispatcherSection, StatusFollowerSection
 from .directory import Directory
+from .encryption import Keys, LocalKeys, TransitKeys
 from .events import EventBus
 from .hsm import HsmUnavailable, Signer
 from .logs import log, redactor
@@ -133,7 +134,8 @@ class Runtime:
         self.store = PayoutStore(self.db, self.host_id, ClaimOwner(lambda: self._lock_connection("molamd-owner")))
         self.files = FileStore(self.db, self.host_id, self.store.owner)
         self.signer: Signer | None = None
-        self.statements = StatementStore(self.db, lambda: self._lock_connection("molamd-statement-lock"))
+        self.statements = StatementStore(self.db, lambda: self._lock_connection("molamd-statement-lock"),
+                                         self._sealing_keys(config))
         self.directory = Directory(config, self.connector_actor, self._running_connectors)
         policy = restart_policy(config.supervision)
         self.connectors = Supervisor(
@@ -172,6 +174,16 @@ class Runtime:
                 credentials.rotate_soon("new token")
 
             self.token_keeper.on_new_token(new_token)
+
+    def _sealing_keys(self, config: Config) -> Keys | None:
+        """What seals raw statement files: transit with [vault], else the local key; None when not sealing."""
+        section = config.encryption
+        if not section.statements:
+            return None
+        if self.vault is not None:
+            return TransitKeys(self.vault, section.transit_key)
+        assert section.local_key is not None  # validated: sealing without Vault needs one
+        return LocalKeys.from_text(section.local_key.reveal())
 
     async def _drain_pool(self) -> None:
         await self.db.drain()

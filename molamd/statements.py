@@ -24,7 +24,8 @@ from psycopg.rows import dict_row
 from connectors import Fetched
 from connectors.statements import CsvProfile, Statement, StatementError, iter_statements
 
-from .db import Database, DatabaseUnavailable, SessionLock
+from .db import Database, DatabaseError, DatabaseUnavailable, SessionLock
+from .encryption import Keys, KeyUnavailable, seal_chunks, unseal
 from .reconciliation import reconcile, settle_proven, unmatched_count
 
 RAW_CHUNK = 1024 * 1024
@@ -53,28 +54,33 @@ class Ingested(msgspec.Struct, frozen=True, kw_only=True):
 
 def ingest(
     conn: psycopg.Connection[Any], *, source: str, remote_name: str, fmt: str, spooled: Fetched,
-    csv_profile: CsvProfile | None = None, bank_profile: str | None = None,
+    csv_profile: CsvProfile | None = None, bank_profile: str | None = None, keys: Keys | None = None,
 ) -> Ingested:
-    """Store one spooled file and its lines, in the caller's transaction."""
+    """Store one spooled file and its lines, in the caller's transaction (the raw bytes sealed with ``keys``)."""
     conn.execute("SET LOCAL statement_timeout = 0")  # a million-line COPY outlives the daemon's default
     row = conn.execute("SELECT id, status FROM bank_statements_raw WHERE sha256 = %s", [spooled.sha256]).fetchone()
     if row is not None:
         return Ingested(raw_id=row[0], outcome="duplicate", previous_status=row[1])
     raw_id = conn.execute("SELECT nextval(pg_get_serial_sequence('bank_statements_raw', 'id'))").fetchone()[0]  # type: ignore[index]
-    _copy_raw(conn, raw_id, source, remote_name, fmt, spooled)
+    _copy_raw(conn, raw_id, source, remote_name, fmt, spooled, keys)
     if bank_profile is not None:
         conn.execute("UPDATE bank_statements_raw SET bank_profile_id = %s WHERE id = %s", [bank_profile, raw_id])
     with open(spooled.path, "rb") as f:
         return _parse_into(conn, raw_id, fmt, f, csv_profile)
 
 
-def reprocess(conn: psycopg.Connection[Any], raw_id: int, csv_profile: CsvProfile | None) -> Ingested:
+def reprocess(conn: psycopg.Connection[Any], raw_id: int, csv_profile: CsvProfile | None,
+              keys: Keys | None = None) -> Ingested:
     """Parse a stored file again (after a parser or profile fix); only files that have no lines yet."""
     row = conn.execute(
-        "SELECT status, format, raw FROM bank_statements_raw WHERE id = %s FOR UPDATE", [raw_id]).fetchone()
+        "SELECT status, format, raw, sealed FROM bank_statements_raw WHERE id = %s FOR UPDATE", [raw_id]).fetchone()
     if row is None:
         raise LookupError(f"no stored statement file {raw_id}")
-    status, fmt, raw = row
+    status, fmt, raw, sealed = row
+    if sealed:
+        if keys is None:
+            raise ValueError(f"statement file {raw_id} is sealed and no [encryption] keys are configured")
+        raw = unseal(keys, bytes(raw))
     if status == "parsed":
         raise ValueError(f"statement file {raw_id} is already parsed; its lines are in bank_statement_lines")
     conn.execute("SET LOCAL statement_timeout = 0")
@@ -121,16 +127,20 @@ def _failed(conn: psycopg.Connection[Any], raw_id: int, outcome: str, error: str
     return Ingested(raw_id=raw_id, outcome=outcome, error=error)
 
 
-def _copy_raw(conn: psycopg.Connection[Any], raw_id: int, source: str, name: str, fmt: str, spooled: Fetched) -> None:
-    """The raw row, its bytes streamed from disk as COPY text (hex bytea): never the whole file in memory."""
+def _copy_raw(conn: psycopg.Connection[Any], raw_id: int, source: str, name: str, fmt: str, spooled: Fetched,
+              keys: Keys | None) -> None:
+    """The raw row, its bytes streamed from disk as COPY text (hex bytea), sealed when ``keys`` are given: never
+    the whole file in memory."""
     head = "\t".join((str(raw_id), _copy_text(source), _copy_text(name), fmt, "\\\\x" + spooled.sha256.hex(),
-                      str(spooled.size), "received"))
+                      str(spooled.size), "received", "t" if keys is not None else "f"))
     with conn.cursor().copy(
-        "COPY bank_statements_raw (id, source, remote_name, format, sha256, size_bytes, status, raw) FROM STDIN"
+        "COPY bank_statements_raw (id, source, remote_name, format, sha256, size_bytes, status, sealed, raw)"
+        " FROM STDIN"
     ) as copy:
         copy.write(head.encode() + b"\t\\\\x")
         with open(spooled.path, "rb") as f:
-            while chunk := f.read(RAW_CHUNK):
+            chunks: Iterator[bytes] = iter(lambda: f.read(RAW_CHUNK), b"")
+            for chunk in seal_chunks(keys, chunks) if keys is not None else chunks:
                 copy.write(chunk.hex().encode())
         copy.write(b"\n")
 
@@ -206,12 +216,21 @@ class SourceLock(SessionLock):
         return bool(row and row[0])
 
 
+class SealingUnavailable(DatabaseError):
+    """The raw file could not be sealed (transit away or refusing): nothing was stored; the file stays with the
+    bank and the next poll takes it again."""
+
+    retryable = True
+
+
 class StatementStore:
     """The trio face of the above: each call is one worker-thread hop through the Database service."""
 
-    def __init__(self, database: Database, connect: Callable[[], psycopg.Connection[Any]]) -> None:
+    def __init__(self, database: Database, connect: Callable[[], psycopg.Connection[Any]],
+                 keys: Keys | None = None) -> None:
         self.db = database
         self._connect = connect
+        self.keys = keys  # raw files are sealed with these ([encryption] statements = true)
         self._locks: dict[str, SourceLock] = {}
 
     async def hold_lock(self, source: str) -> bool:
@@ -231,10 +250,12 @@ class StatementStore:
                      csv_profile: CsvProfile | None, bank_profile: str | None = None) -> Ingested:
         def work(conn: psycopg.Connection[Any]) -> Ingested:
             return ingest(conn, source=source, remote_name=remote_name, fmt=fmt, spooled=spooled,
-                          csv_profile=csv_profile, bank_profile=bank_profile)
+                          csv_profile=csv_profile, bank_profile=bank_profile, keys=self.keys)
 
         try:
             result: Ingested = await self.db.transaction(work)
+        except KeyUnavailable as exc:
+            raise SealingUnavailable(f"sealing {remote_name}: {exc}") from exc
         except psycopg.errors.UniqueViolation:
             # The same bytes arrived through another source at the same moment and committed first: this copy
             # is now a duplicate, which the second try finds.

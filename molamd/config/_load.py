@@ -79,7 +79,7 @@ def validate(config: Config) -> list[ConfigProblem]:
     """Rules no single type can express; returns every problem found."""
     problems = check_numbers(config)
     for check in (_check_connectors, _check_sources, _check_file_channels, _check_csv_profiles, _check_control,
-                  _check_metrics, _check_database, _check_supervision, _check_workers):
+                  _check_metrics, _check_database, _check_supervision, _check_workers, _check_encryption):
         check(config, problems)
     return problems
 
@@ -247,6 +247,16 @@ def _check_database(config: Config, problems: list[ConfigProblem]) -> None:
         problems.append(ConfigProblem("$.database.pool_min_size", "need 1 <= pool_min_size <= pool_max_size"))
     if db.retry_max.seconds < db.retry_initial.seconds:
         problems.append(ConfigProblem("$.database.retry_initial", "need retry_initial <= retry_max"))
+
+
+def _check_encryption(config: Config, problems: list[ConfigProblem]) -> None:
+    enc = config.encryption
+    if enc.statements and not config.vault.address and enc.local_key is None:
+        problems.append(ConfigProblem("$.encryption.statements", "sealing needs [vault] (transit) or local_key"))
+    if enc.local_key is not None and config.vault.address:
+        problems.append(ConfigProblem("$.encryption.local_key", "with [vault], data keys come from transit: remove it"))
+    if not _NAME.match(enc.transit_key):
+        problems.append(ConfigProblem("$.encryption.transit_key", "use the same characters as a name"))
 
 
 def _check_supervision(config: Config, problems: list[ConfigProblem]) -> None:

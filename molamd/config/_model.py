@@ -162,6 +162,14 @@ class VaultSection(_Section, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     token_renew_fraction: float = 0.5
 
 
+class EncryptionSection(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``[encryption]``: what is sealed at rest, and with which keys."""
+
+    statements: bool = False  # seal raw statement files in bank_statements_raw
+    transit_key: str = "molamd"  # with [vault]: the transit key that wraps each data key
+    local_key: Secret | None = None  # without [vault]: base64 of 32 random bytes, from a secret reference
+
+
 class WorkersSection(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     health_checker: HealthCheckerSection = msgspec.field(default_factory=HealthCheckerSection)
     dispatcher: DispatcherSection = msgspec.field(default_factory=DispatcherSection)
@@ -179,6 +187,7 @@ class Config(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     workers: WorkersSection = msgspec.field(default_factory=WorkersSection)
     hsm: HsmSection = msgspec.field(default_factory=HsmSection)
     vault: VaultSection = msgspec.field(default_factory=VaultSection)
+    encryption: EncryptionSection = msgspec.field(default_factory=EncryptionSection)
     connectors: list[AnyConnectorConfig] = msgspec.field(default_factory=list)
     csv_profiles: dict[str, CsvProfile] = msgspec.field(default_factory=dict)
 

@@ -66,4 +66,13 @@ def resolvers_for(vault: Vault | None, *, fresh: frozenset[str] = frozenset()) -
 def resolve_config(config: Config, *, file: str, vault: Vault | None,
                    fresh: frozenset[str] = frozenset()) -> Config:
     """``config`` with every secret resolved (vault: ones through ``vault``); raises ConfigError."""
-    return resolve_secrets(config, file=file, resolvers=resolvers_for(vault, fresh=fresh))
+    resolved = resolve_secrets(config, file=file, resolvers=resolvers_for(vault, fresh=fresh))
+    local = resolved.encryption.local_key
+    if local is not None and local.resolved:
+        from ..encryption import LocalKeys
+
+        try:
+            LocalKeys.from_text(local.reveal())
+        except ValueError as exc:
+            raise ConfigError(file, [ConfigProblem("$.encryption.local_key", f"{local.reference}: {exc}")]) from None
+    return resolved

@@ -30,6 +30,7 @@ from ..audit import Identity
 from ..config import ConfigError, secret_entries
 from ..config._bounds import BOUNDS
 from ..db import DatabaseError
+from ..encryption import KeyUnavailable, SealError
 from ..runtime import Runtime
 from ..statement_poller import PollNow
 from ._protocol import PROTOCOL_VERSION, ControlError, ErrorCode
@@ -512,7 +513,9 @@ async def statements_reprocess(ctx: Context, args: StatementsArgs) -> Any:
             raise ControlError(ErrorCode.NOT_FOUND, f"no stored statement file {raw_id}")
         config = rt.config.connector(source)
         profile = rt.config.source_profile(config) if config is not None else None
-        result = await rt.db.transaction(lambda c: stored.reprocess(c, raw_id, profile))
+        result = await rt.db.transaction(lambda c: stored.reprocess(c, raw_id, profile, rt.statements.keys))
+    except (KeyUnavailable, SealError) as exc:
+        raise ControlError(ErrorCode.UNAVAILABLE, f"statement file {raw_id} cannot be unsealed: {exc}") from None
     except ValueError as exc:
         raise ControlError(ErrorCode.BAD_ARGS, str(exc)) from None
     except DatabaseError as exc:
