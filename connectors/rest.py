@@ -18,6 +18,7 @@ import base64
 import email.utils
 import json
 import math
+import os
 import ssl
 import time
 from collections.abc import Callable
@@ -117,10 +118,7 @@ class RestConnector:
 
     async def open(self) -> None:
         opts = self._options
-        # One TLS context for all of this connector's pools: building one costs ~10 ms of CPU.
-        verify = ssl.create_default_context(cafile=opts.ca_file)
-        if opts.client_cert:
-            verify.load_cert_chain(opts.client_cert, opts.client_key)
+        verify = _tls_context(opts.ca_file, opts.client_cert, opts.client_key)
         timeout = httpx.Timeout(self.config.limits.call_timeout.seconds, connect=opts.connect_timeout.seconds)
         pools = max(1, -(-opts.max_connections // _CONNECTIONS_PER_POOL))
         per_pool = -(-opts.max_connections // pools)
@@ -453,3 +451,27 @@ def _retry_after(response: httpx.Response) -> float | None:
     if not math.isfinite(seconds) or seconds < 0:
         raise ValueError(f"Retry-After {value[:40]!r} is not a delay (infinite, NaN or negative)")
     return seconds
+
+
+_TLS_CONTEXTS: dict[tuple[object, ...], ssl.SSLContext] = {}
+
+
+def _tls_context(ca_file: str | None, client_cert: str | None, client_key: str | None) -> ssl.SSLContext:
+    """One TLS context per CA bundle and client certificate, shared by every connector that uses them: building
+    one costs 10-30 ms of CPU (loading the CA bundle), a thousand of them most of a start. A certificate file
+    replaced on disk (a renewed client certificate) makes a new one."""
+
+    def stamp(path: str | None) -> object:
+        try:
+            return os.stat(path).st_mtime_ns if path else None
+        except OSError:
+            return None  # let load_cert_chain say what is wrong
+
+    key = (ca_file, client_cert, client_key, stamp(ca_file), stamp(client_cert), stamp(client_key))
+    context = _TLS_CONTEXTS.get(key)
+    if context is None:
+        context = ssl.create_default_context(cafile=ca_file)
+        if client_cert:
+            context.load_cert_chain(client_cert, client_key)
+        _TLS_CONTEXTS[key] = context
+    return context

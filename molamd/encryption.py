@@ -141,13 +141,22 @@ def seal_chunks(keys: Keys, chunks: Iterable[bytes]) -> Iterator[bytes]:
     wrapped_bytes = wrapped.encode()
     yield MAGIC + struct.pack(">H", len(wrapped_bytes)) + wrapped_bytes + prefix
     aad = MAGIC + prefix
-    index, pending = 0, b""
+    index, pending = 0, bytearray()
     for piece in chunks:
-        pending += piece
-        while len(pending) > CHUNK:
-            yield aead.encrypt(_nonce(prefix, index, False), pending[:CHUNK], aad)
-            pending, index = pending[CHUNK:], index + 1
-    yield aead.encrypt(_nonce(prefix, index, True), pending, aad)
+        with memoryview(piece) as view:
+            start = 0
+            if pending:  # complete the partial chunk first
+                start = min(len(view), CHUNK - len(pending))
+                pending += view[:start]
+                if len(pending) < CHUNK or start == len(view):
+                    continue  # a full chunk is held back until more comes: it may be the last
+                yield aead.encrypt(_nonce(prefix, index, False), bytes(pending), aad)
+                pending, index = bytearray(), index + 1
+            while len(view) - start > CHUNK:  # straight from the caller's buffer, no copy
+                yield aead.encrypt(_nonce(prefix, index, False), view[start:start + CHUNK], aad)
+                start, index = start + CHUNK, index + 1
+            pending += view[start:]
+    yield aead.encrypt(_nonce(prefix, index, True), bytes(pending), aad)
 
 
 def seal(keys: Keys, data: bytes) -> bytes:

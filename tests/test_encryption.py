@@ -43,6 +43,17 @@ def test_a_value_of_any_size_round_trips_and_is_not_readable(size: int) -> None:
     assert b"".join(seal_chunks(LOCAL, [data[:5], data[5:]])) != sealed, "a new data key and nonce every time"
 
 
+def test_a_stream_cut_anywhere_seals_the_same_plaintext() -> None:
+    import random
+
+    rng = random.Random(11)
+    for _ in range(25):
+        data = os.urandom(rng.choice([0, 1, CHUNK, CHUNK + 1, 2 * CHUNK, rng.randrange(4 * CHUNK)]))
+        cuts = sorted(rng.sample(range(len(data) + 1), min(len(data) + 1, rng.randrange(6))))
+        pieces = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
+        assert unseal(LOCAL, b"".join(seal_chunks(LOCAL, pieces))) == data, (len(data), cuts)
+
+
 def test_a_changed_dropped_or_cut_chunk_is_refused() -> None:
     data = os.urandom(2 * CHUNK + 100)
     sealed = seal(LOCAL, data)

@@ -3,11 +3,12 @@ resolver that reads KV v2 (through the client's cache) for every other reference
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING
 
 from ._errors import ConfigError, ConfigProblem
 from ._model import Config, VaultSection
-from ._secrets import Resolver, SecretUnavailable, Versioned, default_resolvers, resolve_secrets
+from ._secrets import Resolver, SecretUnavailable, Versioned, default_resolvers, resolve_secrets, secret_entries
 
 if TYPE_CHECKING:
     from ..vault import Vault
@@ -66,6 +67,8 @@ def resolvers_for(vault: Vault | None, *, fresh: frozenset[str] = frozenset()) -
 def resolve_config(config: Config, *, file: str, vault: Vault | None,
                    fresh: frozenset[str] = frozenset()) -> Config:
     """``config`` with every secret resolved (vault: ones through ``vault``); raises ConfigError."""
+    if vault is not None and _prefetch(vault, config, fresh):
+        fresh = frozenset()  # read past the cache already, just now
     resolved = resolve_secrets(config, file=file, resolvers=resolvers_for(vault, fresh=fresh))
     local = resolved.encryption.local_key
     if local is not None and local.resolved:
@@ -76,3 +79,26 @@ def resolve_config(config: Config, *, file: str, vault: Vault | None,
         except ValueError as exc:
             raise ConfigError(file, [ConfigProblem("$.encryption.local_key", f"{local.reference}: {exc}")]) from None
     return resolved
+
+
+_PREFETCH_THREADS = 8  # under requests' default pool of 10 connections
+
+
+def _prefetch(vault: Vault, config: Config, fresh: frozenset[str]) -> bool:
+    """Read the vault: references into the client's cache in parallel (a thousand one by one take seconds); the
+    walk that follows finds them there, and reports the ones that failed itself."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ..vault import Reference, VaultError
+
+    targets = {s.target for _, s in secret_entries(config) if s.scheme == "vault"}
+    if len(targets) < 2:
+        return False
+
+    def read(target: str) -> None:
+        with contextlib.suppress(VaultError):  # the walk reads it again and names the reference with the reason
+            vault.read(Reference.parse(target), fresh=f"vault:{target}" in fresh)
+
+    with ThreadPoolExecutor(_PREFETCH_THREADS, thread_name_prefix="vault-prefetch") as pool:
+        list(pool.map(read, sorted(targets)))
+    return True
