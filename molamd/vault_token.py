@@ -27,6 +27,8 @@ from .vault import Vault, VaultError
 
 logger = logging.getLogger("molamd.vault")
 T = TypeVar("T")
+# How a blocking client call runs: in a worker thread (tests on trio's mock clock run it inline).
+Blocking = Callable[[Callable[[], Any]], Awaitable[Any]]
 
 _MIN_DELAY = 0.5  # never renew in a tighter loop than this, whatever the TTL says
 
@@ -35,8 +37,10 @@ class TokenKeeper:
     name = "vault-token"
 
     def __init__(self, vault: Vault, metrics: VaultMetrics, *, fraction: float,
-                 limiter: trio.CapacityLimiter, backoff: Backoff | None = None) -> None:
+                 limiter: trio.CapacityLimiter, backoff: Backoff | None = None,
+                 blocking: Blocking | None = None) -> None:
         self.vault = vault
+        self._blocking = blocking or self._in_thread
         self._metrics = metrics
         self._fraction = fraction
         self._limiter = limiter
@@ -49,6 +53,7 @@ class TokenKeeper:
         self.waiting_for: str | None = None
         self.renewals = 0
         self.logins = 0
+        self._lost: str | None = None  # why the token is no longer good: only a login helps then
         if vault.token_ttl is not None:
             self._granted(vault.token_ttl)
 
@@ -83,14 +88,18 @@ class TokenKeeper:
 
     async def _keep(self) -> bool:
         """One renewal, or a login when renewal cannot keep the token; whether the token is good now."""
+        if self._lost is not None:
+            return await self._login(self._lost)
         try:
             state = await self._call(self.vault.renew_token)
         except VaultError as exc:
             self._metrics.renewals.labels("failure").inc()
-            return await self._login(f"renewal failed ({exc})")
+            self._lost = f"renewal failed ({exc})"
+            return await self._login(self._lost)
         if state.capped or not state.renewable or state.ttl <= 0:
             self._metrics.renewals.labels("capped").inc()
-            return await self._login("the token nears its max TTL")
+            self._lost = "the token nears its max TTL"
+            return await self._login(self._lost)
         self.renewals += 1
         self.last_renewal_at = time.time()
         self._metrics.renewals.labels("success").inc()
@@ -112,6 +121,7 @@ class TokenKeeper:
             self.waiting_for = waiting
             return False
         self.logins += 1
+        self._lost = None
         self._metrics.logins.labels("success").inc()
         self._granted(ttl)
         self._clear()
@@ -132,6 +142,10 @@ class TokenKeeper:
         self.waiting_for = None
 
     async def _call(self, fn: Callable[[], T]) -> T:
+        result: T = await self._blocking(fn)
+        return result
+
+    async def _in_thread(self, fn: Callable[[], Any]) -> Any:
         return await trio.to_thread.run_sync(fn, limiter=self._limiter, abandon_on_cancel=True)
 
     def status(self) -> dict[str, Any]:
