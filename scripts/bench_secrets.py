@@ -29,9 +29,8 @@ sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT))
 
 from bench_core import Figures, start_daemon  # noqa: E402
+from openbao_dev import OpenBao  # noqa: E402
 from pgcluster import Cluster, scratch_cluster  # noqa: E402
-
-from tests.openbao import OpenBao  # noqa: E402  (the same dev server the tests run)
 
 BIN = ROOT / ".venv" / "bin"
 

@@ -21,6 +21,7 @@ import psycopg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
+from openbao_dev import OpenBao  # noqa: E402
 from pgcluster import Cluster  # noqa: E402
 
 CONFIG = ROOT / "config" / "molamd.dev.toml"
@@ -34,7 +35,11 @@ SFTP_PORT = 58022
 SFTP_ROOT = Path("/tmp/molamd-demo/sftp")  # config/molamd.dev.toml pins the host key kept beside it
 SFTP_STATE = Path("/tmp/molamd-demo/sftp-state")
 SFTP_PASSWORD = "sandbox-sftp-password"
-SANDBOX_SECRET = "sandbox-hmac-secret"
+BANK_SECRETS = {"A_": "sandbox-bank-a-hmac-v1", "B_": "sandbox-bank-b-hmac", "C_": "sandbox-bank-c-hmac"}
+ROTATED_SECRET = "sandbox-bank-a-hmac-v2"  # bank A's new key, switched to during the run
+VAULT_PORT = 58200  # the demo's OpenBao dev server: every secret molamd uses is in it
+VAULT_ROLE_ID = "molamd-demo"  # config/molamd.dev.toml names it
+VAULT_SECRET_ID = Path("/tmp/molamd-demo/vault-secret-id")  # the only secret on disk: the AppRole secret_id
 FILES_PORT = 58100  # bank C: cbao-sn's bank, which takes payment files only
 FILES_SFTP_PORT = 58023
 FILES_ROOT = Path("/tmp/molamd-demo/bank-c")  # its SFTP root: /inbox, /outbox (pain.002), /outgoing (MT940)
@@ -103,6 +108,28 @@ def start_sftp(root: Path = SFTP_ROOT, state: Path = SFTP_STATE, port: int = SFT
     return sftp
 
 
+def start_vault() -> OpenBao:
+    """OpenBao's dev server, configured as scripts/vault-setup configures one, holding every demo secret."""
+    bao = OpenBao(port=VAULT_PORT, role_id=VAULT_ROLE_ID, token_period="1m")
+    bao.put("molamd/bank-a", hmac=BANK_SECRETS["A_"])
+    bao.put("molamd/bank-b", hmac=BANK_SECRETS["B_"])
+    bao.put("molamd/sftp", password=SFTP_PASSWORD)
+    bao.put("molamd/hsm", pin=HSM_PIN)
+    VAULT_SECRET_ID.parent.mkdir(parents=True, exist_ok=True)
+    VAULT_SECRET_ID.write_text(bao.secret_id() + "\n")
+    VAULT_SECRET_ID.chmod(0o600)
+    return bao
+
+
+def rotate_bank_a(bao: OpenBao, bank_url: str) -> int:
+    """Bank A switches its HMAC key (the old one stays accepted for a while), then the new one goes into Vault;
+    the daemon's rotation check restarts only the two connectors that use it."""
+    httpx.post(f"{bank_url}/admin/secret", json={"secret": ROTATED_SECRET}, timeout=10).raise_for_status()
+    version = bao.put("molamd/bank-a", hmac=ROTATED_SECRET)
+    say(f"rotation: bank A switched its HMAC key; secret/molamd/bank-a is now version {version} in OpenBao")
+    return version
+
+
 def start_hsm() -> Path:
     """A fresh SoftHSM2 token with a key made inside it (`molamd hsm keygen`) and its self-signed certificate
     (`molamd hsm cert`): what a bank would be given, here the sandbox bank C."""
@@ -111,7 +138,6 @@ def start_hsm() -> Path:
     conf = HSM_DIR / "softhsm2.conf"
     conf.write_text(f"directories.tokendir = {HSM_DIR / 'tokens'}\nobjectstore.backend = file\nlog.level = ERROR\n")
     os.environ["SOFTHSM2_CONF"] = str(conf)
-    os.environ["MOLAMD_DEMO_HSM_PIN"] = HSM_PIN
     subprocess.run(["softhsm2-util", "--init-token", "--free", "--label", "molam-demo", "--pin", HSM_PIN,
                     "--so-pin", "demo-so-pin"], check=True, capture_output=True)
     certificate = HSM_DIR / f"{FILES_KEY}.pem"
@@ -144,7 +170,8 @@ def start_bank(port: int, faults: bool, prefix: str, *, statements: Path = SFTP_
         [str(BIN / "python"), str(ROOT / "scripts" / "sandbox_bank.py"), "--port", str(port),
          "--events-port", str(port + 1), "--statements-dir", str(statements),
          "--statement-interval", "1", "--statement-account", account, "--statement-prefix", prefix,
-         "--secret", SANDBOX_SECRET, "--settle-delay", "0.2", "--reject-rate", "0.01", "--faults", json.dumps(mix),
+         "--secret", BANK_SECRETS[prefix], "--settle-delay", "0.2", "--reject-rate", "0.01",
+         "--faults", json.dumps(mix),
          *(extra or [])],
         stdout=subprocess.PIPE, text=True)
     assert bank.stdout is not None
@@ -341,6 +368,14 @@ def breaker_outage(bank_urls: list[str], cluster: Cluster) -> dict[str, int]:
     return {"backup_during": during}
 
 
+def secret_version(reference: str) -> int | None:
+    """The version of a reference the running daemon uses (`molamctl secrets`)."""
+    for row in ctl("secrets") or []:
+        if row["reference"] == reference:
+            return int(row["version"]) if row["version"] is not None else None
+    return None
+
+
 def prepare(cluster: Cluster, slices: int) -> None:
     cluster.recreate_database("molam")
     say("applying migrations to a fresh demo database")
@@ -351,11 +386,13 @@ def prepare(cluster: Cluster, slices: int) -> None:
     say(f"seeded 3 bank profiles, their XOF accounts and {slices} payout slices")
 
 
-def watch(daemon: subprocess.Popen[bytes], cluster: Cluster, bank_urls: list[str], until_idle: bool) -> int:
+def watch(daemon: subprocess.Popen[bytes], cluster: Cluster, bank_urls: list[str], until_idle: bool,
+          bao: OpenBao) -> int:
     started = time.monotonic()
     mark: tuple[float, int] = (started, 0)
     announced = False
     outage: dict[str, int] | None = None
+    rotated: int | None = None
     while True:
         if daemon.poll() is not None:
             say(f"molamd exited with {daemon.returncode}; see {LOG_PATH}")
@@ -367,10 +404,14 @@ def watch(daemon: subprocess.Popen[bytes], cluster: Cluster, bank_urls: list[str
             done = final == sum(counts.values())
             if outage is None and primary_progress(cluster) >= 0.25:
                 outage = breaker_outage(bank_urls, cluster)
+            if rotated is None and outage is not None:
+                rotated = rotate_bank_a(bao, bank_urls[0])
+            rotation_taken = rotated is not None and secret_version("vault:secret/molamd/bank-a#hmac") == rotated
             st = statement_counts(cluster)
             say(f"statements: {st['files']} files, {st['lines']} lines, {st['linked']} linked")
             reported = st["settled_linked"] == st["settled"]
-            if until_idle and done and reported and healthy(status, connectors) and outage is not None:
+            if until_idle and done and reported and healthy(status, connectors) and outage is not None \
+                    and rotation_taken:
                 return summary(cluster, bank_urls, time.monotonic() - started, outage)
             if done and not announced:
                 say("every slice is final; Ctrl-C stops the daemon, the bank and PostgreSQL")
@@ -409,7 +450,11 @@ def run(until_idle: bool, faults: bool, slices: int) -> int:
     banks: list[subprocess.Popen[str]] = []
     sftp: subprocess.Popen[str] | None = None
     files_sftp: subprocess.Popen[str] | None = None
+    bao: OpenBao | None = None
     try:
+        bao = start_vault()
+        say(f"OpenBao dev server at {bao.address}: KV, transit, AppRole {VAULT_ROLE_ID!r} and the molamd policy;"
+            f" the AppRole secret_id in {VAULT_SECRET_ID} is the only secret on disk")
         certificate = start_hsm()
         say(f"SoftHSM2 token in {HSM_DIR}: key {FILES_KEY!r} made inside it, self-signed certificate {certificate}")
         prepare(cluster, slices)
@@ -431,12 +476,15 @@ def run(until_idle: bool, faults: bool, slices: int) -> int:
             daemon = subprocess.Popen([str(BIN / "molamd"), "run", "--config", str(CONFIG)],
                                       stdout=log, stderr=subprocess.STDOUT)
         say(f"from another shell: .venv/bin/molamctl --socket {control_socket()} status")
-        return watch(daemon, cluster, [bank_url, backup_url, files_url], until_idle)
+        return watch(daemon, cluster, [bank_url, backup_url, files_url], until_idle, bao)
     except KeyboardInterrupt:
         say("stopping")
         return 0
     finally:
         stop(daemon, banks, cluster, sftp, files_sftp)
+        if bao is not None:
+            bao.stop()  # leases revoked first
+            say("OpenBao stopped")
 
 
 def main() -> int:
@@ -452,8 +500,6 @@ def main() -> int:
     # Ctrl-C and SIGTERM both stop the demo, even when started from a shell that ignores SIGINT.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    os.environ["MOLAMD_SANDBOX_HMAC"] = SANDBOX_SECRET  # config/molamd.dev.toml reads it as env:
-    os.environ["MOLAMD_SANDBOX_SFTP"] = SFTP_PASSWORD
     return run(args.until_idle, args.faults, args.slices)
 
 

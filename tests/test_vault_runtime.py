@@ -13,9 +13,9 @@ from typing import Any
 
 import httpx
 import pytest
+from openbao_dev import OpenBao
 
 from tests.conftest import free_port
-from tests.openbao import OpenBao
 from tests.payout_helpers import (
     Bank,
     assert_paid_once,
