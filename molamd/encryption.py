@@ -31,10 +31,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 import os
 import struct
 from collections.abc import Iterable, Iterator
-from typing import Protocol
+from typing import Any, Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -134,9 +135,10 @@ def _nonce(prefix: bytes, index: int, last: bool) -> bytes:
     return prefix + struct.pack(">I", (index << 1) | int(last))
 
 
-def seal_chunks(keys: Keys, chunks: Iterable[bytes]) -> Iterator[bytes]:
-    """The sealed form of the concatenated ``chunks`` (re-cut to CHUNK), as a stream of pieces."""
-    key, wrapped = keys.new_key()
+def seal_chunks(keys: Keys, chunks: Iterable[bytes], *, data_key: tuple[bytes, str] | None = None) -> Iterator[bytes]:
+    """The sealed form of the concatenated ``chunks`` (re-cut to CHUNK), as a stream of pieces; under a new data
+    key, or ``data_key`` (key, wrapped) when the caller seals more under it (the lines of the file)."""
+    key, wrapped = data_key or keys.new_key()
     aead, prefix = AESGCM(key), os.urandom(_PREFIX)
     wrapped_bytes = wrapped.encode()
     yield MAGIC + struct.pack(">H", len(wrapped_bytes)) + wrapped_bytes + prefix
@@ -180,8 +182,13 @@ def wrapped_key(sealed: bytes) -> str:
 
 def unseal(keys: Keys, sealed: bytes) -> bytes:
     """The plaintext; SealError if any byte was changed, dropped or added."""
-    wrapped, prefix, offset = _header(sealed)
-    aead, aad = AESGCM(keys.open_key(wrapped)), MAGIC + prefix
+    return unseal_with(keys.open_key(wrapped_key(sealed)), sealed)
+
+
+def unseal_with(key: bytes, sealed: bytes) -> bytes:
+    """``unseal`` with the data key already opened."""
+    _, prefix, offset = _header(sealed)
+    aead, aad = AESGCM(key), MAGIC + prefix
     out, index = [], 0
     step = CHUNK + _TAG
     while True:
@@ -201,6 +208,26 @@ def rewrap(keys: Keys, sealed: bytes) -> bytes:
     wrapped, prefix, offset = _header(sealed)
     fresh = keys.rewrap(wrapped).encode()
     return MAGIC + struct.pack(">H", len(fresh)) + fresh + prefix + sealed[offset:]
+
+
+class FieldSealer:
+    """Fields of one file's lines, sealed under that file's data key: one AES-GCM per line with a random nonce and
+    the line's place (file/statement/line) as authenticated data, so a sealed value cannot be moved to another
+    line unnoticed."""
+
+    def __init__(self, key: bytes) -> None:
+        self._aead = AESGCM(key)
+
+    def seal(self, place: str, fields: dict[str, Any]) -> bytes:
+        nonce = os.urandom(12)
+        return nonce + self._aead.encrypt(nonce, json.dumps(fields, separators=(",", ":")).encode(), place.encode())
+
+    def open(self, place: str, sealed: bytes) -> dict[str, Any]:
+        try:
+            fields: dict[str, Any] = json.loads(self._aead.decrypt(sealed[:12], sealed[12:], place.encode()))
+        except InvalidTag:
+            raise SealError(f"the sealed fields of line {place} fail authentication") from None
+        return fields
 
 
 def lookup_hash(key: bytes, value: str) -> str:

@@ -6,6 +6,7 @@ the trio thread; nothing needs a lock beyond the reload lock.
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import socket
@@ -134,8 +135,10 @@ class Runtime:
         self.store = PayoutStore(self.db, self.host_id, ClaimOwner(lambda: self._lock_connection("molamd-owner")))
         self.files = FileStore(self.db, self.host_id, self.store.owner)
         self.signer: Signer | None = None
+        lookup = config.encryption.lookup_key
         self.statements = StatementStore(self.db, lambda: self._lock_connection("molamd-statement-lock"),
-                                         self._sealing_keys(config))
+                                         self._sealing_keys(config),
+                                         base64.b64decode(lookup.reveal()) if lookup is not None else None)
         self.directory = Directory(config, self.connector_actor, self._running_connectors)
         policy = restart_policy(config.supervision)
         self.connectors = Supervisor(

@@ -25,7 +25,7 @@ from connectors import Fetched
 from connectors.statements import CsvProfile, Statement, StatementError, iter_statements
 
 from .db import Database, DatabaseError, DatabaseUnavailable, SessionLock
-from .encryption import Keys, KeyUnavailable, seal_chunks, unseal
+from .encryption import FieldSealer, Keys, KeyUnavailable, lookup_hash, seal_chunks, unseal_with, wrapped_key
 from .reconciliation import reconcile, settle_proven, unmatched_count
 
 RAW_CHUNK = 1024 * 1024
@@ -33,8 +33,11 @@ LINE_COLUMNS = (
     "statement_raw_id", "statement_no", "line_no", "account", "statement_ref", "booking_date", "value_date",
     "credit_debit", "reversal", "amount", "currency", "transaction_code", "customer_ref", "bank_ref",
     "end_to_end_id", "counterparty_name", "counterparty_account", "counterparty_bic", "remittance_info", "details",
-    "raw_line", "source_line",
+    "raw_line", "source_line", "sealed_fields", "counterparty_account_hash",
 )
+# Sealed together when the file is sealed: what matching does not need and a database reader should not see.
+SEALED_FIELDS = ("counterparty_name", "counterparty_account", "counterparty_bic", "remittance_info", "details",
+                 "raw_line", "source_line")
 _COPY_LINES = f"COPY bank_statement_lines ({', '.join(LINE_COLUMNS)}) FROM STDIN"
 _json = msgspec.json.Encoder()
 
@@ -55,40 +58,55 @@ class Ingested(msgspec.Struct, frozen=True, kw_only=True):
 def ingest(
     conn: psycopg.Connection[Any], *, source: str, remote_name: str, fmt: str, spooled: Fetched,
     csv_profile: CsvProfile | None = None, bank_profile: str | None = None, keys: Keys | None = None,
+    lookup_key: bytes | None = None,
 ) -> Ingested:
-    """Store one spooled file and its lines, in the caller's transaction (the raw bytes sealed with ``keys``)."""
+    """Store one spooled file and its lines, in the caller's transaction: with ``keys``, the raw bytes and the
+    lines' SEALED_FIELDS sealed under one data key for the file; with ``lookup_key``, each counterparty account's
+    lookup hash."""
     conn.execute("SET LOCAL statement_timeout = 0")  # a million-line COPY outlives the daemon's default
     row = conn.execute("SELECT id, status FROM bank_statements_raw WHERE sha256 = %s", [spooled.sha256]).fetchone()
     if row is not None:
         return Ingested(raw_id=row[0], outcome="duplicate", previous_status=row[1])
     raw_id = conn.execute("SELECT nextval(pg_get_serial_sequence('bank_statements_raw', 'id'))").fetchone()[0]  # type: ignore[index]
-    _copy_raw(conn, raw_id, source, remote_name, fmt, spooled, keys)
+    data_key = keys.new_key() if keys is not None else None
+    _copy_raw(conn, raw_id, source, remote_name, fmt, spooled, keys, data_key)
     if bank_profile is not None:
         conn.execute("UPDATE bank_statements_raw SET bank_profile_id = %s WHERE id = %s", [bank_profile, raw_id])
     with open(spooled.path, "rb") as f:
-        return _parse_into(conn, raw_id, fmt, f, csv_profile)
+        return _parse_into(conn, raw_id, fmt, f, csv_profile,
+                           _Protect(FieldSealer(data_key[0]) if data_key else None, lookup_key))
 
 
 def reprocess(conn: psycopg.Connection[Any], raw_id: int, csv_profile: CsvProfile | None,
-              keys: Keys | None = None) -> Ingested:
+              keys: Keys | None = None, lookup_key: bytes | None = None) -> Ingested:
     """Parse a stored file again (after a parser or profile fix); only files that have no lines yet."""
     row = conn.execute(
         "SELECT status, format, raw, sealed FROM bank_statements_raw WHERE id = %s FOR UPDATE", [raw_id]).fetchone()
     if row is None:
         raise LookupError(f"no stored statement file {raw_id}")
     status, fmt, raw, sealed = row
+    sealer = None
     if sealed:
         if keys is None:
             raise ValueError(f"statement file {raw_id} is sealed and no [encryption] keys are configured")
-        raw = unseal(keys, bytes(raw))
+        key = keys.open_key(wrapped_key(bytes(raw)))
+        raw, sealer = unseal_with(key, bytes(raw)), FieldSealer(key)
     if status == "parsed":
         raise ValueError(f"statement file {raw_id} is already parsed; its lines are in bank_statement_lines")
     conn.execute("SET LOCAL statement_timeout = 0")
-    return _parse_into(conn, raw_id, fmt, io.BytesIO(raw), csv_profile)
+    return _parse_into(conn, raw_id, fmt, io.BytesIO(raw), csv_profile, _Protect(sealer, lookup_key))
+
+
+class _Protect(msgspec.Struct, frozen=True):
+    """How the lines of one file are protected: their sealed fields, their lookup hashes (either may be None)."""
+
+    sealer: FieldSealer | None
+    lookup_key: bytes | None
 
 
 def _parse_into(
-    conn: psycopg.Connection[Any], raw_id: int, fmt: str, f: BinaryIO, csv_profile: CsvProfile | None
+    conn: psycopg.Connection[Any], raw_id: int, fmt: str, f: BinaryIO, csv_profile: CsvProfile | None,
+    protect: _Protect,
 ) -> Ingested:
     statements = lines = 0
     try:
@@ -99,7 +117,7 @@ def _parse_into(
                 chunks = iter(lambda: f.read(RAW_CHUNK), b"")
                 for statements, statement in enumerate(iter_statements(fmt, chunks, csv_profile=csv_profile),
                                                        start=1):
-                    for row in _rows(raw_id, statements, statement):
+                    for row in _rows(raw_id, statements, statement, protect):
                         copy.write_row(row)
                     lines += len(statement.lines)
             if statements == 0:
@@ -128,7 +146,7 @@ def _failed(conn: psycopg.Connection[Any], raw_id: int, outcome: str, error: str
 
 
 def _copy_raw(conn: psycopg.Connection[Any], raw_id: int, source: str, name: str, fmt: str, spooled: Fetched,
-              keys: Keys | None) -> None:
+              keys: Keys | None, data_key: tuple[bytes, str] | None) -> None:
     """The raw row, its bytes streamed from disk as COPY text (hex bytea), sealed when ``keys`` are given: never
     the whole file in memory."""
     head = "\t".join((str(raw_id), _copy_text(source), _copy_text(name), fmt, "\\\\x" + spooled.sha256.hex(),
@@ -140,7 +158,7 @@ def _copy_raw(conn: psycopg.Connection[Any], raw_id: int, source: str, name: str
         copy.write(head.encode() + b"\t\\\\x")
         with open(spooled.path, "rb") as f:
             chunks: Iterator[bytes] = iter(lambda: f.read(RAW_CHUNK), b"")
-            for chunk in seal_chunks(keys, chunks) if keys is not None else chunks:
+            for chunk in seal_chunks(keys, chunks, data_key=data_key) if keys is not None else chunks:
                 copy.write(chunk.hex().encode())
         copy.write(b"\n")
 
@@ -154,17 +172,28 @@ def _clean(value: str | None) -> str | None:
     return value.replace("\x00", "\ufffd") if value is not None and "\x00" in value else value
 
 
-def _rows(raw_id: int, statement_no: int, statement: Statement) -> Iterator[tuple[Any, ...]]:
+def _rows(raw_id: int, statement_no: int, statement: Statement, protect: _Protect) -> Iterator[tuple[Any, ...]]:
     ref = statement.number or statement.reference
     dirty = any("\x00" in line.raw for line in statement.lines)
     for line_no, line in enumerate(statement.lines, start=1):
         amount = line.amount
+        private: tuple[Any, ...] = (
+            line.counterparty_name, line.counterparty_iban, line.counterparty_bic, line.remittance,
+            _json.encode(line.details).decode() if line.details else None, line.raw, line.source_line)
+        if dirty:
+            private = tuple(_clean(v) if isinstance(v, str) else v for v in private)
+        sealed = None
+        if protect.sealer is not None:
+            sealed = protect.sealer.seal(f"{raw_id}/{statement_no}/{line_no}", dict(zip(SEALED_FIELDS, private,
+                                                                                         strict=True)))
+            private = (None,) * len(SEALED_FIELDS)
+        account_hash = (lookup_hash(protect.lookup_key, line.counterparty_iban)
+                        if protect.lookup_key is not None and line.counterparty_iban else None)
         row = (
             raw_id, statement_no, line_no, line.account, ref, line.booking_date, line.value_date,
             line.credit_debit, line.reversal, -amount if amount < 0 else amount, line.currency,
-            line.transaction_code, line.customer_ref, line.bank_ref, line.end_to_end_id, line.counterparty_name,
-            line.counterparty_iban, line.counterparty_bic, line.remittance,
-            _json.encode(line.details).decode() if line.details else None, line.raw, line.source_line,
+            line.transaction_code, line.customer_ref, line.bank_ref, line.end_to_end_id, *private, sealed,
+            account_hash,
         )
         yield tuple(_clean(v) if isinstance(v, str) else v for v in row) if dirty else row
 
@@ -186,21 +215,31 @@ def list_files(conn: psycopg.Connection[Any], source: str | None, limit: int) ->
             " ORDER BY r.id DESC LIMIT %(limit)s", {"source": source, "limit": limit}).fetchall()
 
 
-def show_file(conn: psycopg.Connection[Any], raw_id: int, limit: int = 1000) -> dict[str, Any] | None:
-    """One stored file and its first ``limit`` lines, amounts signed (money out negative)."""
+def show_file(conn: psycopg.Connection[Any], raw_id: int, limit: int = 1000,
+              keys: Keys | None = None) -> dict[str, Any] | None:
+    """One stored file and its first ``limit`` lines, amounts signed (money out negative); the sealed fields of a
+    sealed file opened with ``keys`` (without them, they stay null and ``sealed`` says so)."""
     with conn.cursor(row_factory=dict_row) as cursor:
         found = cursor.execute(
             "SELECT id, source, remote_name, format, status, size_bytes, statement_count AS statements,"
-            " line_count, error, received_at, processed_at, encode(sha256, 'hex') AS sha256"
+            " line_count, error, received_at, processed_at, encode(sha256, 'hex') AS sha256, sealed,"
+            " CASE WHEN sealed THEN substring(raw FROM 1 FOR 4096) END AS head"
             " FROM bank_statements_raw WHERE id = %s", [raw_id]).fetchone()
         if found is None:
             return None
+        head = found.pop("head")
         found["lines"] = cursor.execute(
             "SELECT statement_no, line_no, account, statement_ref AS statement, value_date, booking_date,"
             " credit_debit, CASE WHEN (credit_debit = 'D') <> reversal THEN -amount ELSE amount END AS amount,"
             " currency, end_to_end_id, customer_ref, bank_ref, counterparty_name, remittance_info AS remittance,"
-            " payout_slice_id FROM bank_statement_lines WHERE statement_raw_id = %s"
+            " payout_slice_id, sealed_fields FROM bank_statement_lines WHERE statement_raw_id = %s"
             " ORDER BY statement_no, line_no LIMIT %s", [raw_id, limit]).fetchall()
+    sealer = FieldSealer(keys.open_key(wrapped_key(bytes(head)))) if keys is not None and head else None
+    for line in found["lines"]:
+        sealed = line.pop("sealed_fields")
+        if sealed is not None and sealer is not None:
+            fields = sealer.open(f"{raw_id}/{line['statement_no']}/{line['line_no']}", bytes(sealed))
+            line["counterparty_name"], line["remittance"] = fields["counterparty_name"], fields["remittance_info"]
     return found
 
 
@@ -227,10 +266,11 @@ class StatementStore:
     """The trio face of the above: each call is one worker-thread hop through the Database service."""
 
     def __init__(self, database: Database, connect: Callable[[], psycopg.Connection[Any]],
-                 keys: Keys | None = None) -> None:
+                 keys: Keys | None = None, lookup_key: bytes | None = None) -> None:
         self.db = database
         self._connect = connect
-        self.keys = keys  # raw files are sealed with these ([encryption] statements = true)
+        self.keys = keys  # raw files and their lines' private fields are sealed with these ([encryption])
+        self.lookup_key = lookup_key
         self._locks: dict[str, SourceLock] = {}
 
     async def hold_lock(self, source: str) -> bool:
@@ -250,7 +290,8 @@ class StatementStore:
                      csv_profile: CsvProfile | None, bank_profile: str | None = None) -> Ingested:
         def work(conn: psycopg.Connection[Any]) -> Ingested:
             return ingest(conn, source=source, remote_name=remote_name, fmt=fmt, spooled=spooled,
-                          csv_profile=csv_profile, bank_profile=bank_profile, keys=self.keys)
+                          csv_profile=csv_profile, bank_profile=bank_profile, keys=self.keys,
+                          lookup_key=self.lookup_key)
 
         try:
             result: Ingested = await self.db.transaction(work)

@@ -146,16 +146,36 @@ def test_a_key_the_policy_does_not_name_and_a_vault_that_is_down_are_clear_error
 def test_raw_statement_files_are_stored_sealed_with_transit_parsed_as_usual_and_reprocessed(
         tmp_path: Path, migrated_dsn: str, daemon_vault: Vault) -> None:
     from connectors import Fetched
-    from molamd.statements import ingest, reprocess
+    from molamd.statements import ingest, reprocess, show_file
 
-    keys = TransitKeys(daemon_vault, "molamd")
+    keys, lookup = TransitKeys(daemon_vault, "molamd"), os.urandom(32)
     data = SEPA
     path = tmp_path / "sepa.sta"
     path.write_bytes(data)
     spooled = Fetched(path=str(path), sha256=hashlib.sha256(data).digest(), size=len(data))
     with psycopg.connect(migrated_dsn) as conn:
-        done = ingest(conn, source="s", remote_name="sepa.sta", fmt="mt940", spooled=spooled, keys=keys)
+        done = ingest(conn, source="s", remote_name="sepa.sta", fmt="mt940", spooled=spooled, keys=keys,
+                      lookup_key=lookup)
         assert done.outcome == "parsed" and done.lines == 97
+        clear = conn.execute("SELECT count(*) FROM bank_statement_lines WHERE counterparty_name IS NOT NULL OR"
+                             " raw_line IS NOT NULL OR remittance_info IS NOT NULL OR sealed_fields IS NULL").fetchone()
+        assert clear == (0,), "every line's private fields sealed"
+        hashed = conn.execute("SELECT count(*) FROM bank_statement_lines WHERE counterparty_account_hash = %s",
+                              [lookup_hash(lookup, "DE42 1001 0010 0043 9211 05")]).fetchone()[0]
+        assert hashed >= 2, "equal accounts found by their lookup hash"
+        shown = show_file(conn, done.raw_id, 1000, keys)
+        assert shown is not None
+        names = {x["counterparty_name"] for x in shown["lines"]}
+        assert "Richter Renate 70 Zeichen Beginn Fuellzeichen xxxxxxxx" in names
+        hidden = show_file(conn, done.raw_id, 1000, None)
+        assert hidden is not None and {x["counterparty_name"] for x in hidden["lines"]} == {None}
+        # A sealed value moved to another line is refused: the line's place is authenticated with it.
+        conn.execute("UPDATE bank_statement_lines SET sealed_fields = (SELECT sealed_fields FROM bank_statement_lines"
+                     " WHERE line_no = 2 AND statement_no = 1) WHERE line_no = 1 AND statement_no = 1")
+        with pytest.raises(SealError, match="line"):
+            show_file(conn, done.raw_id, 1000, keys)
+        conn.rollback()  # the whole transaction: the file is stored again below
+        done = ingest(conn, source="s", remote_name="sepa.sta", fmt="mt940", spooled=spooled, keys=keys)
         raw, sealed, size = conn.execute("SELECT raw, sealed, size_bytes FROM bank_statements_raw").fetchone()
         assert sealed and size == len(data) and bytes(raw).startswith(b"MDE1")
         assert b"T089413956000001" not in bytes(raw) and unseal(keys, bytes(raw)) == data
@@ -169,4 +189,4 @@ def test_raw_statement_files_are_stored_sealed_with_transit_parsed_as_usual_and_
             reprocess(conn, done.raw_id, None, None)
         conn.rollback()
     dump = subprocess.run(["pg_dump", "--data-only", migrated_dsn], capture_output=True, check=True).stdout
-    assert b"T089413956000001" not in dump, "no bank data in clear in the database"
+    assert b"T089413956000001" not in dump and b"Richter Renate" not in dump, "no bank data in clear in the database"

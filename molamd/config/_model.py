@@ -168,6 +168,7 @@ class EncryptionSection(_Section, frozen=True, kw_only=True, forbid_unknown_fiel
     statements: bool = False  # seal raw statement files in bank_statements_raw
     transit_key: str = "molamd"  # with [vault]: the transit key that wraps each data key
     local_key: Secret | None = None  # without [vault]: base64 of 32 random bytes, from a secret reference
+    lookup_key: Secret | None = None  # HMAC key of the counterparty account lookup hashes (base64 of 32 bytes)
 
 
 class WorkersSection(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):

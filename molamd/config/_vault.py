@@ -70,14 +70,15 @@ def resolve_config(config: Config, *, file: str, vault: Vault | None,
     if vault is not None and _prefetch(vault, config, fresh):
         fresh = frozenset()  # read past the cache already, just now
     resolved = resolve_secrets(config, file=file, resolvers=resolvers_for(vault, fresh=fresh))
-    local = resolved.encryption.local_key
-    if local is not None and local.resolved:
-        from ..encryption import LocalKeys
+    from ..encryption import LocalKeys
 
-        try:
-            LocalKeys.from_text(local.reveal())
-        except ValueError as exc:
-            raise ConfigError(file, [ConfigProblem("$.encryption.local_key", f"{local.reference}: {exc}")]) from None
+    for name in ("local_key", "lookup_key"):
+        key = getattr(resolved.encryption, name)
+        if key is not None and key.resolved:
+            try:
+                LocalKeys.from_text(key.reveal())  # the same shape: base64 of 32 bytes
+            except ValueError as exc:
+                raise ConfigError(file, [ConfigProblem(f"$.encryption.{name}", f"{key.reference}: {exc}")]) from None
     return resolved
 
 

@@ -480,10 +480,14 @@ async def statements(ctx: Context, args: StatementsArgs) -> Any:
             return await rt.db.statement(lambda c: stored.list_files(c, None, args.limit))
         if args.action == "show":
             raw_id = _file_id(args)
-            found = await rt.db.statement(lambda c: stored.show_file(c, raw_id, args.limit))
+            # Sealed counterparty fields are opened for operators only (an unwrap, audited by Vault).
+            keys = rt.statements.keys if ctx.operator else None
+            found = await rt.db.statement(lambda c: stored.show_file(c, raw_id, args.limit, keys))
             if found is None:
                 raise ControlError(ErrorCode.NOT_FOUND, f"no stored statement file {raw_id}")
             return found
+    except (KeyUnavailable, SealError) as exc:
+        raise ControlError(ErrorCode.UNAVAILABLE, f"the file's sealed fields cannot be opened: {exc}") from None
     except DatabaseError as exc:
         raise _database(exc) from None
     raise ControlError(ErrorCode.BAD_ARGS,
@@ -513,7 +517,8 @@ async def statements_reprocess(ctx: Context, args: StatementsArgs) -> Any:
             raise ControlError(ErrorCode.NOT_FOUND, f"no stored statement file {raw_id}")
         config = rt.config.connector(source)
         profile = rt.config.source_profile(config) if config is not None else None
-        result = await rt.db.transaction(lambda c: stored.reprocess(c, raw_id, profile, rt.statements.keys))
+        result = await rt.db.transaction(lambda c: stored.reprocess(c, raw_id, profile, rt.statements.keys,
+                                                                    rt.statements.lookup_key))
     except (KeyUnavailable, SealError) as exc:
         raise ControlError(ErrorCode.UNAVAILABLE, f"statement file {raw_id} cannot be unsealed: {exc}") from None
     except ValueError as exc:

@@ -6,3 +6,12 @@ ALTER TABLE bank_statements_raw ADD COLUMN sealed boolean NOT NULL DEFAULT false
 ALTER TABLE bank_statements_raw DROP CONSTRAINT bank_statements_raw_check;
 ALTER TABLE bank_statements_raw ADD CONSTRAINT bank_statements_raw_size_check
     CHECK (sealed OR octet_length(raw) = size_bytes);
+
+-- With sealing, the fields of a line that matching does not need (the counterparty, the remittance text, the
+-- details and the line as the bank wrote it) are NULL in clear and sealed together in sealed_fields, under the
+-- file's data key. counterparty_account_hash is an HMAC of the counterparty's account ([encryption] lookup_key)
+-- for equality lookups without opening every line.
+ALTER TABLE bank_statement_lines ADD COLUMN sealed_fields bytea;
+ALTER TABLE bank_statement_lines ADD COLUMN counterparty_account_hash text;
+CREATE INDEX bank_statement_lines_counterparty_hash_idx ON bank_statement_lines (counterparty_account_hash)
+    WHERE counterparty_account_hash IS NOT NULL;
