@@ -308,6 +308,13 @@ def summary(cluster: Cluster, bank_urls: list[str], elapsed: float, outage: dict
           f" transactions; {files['verified']} of {files['files']} verified by xmlsec1 against the certificate;"
           f" bank C took {files['desk']['files']} uploads ({files['desk']['duplicates']} refused as duplicates,"
           f" DU01); {files['reports']} pain.002 reports ({files['flags']})")
+    secrets = ctl("secrets") or []
+    schemes = sorted({row["scheme"] for row in secrets if row["path"] != "$.vault.secret_id"})
+    rotated = next((row for row in secrets if row["reference"] == "vault:secret/molamd/bank-a#hmac"), None)
+    print(f"secrets: {len(secrets) - 1} references, all from {', '.join(schemes)} (OpenBao), besides the AppRole"
+          f" secret_id; bank A's HMAC key rotated mid-run, now version {rotated and rotated['version']};"
+          f" {stats.get('previous_key', 0)} calls signed with the old key while bank A still accepted it,"
+          f" {stats.get('auth_failures', 0)} refused")
     print(f"paid twice: {paid_twice} (over the three banks' ledgers)")
     print(f"lost: {lost}")
     for note in notes[:10]:
@@ -402,10 +409,10 @@ def watch(daemon: subprocess.Popen[bytes], cluster: Cluster, bank_urls: list[str
             now, final, counts = progress(cluster, connectors, mark)
             mark = (now, final)
             done = final == sum(counts.values())
+            if rotated is None and primary_progress(cluster) >= 0.1:
+                rotated = rotate_bank_a(bao, bank_urls[0])  # while bank A's payouts are in full flow
             if outage is None and primary_progress(cluster) >= 0.25:
                 outage = breaker_outage(bank_urls, cluster)
-            if rotated is None and outage is not None:
-                rotated = rotate_bank_a(bao, bank_urls[0])
             rotation_taken = rotated is not None and secret_version("vault:secret/molamd/bank-a#hmac") == rotated
             st = statement_counts(cluster)
             say(f"statements: {st['files']} files, {st['lines']} lines, {st['linked']} linked")
