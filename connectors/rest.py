@@ -21,7 +21,7 @@ import math
 import os
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar
 from urllib.parse import quote, urlencode, urlsplit
 
@@ -77,6 +77,10 @@ class RestOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     max_response_size: int = 1024 * 1024  # bytes of a response body (or a pushed event) read before BadResponse
     client_cert: str | None = None
     client_key: str | None = None
+    # Or a short-lived client certificate from Vault's PKI engine ("MOUNT/issue/ROLE"), for client_common_name,
+    # renewed before it expires and taken by the next TLS handshake.
+    client_pki: str | None = None
+    client_common_name: str | None = None
     ca_file: str | None = None
     events_url: str | None = None  # ws(s)://.../events: the bank pushes status changes; resumes by sequence
 
@@ -92,6 +96,9 @@ def _state(text: object) -> PaymentState:
         raise ValueError(f"unknown payment status {text!r}") from None
 
 
+# Where a connector's TLS context comes from when it is not built from files (it may change its certificate later).
+TlsSource = Callable[[], Awaitable[ssl.SSLContext]]
+
 # An event stream that says nothing for this long is dead, whatever TCP thinks: reconnect and resume.
 EVENTS_IDLE_TIMEOUT = 60.0
 EVENTS_PING_INTERVAL = 20.0
@@ -103,8 +110,10 @@ class RestConnector:
         {Capability.SEND_PAYMENT, Capability.PAYMENT_STATUS, Capability.HEALTH, Capability.PUSH_EVENTS}
     )
 
-    def __init__(self, config: RestConfig, transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(self, config: RestConfig, transport: httpx.AsyncBaseTransport | None = None, *,
+                 tls: TlsSource | None = None) -> None:
         self.config = config
+        self._tls = tls  # the TLS context comes from outside (a client certificate from Vault's PKI)
         # PUSH_EVENTS only where the bank has an event stream configured.
         self.capabilities = self.offers - (set() if config.rest.events_url else {Capability.PUSH_EVENTS})
         self.name = config.name
@@ -118,7 +127,8 @@ class RestConnector:
 
     async def open(self) -> None:
         opts = self._options
-        verify = _tls_context(opts.ca_file, opts.client_cert, opts.client_key)
+        verify = await self._tls() if self._tls is not None else _tls_context(opts.ca_file, opts.client_cert,
+                                                                                 opts.client_key)
         timeout = httpx.Timeout(self.config.limits.call_timeout.seconds, connect=opts.connect_timeout.seconds)
         pools = max(1, -(-opts.max_connections // _CONNECTIONS_PER_POOL))
         per_pool = -(-opts.max_connections // pools)

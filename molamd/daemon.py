@@ -51,6 +51,9 @@ class Daemon:
             if interval > 0:
                 specs.append(ChildSpec(name="secret-rotation", factory=lambda: Periodic(
                     "secret-rotation", interval, self._check_secrets)))
+        if rt.certificates is not None:
+            certificates = rt.certificates
+            specs.append(ChildSpec(name=certificates.name, factory=lambda: certificates, shutdown_grace=_CORE_GRACE))
         if rt.credentials is not None:
             credentials = rt.credentials
             specs.append(ChildSpec(name=credentials.name, factory=lambda: credentials, shutdown_grace=_CORE_GRACE))

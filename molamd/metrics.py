@@ -130,6 +130,11 @@ class VaultMetrics:
                                      registry=r)
         self.db_lease = Gauge("molamd_database_credentials_lease_info", "1 for the lease the pool logs in with",
                               ["lease_id"], registry=r)
+        self.cert_expiry = Gauge("molamd_client_certificate_expiry_timestamp_seconds",
+                                 "Unix time a connector's client certificate from Vault's PKI expires", ["connector"],
+                                 registry=r)
+        self.cert_renewals = Counter("molamd_client_certificate_renewals", "Client certificate renewals by outcome",
+                                     ["outcome"], registry=r)
         self.db_rotations = Counter("molamd_database_credentials_rotations", "Moves of the pool to new leased"
                                     " credentials, by reason", ["reason"], registry=r)
 

@@ -10,6 +10,7 @@ import base64
 import logging
 import os
 import socket
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -40,12 +41,15 @@ from connectors import (
     FileChannelConfig,
     FileChannelConnector,
     PaymentEvent,
+    RestConfig,
+    RestConnector,
     SftpSourceConfig,
     SftpStatementConnector,
     build_connector,
 )
 
 from . import __version__, db
+from .client_certificates import CertificateKeeper, Request
 from .config import Config, HealthCheckerSection, SupervisionSection, secret_values
 from .config._model import DispatcherSection, StatusFollowerSection
 from .directory import Directory
@@ -125,6 +129,7 @@ class Runtime:
         self.vault = vault
         self.vault_limiter = trio.CapacityLimiter(4)
         self.token_keeper: TokenKeeper | None = None
+        self.certificates: CertificateKeeper | None = None
         self.credentials: CredentialKeeper | None = None
         self._vault_services(config)
         credentials = self.credentials
@@ -167,6 +172,7 @@ class Runtime:
 
         fraction = config.vault.token_renew_fraction
         self.token_keeper = TokenKeeper(vault, self.metrics.vault, fraction=fraction, limiter=self.vault_limiter)
+        self.certificates = CertificateKeeper(vault, self.metrics.vault, limiter=self.vault_limiter)
         role = config.database.credentials_role
         if role is not None:
             credentials = CredentialKeeper(vault, role[0], role[1], self.metrics.vault, fraction=fraction,
@@ -211,10 +217,24 @@ class Runtime:
                              shutdown_grace=config.shutdown_grace.seconds)
         return ChildSpec(
             name=config.name,
-            factory=lambda: ConnectorActor(config, build_connector(config), observer=self.telemetry,
+            factory=lambda: ConnectorActor(config, self._connector(config), observer=self.telemetry,
                                            on_event=self.pushed_event),
             shutdown_grace=config.shutdown_grace.seconds,
         )
+
+    def _connector(self, config: ConnectorConfig) -> Any:
+        """A new connector instance; a REST one with a client certificate from Vault's PKI gets it from the
+        certificate keeper."""
+        pki = config.rest.client_pki if isinstance(config, RestConfig) else None
+        if isinstance(config, RestConfig) and pki and self.certificates is not None:
+            keeper, options = self.certificates, config.rest
+            request = Request(pki, options.client_common_name or config.name, options.ca_file)
+
+            async def tls() -> ssl.SSLContext:
+                return await keeper.context(config.name, request)
+
+            return RestConnector(config, tls=tls)
+        return build_connector(config)
 
     def statement_poller(self, config: SftpSourceConfig, whole: Config) -> StatementPoller:
         sources = [c.name for c in whole.connectors

@@ -98,6 +98,18 @@ class DbCredentials(msgspec.Struct, frozen=True, kw_only=True):
         return f"DbCredentials(username={self.username!r}, password=***, lease={self.lease!r})"
 
 
+class Certificate(msgspec.Struct, frozen=True, kw_only=True):
+    """A client certificate issued by the PKI engine: its chain, its key (never shown), serial and expiry."""
+
+    chain_pem: str
+    key_pem: str
+    serial: str
+    expires_at: float
+
+    def __repr__(self) -> str:
+        return f"Certificate(serial={self.serial!r}, expires_at={self.expires_at}, key=***)"
+
+
 class TokenState(msgspec.Struct, frozen=True, kw_only=True):
     """The daemon's token after a login or renewal: its TTL, and whether the server capped it (max TTL near)."""
 
@@ -306,6 +318,20 @@ class Vault:
             raise _mapped(exc, f"renew lease {lease.lease_id}") from None
         return Lease(lease_id=lease.lease_id, duration=int(answer.get("lease_duration") or 0),
                      renewable=bool(answer.get("renewable")), at=time.time())
+
+    # -- PKI ------------------------------------------------------------------------------------------
+
+    def issue_certificate(self, path: str, common_name: str) -> Certificate:
+        """A new certificate and key from a PKI role (``path``: MOUNT/issue/ROLE); the key exists only in the
+        answer."""
+        try:
+            answer: Any = self._client.adapter.post(f"/v1/{path}", json={"common_name": common_name})
+        except Exception as exc:
+            raise _mapped(exc, f"PKI {path} for {common_name}") from None
+        data = answer.get("data") or {}
+        chain = [str(data["certificate"]), *[str(c) for c in data.get("ca_chain") or [] if c != data.get("issuing_ca")]]
+        return Certificate(chain_pem="\n".join(chain) + "\n", key_pem=str(data["private_key"]),
+                           serial=str(data.get("serial_number")), expires_at=float(data.get("expiration") or 0))
 
     # -- transit --------------------------------------------------------------------------------------
 

@@ -1,6 +1,7 @@
 """Configure an OpenBao (or HashiCorp Vault) server for molamd, idempotently.
 
-Mounts KV v2 at ``secret/`` (if missing), transit with the key ``molamd``, AppRole with the role ``molamd``
+Mounts KV v2 at ``secret/`` (if missing), transit with the key ``molamd``, PKI with a root CA and the role
+``molamd-client`` (short-lived mTLS client certificates), AppRole with the role ``molamd``
 (a periodic token: leases under it live as long as the daemon renews it), the least-privilege policy from
 ``config/openbao/molamd.hcl`` and, with ``--database-url``, the database engine with the role ``molamd``, whose
 users are members of a NOLOGIN role that holds the privileges (``molamd_app``; see ``prepare_database``).
@@ -25,6 +26,7 @@ POLICY = ROOT / "config" / "openbao" / "molamd.hcl"
 ROLE = "molamd"
 APP_ROLE = "molamd_app"
 TRANSIT_KEY = "molamd"
+PKI_ROLE = "molamd-client"
 
 
 def prepare_database(conn: Any, app_role: str = APP_ROLE, owner: str = "postgres") -> None:
@@ -42,7 +44,8 @@ def prepare_database(conn: Any, app_role: str = APP_ROLE, owner: str = "postgres
 
 def configure(admin: Any, *, token_period: str = "1h", secret_id_ttl: str = "24h",
               database_url: str | None = None, database_admin: str = "postgres", database_password: str = "",
-              lease_ttl: str = "1h", lease_max_ttl: str = "24h", policy: str | None = None) -> str:
+              lease_ttl: str = "1h", lease_max_ttl: str = "24h", policy: str | None = None,
+              certificate_ttl: str = "24h") -> str:
     """Mounts, keys, policy and roles; returns the AppRole role_id."""
     mounts = admin.sys.list_mounted_secrets_engines()["data"]
     if "secret/" not in mounts:
@@ -52,6 +55,13 @@ def configure(admin: Any, *, token_period: str = "1h", secret_id_ttl: str = "24h
     keys = admin.adapter.list("/v1/transit/keys") if "transit/" in mounts else None
     if keys is None or TRANSIT_KEY not in ((keys or {}).get("data") or {}).get("keys", []):
         admin.secrets.transit.create_key(TRANSIT_KEY)
+    if "pki/" not in mounts:  # the CA of molamd's mTLS client certificates (a bank pins it, or its own CA signs)
+        admin.sys.enable_secrets_engine("pki", options={}, config={"max_lease_ttl": "87600h"})
+        admin.adapter.post("/v1/pki/root/generate/internal", json={"common_name": "molamd client CA",
+                                                                    "ttl": "87600h"})
+    admin.adapter.post(f"/v1/pki/roles/{PKI_ROLE}", json={
+        "allow_any_name": True, "enforce_hostnames": False, "client_flag": True, "server_flag": False,
+        "max_ttl": certificate_ttl, "ttl": certificate_ttl, "key_type": "ec", "key_bits": 256})
     if "approle/" not in admin.sys.list_auth_methods()["data"]:
         admin.sys.enable_auth_method("approle")
     admin.sys.create_or_update_policy(ROLE, policy if policy is not None else POLICY.read_text())

@@ -16,3 +16,6 @@ path "transit/rewrap/molamd"            { capabilities = ["update"] }
 # Leased PostgreSQL credentials ([database] credentials = "vault-db:molamd"). No sys/leases/revoke: it takes
 # any lease id; the daemon's leases end with its token (revoked at a clean stop) or run out.
 path "database/creds/molamd" { capabilities = ["read"] }
+
+# Short-lived mTLS client certificates for REST connectors ([connectors.rest] client_pki).
+path "pki/issue/molamd-client" { capabilities = ["update"] }

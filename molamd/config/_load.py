@@ -79,7 +79,8 @@ def validate(config: Config) -> list[ConfigProblem]:
     """Rules no single type can express; returns every problem found."""
     problems = check_numbers(config)
     for check in (_check_connectors, _check_sources, _check_file_channels, _check_csv_profiles, _check_control,
-                  _check_metrics, _check_database, _check_supervision, _check_workers, _check_encryption):
+                  _check_metrics, _check_database, _check_supervision, _check_workers, _check_encryption,
+                  _check_client_certificates):
         check(config, problems)
     return problems
 
@@ -247,6 +248,23 @@ def _check_database(config: Config, problems: list[ConfigProblem]) -> None:
         problems.append(ConfigProblem("$.database.pool_min_size", "need 1 <= pool_min_size <= pool_max_size"))
     if db.retry_max.seconds < db.retry_initial.seconds:
         problems.append(ConfigProblem("$.database.retry_initial", "need retry_initial <= retry_max"))
+
+
+def _check_client_certificates(config: Config, problems: list[ConfigProblem]) -> None:
+    from connectors import RestConfig
+
+    for index, entry in enumerate(config.connectors):
+        if not isinstance(entry, RestConfig) or not entry.rest.client_pki:
+            continue
+        path, o, pki = f"$.connectors[{index}].rest", entry.rest, entry.rest.client_pki
+        if not config.vault.address:
+            problems.append(ConfigProblem(f"{path}.client_pki", "needs [vault] address"))
+        if o.client_cert or o.client_key:
+            problems.append(ConfigProblem(f"{path}.client_pki", "set client_pki or client_cert/client_key, not both"))
+        if "/issue/" not in pki:
+            problems.append(ConfigProblem(f"{path}.client_pki", f"{pki!r}: give MOUNT/issue/ROLE"))
+        if not o.base_url.startswith("https://"):
+            problems.append(ConfigProblem(f"{path}.base_url", "a client certificate needs an https:// base_url"))
 
 
 def _check_encryption(config: Config, problems: list[ConfigProblem]) -> None:

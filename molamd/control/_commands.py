@@ -153,6 +153,7 @@ async def status(ctx: Context, args: NoArgs) -> dict[str, Any]:
         "database": {"up": rt.db.up, "error": rt.db.last_error,
                      **(rt.credentials.status() if rt.credentials is not None else {})},
         "vault": rt.token_keeper.status() if rt.token_keeper is not None else None,
+        "client_certificates": rt.certificates.status() if rt.certificates is not None else None,
         "connectors": {"configured": len(rt.config.connectors), "dispatch": dict(dispatch)},
         "actors": dict(actor_states),
         "workers": rt.workers.names(),
