@@ -82,6 +82,17 @@ class OpenBao:
         answer = self.admin.secrets.kv.v2.create_or_update_secret(path=path, secret=data, mount_point="secret")
         return int(answer["data"]["version"])
 
+    def seal(self) -> None:
+        self.admin.sys.seal()
+
+    def unseal(self) -> None:
+        """With the dev server's unseal key, from its log (dev servers print it)."""
+        import re
+
+        found = re.search(r"Unseal Key: (\S+)", (self.base / "server.log").read_text())
+        assert found is not None, "the dev server printed no unseal key"
+        self.admin.sys.submit_unseal_key(key=found[1])
+
     def revoke_all(self) -> None:
         """Every lease and AppRole token: a dev server that stops with live database leases leaves their
         PostgreSQL roles behind, still able to log in."""

@@ -143,6 +143,13 @@ def test_the_token_actor_renews_logs_in_again_when_revoked_and_the_daemon_outliv
     assert "vault: logged in again" in d.logs()
     refreshed = d.ctl_json("secrets", "refresh")
     assert refreshed["changed"] == [], refreshed
+    # Sealed: the daemon waits and says so; unsealed, the token actor is good again (the token survived).
+    bao.seal()
+    wait_for(lambda: d.ctl_json("status")["vault"]["state"] == "waiting", 15, "the token actor waiting")
+    assert "sealed" in d.ctl_json("status")["vault"]["waiting_for"]
+    assert d.ctl_json("secrets", "refresh")["changed"] == [], "the cache answers while Vault is sealed"
+    bao.unseal()
+    wait_for(lambda: d.ctl_json("status")["vault"]["state"] == "ok", 20, "the token actor good again")
     # Vault goes away: the daemon keeps running on what it read, says what it waits for, and refreshes from cache.
     bao.kill()
     wait_for(lambda: d.ctl_json("status")["vault"]["state"] == "waiting", 15, "the token actor waiting")
@@ -221,3 +228,22 @@ def test_leased_database_credentials_rotate_several_times_and_survive_a_revocati
         assert left == [], "the token revoked at stop took its leased roles with it"
     finally:
         bank.close()
+
+
+def test_a_database_engine_that_cannot_create_roles_leaves_the_daemon_up_and_saying_why(
+        short_tmp: Path, daemon_factory: Any, bao: OpenBao, pg: Any, migrated_dsn: str) -> None:
+    import psycopg
+
+    dbname = psycopg.conninfo.conninfo_to_dict(migrated_dsn)["dbname"]
+    with psycopg.connect(pg.dsn("postgres"), autocommit=True) as conn:
+        conn.execute("DROP ROLE IF EXISTS molamd_app")  # the leased users' role is missing: CREATE ROLE fails
+    bao.database(f"127.0.0.1:{pg.port}", str(dbname))
+    text = payout_toml(short_tmp, f"host=127.0.0.1 port={pg.port} dbname={dbname}", "") + vault_toml(bao, short_tmp)
+    text = text.replace('retry_max = "500ms"\n', 'retry_max = "500ms"\ncredentials = "vault-db:molamd"\n', 1)
+    d = daemon_factory(text, env={"HOME": str(short_tmp)})
+    wait_for(lambda: "vault-db:database/molamd" in str(d.ctl_json("status")["database"]["error"]), 15,
+             "the database waiting for its credentials", lambda: d.ctl_json("status")["database"])
+    database = d.ctl_json("status")["database"]
+    assert not database["up"] and database["lease_id"] is None
+    assert "new credentials" in database["waiting_for"], database
+    assert d.stop() == 0
