@@ -66,6 +66,10 @@ class Signer:
                 raise HsmUnavailable(f"token {self.token_label!r} in {self.module}: {type(exc).__name__}") from None
             try:
                 self._session = token.open(user_pin=self._pin, rw=True)
+            except pkcs11.UserAlreadyLoggedIn:
+                # PKCS#11 logs in once per process: another session of ours (a signer being replaced after a PIN
+                # rotation) still holds the login, and this session shares it.
+                self._session = token.open(rw=True)
             except (pkcs11.PinIncorrect, pkcs11.PinLocked, pkcs11.PinLenRange) as exc:
                 raise HsmLoginFailed(f"token {self.token_label!r}: login refused ({type(exc).__name__})") from None
 

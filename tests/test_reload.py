@@ -122,3 +122,45 @@ async def test_a_failure_mid_apply_rolls_back_and_keeps_the_old_config(short_tmp
         assert rt.metrics.reload_successful._value.get() == 0 and rt.last_reload["ok"] is False
         assert "rolled back" in str(rt.last_reload["error"])
         daemon.request_stop("test over")
+
+
+async def test_a_new_hsm_pin_under_the_same_reference_is_taken_without_a_restart(tmp_path: Path, token: str) -> None:
+    """[hsm] is restart-only, but a rotated PIN (a new value of the same reference, as a Vault rotation brings) is
+    not a change of it: the next signature opens a new session with the new PIN."""
+    import msgspec
+    import pkcs11
+
+    from connectors import Secret
+    from molamd.hsm import KeyKind, Signer
+    from molamd.runtime import Runtime
+    from tests.conftest import HSM_MODULE, HSM_PIN
+
+    def with_pin(config: Any, pin: str) -> Any:
+        return msgspec.structs.replace(config, hsm=msgspec.structs.replace(config.hsm, pin=Secret("env:PIN", pin)))
+
+    text = daemon_toml(tmp_path) + f'[hsm]\nmodule = "{HSM_MODULE}"\ntoken = "{token}"\npin = "env:PIN"\n'
+    old_pin, new_pin = HSM_PIN, "7305"
+    old = with_pin(parse_config(text, file="x.toml"), old_pin)
+    new = with_pin(old, new_pin)
+    reloading.plan(old, new, file="x.toml")  # not refused as a change of [hsm]
+    maker = Signer(HSM_MODULE, token, old_pin)
+    maker.open()
+    maker.keygen("pin-rotation", KeyKind.EC_P256)
+    maker.close()
+    rt = Runtime(str(tmp_path / "x.toml"), old)
+    assert rt.sign("pin-rotation", b"before")
+    hsm = pkcs11.lib(HSM_MODULE).get_token(token_label=token)
+    with hsm.open(rw=True) as session:  # shares the signer's login
+        session.set_pin(old_pin, new_pin)  # the PIN changes in the HSM, and then in Vault
+    assert rt.signer is not None
+    rt.signer.close()  # the old PIN's session is gone (an HSM restart, a timeout): logged out
+    try:
+        reloading._adopt(rt, new)
+        assert rt.sign("pin-rotation", b"after"), "signed in a session opened with the new PIN"
+    finally:
+        if rt.signer is None:  # the new PIN never logged in: log in with it to put the old one back
+            Signer(HSM_MODULE, token, new_pin).open()
+        with hsm.open(rw=True) as session:
+            session.set_pin(new_pin, old_pin)  # the token is this test session's: put it back
+        if rt.signer is not None:
+            rt.signer.close()
