@@ -44,7 +44,7 @@ ARITY: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 }
 # Sub-commands the daemon serves as commands of their own, so reads and writes can be told apart.
 SPLIT = {"dlq": ("list", "retry", "drop"), "payouts": ("show", "release", "in-doubt", "retry"),
-         "statements": ("poll", "reprocess"), "files": ("list", "show", "resubmit"), "secrets": ("refresh",)}
+         "statements": ("poll", "reprocess", "rewrap"), "files": ("list", "show", "resubmit"), "secrets": ("refresh",)}
 LISTS = {"secrets"}  # without an action: the list
 NUMBERS: dict[str, type] = {"rate": float, "burst": int, "id": int}
 

@@ -81,15 +81,16 @@ def reprocess(conn: psycopg.Connection[Any], raw_id: int, csv_profile: CsvProfil
               keys: Keys | None = None, lookup_key: bytes | None = None) -> Ingested:
     """Parse a stored file again (after a parser or profile fix); only files that have no lines yet."""
     row = conn.execute(
-        "SELECT status, format, raw, sealed FROM bank_statements_raw WHERE id = %s FOR UPDATE", [raw_id]).fetchone()
+        "SELECT status, format, raw, sealed, data_key FROM bank_statements_raw WHERE id = %s FOR UPDATE",
+        [raw_id]).fetchone()
     if row is None:
         raise LookupError(f"no stored statement file {raw_id}")
-    status, fmt, raw, sealed = row
+    status, fmt, raw, sealed, data_key = row
     sealer = None
     if sealed:
         if keys is None:
             raise ValueError(f"statement file {raw_id} is sealed and no [encryption] keys are configured")
-        key = keys.open_key(wrapped_key(bytes(raw)))
+        key = keys.open_key(data_key or wrapped_key(bytes(raw)))
         raw, sealer = unseal_with(key, bytes(raw)), FieldSealer(key)
     if status == "parsed":
         raise ValueError(f"statement file {raw_id} is already parsed; its lines are in bank_statement_lines")
@@ -223,24 +224,44 @@ def show_file(conn: psycopg.Connection[Any], raw_id: int, limit: int = 1000,
         found = cursor.execute(
             "SELECT id, source, remote_name, format, status, size_bytes, statement_count AS statements,"
             " line_count, error, received_at, processed_at, encode(sha256, 'hex') AS sha256, sealed,"
+            " CASE WHEN sealed THEN coalesce(data_key, '') END AS data_key,"
             " CASE WHEN sealed THEN substring(raw FROM 1 FOR 4096) END AS head"
             " FROM bank_statements_raw WHERE id = %s", [raw_id]).fetchone()
         if found is None:
             return None
-        head = found.pop("head")
+        head, data_key = found.pop("head"), found.pop("data_key")
         found["lines"] = cursor.execute(
             "SELECT statement_no, line_no, account, statement_ref AS statement, value_date, booking_date,"
             " credit_debit, CASE WHEN (credit_debit = 'D') <> reversal THEN -amount ELSE amount END AS amount,"
             " currency, end_to_end_id, customer_ref, bank_ref, counterparty_name, remittance_info AS remittance,"
             " payout_slice_id, sealed_fields FROM bank_statement_lines WHERE statement_raw_id = %s"
             " ORDER BY statement_no, line_no LIMIT %s", [raw_id, limit]).fetchall()
-    sealer = FieldSealer(keys.open_key(wrapped_key(bytes(head)))) if keys is not None and head else None
+    sealer = None
+    if keys is not None and head:
+        sealer = FieldSealer(keys.open_key(data_key or wrapped_key(bytes(head))))
     for line in found["lines"]:
         sealed = line.pop("sealed_fields")
         if sealed is not None and sealer is not None:
             fields = sealer.open(f"{raw_id}/{line['statement_no']}/{line['line_no']}", bytes(sealed))
             line["counterparty_name"], line["remittance"] = fields["counterparty_name"], fields["remittance_info"]
     return found
+
+
+def rewrap_stored(conn: psycopg.Connection[Any], keys: Keys, limit: int = 10_000) -> dict[str, int]:
+    """Rewrap the data keys of sealed files under the wrapping key's latest version (after a transit rotation), the
+    files' bytes untouched; up to ``limit`` files a call. A key version already retired is KeyUnavailable."""
+    rows = conn.execute(
+        "SELECT id, data_key, substring(raw FROM 1 FOR 4096) FROM bank_statements_raw WHERE sealed ORDER BY id"
+        " LIMIT %s", [limit]).fetchall()
+    moved = 0
+    for raw_id, data_key, head in rows:
+        current = data_key or wrapped_key(bytes(head))
+        fresh = keys.rewrap(current)
+        # Transit answers a new ciphertext every time: only a newer key version ("vault:vN") is a change.
+        if fresh.split(":")[:2] != current.split(":")[:2]:
+            conn.execute("UPDATE bank_statements_raw SET data_key = %s WHERE id = %s", [fresh, raw_id])
+            moved += 1
+    return {"sealed": len(rows), "rewrapped": moved}
 
 
 class SourceLock(SessionLock):

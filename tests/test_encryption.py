@@ -190,3 +190,35 @@ def test_raw_statement_files_are_stored_sealed_with_transit_parsed_as_usual_and_
         conn.rollback()
     dump = subprocess.run(["pg_dump", "--data-only", migrated_dsn], capture_output=True, check=True).stdout
     assert b"T089413956000001" not in dump and b"Richter Renate" not in dump, "no bank data in clear in the database"
+
+
+def test_after_a_transit_rotation_stored_files_are_rewrapped_in_place_and_the_old_version_can_retire(
+        tmp_path: Path, migrated_dsn: str, bao: OpenBao, daemon_vault: Vault) -> None:
+    from connectors import Fetched
+    from molamd.statements import ingest, reprocess, rewrap_stored, show_file
+
+    keys = TransitKeys(daemon_vault, "molamd")
+    path = tmp_path / "sepa.sta"
+    path.write_bytes(SEPA)
+    spooled = Fetched(path=str(path), sha256=hashlib.sha256(SEPA).digest(), size=len(SEPA))
+    with psycopg.connect(migrated_dsn, autocommit=True) as conn:
+        done = ingest(conn, source="s", remote_name="sepa.sta", fmt="mt940", spooled=spooled, keys=keys)
+        before = conn.execute("SELECT raw FROM bank_statements_raw").fetchone()[0]
+        bao.admin.secrets.transit.rotate_key("molamd")
+        latest = int(bao.admin.secrets.transit.read_key("molamd")["data"]["latest_version"])
+        assert rewrap_stored(conn, keys) == {"sealed": 1, "rewrapped": 1}
+        raw, data_key = conn.execute("SELECT raw, data_key FROM bank_statements_raw").fetchone()
+        assert raw == before and data_key.startswith(f"vault:v{latest}:"), "the bytes untouched, the key moved"
+        assert rewrap_stored(conn, keys) == {"sealed": 1, "rewrapped": 0}
+        bao.admin.secrets.transit.update_key_configuration("molamd", min_decryption_version=latest)
+        try:
+            shown = show_file(conn, done.raw_id, 1000, keys)
+            assert shown is not None and any(line["counterparty_name"] for line in shown["lines"])
+            conn.execute("DELETE FROM bank_statement_lines")
+            conn.execute("UPDATE bank_statements_raw SET status = 'parse_failed', error = 'test'")
+            assert reprocess(conn, done.raw_id, None, keys).lines == 97
+        finally:
+            bao.admin.secrets.transit.update_key_configuration("molamd", min_decryption_version=1)
+        for change in ("raw = raw || '\\x00'::bytea", "sealed = false"):
+            with pytest.raises(psycopg.errors.IntegrityConstraintViolation, match="immutable"):
+                conn.execute(f"UPDATE bank_statements_raw SET {change}")

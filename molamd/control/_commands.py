@@ -529,6 +529,21 @@ async def statements_reprocess(ctx: Context, args: StatementsArgs) -> Any:
     return _to_builtins(result)
 
 
+async def statements_rewrap(ctx: Context, args: StatementsArgs) -> Any:
+    """After a rotation of the transit key: every sealed file's data key rewrapped under its latest version."""
+    rt = ctx.rt
+    keys = rt.statements.keys
+    if keys is None:
+        raise ControlError(ErrorCode.BAD_ARGS, "no [encryption] keys: nothing is sealed by this daemon")
+    try:
+        result = await rt.db.transaction(lambda c: stored.rewrap_stored(c, keys))
+    except (KeyUnavailable, SealError) as exc:
+        raise ControlError(ErrorCode.UNAVAILABLE, f"rewrap refused, nothing changed: {exc}") from None
+    except DatabaseError as exc:
+        raise _database(exc) from None
+    return result
+
+
 async def files_list(ctx: Context, args: LimitArg) -> dict[str, Any]:
     try:
         found = await ctx.rt.db.statement(lambda c: payment_files.list_files(c, None, args.limit))
@@ -638,6 +653,7 @@ COMMANDS: dict[str, Command] = {
         Command("files-resubmit", IdArg, True, files_resubmit),
         Command("statements", StatementsArgs, False, statements),
         Command("statements-poll", StatementsArgs, True, statements_poll),
+        Command("statements-rewrap", StatementsArgs, True, statements_rewrap),
         Command("statements-reprocess", StatementsArgs, True, statements_reprocess),
     )
 }

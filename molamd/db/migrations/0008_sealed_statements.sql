@@ -15,3 +15,22 @@ ALTER TABLE bank_statement_lines ADD COLUMN sealed_fields bytea;
 ALTER TABLE bank_statement_lines ADD COLUMN counterparty_account_hash text;
 CREATE INDEX bank_statement_lines_counterparty_hash_idx ON bank_statement_lines (counterparty_account_hash)
     WHERE counterparty_account_hash IS NOT NULL;
+
+-- After a rotation of the transit key, a sealed file's data key is rewrapped under the latest key version
+-- (`molamctl statements rewrap`) without touching its bytes: data_key then holds the current wrapping (NULL: the
+-- one in the sealed header). Whether a file is sealed is as immutable as its bytes.
+ALTER TABLE bank_statements_raw ADD COLUMN data_key text;
+CREATE OR REPLACE FUNCTION bank_statements_raw_immutable() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        RAISE EXCEPTION 'bank_statements_raw %: rows are never deleted', OLD.id
+            USING ERRCODE = 'integrity_constraint_violation';
+    END IF;
+    IF (NEW.source, NEW.remote_name, NEW.format, NEW.sha256, NEW.size_bytes, NEW.raw, NEW.received_at, NEW.sealed)
+        IS DISTINCT FROM
+       (OLD.source, OLD.remote_name, OLD.format, OLD.sha256, OLD.size_bytes, OLD.raw, OLD.received_at, OLD.sealed) THEN
+        RAISE EXCEPTION 'bank_statements_raw %: raw data is immutable; only status may change', OLD.id
+            USING ERRCODE = 'integrity_constraint_violation';
+    END IF;
+    RETURN NEW;
+END $$;
