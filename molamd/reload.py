@@ -254,6 +254,9 @@ def _adopt(rt: Runtime, new: Config) -> None:
         rt.db.section = new.database  # the next connection logs in with the new password
     if new.hsm != old.hsm:
         rt.reset_signer()
+    if rt.certificates is not None:
+        for name in {c.name for c in old.connectors} - {c.name for c in new.connectors}:
+            rt.certificates.forget(name)  # a removed connector's client certificate is no longer renewed
     rt.config = new
     rt.directory.index(new)
     rt.config_loaded_at = time.time()
