@@ -124,3 +124,40 @@ def test_a_failing_operator_poll_is_a_reply_not_a_crash(
         assert d.stop() == 0
     finally:
         server.stop()
+
+
+def test_with_a_local_key_the_daemon_stores_files_and_private_line_fields_sealed(
+    tmp_path: Path, short_tmp: Path, migrated_dsn: str, daemon_factory: Any
+) -> None:
+    import base64
+    import os
+    import subprocess
+
+    server = SandboxSftp(tmp_path / "sftp", state=tmp_path / "sftp-state").start()
+    try:
+        known_hosts = server.known_hosts(tmp_path / "known_hosts")
+        (server.inbox / "good.sta").write_bytes(GOOD)
+        (server.inbox / "broken.sta").write_bytes(BROKEN)
+        sealing = '\n[encryption]\nstatements = true\nlocal_key = "env:TEST_LOCAL_KEY"\n'
+        d = daemon_factory(daemon_toml(short_tmp, dsn=migrated_dsn) + _source_toml(server, known_hosts) + sealing,
+                           env={"TEST_SFTP_PASSWORD": server.password,
+                                "TEST_LOCAL_KEY": base64.b64encode(os.urandom(32)).decode()})
+        deadline = time.monotonic() + 30
+        while len(_files(d)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        by_name = {f["remote_name"]: f for f in _files(d)}
+        assert by_name["good.sta"]["status"] == "parsed" and by_name["good.sta"]["lines"] == 2
+        shown = d.ctl_json("statements", "show", str(by_name["good.sta"]["id"]))
+        assert shown["sealed"] and [line["amount"] for line in shown["lines"]] == ["-20.00", "-5.00"]
+        retried = d.ctl_json("statements", "reprocess", str(by_name["broken.sta"]["id"]))
+        assert retried["outcome"] == "parse_failed", "a sealed file is parsed again from its unsealed bytes"
+        assert d.ctl_json("statements", "rewrap") == {"sealed": 2, "rewrapped": 0}, "one local key, no versions"
+        dump = subprocess.run(["pg_dump", "--data-only", "--table=bank_statement*", migrated_dsn],
+                              capture_output=True, check=True).stdout
+        assert GOOD[:200] not in dump and GOOD[:200].hex().encode() not in dump, "the file is not in clear"
+        for line in GOOD.decode("latin-1").splitlines():
+            if line.startswith(":86:") and len(line) > 12:
+                assert line[4:].encode("latin-1") not in dump, "a line's details are not in clear"
+        assert d.stop() == 0
+    finally:
+        server.stop()
