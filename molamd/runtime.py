@@ -37,6 +37,7 @@ from actors import (
     UnknownChild,
 )
 from connectors import (
+    BankConnector,
     ConnectorConfig,
     FileChannelConfig,
     FileChannelConnector,
@@ -222,7 +223,7 @@ class Runtime:
             shutdown_grace=config.shutdown_grace.seconds,
         )
 
-    def _connector(self, config: ConnectorConfig) -> Any:
+    def _connector(self, config: ConnectorConfig) -> BankConnector:
         """A new connector instance; a REST one with a client certificate from Vault's PKI gets it from the
         certificate keeper."""
         pki = config.rest.client_pki if isinstance(config, RestConfig) else None

@@ -239,15 +239,6 @@ class Vault:
         self.token_ttl = ttl
         return TokenState(ttl=ttl, renewable=bool(auth.get("renewable")), capped=capped)
 
-    def token_lookup(self) -> dict[str, Any]:
-        """The token's own lookup (ttl, period, policies); for status and doctor, never the token itself."""
-        try:
-            answer: Any = self._client.auth.token.lookup_self()
-        except Exception as exc:
-            raise _mapped(exc, "look up the token") from None
-        data = answer.get("data") or {}
-        return {k: data.get(k) for k in ("ttl", "period", "policies", "renewable", "expire_time", "display_name")}
-
     def revoke_token(self) -> None:
         """Revoke the daemon's token (and with it every lease it holds); at shutdown."""
         try:
@@ -275,11 +266,6 @@ class Vault:
         with self._lock:
             self._cache[key] = (found, now)
         return found
-
-    def cached_age(self, reference: Reference) -> float | None:
-        with self._lock:
-            cached = self._cache.get(str(reference))
-        return None if cached is None else time.monotonic() - cached[1]
 
     def current_version(self, reference: Reference) -> int:
         """The latest version of a KV v2 secret (its metadata: no value is read)."""

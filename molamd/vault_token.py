@@ -77,9 +77,6 @@ class TokenKeeper:
         self._stop.set()
         self._wake.set()
 
-    def renew_now(self) -> None:
-        self._wake.set()
-
     def _delay(self, failures: int) -> float:
         if failures:
             return self._backoff.delay(failures)
