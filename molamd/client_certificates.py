@@ -18,8 +18,7 @@ import logging
 import os
 import ssl
 import time
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import msgspec
 import trio
@@ -31,7 +30,6 @@ from .metrics import VaultMetrics
 from .vault import Certificate, Vault, VaultError
 
 logger = logging.getLogger("molamd.vault")
-T = TypeVar("T")
 
 RENEW_AT = 2 / 3
 _MIN_DELAY = 0.5
@@ -72,11 +70,9 @@ def load(context: ssl.SSLContext, certificate: Certificate) -> None:
 class CertificateKeeper:
     name = "client-certificates"
 
-    def __init__(self, vault: Vault, metrics: VaultMetrics, *, limiter: trio.CapacityLimiter,
-                 backoff: Backoff | None = None) -> None:
+    def __init__(self, vault: Vault, metrics: VaultMetrics, *, backoff: Backoff | None = None) -> None:
         self.vault = vault
         self._metrics = metrics
-        self._limiter = limiter
         self._backoff = backoff or Backoff(initial=1.0, maximum=60.0)
         self._held: dict[str, _Held] = {}
         self._lock = trio.Lock()
@@ -153,10 +149,7 @@ class CertificateKeeper:
             expires_at=certificate.expires_at)
 
     async def _issue(self, request: Request) -> Certificate:
-        return await self._call(lambda: self.vault.issue_certificate(request.path, request.common_name))
-
-    async def _call(self, fn: Callable[[], T]) -> T:
-        return await trio.to_thread.run_sync(fn, limiter=self._limiter, abandon_on_cancel=True)
+        return await self.vault.run(lambda: self.vault.issue_certificate(request.path, request.common_name))
 
     def status(self) -> dict[str, Any]:
         return {name: {"serial": h.certificate.serial, "expires_at": h.certificate.expires_at,

@@ -19,7 +19,7 @@ import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import trio
 
@@ -30,7 +30,6 @@ from .metrics import VaultMetrics
 from .vault import DbCredentials, Vault, VaultError, VaultNotFound
 
 logger = logging.getLogger("molamd.db")
-T = TypeVar("T")
 
 _MIN_DELAY = 0.5
 _ROTATE_WHEN_LEFT = 0.34  # rotate once a renewal leaves less than this fraction of the first lease
@@ -44,13 +43,11 @@ class CredentialKeeper:
     name = "database-credentials"
 
     def __init__(self, vault: Vault, mount: str, role: str, metrics: VaultMetrics, *, fraction: float,
-                 limiter: trio.CapacityLimiter, drain: Callable[[], Awaitable[None]],
-                 backoff: Backoff | None = None) -> None:
+                 drain: Callable[[], Awaitable[None]], backoff: Backoff | None = None) -> None:
         self.vault = vault
         self.mount, self.role = mount, role
         self._metrics = metrics
         self._fraction = fraction
-        self._limiter = limiter
         self._drain = drain
         self._backoff = backoff or Backoff(initial=0.5, maximum=15.0)
         self._lock = threading.Lock()  # the pool's worker threads read `current` while the keeper swaps it
@@ -105,7 +102,7 @@ class CredentialKeeper:
         current = self._current
         assert current is not None
         try:
-            lease = await self._call(lambda: self.vault.renew_lease(current.lease, current.lease.duration))
+            lease = await self.vault.run(lambda: self.vault.renew_lease(current.lease, current.lease.duration))
         except VaultNotFound:
             self._rotate_reason = "revoked"
             return await self._rotate()
@@ -127,7 +124,7 @@ class CredentialKeeper:
     async def _rotate(self) -> bool:
         reason = self._rotate_reason or "rotation"
         try:
-            fresh = await self._call(lambda: self.vault.database_credentials(self.mount, self.role))
+            fresh = await self.vault.run(lambda: self.vault.database_credentials(self.mount, self.role))
         except VaultError as exc:
             self._waiting(f"new credentials ({exc})")
             return False
@@ -158,9 +155,6 @@ class CredentialKeeper:
         if what != self.waiting_for:
             log(logger, logging.WARNING, "database credentials: waiting", waiting_for=what, role=self.reference)
         self.waiting_for = what
-
-    async def _call(self, fn: Callable[[], T]) -> T:
-        return await trio.to_thread.run_sync(fn, limiter=self._limiter, abandon_on_cancel=True)
 
     def status(self) -> dict[str, Any]:
         current = self._current

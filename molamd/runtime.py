@@ -128,7 +128,6 @@ class Runtime:
         self.reload_lock = trio.Lock()
         self.nursery: trio.Nursery | None = None
         self.vault = vault
-        self.vault_limiter = trio.CapacityLimiter(4)
         self.token_keeper: TokenKeeper | None = None
         self.certificates: CertificateKeeper | None = None
         self.credentials: CredentialKeeper | None = None
@@ -172,12 +171,12 @@ class Runtime:
         from .vault_token import TokenKeeper
 
         fraction = config.vault.token_renew_fraction
-        self.token_keeper = TokenKeeper(vault, self.metrics.vault, fraction=fraction, limiter=self.vault_limiter)
-        self.certificates = CertificateKeeper(vault, self.metrics.vault, limiter=self.vault_limiter)
+        self.token_keeper = TokenKeeper(vault, self.metrics.vault, fraction=fraction)
+        self.certificates = CertificateKeeper(vault, self.metrics.vault)
         role = config.database.credentials_role
         if role is not None:
             credentials = CredentialKeeper(vault, role[0], role[1], self.metrics.vault, fraction=fraction,
-                                           limiter=self.vault_limiter, drain=self._drain_pool)
+                                           drain=self._drain_pool)
             self.credentials = credentials
 
             async def new_token() -> None:

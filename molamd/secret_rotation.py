@@ -36,8 +36,7 @@ async def rotated(rt: Runtime) -> list[str]:
         if target.version is not None:
             return  # pinned: only a config change moves it
         try:
-            current = await trio.to_thread.run_sync(vault.current_version, target, limiter=rt.vault_limiter,
-                                                    abandon_on_cancel=True)
+            current = await vault.run(lambda: vault.current_version(target))
         except VaultError as exc:
             failures.append(str(exc))
             return

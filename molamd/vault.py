@@ -1,7 +1,8 @@
 """The Vault client: OpenBao or HashiCorp Vault through hvac, AppRole login, ``vault:`` references from KV v2.
 
-hvac is synchronous (requests): every call here blocks and belongs in a worker thread (config resolution runs
-in one). Every call has an explicit timeout. hvac's and requests' errors are mapped to our own, by whose fault:
+hvac is synchronous (requests): every call here blocks. Config resolution runs in a worker thread; the daemon's
+actors call through ``Vault.run``, one worker thread per call under the client's own CapacityLimiter. Every
+call has an explicit timeout. hvac's and requests' errors are mapped to our own, by whose fault:
 
     VaultError
     ├── VaultUnavailable     the server is down, hangs, or is sealed (retryable: nothing is wrong with us)
@@ -24,9 +25,14 @@ import re
 import threading
 import time
 import warnings
-from typing import Any, Final, cast
+from collections.abc import Callable
+from typing import Any, Final, TypeVar, cast
 
 import msgspec
+import trio
+
+T = TypeVar("T")
+_THREADS: Final = 4  # calls to Vault in flight at once from the daemon's actors
 
 _REFERENCE: Final = re.compile(r"(?P<mount>[A-Za-z0-9_.-]+)/(?P<path>[A-Za-z0-9_./-]+)#(?P<field>[A-Za-z0-9_.-]+)"
                                r"(?:@(?P<version>[0-9]+))?")
@@ -173,11 +179,19 @@ class Vault:
         self._client = hvac.Client(url=address, token="", timeout=self._timeout, verify=self._verify,
                                    namespace=self._namespace, session=_session())
         self._lock = threading.Lock()
+        self._limiter: trio.CapacityLimiter | None = None  # made in the trio run that first needs it
         self.token_ttl: int | None = None
         self.cache_ttl = cache_ttl
         self._cache: dict[str, tuple[Resolved, float]] = {}  # reference → (what it resolved to, monotonic read time)
         self._login: tuple[str, str, str] | None = None  # role_id, secret_id, mount: to log in again
         self.logged_in_at: float | None = None
+
+    async def run(self, fn: Callable[[], T]) -> T:
+        """``fn`` (a call of this client) in a worker thread under the client's limiter. On cancellation the call
+        is abandoned; its thread ends at the client's timeout."""
+        if self._limiter is None:
+            self._limiter = trio.CapacityLimiter(_THREADS)
+        return await trio.to_thread.run_sync(fn, limiter=self._limiter, abandon_on_cancel=True)
 
     # -- authentication -------------------------------------------------------------------------------
 

@@ -27,7 +27,7 @@ from .vault import Vault, VaultError
 
 logger = logging.getLogger("molamd.vault")
 T = TypeVar("T")
-# How a blocking client call runs: in a worker thread (tests on trio's mock clock run it inline).
+# How a blocking client call runs: Vault.run, a worker thread (tests on trio's mock clock run it inline).
 Blocking = Callable[[Callable[[], Any]], Awaitable[Any]]
 
 _MIN_DELAY = 0.5  # never renew in a tighter loop than this, whatever the TTL says
@@ -36,14 +36,12 @@ _MIN_DELAY = 0.5  # never renew in a tighter loop than this, whatever the TTL sa
 class TokenKeeper:
     name = "vault-token"
 
-    def __init__(self, vault: Vault, metrics: VaultMetrics, *, fraction: float,
-                 limiter: trio.CapacityLimiter, backoff: Backoff | None = None,
+    def __init__(self, vault: Vault, metrics: VaultMetrics, *, fraction: float, backoff: Backoff | None = None,
                  blocking: Blocking | None = None) -> None:
         self.vault = vault
-        self._blocking = blocking or self._in_thread
+        self._blocking = blocking or vault.run
         self._metrics = metrics
         self._fraction = fraction
-        self._limiter = limiter
         self._backoff = backoff or Backoff(initial=1.0, maximum=30.0)
         self._stop = trio.Event()
         self._wake = trio.Event()
@@ -141,9 +139,6 @@ class TokenKeeper:
     async def _call(self, fn: Callable[[], T]) -> T:
         result: T = await self._blocking(fn)
         return result
-
-    async def _in_thread(self, fn: Callable[[], Any]) -> Any:
-        return await trio.to_thread.run_sync(fn, limiter=self._limiter, abandon_on_cancel=True)
 
     def status(self) -> dict[str, Any]:
         """What `molamctl status` shows: never the token."""

@@ -159,13 +159,12 @@ async def _rotate_under_load(vault: Any, section: Any, rotations: int, metrics: 
                              database_type: Any) -> tuple[float, float, int]:
     import trio
 
-    limiter = trio.CapacityLimiter(4)
     database: Any = None
 
     async def drain() -> None:
         await database.drain()
 
-    keeper = keeper_type(vault, "database", "molamd", metrics.vault, fraction=0.5, limiter=limiter, drain=drain)
+    keeper = keeper_type(vault, "database", "molamd", metrics.vault, fraction=0.5, drain=drain)
     database = database_type(section, metrics=metrics, login=keeper.login,
                              on_refused=lambda: keeper.rotate_soon("refused"))
     done: list[float] = []

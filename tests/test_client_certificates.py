@@ -97,7 +97,7 @@ async def test_a_certificate_is_issued_renewed_before_expiry_and_presented_witho
     vault = Vault(bao.address, timeout=2)
     vault.login(bao.role_id, bao.secret_id())
     metrics = Metrics()
-    keeper = CertificateKeeper(vault, metrics.vault, limiter=trio.CapacityLimiter(2))
+    keeper = CertificateKeeper(vault, metrics.vault)
     config = rest_config(bank.url, bank.ca_file)
     request = Request("pki/issue/molamd-client", "molamd.bank-a", str(bank.ca_file))
     connector = RestConnector(config, tls=lambda: keeper.context("bank-a", request))
@@ -129,7 +129,7 @@ async def test_a_certificate_is_issued_renewed_before_expiry_and_presented_witho
 async def test_a_role_the_policy_does_not_name_is_a_clear_refusal(bao: OpenBao) -> None:
     vault = Vault(bao.address, timeout=2)
     vault.login(bao.role_id, bao.secret_id())
-    keeper = CertificateKeeper(vault, Metrics().vault, limiter=trio.CapacityLimiter(1))
+    keeper = CertificateKeeper(vault, Metrics().vault)
     with pytest.raises(VaultDenied, match="pki/issue/test-bank"):
         await keeper.context("bank-b", Request("pki/issue/test-bank", "molamd.bank-b", None))
     vault.close()

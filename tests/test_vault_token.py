@@ -68,7 +68,7 @@ async def inline(fn: Any) -> Any:
 
 
 def keeper_for(vault: ScriptedVault, metrics: Metrics) -> TokenKeeper:
-    return TokenKeeper(vault, metrics.vault, fraction=0.5, limiter=trio.CapacityLimiter(1),  # type: ignore[arg-type]
+    return TokenKeeper(vault, metrics.vault, fraction=0.5,  # type: ignore[arg-type]
                        backoff=Backoff(initial=1.0, maximum=8.0, jitter=0.0), blocking=inline)
 
 
