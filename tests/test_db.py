@@ -317,3 +317,19 @@ def test_an_attempt_in_another_scope_than_the_binding_is_refused(migrated_dsn: s
         with pytest.raises(psycopg.errors.IntegrityConstraintViolation, match="never changed or deleted"):
             conn.execute("INSERT INTO molamd_audit (action, actor) VALUES ('x', 'y')")
             conn.execute("DELETE FROM molamd_audit")
+
+
+def test_a_released_session_lock_is_free_for_another_host_at_once(dsn: str) -> None:
+    """Closing the connection frees the lock only once the server has ended that session; release() must not
+    leave the next host a moment in which the lock still looks held."""
+    from molamd.statements import SourceLock
+
+    def lock() -> SourceLock:
+        return SourceLock(lambda: psycopg.connect(dsn, autocommit=True), "bank-a-statements")
+
+    here, there = lock(), lock()
+    for _ in range(100):
+        assert here.hold() and not there.hold()
+        here.release()
+        assert there.hold(), "the lock was still held just after release()"
+        there.release()

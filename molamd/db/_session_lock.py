@@ -2,7 +2,8 @@
 
 ``hold()`` answers whether this process holds the lock now: a ping while it does, else an attempt to take it
 (on a new connection if the old one was lost, which lost the lock with it). Closing the connection, or the
-process dying, ends the session and frees the lock; nothing else does. Blocking: call it in a worker thread.
+process dying, ends the session and frees the lock, a moment after the client has let go; ``release()`` unlocks
+first, so that another host can take the lock as soon as it returns. Blocking: call it in a worker thread.
 """
 
 from __future__ import annotations
@@ -41,6 +42,11 @@ class SessionLock:
 
     def release(self) -> None:
         with self._mutex:
+            if self._conn is not None and not self._conn.closed and self._held:
+                try:  # closing alone frees the lock only once the server has ended the session, a moment later
+                    self._conn.execute("SELECT pg_advisory_unlock_all()")
+                except psycopg.Error:
+                    pass  # the session is gone or going: so is the lock
             self._drop()
 
     def _drop(self) -> None:
