@@ -62,6 +62,10 @@ class FileObserver(Protocol):
 
     def slices_waiting(self, connector: str, count: int) -> None: ...
 
+    def cutoff_missed(self, connector: str) -> None: ...
+
+    def signed(self, connector: str, ok: bool) -> None: ...
+
 
 class NullFileObserver:
     def file_built(self, connector: str, transactions: int, sign_seconds: float) -> None:
@@ -74,6 +78,12 @@ class NullFileObserver:
         pass
 
     def slices_waiting(self, connector: str, count: int) -> None:
+        pass
+
+    def cutoff_missed(self, connector: str) -> None:
+        pass
+
+    def signed(self, connector: str, ok: bool) -> None:
         pass
 
 
@@ -95,6 +105,7 @@ class FileBatcher(ConnectorActor):
         self._clock = clock
         self._spool = spool_dir or tempfile.gettempdir()
         self._certificate = b""
+        self._cutoff_ahead: dt.datetime | None = None  # the next cutoff as the last look at waiting slices saw it
         self._upload_backoff = Backoff(initial=1.0, maximum=self.options.upload_retry_max.seconds, jitter=0.2)
         self._stuck: set[tuple[str, int, int]] = set()  # reports the server would not let us move
 
@@ -141,10 +152,17 @@ class FileBatcher(ConnectorActor):
     async def _close_due(self) -> None:
         groups = await self._store.waiting(self.name)
         self._files.slices_waiting(self.name, sum(g.count for g in groups))
-        if not groups:
-            return
         now = self._clock()
         cutoff = self.channel.calendar.next_cutoff(now)
+        passed, self._cutoff_ahead = self._cutoff_ahead, cutoff
+        if passed is not None and passed <= now:
+            since = (now - passed).total_seconds()
+            if any(g.oldest_seconds > since for g in groups):  # they waited through it (paused, HSM or bank down)
+                logger.error("%s: cutoff %s passed with slices waiting since before it; they go to the next"
+                             " business day", self.name, passed.isoformat())
+                self._files.cutoff_missed(self.name)
+        if not groups:
+            return
         near_cutoff = (cutoff - now).total_seconds() <= self.options.cutoff_lead.seconds
         for group in groups:
             if not self._due(group, near_cutoff):
@@ -189,7 +207,16 @@ class FileBatcher(ConnectorActor):
                execution_date: dt.date) -> Prepared:
         label = self.options.key_label
         file = self.channel.payment_file(file_id, slices, execution_date, created_at)
-        return self.channel.prepare(file, lambda data: self._sign(label, data), self._certificate)
+        return self.channel.prepare(file, lambda data: self._signed(label, data), self._certificate)
+
+    def _signed(self, label: str, data: bytes) -> bytes:
+        try:
+            signature = self._sign(label, data)
+        except Exception:
+            self._files.signed(self.name, False)
+            raise
+        self._files.signed(self.name, True)
+        return signature
 
     @property
     def _upload_lease(self) -> float:

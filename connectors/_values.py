@@ -63,9 +63,10 @@ class Secret:
     The value, once resolved, lives only here and prints as ``***`` everywhere: repr, str, JSON.
     """
 
-    __slots__ = ("_value", "reference", "resolved_at", "version")
+    __slots__ = ("_value", "created_at", "reference", "resolved_at", "version")
 
-    def __init__(self, reference: str, value: str | None = None, *, version: int | None = None) -> None:
+    def __init__(self, reference: str, value: str | None = None, *, version: int | None = None,
+                 created_at: float | None = None) -> None:
         if not isinstance(reference, str):
             raise TypeError(f"a secret is a reference string, not {type(reference).__name__}")
         scheme, sep, rest = reference.partition(":")
@@ -79,6 +80,7 @@ class Secret:
         self.reference = reference
         self._value = value
         self.version = version  # the source's version of it (a KV v2 version), when the source has versions
+        self.created_at = created_at  # Unix time that version was written, when the source says (KV v2 does)
         self.resolved_at = time.time() if value is not None else None
 
     @property
@@ -93,8 +95,8 @@ class Secret:
     def resolved(self) -> bool:
         return self._value is not None
 
-    def with_value(self, value: str, version: int | None = None) -> Secret:
-        return Secret(self.reference, value, version=version)
+    def with_value(self, value: str, version: int | None = None, created_at: float | None = None) -> Secret:
+        return Secret(self.reference, value, version=version, created_at=created_at)
 
     def reveal(self) -> str:
         """The secret value; only for the code that hands it to a bank, database or HSM."""

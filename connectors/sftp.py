@@ -54,6 +54,8 @@ class SftpOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     error_backoff_max: Duration = msgspec.field(default_factory=lambda: Duration("5m"))
     spool_dir: str = ""  # local directory for downloads in progress (default: the system temp dir)
     csv_profile: str = "molamd"  # csv-sftp: a [csv_profiles.NAME], or the built-in "molamd"
+    # statement sources: a file is expected at least this often; longer without one alerts (molamd_statement_*)
+    expected_every: Duration = msgspec.field(default_factory=lambda: Duration("26h"))
 
 
 class SftpSourceConfig(ConnectorConfig, frozen=True, kw_only=True):

@@ -18,6 +18,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from actors import ChildState, RateLimiter, ReportApplied, Supervisor
+from connectors import Secret
 
 from . import __version__
 
@@ -83,6 +84,10 @@ class Metrics:
             buckets=(0.002, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5,
                      5.0, 10.0, 30.0))
         self.dlq_slices = Gauge("molamd_dlq_slices", "Payout slices in the dead-letter queue", registry=r)
+        self.in_doubt = Gauge("molamd_payout_slices_in_doubt", "Slices bound to one channel's idempotency scope"
+                              " and not final: the bank may have them (refreshed by telemetry)", registry=r)
+        self.in_doubt_oldest = Gauge("molamd_payout_slices_in_doubt_oldest_age_seconds",
+                                     "Age of the oldest slice in doubt (0: none)", registry=r)
         self.connector_up = Gauge("molamd_connector_up", "1 when the last health check passed", ["connector"],
                                   registry=r)
         self.statement_files = Counter(
@@ -94,16 +99,35 @@ class Metrics:
             ["source", "reason"], registry=r)
         self.statement_lines = Counter(
             "molamd_statement_lines", "Statement lines committed", ["source"], registry=r)
+        self.statement_lines_matched = Counter(
+            "molamd_statement_lines_matched", "Statement lines linked to a payout slice when their file was taken",
+            ["source"], registry=r)
+        self.statement_last_file = Gauge(
+            "molamd_statement_source_last_file_timestamp_seconds",
+            "Unix time the source's last statement file was stored (0: none yet)", ["source"], registry=r)
+        self.statement_expected_every = Gauge(
+            "molamd_statement_source_expected_interval_seconds",
+            "How often the source is expected to deliver a file (its expected_every)", ["source"], registry=r)
         self.statement_lines_unmatched = Gauge(
             "molamd_statement_lines_unmatched", "Statement lines not (yet) linked to a payout slice",
             ["bank_profile"], registry=r)
         self.statement_poll_duration = Histogram(
             "molamd_statement_poll_duration_seconds", "One poll of a statement source, files included", ["source"],
             registry=r, buckets=(0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0))
+        self.secret_created = Gauge(
+            "molamd_secret_version_created_timestamp_seconds",
+            "Unix time the version in use of each Vault secret reference was written", ["reference"], registry=r)
         self.reload_successful.set(1)
 
         self.files = FileMetrics(r)
         self.vault = VaultMetrics(r)
+
+    def set_secrets(self, entries: Iterable[tuple[str, Secret]]) -> None:
+        """The age of each Vault secret in use: a secret not rotated for 90 days alerts."""
+        self.secret_created.clear()
+        for _, secret in entries:
+            if secret.created_at is not None:
+                self.secret_created.labels(secret.reference).set(secret.created_at)
 
     def watch_supervisors(self, supervisors: Callable[[], Iterable[Supervisor]]) -> None:
         self.registry.register(_ActorCollector(supervisors))
@@ -170,6 +194,18 @@ class FileMetrics:
                                   ["connector", "status"], registry=r)
         self.waiting = Gauge("molamd_payment_file_slices_waiting", "Slices batched, waiting for their file to close",
                              ["connector"], registry=r)
+        self.awaiting_report = Gauge("molamd_payment_files_awaiting_report", "Files uploaded with no status report"
+                                     " yet", ["connector"], registry=r)
+        self.oldest_unreported = Gauge("molamd_payment_file_oldest_unreported_age_seconds",
+                                       "Since the upload of the oldest file with no status report (0: none)",
+                                       ["connector"], registry=r)
+        self.cutoffs_missed = Counter("molamd_payment_file_cutoffs_missed", "Cutoffs that passed while slices"
+                                      " waiting before them were still not in a file at the bank", ["connector"],
+                                      registry=r)
+        self.hsm_up = Gauge("molamd_hsm_up", "1 while the connector's last HSM signature (or start-up probe)"
+                            " succeeded", ["connector"], registry=r)
+        self.signatures = Counter("molamd_hsm_signatures", "Signatures asked of the HSM, by outcome",
+                                  ["connector", "outcome"], registry=r)
 
     def file_built(self, connector: str, transactions: int, sign_seconds: float) -> None:
         self.built.labels(connector).inc()
@@ -193,7 +229,20 @@ class FileMetrics:
     def slices_waiting(self, connector: str, count: int) -> None:
         self.waiting.labels(connector).set(count)
 
-    def set_counts(self, files: list[tuple[str, str, int]], transactions: list[tuple[str, str, int]]) -> None:
+    def cutoff_missed(self, connector: str) -> None:
+        self.cutoffs_missed.labels(connector).inc()
+
+    def signed(self, connector: str, ok: bool) -> None:
+        self.hsm_up.labels(connector).set(1 if ok else 0)
+        self.signatures.labels(connector, "ok" if ok else "error").inc()
+
+    def set_counts(self, files: list[tuple[str, str, int]], transactions: list[tuple[str, str, int]],
+                   unreported: list[tuple[str, int, float]]) -> None:
+        self.awaiting_report.clear()
+        self.oldest_unreported.clear()
+        for connector, count, oldest in unreported:
+            self.awaiting_report.labels(connector).set(count)
+            self.oldest_unreported.labels(connector).set(oldest)
         self.by_status.clear()
         for connector, status, count in files:
             self.by_status.labels(connector, status).set(count)

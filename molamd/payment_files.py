@@ -358,12 +358,18 @@ def resubmit(conn: Any, host: str, who: Identity, file_id: int) -> dict[str, Any
     return {"id": file_id, "msg_id": row[0], "was": row[1], "status": "recorded"}
 
 
-def counts(conn: Any) -> tuple[list[tuple[str, str, int]], list[tuple[str, str, int]]]:
-    """Files by connector and status, and their transactions by connector and latest reported status."""
+Counts = tuple[list[tuple[str, str, int]], list[tuple[str, str, int]], list[tuple[str, int, float]]]
+
+
+def counts(conn: Any) -> Counts:
+    """Files by connector and status, their transactions by connector and latest reported status, and per
+    connector the files uploaded with no report yet: how many, and the oldest's seconds since upload."""
     files = conn.execute("SELECT connector_name, status, count(*) FROM payment_files GROUP BY 1, 2").fetchall()
     txs = conn.execute("SELECT f.connector_name, coalesce(s.tx_status, 'none'), count(*) FROM payment_file_slices s"
                        " JOIN payment_files f ON f.id = s.payment_file_id GROUP BY 1, 2").fetchall()
-    return files, txs
+    unreported = conn.execute("SELECT connector_name, count(*), extract(epoch FROM now() - min(uploaded_at))::float8"
+                              " FROM payment_files WHERE status = 'uploaded' GROUP BY 1").fetchall()
+    return files, txs, [(c, int(n), float(age or 0.0)) for c, n, age in unreported]
 
 
 class FileStore:

@@ -403,6 +403,13 @@ def status_counts(conn: Any) -> list[tuple[str, str, int]]:
 
 
 
+def in_doubt_summary(conn: Any) -> tuple[int, float]:
+    """How many slices are in doubt, and the oldest one's age in seconds (0 when none)."""
+    count, age = conn.execute("SELECT count(*), coalesce(extract(epoch FROM max(age)), 0)::float8"
+                              " FROM payout_slices_in_doubt").fetchone()
+    return int(count), float(age)
+
+
 class ClaimOwner(SessionLock):
     """This incarnation's session advisory lock, held for the process's life; while it is not held nothing is
     claimed, since others may take this incarnation's claims back. The key is random; a key some other process

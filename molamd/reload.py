@@ -24,7 +24,7 @@ import trio
 from actors import ChildSpec, Supervisor
 from connectors import Secret
 
-from .config import Config, ConfigError, ConfigProblem, load_resolved, resolve_config, secret_values
+from .config import Config, ConfigError, ConfigProblem, load_resolved, resolve_config, secret_entries, secret_values
 from .logs import log, redactor, set_level
 from .runtime import Runtime, restart_policy
 
@@ -261,4 +261,5 @@ def _adopt(rt: Runtime, new: Config) -> None:
     rt.directory.index(new)
     rt.config_loaded_at = time.time()
     redactor.set_values(secret_values(new))
+    rt.metrics.set_secrets(secret_entries(new))
     set_level(new.logging.level.value)

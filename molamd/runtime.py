@@ -19,7 +19,6 @@ import trio
 
 from actors import (
     Backoff,
-    BreakerState,
     ChildSpec,
     ConnectorActor,
     Dispatcher,
@@ -51,7 +50,7 @@ from connectors import (
 
 from . import __version__, db
 from .client_certificates import CertificateKeeper, Request
-from .config import Config, HealthCheckerSection, SupervisionSection, secret_values
+from .config import Config, HealthCheckerSection, SupervisionSection, secret_entries, secret_values
 from .config._model import DispatcherSection, StatusFollowerSection
 from .directory import Directory
 from .encryption import Keys, LocalKeys, TransitKeys
@@ -123,6 +122,7 @@ class Runtime:
         self.last_reload: dict[str, object] = {"ok": True, "at": self.config_loaded_at, "error": None}
         self.metrics = Metrics()
         self.metrics.reload_success_timestamp.set(self.config_loaded_at)
+        self.metrics.set_secrets(secret_entries(config))
         self.events = EventBus()
         self.notifier = notifier or Notifier()
         self.reload_lock = trio.Lock()
@@ -211,7 +211,7 @@ class Runtime:
             source_of = whole or self.config
             return ChildSpec(name=config.name, factory=lambda: self.statement_poller(config, source_of),
                              shutdown_grace=config.shutdown_grace.seconds)
-        self.telemetry.set_breaker(config.name, BreakerState.CLOSED)
+        self.telemetry.connector_known(config.name)
         if isinstance(config, FileChannelConfig):
             return ChildSpec(name=config.name, factory=lambda: self.file_batcher(config),
                              shutdown_grace=config.shutdown_grace.seconds)

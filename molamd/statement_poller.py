@@ -99,6 +99,12 @@ class StatementPoller(Actor[PollNow]):
         self._lock = trio.Lock()
         self._stuck: dict[str, Stuck] = {}
         self._skipped_seen: set[tuple[str, str]] = set()
+        self._last_file_known = False  # the last parsed file's time is read from the database once
+        metrics.statement_expected_every.labels(self.name).set(self.options.expected_every.seconds)
+        for outcome in ("parsed", "parse_failed", "balance_failed"):  # from 0, so that alerts see the first one
+            metrics.statement_files.labels(self.name, outcome)
+        metrics.statement_lines.labels(self.name)
+        metrics.statement_lines_matched.labels(self.name)
         interval, worst = self.options.poll_interval.seconds, self.options.error_backoff_max.seconds
         # A failed poll is tried again soon, then less and less often, up to error_backoff_max.
         self._errors = Backoff(initial=min(interval, worst, FIRST_RETRY), maximum=max(interval, worst), jitter=0.2)
@@ -169,6 +175,10 @@ class StatementPoller(Actor[PollNow]):
         if not await self.store.hold_lock(self.name):
             return PollSummary(source=self.name, locked_elsewhere=True)
         await self._settle_proven()
+        if not self._last_file_known:
+            last = await self.store.last_parsed(self.name)
+            self.metrics.statement_last_file.labels(self.name).set(last or 0)
+            self._last_file_known = True
         listing = await self.connector.listing()
         self._note_skipped(listing.skipped)
         first = self._not_stuck(listing.files)
@@ -247,6 +257,9 @@ class StatementPoller(Actor[PollNow]):
         self._count(result.outcome)
         if result.lines:
             self.metrics.statement_lines.labels(self.name).inc(result.lines)
+            self.metrics.statement_lines_matched.labels(self.name).inc(result.matched)
+        if result.outcome == "parsed":
+            self.metrics.statement_last_file.labels(self.name).set(time.time())
         level = logging.INFO if ok else logging.ERROR
         log(logger, level, "statement file taken", source=self.name, file=remote.name, outcome=result.outcome,
             raw_id=result.raw_id, statements=result.statements, lines=result.lines, matched=result.matched,

@@ -324,6 +324,16 @@ class StatementStore:
             result = await self.db.transaction(work)
         return result
 
+    async def last_parsed(self, source: str) -> float | None:
+        """Unix time the source's latest statement file that parsed was received; None if none did."""
+        def work(conn: psycopg.Connection[Any]) -> float | None:
+            row = conn.execute("SELECT extract(epoch FROM received_at)::float8 FROM bank_statements_raw"
+                               " WHERE source = %s AND status = 'parsed' ORDER BY received_at DESC LIMIT 1",
+                               [source]).fetchone()
+            return None if row is None else float(row[0])
+        found: float | None = await self.db.statement(work)
+        return found
+
     async def settle_proven(self) -> list[int]:
         settled: list[int] = await self.db.transaction(settle_proven)
         return settled

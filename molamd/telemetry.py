@@ -56,6 +56,14 @@ class Telemetry:
         if self._publish is not None:
             self._publish("dispatch", actor=connector, from_state=old.value, to_state=new.value)
 
+    def connector_known(self, connector: str) -> None:
+        """A connector's breaker starts closed, and its trips count from 0: an alert's rate needs the series
+        before the first trip."""
+        self.set_breaker(connector, BreakerState.CLOSED)
+        for to_state in (BreakerState.OPEN, BreakerState.FORCED_OPEN):
+            self._metrics.breaker_transitions.labels(connector, BreakerState.CLOSED.value, to_state.value)
+        self._metrics.breaker_transitions.labels(connector, BreakerState.HALF_OPEN.value, BreakerState.OPEN.value)
+
     def set_breaker(self, connector: str, state: BreakerState) -> None:
         for candidate in BreakerState:
             self._metrics.breaker_state.labels(connector, candidate.value).set(float(candidate is state))
@@ -77,7 +85,7 @@ class Telemetry:
             return
         rows, self._audit = self._audit, []
         try:
-            counts, files = await self._db.transaction(lambda conn: self._write(conn, rows))
+            counts, doubt, files = await self._db.transaction(lambda conn: self._write(conn, rows))
         except db.DatabaseError:
             self._audit[:0] = rows
             return
@@ -89,10 +97,12 @@ class Telemetry:
             if status == "dead":
                 dead += count
         self._metrics.dlq_slices.set(dead)
+        self._metrics.in_doubt.set(doubt[0])
+        self._metrics.in_doubt_oldest.set(doubt[1])
 
     def _write(self, conn: db.Conn, rows: Sequence[CallRecord]) -> tuple[
-            list[tuple[str, str, int]], tuple[list[tuple[str, str, int]], list[tuple[str, str, int]]]]:
+            list[tuple[str, str, int]], tuple[int, float], payment_files.Counts]:
         """The audit rows written, and the counts read, in one transaction: a failure after the rows were
         committed would have queued them again, and written them twice."""
         audit.bank_calls(conn, self._host, rows)
-        return payouts.status_counts(conn), payment_files.counts(conn)
+        return payouts.status_counts(conn), payouts.in_doubt_summary(conn), payment_files.counts(conn)

@@ -21,6 +21,7 @@ after it was read; then the reference fails with the reason. A reference is ``va
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import re
 import threading
 import time
@@ -84,6 +85,7 @@ class Reference(msgspec.Struct, frozen=True, kw_only=True):
 class Resolved(msgspec.Struct, frozen=True, kw_only=True):
     value: str
     version: int
+    created_at: float | None = None  # when this version was written (KV v2 metadata): secret age alerts
 
 
 class Lease(msgspec.Struct, frozen=True, kw_only=True):
@@ -150,6 +152,19 @@ def _mapped(exc: Exception, what: str) -> VaultError:
     if isinstance(exc, hv.VaultError):
         return VaultError(f"{what}: {type(exc).__name__}: {'; '.join(map(str, exc.errors or []))[:300]}")
     return VaultUnavailable(f"{what}: {type(exc).__name__}")
+
+
+def _timestamp(text: Any) -> float | None:
+    """Vault's RFC 3339 times (nanoseconds, ``Z``) as Unix time; None when absent or unreadable."""
+    if not isinstance(text, str) or not text:
+        return None
+    head, _, rest = text.rstrip("Z").partition(".")
+    try:
+        whole = dt.datetime.fromisoformat(head).replace(tzinfo=dt.UTC)
+    except ValueError:
+        return None
+    digits = re.match(r"\d*", rest).group()[:6]  # type: ignore[union-attr]
+    return whole.timestamp() + (int(digits) / 10 ** len(digits) if digits else 0.0)
 
 
 def _session() -> Any:
@@ -305,8 +320,9 @@ class Vault:
         value = data[reference.field]
         if not isinstance(value, str) or not value:
             raise VaultNotFound(f"{reference}: the field is empty or not a string")
-        version = int(((answer.get("data") or {}).get("metadata") or {}).get("version") or 0)
-        return Resolved(value=value, version=version)
+        metadata = (answer.get("data") or {}).get("metadata") or {}
+        return Resolved(value=value, version=int(metadata.get("version") or 0),
+                        created_at=_timestamp(metadata.get("created_time")))
 
     # -- the database engine -------------------------------------------------------------------------
 

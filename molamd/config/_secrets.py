@@ -25,10 +25,12 @@ T = TypeVar("T")
 
 
 class Versioned(msgspec.Struct, frozen=True):
-    """What a resolver of a versioned source (Vault's KV v2) answers: the value and its version there."""
+    """What a resolver of a versioned source (Vault's KV v2) answers: the value, its version there and when
+    that version was written (Unix time; None when the source does not say)."""
 
     value: str
     version: int
+    created_at: float | None = None
 
 
 Resolver = Callable[[str], "str | Versioned"]
@@ -108,7 +110,7 @@ def resolve_secrets(config: T, *, file: str, resolvers: Mapping[str, Resolver] |
                 problems.append(ConfigProblem(path, f"secret {value.reference}: {exc}"))
                 return value
             if isinstance(found, Versioned):
-                return value.with_value(found.value, found.version)
+                return value.with_value(found.value, found.version, found.created_at)
             return value.with_value(found)
         if isinstance(value, msgspec.Struct):
             changes = {}

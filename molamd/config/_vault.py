@@ -58,7 +58,7 @@ def resolvers_for(vault: Vault | None, *, fresh: frozenset[str] = frozenset()) -
             found = vault.read(Reference.parse(target), fresh=f"vault:{target}" in fresh)
         except VaultError as exc:
             raise SecretUnavailable(str(exc)) from None
-        return Versioned(found.value, found.version)
+        return Versioned(found.value, found.version, found.created_at)
 
     table["vault"] = resolve
     return table

@@ -8,6 +8,7 @@ first, so that another host can take the lock as soon as it returns. Blocking: c
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -43,10 +44,10 @@ class SessionLock:
     def release(self) -> None:
         with self._mutex:
             if self._conn is not None and not self._conn.closed and self._held:
-                try:  # closing alone frees the lock only once the server has ended the session, a moment later
+                # Closing alone frees the lock only once the server has ended the session, a moment later. If
+                # this fails, the session is gone or going, and so is the lock.
+                with contextlib.suppress(psycopg.Error):
                     self._conn.execute("SELECT pg_advisory_unlock_all()")
-                except psycopg.Error:
-                    pass  # the session is gone or going: so is the lock
             self._drop()
 
     def _drop(self) -> None:
