@@ -1,12 +1,12 @@
 """``molamctl``: talk to a running molamd over its control socket.
 
-Exit codes: 0 ok, 1 the daemon answered with an error, 2 usage, 3 the daemon cannot be reached.
+Exit codes: 0 ok, 1 the daemon answered with an error, 2 usage, 3 the daemon cannot be reached. The command
+line is in ``ctl_parser``; ``molamctl top`` in ``ctl_top``.
 Plain standard library on purpose: it starts fast and works while the daemon's dependencies are broken.
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import json
 import os
@@ -14,39 +14,9 @@ import socket
 import sys
 from typing import Any, TextIO
 
-DEFAULT_SOCKET = "/run/molamd/control.sock"
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+from .ctl_parser import completion_script, parse
 
-# command -> (required positional names, optional positional names)
-ARITY: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "status": ((), ()),
-    "version": ((), ()),
-    "connectors": ((), ()),
-    "connector": (("name",), ()),
-    "pause": ((), ("name",)),
-    "resume": ((), ("name",)),
-    "drain": ((), ("name",)),
-    "restart": (("name",), ()),
-    "reload": ((), ()),
-    "stats": ((), ()),
-    "watch": ((), ()),
-    "health": (("name",), ()),
-    "logs": (("name",), ()),
-    "reset-circuit": (("name",), ()),
-    "force-open": (("name",), ()),
-    "set-rate": (("name", "rate"), ("burst",)),
-    "dlq": (("action",), ("id", "reason")),
-    "statements": ((), ("action", "id")),
-    "payouts": (("action",), ("id",)),  # show ID, release ID --reason TEXT, in-doubt, retry ID|--all-scheduled
-    "audit": ((), ()),
-    "files": (("action",), ("id",)),  # list, show ID, resubmit ID
-    "secrets": ((), ("action",)),  # (list), refresh
-}
-# Sub-commands the daemon serves as commands of their own, so reads and writes can be told apart.
-SPLIT = {"dlq": ("list", "retry", "drop"), "payouts": ("show", "release", "in-doubt", "retry"),
-         "statements": ("poll", "reprocess", "rewrap"), "files": ("list", "show", "resubmit"), "secrets": ("refresh",)}
-LISTS = {"secrets"}  # without an action: the list
-NUMBERS: dict[str, type] = {"rate": float, "burst": int, "id": int}
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 
 
 class Unreachable(Exception):
@@ -200,77 +170,34 @@ def print_event(event: dict[str, Any], out: TextIO) -> None:
 # -- main -------------------------------------------------------------------------------------------
 
 
-def parse(argv: list[str] | None) -> tuple[argparse.Namespace, dict[str, Any]]:
-    parser = argparse.ArgumentParser(prog="molamctl", description="Control a running molamd.")
-    parser.add_argument("--socket", "-s", default=os.environ.get("MOLAMD_SOCKET", DEFAULT_SOCKET),
-                        help=f"control socket (default: $MOLAMD_SOCKET or {DEFAULT_SOCKET})")
-    parser.add_argument("--json", action="store_true", help="print the raw JSON result")
-    parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for a reply (default 30)")
-    parser.add_argument("--limit", type=int, help="logs: how many rows (default 20)")
-    parser.add_argument("--all", action="store_true", help="dlq retry: every dead slice")
-    parser.add_argument("--all-scheduled", action="store_true",
-                        help="payouts retry: every slice waiting for a later attempt, due now")
-    parser.add_argument("--reason", help="payouts release: why (goes into the audit trail)")
-    parser.add_argument("--retry-stuck", action="store_true",
-                        help="statements poll: try again the files that could not be moved out of the inbox")
-    parser.add_argument("--allow-removals", type=int, metavar="N",
-                        help="reload: allow it to remove up to N connectors (more than [daemon] reload_max_removals)")
-    parser.add_argument("command", help=", ".join(ARITY))
-    parser.add_argument("args", nargs="*")
-    ns = parser.parse_args(argv)
-    required, optional = ARITY.get(ns.command, ((), ()))
-    if len(ns.args) < len(required):
-        parser.error(f"{ns.command} needs: {' '.join(n.upper() for n in required)}")
-    if len(ns.args) > len(required) + len(optional):
-        parser.error(f"{ns.command}: too many arguments")
-    args: dict[str, Any] = dict(zip(required + optional, ns.args, strict=False))
-    for key, kind in NUMBERS.items():
-        if key in args and not (ns.command == "statements" and args.get("action") == "poll"):
-            try:
-                args[key] = kind(args[key])
-            except ValueError:
-                parser.error(f"{ns.command}: {key.upper()} must be a number, got {args[key]!r}")
-    action = args.get("action")
-    if ns.command in SPLIT:
-        listing = ns.command in LISTS and action is None
-        if ns.command != "statements" and not listing and action not in SPLIT[ns.command]:
-            parser.error(f"{ns.command}: unknown action {action!r}; use {', '.join(SPLIT[ns.command])}")
-        if action in SPLIT[ns.command]:
-            ns.command = f"{ns.command}-{action}"
-            if not ns.command.startswith("statements-"):  # statements-* keep their action argument
-                del args["action"]
-    if ns.limit is not None:
-        args["limit"] = ns.limit
-    if ns.all:
-        args["all"] = True
-    if ns.all_scheduled:
-        args["all_scheduled"] = True
-    if ns.reason is not None:
-        args["reason"] = ns.reason
-    if ns.retry_stuck:
-        args["retry_stuck"] = True
-    if ns.allow_removals is not None:
-        args["allow_removals"] = ns.allow_removals
-    return ns, args
-
-
 def main(argv: list[str] | None = None) -> int:
-    ns, args = parse(argv)
+    ns, cmd, args = parse(argv)
     out = sys.stdout
+    if cmd.name == "completion":
+        if args.get("shell", "bash") != "bash":
+            print(f"molamctl: completion: unknown shell {args['shell']!r}; bash is the one supported",
+                  file=sys.stderr)
+            return EXIT_USAGE
+        out.write(completion_script())
+        return EXIT_OK
     try:
-        client = Client(ns.socket, None if ns.command == "watch" else ns.timeout)
+        if cmd.name == "top":
+            from .ctl_top import top
+
+            return top(lambda: Client(ns.socket, ns.timeout), out, interval=args.get("interval") or 2.0)
+        client = Client(ns.socket, None if cmd.wire == "watch" else ns.timeout)
         try:
             if client.early_error is not None:
                 return _fail(client.early_error, out, ns.json)
-            reply = client.request(ns.command, args)
+            reply = client.request(cmd.wire, args)
             if not reply.get("ok"):
                 return _fail(reply, out, ns.json)
-            if ns.command == "watch":
+            if cmd.wire == "watch":
                 return _watch(client, out, ns.json)
             if ns.json:
                 print(json.dumps(reply["result"], indent=2, sort_keys=False), file=out)
             else:
-                print_result(ns.command, reply["result"], out)
+                print_result(cmd.wire, reply["result"], out)
             return EXIT_OK
         finally:
             client.close()

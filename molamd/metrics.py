@@ -34,7 +34,8 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        Info("molamd_build", "molamd version and runtime", registry=r).info(
+        self.build = Info("molamd_build", "molamd version and runtime", registry=r)
+        self.build.info(
             {"version": __version__, "python": platform.python_version()}
         )
         self.reload_successful = Gauge(
@@ -251,24 +252,30 @@ class FileMetrics:
             self.tx_by_status.labels(connector, status).set(count)
 
 
+# The families the actor collector makes at scrape time: name -> (type, labels, help).
+ACTOR_FAMILIES: dict[str, tuple[str, tuple[str, ...], str]] = {
+    "molamd_actor_state": ("gauge", ("supervisor", "actor", "state"), "1 for the state each actor is in"),
+    "molamd_actor_restarts": ("counter", ("supervisor", "actor"), "Restarts of each actor by its supervisor"),
+    "molamd_actor_mailbox_depth": ("gauge", ("supervisor", "actor"), "Messages waiting in each actor's mailbox"),
+    "molamd_connector_limiter_paused_seconds": (
+        "gauge", ("connector",),
+        "Seconds left of a bank's Retry-After pause; the connector takes no new work meanwhile"),
+}
+
+
+def _family(name: str) -> GaugeMetricFamily | CounterMetricFamily:
+    kind, labels, documentation = ACTOR_FAMILIES[name]
+    family = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
+    return family(name, documentation, labels=list(labels))
+
+
 class _ActorCollector(Collector):
     def __init__(self, supervisors: Callable[[], Iterable[Supervisor]]) -> None:
         self._supervisors = supervisors
 
     def collect(self) -> Iterator[Metric]:
-        state = GaugeMetricFamily(
-            "molamd_actor_state", "1 for the state each actor is in", labels=["supervisor", "actor", "state"]
-        )
-        restarts = CounterMetricFamily(
-            "molamd_actor_restarts", "Restarts of each actor by its supervisor", labels=["supervisor", "actor"]
-        )
-        depth = GaugeMetricFamily(
-            "molamd_actor_mailbox_depth", "Messages waiting in each actor's mailbox", labels=["supervisor", "actor"]
-        )
-        paused = GaugeMetricFamily(
-            "molamd_connector_limiter_paused_seconds",
-            "Seconds left of a bank's Retry-After pause; the connector takes no new work meanwhile",
-            labels=["connector"])
+        state, restarts = _family("molamd_actor_state"), _family("molamd_actor_restarts")
+        depth, paused = _family("molamd_actor_mailbox_depth"), _family("molamd_connector_limiter_paused_seconds")
         for sup in self._supervisors():
             for info in sup.infos():
                 for candidate in ChildState:

@@ -31,6 +31,8 @@ class Telemetry:
         self._host = host_id
         self._audit: list[CallRecord] = []
         self.dropped_audit = 0
+        self.calls: dict[str, list[float]] = {}  # connector -> [calls, failed calls, seconds]: `molamctl top`
+        self.slices: dict[str, dict[str, int]] = {}  # status -> currency -> slices, as of the last tick
 
     # -- CallObserver -------------------------------------------------------------------------------
 
@@ -38,8 +40,12 @@ class Telemetry:
         m = self._metrics
         m.connector_requests.labels(connector, operation, "ok" if error is None else error.code).inc()
         m.connector_duration.labels(connector, operation).observe(seconds)
+        totals = self.calls.setdefault(connector, [0.0, 0.0, 0.0])
+        totals[0] += 1
+        totals[2] += seconds
         if error is not None:
             m.connector_failures.labels(connector, error.code).inc()
+            totals[1] += 1
 
     def limiter_waited(self, connector: str, seconds: float) -> None:
         self._metrics.limiter_wait.labels(connector).observe(seconds)
@@ -92,11 +98,14 @@ class Telemetry:
         self._metrics.files.set_counts(*files)
         self._metrics.payout_slices.clear()
         dead = 0
+        slices: dict[str, dict[str, int]] = {}
         for status, currency, count in counts:
             self._metrics.payout_slices.labels(status, currency).set(count)
+            slices.setdefault(status, {})[currency] = count
             if status == "dead":
                 dead += count
         self._metrics.dlq_slices.set(dead)
+        self.slices = slices
         self._metrics.in_doubt.set(doubt[0])
         self._metrics.in_doubt_oldest.set(doubt[1])
 

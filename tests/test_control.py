@@ -44,11 +44,13 @@ def test_read_commands(daemon_factory: Any) -> None:
     assert d.ctl_json("version")["protocol"] == 1
     stats = d.ctl_json("stats")
     assert stats["control_requests"]["command=connectors,outcome=ok"] >= 2
-    # errors: unknown connector (1), unknown command (1), usage (2)
+    # errors: unknown connector (1, from the daemon); unknown command or argument (2, usage, naming it)
     missing = d.ctl("connector", "nope")
     assert missing.returncode == 1 and "not_found" in missing.stderr
     unknown = d.ctl("launch-rockets")
-    assert unknown.returncode == 1 and "unknown_command" in unknown.stderr
+    assert unknown.returncode == 2 and "invalid choice: 'launch-rockets'" in unknown.stderr
+    extra = d.ctl("status", "--verbose")
+    assert extra.returncode == 2 and "unrecognized arguments: --verbose" in extra.stderr
     assert d.ctl("connector").returncode == 2
     assert d.ctl("restart", "a", "b").returncode == 2
     assert d.stop() == 0
@@ -84,6 +86,9 @@ def test_bad_requests_never_break_the_daemon(daemon_factory: Any) -> None:
     sock.sendall(b'{"id": 8, "cmd": "connector", "args": {"nmae": "alpha"}}\n')
     reply = json.loads(reader.readline())
     assert reply["id"] == 8 and reply["error"]["code"] == "bad_args" and "nmae" in reply["error"]["message"]
+    sock.sendall(b'{"id": 15, "cmd": "launch-rockets", "args": {}}\n')
+    reply = json.loads(reader.readline())
+    assert reply["id"] == 15 and reply["error"]["code"] == "unknown_command"
     sock.sendall(b'{"id": 9, "cmd": "connector", "args": {"name": 5}}\n')
     reply = json.loads(reader.readline())
     assert reply["error"]["code"] == "bad_args" and "args.name" in reply["error"]["message"]

@@ -119,7 +119,8 @@ def test_durable_retries_dlq_and_retry_after(
     dropped = d.ctl_json("dlq", "drop", str(doomed[0]), "beneficiary closed the account")
     assert dropped["status"] == "failed"
     assert d.ctl("dlq", "drop", str(doomed[0])).returncode == 1, "already gone from the DLQ"
-    assert d.ctl("dlq", "retry").returncode == 1, "retry needs an ID or --all"
+    no_id = d.ctl("dlq", "retry")
+    assert no_id.returncode == 2 and "molamctl dlq retry: error: give an ID or --all" in no_id.stderr, "a usage error"
     bank.faults(error_rate=0.0)
     assert d.ctl_json("dlq", "retry", "--all")["retried"] == sorted(doomed[1:])
     assert wait_final(migrated_dsn, doomed) == {"failed": 1, "settled": 3}
@@ -314,7 +315,8 @@ def test_a_huge_retry_after_is_capped_shown_and_an_operator_makes_the_slice_due(
                               (limited,)).fetchone()[0]
         audit = conn.execute("SELECT action, uid FROM molamd_audit WHERE payout_slice_id = %s", (limited,)).fetchall()
     assert float(wait_s) <= 1 and audit == [("payout_retry", 0)]
-    assert d.ctl("payouts", "retry").returncode == 1, "an ID or --all-scheduled is needed"
+    no_id = d.ctl("payouts", "retry")
+    assert no_id.returncode == 2 and "give an ID or --all-scheduled" in no_id.stderr, "a usage error"
     assert d.stop() == 0
 
 

@@ -155,6 +155,7 @@ async def status(ctx: Context, args: NoArgs) -> dict[str, Any]:
         "vault": rt.token_keeper.status() if rt.token_keeper is not None else None,
         "client_certificates": rt.certificates.status() if rt.certificates is not None else None,
         "connectors": {"configured": len(rt.config.connectors), "dispatch": dict(dispatch)},
+        "slices": rt.telemetry.slices,  # the statuses that drain, by currency, as of the last telemetry tick
         "actors": dict(actor_states),
         "workers": rt.workers.names(),
     }
@@ -181,7 +182,13 @@ def _connector_row(rt: Runtime, name: str) -> dict[str, Any]:
         "paused_s": None,
         "health": None,
         "last_error": info.last_error,
+        "calls": None,
+        "failed_calls": None,
+        "call_seconds": None,  # totals since start: `molamctl top` shows their rates
     }
+    totals = rt.telemetry.calls.get(name)
+    if totals is not None:
+        row["calls"], row["failed_calls"], row["call_seconds"] = int(totals[0]), int(totals[1]), round(totals[2], 6)
     if actor is not None:
         snap = actor.connector_snapshot()
         row["dispatch"] = snap.dispatch.value
