@@ -17,10 +17,17 @@ import hashlib
 import posixpath
 import stat
 import time
+import warnings
 from typing import Any, ClassVar
 
-import asyncssh
 import msgspec
+from cryptography.utils import CryptographyDeprecationWarning
+
+# asyncssh still names DSA keys, which recent cryptography releases deprecate at import: a warning on every molamd
+# command's stderr that no operator can act on (we never accept DSA host keys or user keys).
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+    import asyncssh
 
 from ._asyncio_bridge import shared_loop
 from ._contract import Capability, ConnectorConfig, Health
@@ -435,6 +442,17 @@ class SftpClient:
         sftp = await self._session()
         for path in paths:
             await sftp.stat(path)
+
+    async def probe_writable(self, directory: str, name: str) -> None:
+        """Write ``name`` into ``directory`` and remove it again (``molamd doctor``: may we write there?)."""
+        await self._call(self._probe_writable, directory, name)
+
+    async def _probe_writable(self, directory: str, name: str) -> None:
+        sftp = await self._session()
+        path = f"{directory.rstrip('/')}/{name}"
+        async with sftp.open(path, "wb") as f:
+            await f.write(b"molamd doctor: this file is removed at once\n")
+        await sftp.remove(path)
 
     async def healthcheck(self) -> Health:
         started = time.monotonic()
