@@ -268,6 +268,24 @@ class Vault:
         self.token_ttl = ttl
         return TokenState(ttl=ttl, renewable=bool(auth.get("renewable")), capped=capped)
 
+    def token_info(self) -> tuple[int, list[str]]:
+        """The token's TTL left (seconds) and its policies (``molamd doctor``)."""
+        try:
+            answer: Any = self._client.auth.token.lookup_self()
+        except Exception as exc:
+            raise _mapped(exc, "look up the token") from None
+        data = answer.get("data") or {}
+        return int(data.get("ttl") or 0), [str(p) for p in data.get("policies") or []]
+
+    def capabilities(self, paths: list[str]) -> dict[str, list[str]]:
+        """What the token may do on each API path (sys/capabilities-self): no secret is read."""
+        try:
+            answer: Any = self._client.adapter.post("/v1/sys/capabilities-self", json={"paths": paths})
+        except Exception as exc:
+            raise _mapped(exc, "sys/capabilities-self") from None
+        data = answer.get("data") or answer
+        return {path: [str(c) for c in data.get(path) or []] for path in paths}
+
     def revoke_token(self) -> None:
         """Revoke the daemon's token (and with it every lease it holds); at shutdown."""
         try:
