@@ -322,7 +322,9 @@ class ConnectorActor(Actor[ConnectorMsg]):
         """
         max_wait = self.config.limits.max_wait.seconds
         start = trio.current_time()
-        if not self.limiter.try_acquire(start):
+        if self.limiter.try_acquire(start):
+            self._observer.limiter_waited(self.name, 0.0)  # every call counts, so its quantiles are the calls'
+        else:
             if self.limiter.delay() > max_wait:
                 raise Busy(self.name, f"rate limiter: next turn in {self.limiter.delay():.2f}s"
                                       f" (over limits.max_wait {max_wait:g}s)")

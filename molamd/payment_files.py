@@ -367,8 +367,10 @@ def counts(conn: Any) -> Counts:
     files = conn.execute("SELECT connector_name, status, count(*) FROM payment_files GROUP BY 1, 2").fetchall()
     txs = conn.execute("SELECT f.connector_name, coalesce(s.tx_status, 'none'), count(*) FROM payment_file_slices s"
                        " JOIN payment_files f ON f.id = s.payment_file_id GROUP BY 1, 2").fetchall()
-    unreported = conn.execute("SELECT connector_name, count(*), extract(epoch FROM now() - min(uploaded_at))::float8"
-                              " FROM payment_files WHERE status = 'uploaded' GROUP BY 1").fetchall()
+    # Every connector with files gets a row (0 files, age 0 when none waits): a dashboard shows 0, not no data.
+    unreported = conn.execute("SELECT connector_name, count(*) FILTER (WHERE status = 'uploaded'),"
+                              " extract(epoch FROM now() - min(uploaded_at) FILTER (WHERE status = 'uploaded'))::float8"
+                              " FROM payment_files GROUP BY 1").fetchall()
     return files, txs, [(c, int(n), float(age or 0.0)) for c, n, age in unreported]
 
 

@@ -23,6 +23,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from openbao_dev import OpenBao  # noqa: E402
 from pgcluster import Cluster  # noqa: E402
+from prometheus_dev import Prometheus  # noqa: E402
 
 CONFIG = ROOT / "config" / "molamd.dev.toml"
 BIN = ROOT / ".venv" / "bin"
@@ -48,6 +49,8 @@ FILES_ACCOUNT = "0411-0042-000123456"  # cbao-sn's XOF account in seed_demo.sql
 HSM_DIR = Path("/tmp/molamd-demo/hsm")  # the demo's SoftHSM2 token, key and certificate
 HSM_PIN = "demo-hsm-pin"
 FILES_KEY = "molam-files"
+PROMETHEUS_PORT = 59090  # --prometheus: a real Prometheus scraping the daemon, with the project's rules
+PROMETHEUS_DIR = Path("/tmp/molamd-demo/prometheus")
 IDLE_TIMEOUT = 600.0
 LOG_PATH = ROOT / "var" / "molamd.log"
 FINAL = ("settled", "failed", "dead")
@@ -448,7 +451,7 @@ def stop(daemon: subprocess.Popen[bytes] | None, banks: list[subprocess.Popen[st
     say("sandbox banks and PostgreSQL stopped")
 
 
-def run(until_idle: bool, faults: bool, slices: int) -> int:
+def run(until_idle: bool, faults: bool, slices: int, prometheus: bool) -> int:
     pg_dir = cluster_dir()
     cluster = Cluster(pg_dir, port=DEMO_PORT)
     say(f"starting PostgreSQL in {pg_dir} on 127.0.0.1:{DEMO_PORT}")
@@ -458,6 +461,7 @@ def run(until_idle: bool, faults: bool, slices: int) -> int:
     sftp: subprocess.Popen[str] | None = None
     files_sftp: subprocess.Popen[str] | None = None
     bao: OpenBao | None = None
+    scraper: Prometheus | None = None
     try:
         bao = start_vault()
         say(f"OpenBao dev server at {bao.address}: KV, transit, AppRole {VAULT_ROLE_ID!r} and the molamd policy;"
@@ -477,17 +481,30 @@ def run(until_idle: bool, faults: bool, slices: int) -> int:
         banks.append(files_bank)
         say(f"sandbox bank C (cbao-sn, payment files over SFTP at 127.0.0.1:{FILES_SFTP_PORT}) at {files_url}"
             + (": uploads dropped after the rename, files taken at once, reports late or doubled" if faults else ""))
+        say("molamd doctor: is everything the daemon needs here?")
+        if subprocess.run([str(BIN / "molamd"), "doctor", "--config", str(CONFIG)], check=False).returncode != 0:
+            say("molamd doctor found a problem (above): not starting the daemon")
+            return 1
         LOG_PATH.parent.mkdir(parents=True, exist_ok=True)
         say(f"starting molamd (JSON logs in {LOG_PATH.relative_to(ROOT)})")
         with LOG_PATH.open("ab") as log:
             daemon = subprocess.Popen([str(BIN / "molamd"), "run", "--config", str(CONFIG)],
                                       stdout=log, stderr=subprocess.STDOUT)
         say(f"from another shell: .venv/bin/molamctl --socket {control_socket()} status")
+        if prometheus:
+            shutil.rmtree(PROMETHEUS_DIR, ignore_errors=True)
+            scraper = Prometheus(PROMETHEUS_DIR, "127.0.0.1:9464", port=PROMETHEUS_PORT, interval="5s")
+            say(f"Prometheus at {scraper.url} scrapes molamd with config/prometheus/molamd.rules.yml: alerts at"
+                f" {scraper.url}/alerts; Grafana: import config/grafana/molamd.json with a Prometheus data source"
+                f" at {scraper.url}")
         return watch(daemon, cluster, [bank_url, backup_url, files_url], until_idle, bao)
     except KeyboardInterrupt:
         say("stopping")
         return 0
     finally:
+        if scraper is not None:
+            scraper.close()
+            say("Prometheus stopped")
         stop(daemon, banks, cluster, sftp, files_sftp)
         if bao is not None:
             bao.stop()  # leases revoked first
@@ -501,13 +518,16 @@ def main() -> int:
     parser.add_argument("--faults", action="store_true",
                         help="the primary bank injects 20%% 5xx, 5%% resets, 5%% hangs and some 429s")
     parser.add_argument("--slices", type=int, default=3000, help="payout slices to seed (default 3000)")
+    parser.add_argument("--prometheus", action="store_true",
+                        help=f"also run a real Prometheus on 127.0.0.1:{PROMETHEUS_PORT} scraping molamd with the"
+                        " project's alert and recording rules")
     args = parser.parse_args()
     if os.getuid() == 0:
         pwd.getpwnam("postgres")  # the cluster runs as postgres; scripts/setup installs it
     # Ctrl-C and SIGTERM both stop the demo, even when started from a shell that ignores SIGINT.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    return run(args.until_idle, args.faults, args.slices)
+    return run(args.until_idle, args.faults, args.slices, args.prometheus)
 
 
 if __name__ == "__main__":
