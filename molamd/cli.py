@@ -19,7 +19,8 @@ def _config_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """Every subcommand with its arguments (the runbook test parses its examples with it)."""
     parser = argparse.ArgumentParser(prog="molamd", description="The Molam bank-facing daemon.")
     parser.add_argument("--version", action="version", version=f"molamd {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -27,6 +28,13 @@ def main(argv: list[str] | None = None) -> int:
     _config_arg(run_p)
     check_p = sub.add_parser("check-config", help="validate a config file and resolve its secrets; exit 0 or 1")
     check_p.add_argument("file")
+    doctor_p = sub.add_parser("doctor", help="check, in order, everything this host needs to run molamd; exit 0 or 1",
+                              description="Checks, one line each: config valid; database reachable and migrated;"
+                              " each secret reference resolvable; Vault token and policy; HSM module, token, key"
+                              " and a test signature; each bank endpoint's TLS and SFTP host key pinning; SFTP"
+                              " directories present and writable; clock skew against the database. Never prints"
+                              " a secret.")
+    _config_arg(doctor_p)
     migrate_p = sub.add_parser("migrate", help="apply pending database migrations (idempotent)")
     _config_arg(migrate_p)
     migrate_p.add_argument("--dsn", help="connect here instead of [database] of the config")
@@ -36,21 +44,35 @@ def main(argv: list[str] | None = None) -> int:
     parse_p.add_argument("--csv-profile", default="molamd",
                          help="a [csv_profiles.NAME] of the config, or the built-in 'molamd' (default)")
     _config_arg(parse_p)
+    from .audit_cli import add_parser as add_audit
     from .hsm_cli import add_parser as add_hsm
 
     add_hsm(sub, _config_arg)
-    args = parser.parse_args(argv)
+    add_audit(sub, _config_arg)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
 
     if args.command == "hsm":
         from .hsm_cli import run as run_hsm
 
         return run_hsm(args)
+    if args.command == "audit":
+        from .audit_cli import run as run_audit
+
+        return run_audit(args)
 
     if args.command == "parse-statement":
         from .statement_cli import parse_statement
 
         return parse_statement(args.file, args.format, args.csv_profile, args.config)
 
+    if args.command == "doctor":
+        from .doctor import run as run_doctor
+
+        return run_doctor(args.config)
     if args.command == "check-config":
         return check_config(args.file)
     if args.command == "migrate":
@@ -74,6 +96,7 @@ def check_config(path: str) -> int:
 def migrate(config_path: str, dsn: str | None) -> int:
     import psycopg
 
+    from .audit_chain import ensure_partitions as audit_partitions
     from .config import ConfigError, load_resolved
     from .db import MigrationError, conninfo, current_version
     from .db import migrate as apply
@@ -90,6 +113,8 @@ def migrate(config_path: str, dsn: str | None) -> int:
         with psycopg.connect(target, **kwargs) as conn:
             applied = apply(conn)
             version = current_version(conn)
+            with conn.transaction():
+                made = audit_partitions(conn, config.audit.partitions_ahead if dsn is None else 3)
     except ConfigError as exc:
         for line in exc.lines():
             print(line, file=sys.stderr)
@@ -102,6 +127,8 @@ def migrate(config_path: str, dsn: str | None) -> int:
         print(f"applied {len(applied)} migration(s): {names}; schema version {version}")
     else:
         print(f"schema up to date (version {version})")
+    if made:
+        print(f"audit partitions made: {', '.join(made)}")
     return 0
 
 

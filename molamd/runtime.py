@@ -136,7 +136,8 @@ class Runtime:
         self.db = db.Database(config.database, metrics=self.metrics, on_up=self._database_up,
                               login=credentials.login if credentials is not None else None,
                               on_refused=(lambda: credentials.rotate_soon("refused")) if credentials else None)
-        self.telemetry = Telemetry(self.metrics, self.db, self.host_id, publish=self.events.publish)
+        self.telemetry = Telemetry(self.metrics, self.db, self.host_id, publish=self.events.publish,
+                                   partitions_ahead=config.audit.partitions_ahead)
         self.store = PayoutStore(self.db, self.host_id, ClaimOwner(lambda: self._lock_connection("molamd-owner")))
         self.files = FileStore(self.db, self.host_id, self.store.owner)
         self.signer: Signer | None = None

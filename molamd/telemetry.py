@@ -11,21 +11,26 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 
+import trio
+
 from actors import BreakerEvent, BreakerState, DispatchState
 from connectors import CallRecord, ConnectorError
 
-from . import audit, db, payment_files, payouts
+from . import audit, audit_chain, db, payment_files, payouts
 from .logs import log
 from .metrics import Metrics
 
 logger = logging.getLogger("molamd.telemetry")
 MAX_BUFFERED = 100_000
+PARTITION_CHECK_EVERY = 6 * 3600.0  # seconds between checks that next months' audit partitions exist
 
 
 class Telemetry:
     def __init__(self, metrics: Metrics, database: db.Database, host_id: str,
-                 publish: Callable[..., None] | None = None) -> None:
+                 publish: Callable[..., None] | None = None, partitions_ahead: int = 3) -> None:
         self._metrics = metrics
+        self._partitions_ahead = partitions_ahead
+        self._partitions_checked: float | None = None
         self._publish = publish
         self._db = database
         self._host = host_id
@@ -108,6 +113,22 @@ class Telemetry:
         self.slices = slices
         self._metrics.in_doubt.set(doubt[0])
         self._metrics.in_doubt_oldest.set(doubt[1])
+        now = trio.current_time()
+        if self._partitions_checked is None or now - self._partitions_checked >= PARTITION_CHECK_EVERY:
+            self._partitions_checked = now
+            await self._check_partitions()
+
+    async def _check_partitions(self) -> None:
+        """Next months' audit partitions: made if missing. The daemon's database role may not own the tables
+        (leased credentials): then it says so, and rows still land, chained, in the default partition."""
+        try:
+            made = await self._db.transaction(lambda conn: audit_chain.ensure_partitions(conn, self._partitions_ahead))
+        except db.DatabaseError as exc:
+            log(logger, logging.WARNING, "audit partitions not checked; run `molamd audit partitions`",
+                error=str(exc))
+            return
+        if made:
+            log(logger, logging.INFO, "audit partitions made", partitions=made)
 
     def _write(self, conn: db.Conn, rows: Sequence[CallRecord]) -> tuple[
             list[tuple[str, str, int]], tuple[int, float], payment_files.Counts]:

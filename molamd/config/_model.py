@@ -171,6 +171,13 @@ class EncryptionSection(_Section, frozen=True, kw_only=True, forbid_unknown_fiel
     lookup_key: Secret | None = None  # HMAC key of the counterparty account lookup hashes (base64 of 32 bytes)
 
 
+class AuditSection(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``[audit]``: how long the audit trail stays in the database, and its month partitions."""
+
+    retention_months: int = 84  # 7 years (BCEAO, GDPR); older months are exported, then detached, never dropped
+    partitions_ahead: int = 3  # month partitions kept ready ahead of now (made at migrate, checked daily)
+
+
 class WorkersSection(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     health_checker: HealthCheckerSection = msgspec.field(default_factory=HealthCheckerSection)
     dispatcher: DispatcherSection = msgspec.field(default_factory=DispatcherSection)
@@ -189,6 +196,7 @@ class Config(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     hsm: HsmSection = msgspec.field(default_factory=HsmSection)
     vault: VaultSection = msgspec.field(default_factory=VaultSection)
     encryption: EncryptionSection = msgspec.field(default_factory=EncryptionSection)
+    audit: AuditSection = msgspec.field(default_factory=AuditSection)
     connectors: list[AnyConnectorConfig] = msgspec.field(default_factory=list)
     csv_profiles: dict[str, CsvProfile] = msgspec.field(default_factory=dict)
 
