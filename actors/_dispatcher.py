@@ -27,7 +27,7 @@ import logging
 import random
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import msgspec
 import trio
@@ -43,6 +43,7 @@ from connectors import (
     SendResult,
 )
 
+from . import tracing
 from ._actor import Actor
 from ._backoff import Backoff
 from ._connector_actor import ConnectorActor
@@ -97,6 +98,12 @@ class Wake(msgspec.Struct, frozen=True):
     pass
 
 
+def _slice_attributes(c: Claimed) -> dict[str, Any]:
+    """What a span says of a slice: ids and routing facts, never an amount's owner or an account."""
+    return {"slice_id": c.slice.id, "payout_id": c.slice.payout_id, "bank_profile": c.bank_profile,
+            "rail": c.slice.rail, "currency": c.slice.currency}
+
+
 def _describe(exc: ConnectorError) -> str:
     return f"{exc.code}: {exc}"
 
@@ -119,6 +126,7 @@ class Dispatcher(Actor[Wake]):
         self._outcomes: list[Outcome] = []
         self._pending = trio.Event()
         self._claimed_at: dict[int, float] = {}
+        self._traces: dict[int, str] = {}  # slice -> trace id of its attempt under way (sent to the bank)
         self._audit: list[CallRecord] = []
         self._stopping = False
 
@@ -162,8 +170,9 @@ class Dispatcher(Actor[Wake]):
                 await self._room.wait()
                 continue
             try:
+                claim_started = tracing.now_ns()
                 claimed = await self._store.claim(min(room, self.settings.batch_size), self.settings.lease)
-                sent = await self._dispatch(claimed) if claimed else 0
+                sent = await self._dispatch(claimed, claim_started) if claimed else 0
             except Exception as exc:
                 if not getattr(exc, "retryable", False):
                     raise
@@ -177,8 +186,9 @@ class Dispatcher(Actor[Wake]):
                     await self._wake.wait()
                 self._wake = trio.Event()
 
-    async def _dispatch(self, claimed: Sequence[Claimed]) -> int:
+    async def _dispatch(self, claimed: Sequence[Claimed], claim_started: int | None = None) -> int:
         """Route a claimed batch; returns how many sends (or recovery lookups) started."""
+        claim_ended = tracing.now_ns()
         starts: list[AttemptStart] = []
         routes: dict[int, tuple[Claimed, list[ConnectorActor]]] = {}
         started = 0
@@ -208,12 +218,20 @@ class Dispatcher(Actor[Wake]):
                 self._start(self._recover, c, route.available)
             else:
                 actor = route.available[0]
-                starts.append(AttemptStart(slice_id=s.id, connector=actor.name, scope=actor.scope,
-                                           trace_id=uuid.uuid4().hex))
+                start = AttemptStart(slice_id=s.id, connector=actor.name, scope=actor.scope, trace_id=uuid.uuid4().hex)
+                starts.append(start)
                 routes[s.id] = (c, route.available)
+                if tracing.enabled():
+                    tracing.record(start.trace_id, "payout.claim", claim_started or claim_ended, claim_ended,
+                                   batch=len(claimed), **_slice_attributes(c))
+                    tracing.record(start.trace_id, "payout.route", claim_ended, connector=actor.name,
+                                   scope=actor.scope, bound_scope=c.bound_scope, candidates=len(route.available))
         if not starts:
             return started
         held = await self._start_attempts(starts)
+        for start in starts:
+            if start.slice_id in held:
+                self._traces[start.slice_id] = start.trace_id
         for slice_id in held:
             claimed_slice, available = routes[slice_id]
             self._start(self._send, claimed_slice, available[:1])
@@ -258,11 +276,19 @@ class Dispatcher(Actor[Wake]):
             # the file is recorded (the FileBatcher owns it from here).
             self._emit(Outcome(slice_id=c.slice.id, kind=OutcomeKind.BATCHED, connector=actor.name))
             return
-        try:
-            result, record = await actor.send(c.slice, timeout=self.settings.call_timeout)
-        except ConnectorError as exc:
-            self._emit(await self._failed(c, actor, exc, attempt), exc.record)
-            return
+        trace_id = self._traces.get(c.slice.id)
+        with tracing.span(trace_id, "payout.send", connector=actor.name, attempt=attempt,
+                          **_slice_attributes(c)) as span:
+            try:
+                result, record = await actor.send(c.slice, timeout=self.settings.call_timeout, trace_id=trace_id)
+            except ConnectorError as exc:
+                outcome = await self._failed(c, actor, exc, attempt)
+                if span is not None:
+                    span.set_attributes({"error.code": exc.code, "reached": exc.reached, "outcome": outcome.kind.value})
+                self._emit(outcome, exc.record)
+                return
+            if span is not None:
+                span.set_attributes({"payment.state": result.state.value, "outcome": "answered"})
         self._emit(self._succeeded(c.slice.id, actor.name, result, AttemptOutcome.ANSWERED), record)
 
     def _succeeded(self, slice_id: int, connector: str, result: SendResult,
@@ -338,6 +364,7 @@ class Dispatcher(Actor[Wake]):
             # a file, so it goes (back) to the batcher, in the same scope.
             start = AttemptStart(slice_id=c.slice.id, connector=actor.name, scope=scope, trace_id=uuid.uuid4().hex)
             if c.slice.id in await self._start_attempts([start]):
+                self._traces[c.slice.id] = start.trace_id
                 await self._send(c, [actor])
             return
         try:
@@ -358,6 +385,7 @@ class Dispatcher(Actor[Wake]):
             # The bank does not have it yet, but an old request may still arrive: send again in the same scope.
             start = AttemptStart(slice_id=c.slice.id, connector=actor.name, scope=scope, trace_id=uuid.uuid4().hex)
             if c.slice.id in await self._start_attempts([start]):
+                self._traces[c.slice.id] = start.trace_id
                 await self._send(c, [actor])
             return
         # NOT_FOUND past the acceptance window: that scope will never execute it. Free it for any scope.
@@ -370,8 +398,9 @@ class Dispatcher(Actor[Wake]):
     def _emit(self, outcome: Outcome, record: CallRecord | None = None) -> None:
         self._pending.set()
         claimed_at = self._claimed_at.pop(outcome.slice_id, None)
-        if claimed_at is not None:
-            outcome = msgspec.structs.replace(outcome, claimed_at=claimed_at)
+        trace_id = self._traces.pop(outcome.slice_id, None)
+        if claimed_at is not None or trace_id is not None:
+            outcome = msgspec.structs.replace(outcome, claimed_at=claimed_at, trace_id=trace_id)
         self._outcomes.append(outcome)
         if record is not None:
             self._audit.append(record)
@@ -390,7 +419,12 @@ class Dispatcher(Actor[Wake]):
         outcomes, audit = self._outcomes, self._audit
         self._outcomes, self._audit = [], []
         try:
+            started = tracing.now_ns()
             await self._store.record(outcomes, audit)
+            if tracing.enabled():
+                for o in outcomes:
+                    tracing.record(o.trace_id, "payout.record", started, slice_id=o.slice_id, outcome=o.kind.value,
+                                   connector=o.connector, batch=len(outcomes), detail=o.error)
             if self._on_recorded is not None:
                 self._on_recorded(outcomes, trio.current_time())
         except Exception as exc:

@@ -24,10 +24,9 @@ import logging
 import os
 import tempfile
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from decimal import Decimal
-from typing import Protocol
+from typing import Any, Protocol
 
 import trio
 
@@ -43,8 +42,9 @@ from connectors import (
     RemoteFile,
     Uploaded,
 )
-from connectors.iso20022 import SignatureInvalid, StatusReportError, parse_pain002
+from connectors.iso20022 import SignatureInvalid, StatusReportError, msg_id, parse_pain002
 
+from . import tracing
 from ._backoff import Backoff
 from ._connector_actor import CallObserver, ConnectorActor, DispatchState
 from ._file_types import FileStore, ReportApplied, ReportIn, Submission, Waiting
@@ -207,14 +207,19 @@ class FileBatcher(ConnectorActor):
                execution_date: dt.date) -> Prepared:
         label = self.options.key_label
         file = self.channel.payment_file(file_id, slices, execution_date, created_at)
-        return self.channel.prepare(file, lambda data: self._signed(label, data), self._certificate)
+        trace_id = tracing.file_trace_id(msg_id(file)) if tracing.enabled() else None
+        with tracing.span(trace_id, "file.build", connector=self.name, file_id=file_id, msg_id=msg_id(file),
+                          transactions=len(slices), version=self.options.version.value,
+                          execution_date=execution_date.isoformat()):
+            return self.channel.prepare(file, lambda data: self._signed(label, data, trace_id), self._certificate)
 
-    def _signed(self, label: str, data: bytes) -> bytes:
-        try:
-            signature = self._sign(label, data)
-        except Exception:
-            self._files.signed(self.name, False)
-            raise
+    def _signed(self, label: str, data: bytes, trace_id: str | None = None) -> bytes:
+        with tracing.span(trace_id, "file.sign", connector=self.name, key_label=label, bytes=len(data)):
+            try:
+                signature = self._sign(label, data)
+            except Exception:
+                self._files.signed(self.name, False)
+                raise
         self._files.signed(self.name, True)
         return signature
 
@@ -227,7 +232,15 @@ class FileBatcher(ConnectorActor):
             await self._upload(submission)
 
     async def _upload(self, s: Submission) -> None:
-        ctx = CallContext(trace_id=uuid.uuid4().hex, timeout=self.config.limits.call_timeout.seconds)
+        # The file's own trace id, the same on every host and upload: what the bank sees (X-Trace-Id over REST)
+        # and the audit row of each upload carry it.
+        trace_id = tracing.file_trace_id(s.msg_id)
+        with tracing.span(trace_id, "file.upload", connector=self.name, file_id=s.file_id, msg_id=s.msg_id,
+                          attempt=s.upload_attempts, bytes=len(s.content)) as span:
+            await self._upload_in(s, trace_id, span)
+
+    async def _upload_in(self, s: Submission, trace_id: str, span: Any) -> None:
+        ctx = CallContext(trace_id=trace_id, timeout=self.config.limits.call_timeout.seconds)
         request: dict[str, object] = {"file": s.file_name, "msg_id": s.msg_id, "bytes": len(s.content),
                                       "transactions": s.transactions, "attempt": s.upload_attempts}
 
@@ -253,6 +266,8 @@ class FileBatcher(ConnectorActor):
             logger.warning("%s: upload of %s failed (%s: %s); again in %.0fs", self.name, s.msg_id, exc.code, exc,
                            delay)
             self._files.file_uploaded(self.name, False)
+            if span is not None:
+                span.set_attributes({"error.code": exc.code, "outcome": "failed"})
             await self._store.upload_failed(s.file_id, f"{exc.code}: {exc}", delay, exc.record)
             return
         await self._store.uploaded(s.file_id, done.detail, record)
@@ -295,8 +310,13 @@ class FileBatcher(ConnectorActor):
         finally:
             await trio.Path(path).unlink(missing_ok=True)
         if not await self._store.known_report(self.name, fetched.sha256):
+            started = tracing.now_ns()
             report_in = await trio.to_thread.run_sync(self._read_report, remote.name, content)
             applied = await self._store.record_report(report_in)
+            original = report_in.report.original_msg_id if report_in.report is not None else None
+            tracing.record(tracing.file_trace_id(original) if original else None, "file.report", started,
+                           connector=self.name, msg_id=original, report=remote.name, flag=applied.flag,
+                           settled=applied.settled, failed=applied.failed, signature=report_in.signature)
             self._files.report_received(self.name, applied)
             if applied.flag is not None:
                 logger.error("%s: status report %s flagged %s: %s", self.name, remote.name, applied.flag,

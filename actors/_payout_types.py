@@ -70,6 +70,7 @@ class Outcome(msgspec.Struct, frozen=True, kw_only=True):
     claimed_at: float | None = None  # trio time of the claim, for the claim-to-recorded latency
     attempt: AttemptOutcome | None = None  # how the attempt this dispatch started ended (None: none started)
     released_scope: str | None = None  # the scope the slice was freed from (NOT_FOUND past its acceptance window)
+    trace_id: str | None = None  # the trace of the attempt this outcome ends (the X-Trace-Id the bank saw)
 
 
 class SentSlice(msgspec.Struct, frozen=True, kw_only=True):

@@ -17,7 +17,7 @@ import trio
 
 from actors import ChildSpec, Periodic, RestartPolicy, Strategy, Supervisor, describe_error
 
-from . import db, logs
+from . import db, logs, tracing
 from .config import Config, ConfigError, split_listen
 from .control import ControlServer, check_socket_path
 from .logs import log
@@ -167,6 +167,7 @@ class Daemon:
 async def run(config_path: str, config: Config, vault: Vault | None = None) -> int:
     """Run the daemon (``vault``: the client logged in while the config was resolved); the process exit code."""
     logs.configure(config.logging.level.value)
+    traces = tracing.configure(config)
     daemon = Daemon(config_path, config, vault=vault)
     failed = False
     try:
@@ -176,4 +177,6 @@ async def run(config_path: str, config: Config, vault: Vault | None = None) -> i
         for exc in group.exceptions:
             log(logger, logging.CRITICAL, "molamd exiting on error", error=describe_error(exc))
         daemon.rt.notifier.stopping("failed")
+    finally:
+        await trio.to_thread.run_sync(tracing.shutdown, traces)
     return 1 if failed else 0

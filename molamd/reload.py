@@ -33,7 +33,7 @@ logger = logging.getLogger("molamd.reload")
 # Sections a running daemon cannot change under itself: they need `systemctl restart molamd`. A new value of the
 # same secret reference in them (a rotated database password or HSM PIN) is not a change of the section: it is
 # taken without a restart (new connections log in with it; the HSM session opens again with it).
-RESTART_ONLY = ("control", "metrics", "database", "hsm", "vault", "encryption", "audit")
+RESTART_ONLY = ("control", "metrics", "database", "hsm", "vault", "encryption", "audit", "tracing")
 
 
 class Diff(msgspec.Struct, frozen=True, kw_only=True):

@@ -16,11 +16,16 @@ import contextlib
 import os
 import signal
 import threading
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import asyncssh
+from cryptography.utils import CryptographyDeprecationWarning
+
+with warnings.catch_warnings():  # asyncssh names DSA, which cryptography deprecates at import: noise, no use
+    warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+    import asyncssh
 
 INBOX = "outgoing"
 

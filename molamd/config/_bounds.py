@@ -57,6 +57,7 @@ BOUNDS: Final[dict[str, Bounds]] = {
     "token_renew_fraction": Bounds(0, 0.95, low_open=True),
     "retention_months": Bounds(12, 1200),  # less than a year of audit trail is never what a regulator asks
     "partitions_ahead": Bounds(1, 24),
+    "sample_ratio": Bounds(0, 1),
 }
 
 # Durations that may be zero: waiting not at all is a choice (no settle time, no grace, no pause).

@@ -178,6 +178,14 @@ class AuditSection(_Section, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     partitions_ahead: int = 3  # month partitions kept ready ahead of now (made at migrate, checked daily)
 
 
+class TracingSection(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``[tracing]``: OpenTelemetry spans over OTLP/HTTP; off unless an endpoint is given."""
+
+    otlp_endpoint: str = ""  # e.g. "http://127.0.0.1:4318/v1/traces"; empty: no tracing
+    sample_ratio: float = 1.0  # share of traces kept, decided by trace id (the same on every host)
+    service_name: str = "molamd"
+
+
 class WorkersSection(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     health_checker: HealthCheckerSection = msgspec.field(default_factory=HealthCheckerSection)
     dispatcher: DispatcherSection = msgspec.field(default_factory=DispatcherSection)
@@ -197,6 +205,7 @@ class Config(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     vault: VaultSection = msgspec.field(default_factory=VaultSection)
     encryption: EncryptionSection = msgspec.field(default_factory=EncryptionSection)
     audit: AuditSection = msgspec.field(default_factory=AuditSection)
+    tracing: TracingSection = msgspec.field(default_factory=TracingSection)
     connectors: list[AnyConnectorConfig] = msgspec.field(default_factory=list)
     csv_profiles: dict[str, CsvProfile] = msgspec.field(default_factory=dict)
 
