@@ -94,7 +94,7 @@ def test_raw_statement_files_cannot_be_changed_or_deleted(migrated_dsn: str) -> 
     for sql in ("UPDATE bank_statements_raw SET raw = 'abd' WHERE id = %s",
                 "DELETE FROM bank_statements_raw WHERE id = %s"):
         with psycopg.connect(migrated_dsn) as conn, pytest.raises(psycopg.errors.IntegrityConstraintViolation,
-                                                                  match="immutable|never deleted"):
+                                                                  match=r"immutable|never deleted"):
             conn.execute(sql, (raw_id,))
 
 
