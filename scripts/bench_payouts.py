@@ -239,7 +239,8 @@ def report(args: argparse.Namespace, bare: tuple[float, float], daemon_rps: floa
     bare_rps = sum(bare) / 2
     sent, q, bank_q = latency
     ours, theirs, bare_await = overhead
-    print(f"molamd payout benchmark: {args.slices} slices, concurrency {args.concurrency}, {os.cpu_count()} cores")
+    print(f"molamd payout benchmark: {args.slices} slices, concurrency {args.concurrency}, {os.cpu_count()} cores,"
+          f" audit chain {args.audit_chain}")
     print(f"bare httpx loop (signed POST /payments): {bare_rps:.0f} req/s (before {bare[0]:.0f}, after {bare[1]:.0f})")
     print(f"daemon end to end (claim -> bank -> recorded): {daemon_rps:.0f} slices/s")
     print(f"pipeline efficiency: {daemon_rps / bare_rps:.2f} (target >= 0.8)")
@@ -258,6 +259,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--slices", type=int, default=6000)
     parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--audit-chain", choices=("on", "off"), default="on",
+                        help="off: the audit tables' hash-chain triggers disabled, to measure what the chain costs")
     args = parser.parse_args()
     with scratch_cluster("mdp-") as (work, cluster):
         run_bench(args, work, cluster)
@@ -272,6 +275,10 @@ def run_bench(args: argparse.Namespace, work: Path, cluster: Cluster) -> None:
     daemon: subprocess.Popen[bytes] | None = None
     try:
         subprocess.run([str(BIN / "molamd"), "migrate", "--dsn", cluster.dsn()], check=True, capture_output=True)
+        if args.audit_chain == "off":
+            with psycopg.connect(cluster.dsn(), autocommit=True) as off:
+                for table in ("bank_connector_logs", "molamd_audit"):
+                    off.execute(f"ALTER TABLE {table} DISABLE TRIGGER {table}_chain")
         metrics_port = 19000 + os.getpid() % 1000
         cfg = work / "molamd.toml"
         cfg.write_text(bench_config(work, cluster.dsn(), bank_url, args.concurrency, metrics_port))

@@ -152,12 +152,31 @@ def test_every_panel_and_recording_rule_returns_data_from_a_real_prometheus(
         assert [b["metric"]["state"] for b in breakers] in (["closed"], ["open"], ["half_open"])
         ttl = prometheus.query(concrete(dict(panel_exprs())["Vault token TTL left"]))
         assert float(ttl[0]["value"][1]) > 0, "the daemon holds a live Vault token"
+
+        restart_under_prometheus(d, prometheus, migrated_dsn)
         assert d.stop() == 0  # a clean stop revokes the daemon's token before the dev server goes
     finally:
         if prometheus is not None:
             prometheus.close()
         bank.close()
         bao.stop()
+
+
+def restart_under_prometheus(d: Any, prometheus: Prometheus, dsn: str) -> None:
+    """The daemon restarts under Prometheus: `up` drops and comes back, the counters start again from 0 and the
+    rates over the restart stay sane (a reset is not a negative rate), and nothing else breaks."""
+    calls = 'sum(increase(molamd_connector_requests_total{connector="bank-a-rest"}[5m]))'
+    before = float(prometheus.query(calls)[0]["value"][1])
+    assert d.stop() == 0
+    wait_for(lambda: prometheus.query('up{job="molamd"} == 0'), 20, "Prometheus sees the daemon down")
+    assert prometheus.query("ALERTS{alertname=\"MolamdDown\",alertstate=\"firing\"}") == [], "not after 1s"
+    d.start()
+    wait_for(lambda: prometheus.query('up{job="molamd"} == 1'), 30, "Prometheus sees the daemon back")
+    bank_rows = seed(dsn, 10)
+    wait_for(lambda: statuses(dsn, bank_rows).get("pending", 0) == 0, 30, "the new slices sent")
+    wait_for(lambda: float(prometheus.query(calls)[0]["value"][1]) > before, 30, "calls after the restart count on")
+    assert all(float(r["value"][1]) >= 0 for r in prometheus.query(
+        "rate(molamd_connector_requests_total[5m])")), "a counter reset is no negative rate"
 
 
 def test_a_panel_that_names_a_missing_metric_is_caught(tmp_path: Path) -> None:
