@@ -1,6 +1,5 @@
 """The actor runtime: actors with bounded mailboxes, and OTP-style supervisors."""
 
-from . import tracing as tracing
 from ._actor import DEFAULT_ASK_TIMEOUT as DEFAULT_ASK_TIMEOUT
 from ._actor import DEFAULT_MAILBOX_SIZE as DEFAULT_MAILBOX_SIZE
 from ._actor import Actor as Actor
