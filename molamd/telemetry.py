@@ -71,13 +71,16 @@ class Telemetry:
         """A connector's breaker starts closed, and its trips count from 0: an alert's rate needs the series
         before the first trip."""
         self.set_breaker(connector, BreakerState.CLOSED)
-        for to_state in (BreakerState.OPEN, BreakerState.FORCED_OPEN):
-            self._metrics.breaker_transitions.labels(connector, BreakerState.CLOSED.value, to_state.value)
-        self._metrics.breaker_transitions.labels(connector, BreakerState.HALF_OPEN.value, BreakerState.OPEN.value)
+        for from_state in (BreakerState.CLOSED, BreakerState.HALF_OPEN):  # the two ways into a trip
+            self._metrics.breaker_transitions.labels(connector, from_state.value, BreakerState.OPEN.value)
 
     def set_breaker(self, connector: str, state: BreakerState) -> None:
+        """One series per breaker, for the state it is in (a thousand connectors: a thousand series, not four)."""
+        gauge = self._metrics.breaker_state
         for candidate in BreakerState:
-            self._metrics.breaker_state.labels(connector, candidate.value).set(float(candidate is state))
+            if candidate is not state:
+                gauge.remove(connector, candidate.value)
+        gauge.labels(connector, state.value).set(1)
 
     def audit(self, record: CallRecord) -> None:
         if len(self._audit) >= MAX_BUFFERED:

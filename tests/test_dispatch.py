@@ -278,6 +278,7 @@ def test_breaker_and_rate_commands(daemon_factory: Any, short_tmp: Path, migrate
     metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
     assert 'molamd_connector_requests_total{connector="backup",operation="send_payment",outcome="ok"} 20.0' in metrics
     assert 'molamd_circuit_breaker_state{connector="primary",state="closed"} 1.0' in metrics
+    assert 'molamd_circuit_breaker_state{connector="primary",state="forced_open"}' not in metrics, "one state"
     assert 'molamd_circuit_breaker_transitions_total{connector="primary",from_state="closed",to_state="forced_open"}' \
         in metrics
     assert "molamd_payout_dispatch_duration_seconds_bucket" in metrics
