@@ -9,6 +9,7 @@ it.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import signal
 from collections.abc import AsyncIterator
@@ -97,6 +98,11 @@ class Daemon:
                 nursery.start_soon(rt.notifier.watchdog)
                 nursery.start_soon(self._reloader)
                 status = f"serving {len(rt.config.connectors)} connectors"
+                # What start-up built (config, actors, clients) lives as long as the process: out of the cyclic
+                # collector's sight, a full collection no longer walks it (with 1,000 connectors one took ~90 ms
+                # of the trio thread, every few scrapes).
+                gc.collect()
+                gc.freeze()
                 rt.notifier.ready(status=status)
                 log(logger, logging.INFO, "molamd ready", host_id=rt.host_id, connectors=len(rt.config.connectors),
                     socket=rt.config.control.socket, version=rt.version)
