@@ -136,6 +136,8 @@ class Telemetry:
     def _write(self, conn: db.Conn, rows: Sequence[CallRecord]) -> tuple[
             list[tuple[str, str, int]], tuple[int, float], payment_files.Counts]:
         """The audit rows written, and the counts read, in one transaction: a failure after the rows were
-        committed would have queued them again, and written them twice."""
+        committed would have queued them again, and written them twice. The rows go last: the audit chain's
+        head stays locked from the first row to the commit, and other writers wait for it meanwhile."""
+        counts = payouts.status_counts(conn), payouts.in_doubt_summary(conn), payment_files.counts(conn)
         audit.bank_calls(conn, self._host, rows)
-        return payouts.status_counts(conn), payouts.in_doubt_summary(conn), payment_files.counts(conn)
+        return counts

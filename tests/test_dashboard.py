@@ -12,7 +12,6 @@ import json
 import shutil
 import subprocess
 import sys
-import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,9 +23,9 @@ from openbao_dev import OpenBao
 from prometheus_catalogue import DASHBOARD, metric_names, panel_exprs, recorded, registered
 
 from tests.conftest import free_port
-from tests.corpora import WOLPH
 from tests.payout_helpers import FINAL, HMAC, ROOT, Bank, payout_toml, rest_connector, seed, statuses, wait_for
 from tests.test_file_channel import file_bank, file_connector, files_env, hsm_key, hsm_toml, seed_files  # noqa: F401
+from tests.test_statement_daemon import GOOD, source_toml
 
 sys.path.insert(0, str(ROOT / "scripts"))
 from prometheus_dev import Prometheus
@@ -34,8 +33,6 @@ from sandbox_sftp import SandboxSftp
 
 pytestmark = pytest.mark.skipif(shutil.which("prometheus") is None or shutil.which("promtool") is None,
                                 reason="prometheus missing: run scripts/setup")
-
-STATEMENT = (WOLPH / "mt940_tests/jejik/sns.sta").read_bytes()
 
 
 def concrete(expr: str) -> str:
@@ -67,30 +64,9 @@ def test_the_dashboard_covers_what_on_call_opens_first() -> None:
 @pytest.fixture
 def statements(short_tmp: Path) -> Iterator[SandboxSftp]:
     server = SandboxSftp(short_tmp / "statements", state=short_tmp / "statements-state").start()
-    (server.inbox / "today.sta").write_bytes(STATEMENT)
+    (server.inbox / "today.sta").write_bytes(GOOD)
     yield server
     server.stop()
-
-
-def statement_source(server: SandboxSftp, known_hosts: Path) -> str:
-    return textwrap.dedent(f"""
-        [[connectors]]
-        name = "bank-a-statements"
-        kind = "mt940-sftp"
-        bank_profile = "bank-a"
-        [connectors.sftp]
-        host = "{server.host}"
-        port = {server.port}
-        username = "{server.user}"
-        password = "env:MOLAMD_TEST_STATEMENTS"
-        known_hosts = "{known_hosts}"
-        inbox = "/outgoing"
-        archive = "/outgoing/archive"
-        error = "/outgoing/error"
-        patterns = ["*.sta"]
-        stable_for = "0s"
-        poll_interval = "500ms"
-        """)
 
 
 def test_every_panel_and_recording_rule_returns_data_from_a_real_prometheus(
@@ -111,7 +87,8 @@ def test_every_panel_and_recording_rule_returns_data_from_a_real_prometheus(
                           'hmac_secret = "env:UNUSED"', 'hmac_secret = "vault:secret/molamd/bank-a#hmac"')
                       + file_connector("bank-c-files", files_sftp, files_sftp.known_hosts(short_tmp / "kh-files"),
                                        certificate)
-                      + statement_source(statements, statements.known_hosts(short_tmp / "kh-statements")))
+                      + source_toml(statements, statements.known_hosts(short_tmp / "kh-statements"),
+                                    poll_interval="500ms"))
         config = (payout_toml(short_tmp, migrated_dsn, connectors, metrics_port=port) + hsm_toml(token)
                   + f'\n[vault]\naddress = "{bao.address}"\nrole_id = "{bao.role_id}"\n'
                   f'secret_id = "file:{short_tmp / "secret_id"}"\n')
@@ -119,7 +96,7 @@ def test_every_panel_and_recording_rule_returns_data_from_a_real_prometheus(
         file_ids = seed_files(migrated_dsn, 30)
         seed(migrated_dsn, 5, profile="bank-z")  # no connector: they stay pending, as unroutable work does
         d = daemon_factory(config, env={**files_env(token), "HOME": str(short_tmp),
-                                        "MOLAMD_TEST_STATEMENTS": statements.password})
+                                        "TEST_SFTP_PASSWORD": statements.password})
         prometheus = Prometheus(short_tmp / "prometheus", f"127.0.0.1:{port}", fast_rules=True)
 
         scrape = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text

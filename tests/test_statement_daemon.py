@@ -19,7 +19,8 @@ BROKEN = (WOLPH / "mt940_tests/betterplace/sepa_snippet_broken.sta").read_bytes(
 SOURCE = "bank-a-statements"
 
 
-def _source_toml(server: SandboxSftp, known_hosts: Path) -> str:
+def source_toml(server: SandboxSftp, known_hosts: Path, *, poll_interval: str = "1h") -> str:
+    """A statement source on the sandbox SFTP server; its password from $TEST_SFTP_PASSWORD."""
     return textwrap.dedent(f"""
         [[connectors]]
         name = "{SOURCE}"
@@ -36,7 +37,7 @@ def _source_toml(server: SandboxSftp, known_hosts: Path) -> str:
         error = "/outgoing/error"
         patterns = ["*.sta"]
         stable_for = "100ms"
-        poll_interval = "1h"
+        poll_interval = "{poll_interval}"
         """)
 
 
@@ -55,7 +56,7 @@ def test_daemon_polls_a_source_and_molamctl_shows_it(
         (server.inbox / "broken.sta").write_bytes(BROKEN)
         metrics_port = free_port()
         d = daemon_factory(daemon_toml(short_tmp, dsn=migrated_dsn, metrics_port=metrics_port)
-                           + _source_toml(server, known_hosts), env={"TEST_SFTP_PASSWORD": server.password})
+                           + source_toml(server, known_hosts), env={"TEST_SFTP_PASSWORD": server.password})
         deadline = time.monotonic() + 30
         while len(_files(d)) < 2 and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -105,7 +106,7 @@ def test_a_failing_operator_poll_is_a_reply_not_a_crash(
     server = SandboxSftp(tmp_path / "sftp", state=tmp_path / "sftp-state").start()
     try:
         known_hosts = server.known_hosts(tmp_path / "known_hosts")
-        d = daemon_factory(daemon_toml(short_tmp, dsn=migrated_dsn) + _source_toml(server, known_hosts),
+        d = daemon_factory(daemon_toml(short_tmp, dsn=migrated_dsn) + source_toml(server, known_hosts),
                            env={"TEST_SFTP_PASSWORD": "not-the-password"})
         before = d.ctl_json("connector", SOURCE)
         for _ in range(6):
@@ -139,7 +140,7 @@ def test_with_a_local_key_the_daemon_stores_files_and_private_line_fields_sealed
         (server.inbox / "good.sta").write_bytes(GOOD)
         (server.inbox / "broken.sta").write_bytes(BROKEN)
         sealing = '\n[encryption]\nstatements = true\nlocal_key = "env:TEST_LOCAL_KEY"\n'
-        d = daemon_factory(daemon_toml(short_tmp, dsn=migrated_dsn) + _source_toml(server, known_hosts) + sealing,
+        d = daemon_factory(daemon_toml(short_tmp, dsn=migrated_dsn) + source_toml(server, known_hosts) + sealing,
                            env={"TEST_SFTP_PASSWORD": server.password,
                                 "TEST_LOCAL_KEY": base64.b64encode(os.urandom(32)).decode()})
         deadline = time.monotonic() + 30
