@@ -193,3 +193,24 @@ def test_retire_detaches_only_exported_months_past_retention(migrated_dsn: str, 
         detached = conn.execute(f"SELECT count(*) FROM molamd_audit_{old:%Y_%m}").fetchone()
     assert kept == (1,) and detached == (1,), "detached, not dropped; the unexported month stays"
     assert findings(migrated_dsn) == [], "a retired month is not reported as rows removed"
+
+
+def test_statements_savepoints_and_months_in_one_transaction_chain_whole(migrated_dsn: str) -> None:
+    """The running head lives in the transaction: several INSERTs, a savepoint rolled back, two months."""
+    last_month = (this_month() - dt.timedelta(days=1)).replace(day=1)
+    with psycopg.connect(migrated_dsn) as conn:
+        conn.execute("SELECT molamd_audit_partitions(%s, 1)", (last_month,))
+        audit.operator_action(conn, "h", WHO, "pause", {}, ok=True)
+        conn.execute("INSERT INTO molamd_audit (action, actor, at) VALUES ('command:old', 'root', %s)",
+                     (dt.datetime.combine(last_month, dt.time(9), dt.UTC),))
+        with pytest.raises(psycopg.errors.CheckViolation), conn.transaction():
+            audit.operator_action(conn, "h", WHO, "resume", {}, ok=True)
+            conn.execute("INSERT INTO bank_connector_logs (host_id, connector_name, trace_id, operation,"
+                         " duration_seconds, outcome) VALUES ('h', 'c', 't', 'send', -1, 'ok')")  # refused
+        audit.operator_action(conn, "h", WHO, "drain", {}, ok=True)
+    write(migrated_dsn, 2, 2)  # the next transaction reads the head its predecessor left
+    assert findings(migrated_dsn) == []
+    with psycopg.connect(migrated_dsn) as conn:
+        rows = conn.execute("SELECT action, chain_seq FROM molamd_audit WHERE at >= %s ORDER BY chain_seq",
+                            (this_month(),)).fetchall()
+    assert [r[1] for r in rows] == [1, 2, 3, 4] and rows[1][0] == "command:drain", rows
