@@ -18,10 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 from openbao_dev import OpenBao
 from prometheus_catalogue import DASHBOARD, metric_names, panel_exprs, recorded, registered
 
+from molamd import audit_chain
 from tests.conftest import free_port
 from tests.payout_helpers import FINAL, HMAC, ROOT, Bank, payout_toml, rest_connector, seed, statuses, wait_for
 from tests.test_file_channel import file_bank, file_connector, files_env, hsm_key, hsm_toml, seed_files  # noqa: F401
@@ -132,6 +134,9 @@ def test_every_panel_and_recording_rule_returns_data_from_a_real_prometheus(
 
         restart_under_prometheus(d, prometheus, migrated_dsn)
         assert d.stop() == 0  # a clean stop revokes the daemon's token before the dev server goes
+        with psycopg.connect(migrated_dsn, autocommit=True) as conn:  # what the daemon wrote chains whole
+            reports = audit_chain.verify(conn)
+        assert sum(r.rows for r in reports) > 100 and not [f for r in reports for f in r.findings], reports
     finally:
         if prometheus is not None:
             prometheus.close()
