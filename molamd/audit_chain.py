@@ -69,10 +69,30 @@ def _next(month: dt.date) -> dt.date:
     return (month.replace(day=28) + dt.timedelta(days=4)).replace(day=1)
 
 
-def ensure_partitions(conn: Conn, months_ahead: int) -> list[str]:
-    """Make the month partitions missing from this month to ``months_ahead`` after; the names made."""
+@dataclass(frozen=True)
+class Partitions:
+    made: tuple[str, ...]  # partitions created now
+    missing: tuple[str, ...]  # partitions still missing: this role does not own the tables
+
+
+def ensure_partitions(conn: Conn, months_ahead: int) -> Partitions:
+    """Make the month partitions missing from this month to ``months_ahead`` after, if this role owns the audit
+    tables (a leased role does not: it is told what is missing instead, and tries no DDL that it would be
+    refused, which the database layer would take for the database refusing the daemon)."""
+    missing = [str(r[0]) for r in conn.execute(
+        "SELECT format('%%s_%%s', t, to_char(m, 'YYYY_MM')) FROM unnest(%s::text[]) AS t,"
+        " generate_series(date_trunc('month', now() AT TIME ZONE 'UTC'),"
+        " date_trunc('month', now() AT TIME ZONE 'UTC') + make_interval(months => %s), interval '1 month') AS m"
+        " WHERE to_regclass(format('%%s_%%s', t, to_char(m, 'YYYY_MM'))) IS NULL", (list(TABLES), months_ahead)
+    ).fetchall()]
+    if not missing:
+        return Partitions((), ())
+    owner = conn.execute("SELECT bool_and(pg_has_role(relowner, 'MEMBER')) FROM pg_class"
+                         " WHERE oid = ANY(%s::regclass[])", (list(TABLES),)).fetchone()
+    if not (owner and owner[0]):
+        return Partitions((), tuple(missing))
     rows = conn.execute("SELECT molamd_audit_partitions(now()::date, %s)", (months_ahead,)).fetchall()
-    return [str(r[0]) for r in rows]
+    return Partitions(tuple(str(r[0]) for r in rows), ())
 
 
 def months(conn: Conn) -> list[tuple[str, dt.date]]:

@@ -66,8 +66,12 @@ def run(args: argparse.Namespace) -> int:
                 print("detached (kept as tables): " + ", ".join(detached) if detached
                       else f"nothing to retire: no exported month older than {config.audit.retention_months} months")
                 return 0
-            made = audit_chain.ensure_partitions(conn, config.audit.partitions_ahead)
-            print("made: " + ", ".join(made) if made else "every partition is there")
+            found = audit_chain.ensure_partitions(conn, config.audit.partitions_ahead)
+            if found.missing:
+                print("missing, and this role does not own the audit tables: " + ", ".join(found.missing),
+                      file=sys.stderr)
+                return 1
+            print("made: " + ", ".join(found.made) if found.made else "every partition is there")
             return 0
     except ConfigError as exc:
         for line in exc.lines():

@@ -114,7 +114,7 @@ def migrate(config_path: str, dsn: str | None) -> int:
             applied = apply(conn)
             version = current_version(conn)
             with conn.transaction():
-                made = audit_partitions(conn, config.audit.partitions_ahead if dsn is None else 3)
+                made = audit_partitions(conn, config.audit.partitions_ahead if dsn is None else 3).made
     except ConfigError as exc:
         for line in exc.lines():
             print(line, file=sys.stderr)

@@ -123,15 +123,19 @@ class Telemetry:
 
     async def _check_partitions(self) -> None:
         """Next months' audit partitions: made if missing. The daemon's database role may not own the tables
-        (leased credentials): then it says so, and rows still land, chained, in the default partition."""
+        (leased credentials): then it says what is missing, and rows still land, chained, in the default
+        partition until the owner runs `molamd audit partitions`."""
         try:
-            made = await self._db.transaction(lambda conn: audit_chain.ensure_partitions(conn, self._partitions_ahead))
+            found = await self._db.transaction(
+                lambda conn: audit_chain.ensure_partitions(conn, self._partitions_ahead))
         except db.DatabaseError as exc:
-            log(logger, logging.WARNING, "audit partitions not checked; run `molamd audit partitions`",
-                error=str(exc))
+            log(logger, logging.WARNING, "audit partitions not checked", error=str(exc))
             return
-        if made:
-            log(logger, logging.INFO, "audit partitions made", partitions=made)
+        if found.made:
+            log(logger, logging.INFO, "audit partitions made", partitions=list(found.made))
+        if found.missing:
+            log(logger, logging.WARNING, "audit partitions missing and this role may not make them; run"
+                " `molamd audit partitions` as the schema owner", partitions=list(found.missing))
 
     def _write(self, conn: db.Conn, rows: Sequence[CallRecord]) -> tuple[
             list[tuple[str, str, int]], tuple[int, float], payment_files.Counts]:

@@ -214,3 +214,39 @@ def test_statements_savepoints_and_months_in_one_transaction_chain_whole(migrate
         rows = conn.execute("SELECT action, chain_seq FROM molamd_audit WHERE at >= %s ORDER BY chain_seq",
                             (this_month(),)).fetchall()
     assert [r[1] for r in rows] == [1, 2, 3, 4] and rows[1][0] == "command:drain", rows
+
+
+async def test_telemetry_makes_next_months_partitions_and_outlives_a_role_that_may_not(
+    migrated_dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    import trio
+
+    from molamd import db
+    from molamd.metrics import Metrics
+    from molamd.telemetry import Telemetry
+    from tests.test_db import _section, _wait_for
+
+    ahead = (this_month() + dt.timedelta(days=32 * 3)).replace(day=1)
+    name = f"molamd_audit_{ahead:%Y_%m}"
+    with psycopg.connect(migrated_dsn) as conn:
+        conn.execute(f"DROP TABLE {name}")
+        conn.execute("DROP ROLE IF EXISTS molamd_app")
+        conn.execute("CREATE ROLE molamd_app LOGIN")  # a leased role: it may write, it owns nothing
+        conn.execute("GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA public TO molamd_app")
+    app_dsn = f"{migrated_dsn} user=molamd_app"
+    for dsn, made in ((app_dsn, False), (migrated_dsn, True)):
+        database = db.Database(_section(dsn), metrics=Metrics())
+        async with trio.open_nursery() as nursery:
+            await nursery.start(database.run)
+            await _wait_for(lambda d=database: d.up)
+            await Telemetry(Metrics(), database, "h", partitions_ahead=3).tick()  # raises nothing
+            database.request_stop()
+        with psycopg.connect(migrated_dsn) as conn:
+            found = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (name,)).fetchone()
+        assert found == (made,), dsn
+    said = [(r.getMessage(), vars(r).get("fields")) for r in caplog.records]
+    assert any("missing and this role may not make them" in m and name in str(f) for m, f in said), said
+    assert not any("database unavailable" in m for m, _ in said), "a role that owns nothing is no database down"
+    with psycopg.connect(migrated_dsn) as conn:
+        conn.execute("REVOKE ALL ON ALL TABLES IN SCHEMA public FROM molamd_app")
+        conn.execute("DROP ROLE molamd_app")
