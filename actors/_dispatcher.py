@@ -424,7 +424,7 @@ class Dispatcher(Actor[Wake]):
             if tracing.enabled():
                 for o in outcomes:
                     tracing.record(o.trace_id, "payout.record", started, slice_id=o.slice_id, outcome=o.kind.value,
-                                   connector=o.connector, batch=len(outcomes), detail=o.error)
+                                   connector=o.connector, batch=len(outcomes))
             if self._on_recorded is not None:
                 self._on_recorded(outcomes, trio.current_time())
         except Exception as exc:

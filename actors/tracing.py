@@ -42,7 +42,12 @@ def file_trace_id(msg_id: str) -> str:
 
 
 def _parent(trace_id: str) -> Any:
-    tid = int(trace_id, 16) if len(trace_id) == 32 else int(hashlib.sha256(trace_id.encode()).hexdigest()[:32], 16)
+    try:
+        tid = int(trace_id, 16) if len(trace_id) == 32 else -1
+    except ValueError:
+        tid = -1
+    if tid < 0:  # not 128 bits of hex (a fixed id like "health"): a stable id made from it
+        tid = int(hashlib.sha256(trace_id.encode()).hexdigest()[:32], 16)
     root = SpanContext(trace_id=tid or 1, span_id=(tid >> 64) or 1, is_remote=True,
                        trace_flags=TraceFlags(TraceFlags.SAMPLED))
     return trace.set_span_in_context(NonRecordingSpan(root))

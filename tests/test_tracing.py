@@ -176,3 +176,12 @@ def test_a_daemon_exports_payout_and_file_traces_over_otlp(
             assert file_trace in uploads, "the upload's audit row carries the file's trace id"
     finally:
         collector.close()
+
+
+def test_a_trace_id_that_is_not_128_bits_of_hex_gets_a_stable_one(exported: InMemorySpanExporter) -> None:
+    for trace_id in ("health", "health", "z" * 32, tracing.file_trace_id("MOLAM-1")):
+        with tracing.span(trace_id, "probe"):
+            pass
+    ids = [f"{s.context.trace_id:032x}" for s in exported.get_finished_spans()]
+    assert ids[0] == ids[1] != ids[2] and ids[3] == tracing.file_trace_id("MOLAM-1")
+    assert all(int(i, 16) for i in ids)
