@@ -229,9 +229,6 @@ class Dispatcher(Actor[Wake]):
         if not starts:
             return started
         held = await self._start_attempts(starts)
-        for start in starts:
-            if start.slice_id in held:
-                self._traces[start.slice_id] = start.trace_id
         for slice_id in held:
             claimed_slice, available = routes[slice_id]
             self._start(self._send, claimed_slice, available[:1])
@@ -247,7 +244,9 @@ class Dispatcher(Actor[Wake]):
                     self._emit(Outcome(slice_id=start.slice_id, kind=OutcomeKind.RELEASE))
             raise
         for start in starts:
-            if start.slice_id not in held:
+            if start.slice_id in held:
+                self._traces[start.slice_id] = start.trace_id  # the id the send carries to the bank
+            else:
                 self._claimed_at.pop(start.slice_id, None)  # another host took it over meanwhile
         return held
 
@@ -364,7 +363,6 @@ class Dispatcher(Actor[Wake]):
             # a file, so it goes (back) to the batcher, in the same scope.
             start = AttemptStart(slice_id=c.slice.id, connector=actor.name, scope=scope, trace_id=uuid.uuid4().hex)
             if c.slice.id in await self._start_attempts([start]):
-                self._traces[c.slice.id] = start.trace_id
                 await self._send(c, [actor])
             return
         try:
@@ -385,7 +383,6 @@ class Dispatcher(Actor[Wake]):
             # The bank does not have it yet, but an old request may still arrive: send again in the same scope.
             start = AttemptStart(slice_id=c.slice.id, connector=actor.name, scope=scope, trace_id=uuid.uuid4().hex)
             if c.slice.id in await self._start_attempts([start]):
-                self._traces[c.slice.id] = start.trace_id
                 await self._send(c, [actor])
             return
         # NOT_FOUND past the acceptance window: that scope will never execute it. Free it for any scope.

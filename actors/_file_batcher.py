@@ -207,8 +207,9 @@ class FileBatcher(ConnectorActor):
                execution_date: dt.date) -> Prepared:
         label = self.options.key_label
         file = self.channel.payment_file(file_id, slices, execution_date, created_at)
-        trace_id = tracing.file_trace_id(msg_id(file)) if tracing.enabled() else None
-        with tracing.span(trace_id, "file.build", connector=self.name, file_id=file_id, msg_id=msg_id(file),
+        msg = msg_id(file)
+        trace_id = tracing.file_trace_id(msg) if tracing.enabled() else None
+        with tracing.span(trace_id, "file.build", connector=self.name, file_id=file_id, msg_id=msg,
                           transactions=len(slices), version=self.options.version.value,
                           execution_date=execution_date.isoformat()):
             return self.channel.prepare(file, lambda data: self._signed(label, data, trace_id), self._certificate)

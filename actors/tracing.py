@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from opentelemetry import trace
-from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags
 
 _tracer: trace.Tracer | None = None
 
@@ -70,15 +70,12 @@ def span(trace_id: str | None, name: str, **attributes: Any) -> Iterator[trace.S
         yield current
 
 
-def record(trace_id: str | None, name: str, start_ns: int, end_ns: int | None = None, *, error: str | None = None,
-           **attributes: Any) -> None:
+def record(trace_id: str | None, name: str, start_ns: int, end_ns: int | None = None, **attributes: Any) -> None:
     """A span that already happened (a batch's claim, a file's build measured inside a database transaction)."""
     tracer = _tracer
     if tracer is None or not trace_id:
         return
     done = tracer.start_span(name, context=_parent(trace_id), start_time=start_ns, attributes=_clean(attributes))
-    if error is not None:
-        done.set_status(Status(StatusCode.ERROR, error))
     done.end(end_time=end_ns if end_ns is not None else time.time_ns())
 
 

@@ -117,10 +117,11 @@ def verify_month(conn: Conn, table: str, month: dt.date) -> MonthReport:
     genesis = head[2] if head else None
     expected_prev, expected_seq = genesis, 1
     for row_id, seq, prev, stored, recomputed in rows:
-        if seq != expected_seq:
-            missing = f"rows {expected_seq}..{seq - 1}" if seq > expected_seq else f"row {seq} twice"
-            findings.append(Finding(table, month, f"chain_seq {missing} missing before id {row_id}"
-                                    if seq > expected_seq else f"id {row_id}: {missing}"))
+        if seq > expected_seq:
+            findings.append(Finding(table, month, f"chain_seq rows {expected_seq}..{seq - 1} missing before id"
+                                    f" {row_id}"))
+        elif seq < expected_seq:
+            findings.append(Finding(table, month, f"id {row_id}: row {seq} twice"))
         elif prev != expected_prev:
             findings.append(Finding(table, month, f"id {row_id} (chain_seq {seq}): prev_hash does not match the row"
                                     " before it: a row was removed or changed before it"))

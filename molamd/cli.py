@@ -97,24 +97,26 @@ def migrate(config_path: str, dsn: str | None) -> int:
     import psycopg
 
     from .audit_chain import ensure_partitions as audit_partitions
-    from .config import ConfigError, load_resolved
+    from .config import AuditSection, ConfigError, load_resolved
     from .db import MigrationError, conninfo, current_version
     from .db import migrate as apply
 
     try:
         kwargs: dict[str, Any]
+        audit = AuditSection()
         if dsn is not None:
             target, kwargs = dsn, {"application_name": "molamd-migrate"}
         else:
             config = load_resolved(config_path)
             target, kwargs = config.database.dsn, conninfo(config.database, "molamd-migrate")
+            audit = config.audit
         kwargs.pop("options", None)  # migrations may run longer than the daemon's statement timeout
         kwargs.pop("autocommit", None)  # migrate() opens its own transaction
         with psycopg.connect(target, **kwargs) as conn:
             applied = apply(conn)
             version = current_version(conn)
             with conn.transaction():
-                made = audit_partitions(conn, config.audit.partitions_ahead if dsn is None else 3).made
+                made = audit_partitions(conn, audit.partitions_ahead).made
     except ConfigError as exc:
         for line in exc.lines():
             print(line, file=sys.stderr)

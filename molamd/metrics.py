@@ -3,10 +3,10 @@
 Actor gauges (state, mailbox depth, restarts) are read from the supervisors at scrape time by a collector,
 so they are never stale and cost nothing between scrapes.
 
-A scrape of a host with a thousand connectors renders tens of thousands of series (about 9 us each in
-prometheus_client), so each connector's share is kept small: an actor's and a breaker's state is one series
-(the state it is in, value 1), histograms per connector have few buckets (around the 500 ms latency target),
-and counters carry no ``_created`` series.
+A scrape of a host with a thousand connectors renders some 20,000 series, so each connector's share is kept
+small: an actor's and a breaker's state is one series (the state it is in, value 1), histograms per connector
+have few buckets (around the 500 ms latency target), and counters carry no ``_created`` series. The text format
+is rendered by ``exposition.TextEncoder`` (the library's bytes, with each series' name and labels formatted once).
 """
 
 from __future__ import annotations

@@ -6,7 +6,6 @@ from __future__ import annotations
 import http.server
 import json
 import ssl
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from connectors import RestConfig, RestConnector, Secret, decode_hook
 from molamd.client_certificates import CertificateKeeper, Request
 from molamd.metrics import Metrics
 from molamd.vault import Vault, VaultDenied
+from tests.http_helpers import LoopbackServer
 
 
 @pytest.fixture(scope="module")
@@ -67,14 +67,11 @@ class MutualTlsBank:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
-        self.url = f"https://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server = LoopbackServer(Handler, context)
+        self.url = self.server.url
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.server.close()
 
 
 def rest_config(url: str, ca_file: Path) -> RestConfig:

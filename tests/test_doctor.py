@@ -9,7 +9,6 @@ import ipaddress
 import ssl
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from pgcluster import Cluster
 
 from molamd.db import migrate, shipped_migrations
 from tests.conftest import HSM_PIN, free_port
+from tests.http_helpers import LoopbackServer
 from tests.payout_helpers import ROOT, payout_toml, rest_connector
 from tests.test_file_channel import KEY, _softhsm_conf, file_connector, hsm_key, hsm_toml  # noqa: F401
 
@@ -55,14 +55,11 @@ class TlsBank:
                                                serialization.NoEncryption()))
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(self.ca_file, key_file)
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
-        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
-        self.url = f"https://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server = LoopbackServer(http.server.BaseHTTPRequestHandler, context)
+        self.url = self.server.url
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.server.close()
 
 
 @pytest.fixture

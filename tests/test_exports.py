@@ -49,7 +49,8 @@ EXPECTED = {
         "sign_detached", "verify_detached", "Effect", "Move", "effect", "move",
     },
     "molamd.config": {
-        "Config", "ConfigError", "ConfigProblem", "ControlSection", "DatabaseSection", "HealthCheckerSection",
+        "AuditSection", "Config", "ConfigError", "ConfigProblem", "ControlSection", "DatabaseSection",
+        "HealthCheckerSection",
         "LogLevel", "Resolver", "SecretUnavailable", "SupervisionSection", "default_resolvers", "load_config",
         "load_resolved", "parse_config", "resolve_secrets", "secret_values", "split_listen", "secret_entries",
         "connect_vault", "resolve_config",

@@ -6,7 +6,6 @@ each file's in one trace made from its MsgId."""
 from __future__ import annotations
 
 import http.server
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from actors import tracing
 from molamd import tracing as daemon_tracing
 from molamd.config import Config
-from tests.conftest import free_port
+from tests.http_helpers import LoopbackServer
 from tests.payout_helpers import FINAL, Bank, payout_toml, rest_connector, seed, statuses, wait_for
 from tests.payout_helpers import env as rest_env
 from tests.test_dispatcher import FakeBank, MemoryStore, Routes, actor, running
@@ -125,9 +124,8 @@ class Collector:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1/traces"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server = LoopbackServer(Handler)
+        self.url = f"{self.server.url}/v1/traces"
 
     def traces(self) -> dict[str, dict[str, Any]]:
         found: dict[str, dict[str, Any]] = {}
@@ -136,8 +134,7 @@ class Collector:
         return found
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.server.close()
 
 
 def test_a_daemon_exports_payout_and_file_traces_over_otlp(

@@ -7,6 +7,7 @@ from ._errors import ConfigProblem as ConfigProblem
 from ._load import load_config as load_config
 from ._load import parse_config as parse_config
 from ._load import split_listen as split_listen
+from ._model import AuditSection as AuditSection
 from ._model import Config as Config
 from ._model import ControlSection as ControlSection
 from ._model import DatabaseSection as DatabaseSection
