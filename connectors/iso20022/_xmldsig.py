@@ -144,6 +144,11 @@ def verify_detached(signature: bytes, payment: bytes, file_name: str, public_key
         raise SignatureInvalid(f"the signature does not name {file_name!r}")
     ctx = xmlsec.SignatureContext()
     ctx.key = xmlsec.Key.from_memory(public_key_pem, xmlsec.constants.KeyDataFormatPem)
+    # python-xmlsec 1.3.18 limits a context's Reference URIs to the same document by default (1.3.17 allowed
+    # any); libxmlsec classifies a bare file name with no base as remote. What a remote URI can load is only what
+    # _serving's callbacks hand out (the one file named above), so allowing that type opens nothing else.
+    if hasattr(ctx, "enabled_reference_uris"):
+        ctx.enabled_reference_uris = xmlsec.constants.TransformUriTypeRemote
     with _serving(file_name, payment):
         try:
             ctx.verify(root)
