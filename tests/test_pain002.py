@@ -97,3 +97,28 @@ def test_version_10_with_an_unknown_status_flagged() -> None:
 def test_hostile_and_broken_reports_are_clear_errors(data: bytes, says: str) -> None:
     with pytest.raises(StatusReportError, match=says):
         parse_pain002(data)
+
+
+_AMPLIFIED = b"".join(f'<!ENTITY l{i} "{f"&l{i - 1};" * 10}">'.encode() for i in range(1, 10))
+
+
+@pytest.mark.parametrize("data", [
+    # UTF-16: the bytes of "<!DOCTYPE" are never in the file as ASCII
+    ('<?xml version="1.0" encoding="UTF-16"?><!DOCTYPE d [<!ENTITY x SYSTEM "file:///etc/passwd">]>'
+     + V10.decode()).encode("utf-16"),
+    # a DOCTYPE after 4 KB of prolog (a comment), with no ENTITY at all: a DTD by its system id
+    b"<?xml version='1.0'?><!--" + b" " * 5000 + b'--><!DOCTYPE Document SYSTEM "http://127.0.0.1:9/x.dtd">' + V10,
+    # UTF-16 again, an exponential expansion the parser's own limit stops
+    ('<?xml version="1.0" encoding="UTF-16"?><!DOCTYPE d [<!ENTITY l0 "lol">' + _AMPLIFIED.decode() + "]>"
+     + V10.decode().replace("R-1", "&l9;")).encode("utf-16"),
+    # UTF-32, big-endian
+    ('<?xml version="1.0" encoding="UTF-32BE"?><!DOCTYPE Document>' + V10.decode()).encode("utf-32-be"),
+])
+def test_a_doctype_is_refused_in_any_encoding_and_anywhere_in_the_prolog(data: bytes) -> None:
+    with pytest.raises(StatusReportError, match="DOCTYPE or ENTITY"):
+        parse_pain002(data)
+
+
+def test_the_same_report_without_a_doctype_parses_in_utf16() -> None:
+    report = parse_pain002(('<?xml version="1.0" encoding="UTF-16"?>' + V10.decode()).encode("utf-16"))
+    assert report.original_msg_id == "MOLAM-17"
