@@ -113,7 +113,8 @@ def _no_doctype(root: etree._Element) -> None:
     info = root.getroottree().docinfo
     system: str | None = info.system_url  # type: ignore[attr-defined]  # lxml-stubs lack it
     if info.internalDTD is not None or info.externalDTD is not None or system or info.public_id:
-        raise StatusReportError("a DOCTYPE or ENTITY declaration: refused" + (f" (it names {system!r})" if system else ""))
+        named = f" (it names {system!r})" if system else ""
+        raise StatusReportError(f"a DOCTYPE or ENTITY declaration: refused{named}")
     if any(isinstance(node, etree._Entity) for node in root.iter()):
         raise StatusReportError("an entity reference: refused (no DOCTYPE may declare one)")
 
