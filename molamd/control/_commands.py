@@ -6,7 +6,7 @@ import platform
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Annotated, Any, Final
 
 import msgspec
 import trio
@@ -21,7 +21,7 @@ from actors import (
     SupervisorError,
     UnknownChild,
 )
-from connectors import ConnectorError, encode_hook
+from connectors import ConnectorError, SftpSourceConfig, encode_hook
 
 from .. import audit, payment_files, payouts
 from .. import reload as reloading
@@ -36,6 +36,8 @@ from ..statement_poller import PollNow
 from ._protocol import PROTOCOL_VERSION, ControlError, ErrorCode
 
 ASK_TIMEOUT = 5.0
+MAX_ROWS: Final = 10_000  # the most rows a read command's limit may ask for
+Limit = Annotated[int, msgspec.Meta(ge=1, le=MAX_ROWS)]  # a bad limit is bad_args naming args.limit, not SQL's
 
 
 class NoArgs(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -80,7 +82,7 @@ class IdArg(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class LimitArg(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    limit: int = 100
+    limit: Limit = 100
 
 
 class RetryArgs(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -96,7 +98,7 @@ class ReleaseArgs(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class StatementsArgs(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     action: str = "list"
     id: int | str | None = None  # show/reprocess: a stored file id; poll: a source name
-    limit: int = 50
+    limit: Limit = 50
     retry_stuck: bool = False  # poll: download again the files that could not be moved
 
 
@@ -269,7 +271,8 @@ async def _for_connectors(
 ) -> dict[str, Any]:
     if name is not None:
         _known(rt, name)
-    names = [name] if name is not None else rt.connectors.names()
+        _payment_connector(rt, name)
+    names = [name] if name is not None else [n for n, _ in rt.connector_actors()]
     results: dict[str, Any] = {}
 
     async def one(n: str) -> None:
@@ -321,8 +324,17 @@ async def restart(ctx: Context, args: NameArg) -> dict[str, Any]:
     raise ControlError(ErrorCode.NOT_FOUND, f"no connector or worker named {args.name!r}")
 
 
+def _payment_connector(rt: Runtime, name: str) -> None:
+    """UNSUPPORTED for a statement source: it has no dispatch state, breaker or limiter to act on."""
+    if any(c.name == name and isinstance(c, SftpSourceConfig) for c in rt.config.connectors):
+        raise ControlError(ErrorCode.UNSUPPORTED, f"{name} is a statement source: pause, resume, drain, health,"
+                                                  " the breaker and the rate apply to payment connectors and file"
+                                                  " channels (poll it with `molamctl statements poll NAME`)")
+
+
 def _actor(rt: Runtime, name: str) -> ConnectorActor:
     _known(rt, name)
+    _payment_connector(rt, name)
     actor = rt.connector_actor(name)
     if actor is None:
         raise ControlError(ErrorCode.BUSY, f"{name} is not running ({rt.connectors.info(name).state.value})")
@@ -443,7 +455,11 @@ async def payouts_release(ctx: Context, args: ReleaseArgs) -> dict[str, Any]:
         return await rt.db.transaction(lambda c: payouts.release(c, rt.host_id, args.id, ctx.who, args.reason))
     except payouts.SliceNotFound as exc:
         raise ControlError(ErrorCode.NOT_FOUND, str(exc)) from None
-    except payouts.ReleaseRefused as exc:
+    except payouts.SliceFinal as exc:
+        raise ControlError(ErrorCode.FINAL, str(exc)) from None
+    except payouts.SliceNotBound as exc:
+        raise ControlError(ErrorCode.NOT_IN_DOUBT, str(exc)) from None
+    except payouts.ReleaseRefused as exc:  # in flight: its lease runs out, then a release may work
         raise ControlError(ErrorCode.BUSY, str(exc)) from None
     except DatabaseError as exc:
         raise _database(exc) from None

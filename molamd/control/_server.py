@@ -27,7 +27,7 @@ from ..logs import log
 from ..runtime import Runtime
 from ._commands import COMMANDS, Context, parse_args
 from ._peercred import Access, Peer, access_for, peer_of
-from ._protocol import MAX_LINE, ControlError, ErrorCode, decode_request, encode, hello, request_id
+from ._protocol import MAX_LINE, ControlError, ErrorCode, decode_request, encode, error_line, hello, request_id
 from ._socket_acl import grant_groups
 
 logger = logging.getLogger("molamd.control")
@@ -149,6 +149,9 @@ class ControlServer:
                 await self._session(stream, access, audit.identity(peer.uid, peer.pid))
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
+            except Exception:  # the last guard: one connection's fault never reaches the server
+                logger.exception("control connection failed; closed",
+                                 extra={"fields": {"uid": peer.uid, "pid": peer.pid}})
             finally:
                 self._open -= 1
                 self._per_uid[peer.uid] -= 1
@@ -263,7 +266,13 @@ class ControlServer:
         metrics.labels(cmd_label, "ok").inc()
         if audited is not None:
             await self._audit(who, *audited, ok=True)
-        await _send(stream, encode({"id": rid, "ok": True, "result": result}))
+        try:
+            reply = encode({"id": rid, "ok": True, "result": result})
+        except Exception as exc:  # a result the encoder cannot write is our bug, not the client's
+            logger.exception("control reply could not be encoded", extra={"fields": {"command": cmd_label}})
+            reply = error_line(rid, ControlError(
+                ErrorCode.INTERNAL, f"{cmd_label}: the reply could not be encoded ({type(exc).__name__})"))
+        await _send(stream, reply)
         return True
 
     async def _audit(self, who: audit.Identity, command: str, arguments: dict[str, Any], *, ok: bool,
@@ -279,13 +288,20 @@ class ControlServer:
             log(logger, logging.ERROR, "operator action not audited in the database (it is away)",
                 command=command, who=who.label, arguments=audit.masked(arguments), ok=ok, detail=detail,
                 reason=str(exc))
+        except Exception:  # a row the database refuses must not take the reply down with it
+            logger.exception("operator action not audited in the database (the row was refused)",
+                             extra={"fields": {"command": command, "who": who.label}})
 
     async def _stream(self, stream: trio.SocketStream, rid: Any, events: Any) -> None:
+        """Send events until the client closes or goes away (a reset included: that ends the stream, no more)."""
         async with trio.open_nursery() as nursery:
 
             async def until_client_closes() -> None:
-                while await stream.receive_some(4096):
-                    pass  # a watching client has nothing more to say; anything it sends is ignored
+                try:
+                    while await stream.receive_some(4096):
+                        pass  # a watching client has nothing more to say; anything it sends is ignored
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
                 nursery.cancel_scope.cancel()
 
             nursery.start_soon(until_client_closes)
@@ -294,6 +310,8 @@ class ControlServer:
                     await _send(stream, encode({"id": rid, "event": event}))
             except ControlError as exc:
                 await _error(stream, rid, exc)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
             nursery.cancel_scope.cancel()
 
 
@@ -305,8 +323,8 @@ async def _send(stream: trio.SocketStream, data: bytes) -> None:
 
 
 async def _refuse(stream: trio.SocketStream, code: ErrorCode, message: str) -> None:
-    await _send(stream, encode({"id": None, "ok": False, "error": {"code": code.value, "message": message}}))
+    await _send(stream, error_line(None, ControlError(code, message)))
 
 
 async def _error(stream: trio.SocketStream, rid: Any, exc: ControlError) -> None:
-    await _send(stream, encode({"id": rid, "ok": False, "error": exc.to_wire()}))
+    await _send(stream, error_line(rid, exc))
