@@ -6,7 +6,8 @@ A file is recorded before it can reach the bank, bytes and all, in the transacti
 statement line resolves it, and every upload (a retry, a crash's resume, an operator's resubmit) sends those
 same bytes with the same MsgId. A report is stored as received before anything is made of it; one that names
 no file of this connector, or a transaction the file does not hold, or contradicts a final state, is stored and
-flagged, never dropped. Reports never move a slice backwards.
+flagged, never dropped; one that contradicts itself about a transaction (settled and rejected) moves nothing of
+that transaction. Reports never move a slice backwards.
 """
 
 from __future__ import annotations
@@ -251,8 +252,11 @@ def _apply(conn: Any, file_id: int, report: StatusReport, counts: dict[str, Any]
             unknown.append(f"transaction {tx.original_end_to_end_id or tx.original_instr_id!r}")
             continue
         targets.append((hit, status, _reason_text(why)))
+    contradicted = _contradicted(targets)
     conflicts = []
     for s, status, reason in targets:
+        if s.slice_id in contradicted:
+            continue
         new = effect(status)
         conn.execute("UPDATE payment_file_slices SET tx_status = %s, reason = %s"
                      " WHERE payment_file_id = %s AND payout_slice_id = %s", (status, reason or None, file_id,
@@ -271,6 +275,9 @@ def _apply(conn: Any, file_id: int, report: StatusReport, counts: dict[str, Any]
     first, final = _touch_file(conn, file_id, report, final=all(x.status in ("settled", "failed") for x in slices))
     counts["first_after"], counts["final_after"] = first, final
     problems = []
+    if contradicted:
+        problems.append("contradicts itself, so nothing of it applied to: " + "; ".join(
+            f"slice {i} ({', '.join(sorted(said))})" for i, said in sorted(contradicted.items())[:20]))
     if unknown:
         problems.append("names what the file does not hold: " + ", ".join(unknown[:20]))
     if conflicts:
@@ -279,8 +286,20 @@ def _apply(conn: Any, file_id: int, report: StatusReport, counts: dict[str, Any]
         problems.append("status codes not known: " + ", ".join(report.unknown_statuses))
     if not problems:
         return None, None
-    flag = "unknown_transaction" if unknown else ("conflict" if conflicts else "unknown_status")
+    flag = ("contradiction" if contradicted else "unknown_transaction" if unknown else
+            "conflict" if conflicts else "unknown_status")
     return flag, "; ".join(problems)
+
+
+def _contradicted(targets: Sequence[tuple[_FileSlice, str | None, str]]) -> dict[int, set[str]]:
+    """The slices a report gives both a settling and a failing status (ACSC and RJCT, in any order, at any
+    level): which of the two the bank meant is for a person to find out, so neither applies."""
+    said: dict[int, set[str]] = {}
+    for s, status, _ in targets:
+        if effect(status) in (Effect.SETTLED, Effect.FAILED):
+            said.setdefault(s.slice_id, set()).add(status or "")
+    return {i: codes for i, codes in said.items()
+            if {effect(c) for c in codes} >= {Effect.SETTLED, Effect.FAILED}}
 
 
 def _touch_file(conn: Any, file_id: int, report: StatusReport, *, final: bool) -> tuple[float | None, float | None]:

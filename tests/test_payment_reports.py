@@ -263,3 +263,24 @@ async def test_a_statement_line_settles_a_slice_of_a_file_as_it_settles_a_rest_o
     assert states(migrated_dsn, [slice_id, other]) == {slice_id: ("settled", None), other: ("sent", None)}
     late = apply(migrated_dsn, report("MOLAM-T9", txs=[(f"molam-slice-{slice_id}", "ACSC", None)]))
     assert (late.flag, late.applied) == (None, 0), "the report that follows agrees and changes nothing"
+
+
+@pytest.mark.parametrize("order", [("ACSC", "RJCT"), ("RJCT", "ACSC")])
+def test_a_report_that_contradicts_itself_about_a_transaction_moves_it_not_and_the_rest_applies(
+    migrated_dsn: str, order: tuple[str, str]
+) -> None:
+    _, ids = recorded_file(migrated_dsn, 3, "MOLAM-T4")
+    keys = [f"molam-slice-{i}" for i in ids]
+    applied = apply(migrated_dsn, report("MOLAM-T4", txs=[
+        (keys[0], order[0], "AC04" if order[0] == "RJCT" else None), (keys[1], "ACSC", None),
+        (keys[0], order[1], "AC04" if order[1] == "RJCT" else None), (keys[2], "ACSP", None)]))
+    assert applied.flag == "contradiction" and f"slice {ids[0]}" in (applied.detail or "")
+    assert (applied.applied, applied.settled, applied.failed) == (1, 1, 0)
+    now = states(migrated_dsn, ids)
+    assert [now[i][0] for i in ids] == ["sent", "settled", "sent"], "the contradicted one waits for a person"
+    with psycopg.connect(migrated_dsn) as conn:
+        told = conn.execute("SELECT tx_status FROM payment_file_slices WHERE payout_slice_id = %s",
+                            (ids[0],)).fetchone()[0]
+    assert told is None, "neither of the two statuses is taken as the transaction's"
+    later = apply(migrated_dsn, report("MOLAM-T4", txs=[(keys[0], "ACSC", None)]))
+    assert (later.flag, later.settled) == (None, 1), "a later report that says one thing applies"
