@@ -234,24 +234,7 @@ def _apply(conn: Any, file_id: int, report: StatusReport, counts: dict[str, Any]
         " WHERE f.payment_file_id = %s FOR UPDATE OF p", (file_id,)).fetchall()
     slices = [_FileSlice(slice_id=x[0], pmt_inf_id=x[1], instr_id=x[2], end_to_end_id=x[3], status=x[4])
               for x in rows]
-    by_e2e = {s.end_to_end_id: s for s in slices}
-    by_instr = {s.instr_id: s for s in slices}
-    targets: list[tuple[_FileSlice, str | None, str]] = []  # slice, status, reason text
-    unknown: list[str] = []
-    if not report.payments:
-        targets = [(s, report.group_status, _reason_text(report.group_reasons)) for s in slices]
-    for payment, tx, status, why in report.effective():
-        if tx is None:
-            block = [s for s in slices if s.pmt_inf_id == payment.original_pmt_inf_id]
-            if not block:
-                unknown.append(f"block {payment.original_pmt_inf_id!r}")
-            targets.extend((s, status, _reason_text(why)) for s in block)
-            continue
-        hit = by_e2e.get(tx.original_end_to_end_id or "") or by_instr.get(tx.original_instr_id or "")
-        if hit is None:
-            unknown.append(f"transaction {tx.original_end_to_end_id or tx.original_instr_id!r}")
-            continue
-        targets.append((hit, status, _reason_text(why)))
+    targets, unknown = _targets(report, slices)
     contradicted = _contradicted(targets)
     conflicts = []
     for s, status, reason in targets:
@@ -291,7 +274,34 @@ def _apply(conn: Any, file_id: int, report: StatusReport, counts: dict[str, Any]
     return flag, "; ".join(problems)
 
 
-def _contradicted(targets: Sequence[tuple[_FileSlice, str | None, str]]) -> dict[int, set[str]]:
+Target = tuple[_FileSlice, str | None, str]  # slice, the status reported for it, reason text
+
+
+def _targets(report: StatusReport, slices: list[_FileSlice]) -> tuple[list[Target], list[str]]:
+    """What the report says of each slice of the file (in document order), and what it names that the file
+    does not hold."""
+    by_e2e = {s.end_to_end_id: s for s in slices}
+    by_instr = {s.instr_id: s for s in slices}
+    targets: list[Target] = []
+    unknown: list[str] = []
+    if not report.payments:
+        targets = [(s, report.group_status, _reason_text(report.group_reasons)) for s in slices]
+    for payment, tx, status, why in report.effective():
+        if tx is None:
+            block = [s for s in slices if s.pmt_inf_id == payment.original_pmt_inf_id]
+            if not block:
+                unknown.append(f"block {payment.original_pmt_inf_id!r}")
+            targets.extend((s, status, _reason_text(why)) for s in block)
+            continue
+        hit = by_e2e.get(tx.original_end_to_end_id or "") or by_instr.get(tx.original_instr_id or "")
+        if hit is None:
+            unknown.append(f"transaction {tx.original_end_to_end_id or tx.original_instr_id!r}")
+            continue
+        targets.append((hit, status, _reason_text(why)))
+    return targets, unknown
+
+
+def _contradicted(targets: Sequence[Target]) -> dict[int, set[str]]:
     """The slices a report gives both a settling and a failing status (ACSC and RJCT, in any order, at any
     level): which of the two the bank meant is for a person to find out, so neither applies."""
     said: dict[int, set[str]] = {}
