@@ -319,7 +319,15 @@ class SliceNotFound(LookupError):
 
 
 class ReleaseRefused(ValueError):
-    """The slice cannot be released now (not bound, or in flight)."""
+    """The slice cannot be released now: it is in flight (a subclass says when it never can)."""
+
+
+class SliceFinal(ReleaseRefused):
+    """The slice is final (settled, failed or returned): there is nothing to release, now or later."""
+
+
+class SliceNotBound(ReleaseRefused):
+    """The slice is bound to no idempotency scope: nothing to release."""
 
 
 def release(conn: Any, host: str, slice_id: int, who: Identity, reason: str) -> dict[str, Any]:
@@ -332,10 +340,10 @@ def release(conn: Any, host: str, slice_id: int, who: Identity, reason: str) -> 
     if row is None:
         raise SliceNotFound(f"no payout slice {slice_id}")
     status, scope = row
+    if status in ("settled", "failed", "returned"):
+        raise SliceFinal(f"payout slice {slice_id} is {status}: final, nothing to release")
     if scope is None:
-        raise ReleaseRefused(f"payout slice {slice_id} is not bound to any idempotency scope")
-    if status in ("settled", "failed"):
-        raise ReleaseRefused(f"payout slice {slice_id} is {status}: final, nothing to release")
+        raise SliceNotBound(f"payout slice {slice_id} is not bound to any idempotency scope: nothing to release")
     if status in ("claimed", "sending"):
         raise ReleaseRefused(f"payout slice {slice_id} is {status} right now; release it once its call ended")
     conn.execute("UPDATE payout_slices SET bound_scope = NULL, bound_at = NULL WHERE id = %s", (slice_id,))
