@@ -199,14 +199,17 @@ def record_report(conn: Any, r: ReportIn) -> ReportApplied:
                                                    else "signature_invalid")
         detail = r.problem
     else:
-        found = conn.execute("SELECT id FROM payment_files WHERE connector_name = %s AND msg_id = %s FOR UPDATE",
-                             (r.connector, report.original_msg_id or "")).fetchone()
+        found = conn.execute("SELECT id, version FROM payment_files WHERE connector_name = %s AND msg_id = %s"
+                             " FOR UPDATE", (r.connector, report.original_msg_id or "")).fetchone()
         if found is None:
             flag = "unknown_file"
             detail = f"names file {report.original_msg_id!r}, which this connector never sent"
         else:
             file_id = found[0]
-            flag, detail = _apply(conn, file_id, report, counts)
+            detail = _other_message(report, found[1])
+            flag = "wrong_message" if detail else None
+            if flag is None:
+                flag, detail = _apply(conn, file_id, report, counts)
     row = conn.execute(
         "INSERT INTO payment_status_reports (connector_name, remote_name, sha256, content, msg_id, original_msg_id,"
         " payment_file_id, group_status, signature, flag, detail, applied)"
@@ -220,6 +223,20 @@ def record_report(conn: Any, r: ReportIn) -> ReportApplied:
         # (reports never move a slice backwards), so nothing is done twice.
         return ReportApplied(report_id=None, file_id=file_id, flag=None, detail="already received")
     return ReportApplied(report_id=row[0], file_id=file_id, flag=flag, detail=detail, **counts)
+
+
+def _other_message(report: StatusReport, version: str) -> str | None:
+    """Why the report is not about the message we sent under its MsgId (a pain.008 status, another version of
+    pain.001), or None. ``OrgnlMsgNmId`` may name the message only (``pain.001``) or add a bank's variant
+    (``pain.001.001.03.ch.02``); a version it names must be the file's. A report that names none is taken."""
+    named = report.original_msg_name
+    if named is None:
+        return None  # mandatory in the schema, yet some banks leave it out (Cross River): nothing to check
+    parts = named.lower().split(".")
+    if parts[:2] != ["pain", "001"] or (len(parts) >= 4 and ".".join(parts[:4]) != version):
+        return (f"names message {named!r} (OrgnlMsgNmId) for {report.original_msg_id}, which we sent as"
+                f" {version}: nothing applied")
+    return None
 
 
 def _apply(conn: Any, file_id: int, report: StatusReport, counts: dict[str, Any]) -> tuple[str | None, str | None]:

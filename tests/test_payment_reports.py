@@ -26,7 +26,7 @@ CORPUS = Path(__file__).parent / "fixtures" / "svapnil-iso20022.js" / "pain002"
 NS = "urn:iso:std:iso:20022:tech:xsd:pain.002.001.10"
 
 
-def recorded_file(dsn: str, count: int, msg_id: str) -> tuple[int, list[int]]:
+def recorded_file(dsn: str, count: int, msg_id: str, version: str = "pain.001.001.09") -> tuple[int, list[int]]:
     """``count`` slices put through the dispatcher's states into one recorded file named ``msg_id``."""
     ids, account = batched(dsn, count, local_accounts=False)
     with psycopg.connect(dsn) as conn:
@@ -39,23 +39,23 @@ def recorded_file(dsn: str, count: int, msg_id: str) -> tuple[int, list[int]]:
                             execution_date=dt.date(2026, 12, 3), instr_ids={s.id: f"S{s.id}" for s in slices},
                             pmt_inf_ids={s.id: f"{msg_id}-1" for s in slices})
 
-        recorded = payment_files.record_file(conn, CONNECTOR, "pain.001.001.09", Waiting(
+        recorded = payment_files.record_file(conn, CONNECTOR, version, Waiting(
             debtor_account=account, currency="XOF", count=count, oldest_seconds=9), count, build)
     assert recorded.file is not None and recorded.file.transactions == count
     return recorded.file.file_id, ids
 
 
 def report(msg_id: str, group: str | None = None, txs: list[tuple[str, str, str | None]] | None = None,
-           group_reason: str | None = None, namespace: str | None = NS) -> bytes:
+           group_reason: str | None = None, namespace: str | None = NS, message: str = "pain.001.001.09") -> bytes:
     q = f"{{{namespace}}}" if namespace else ""
     root = etree.Element(f"{q}Document", nsmap={None: namespace} if namespace else None)  # type: ignore[dict-item]
     body = etree.SubElement(root, f"{q}CstmrPmtStsRpt")
     header = etree.SubElement(body, f"{q}GrpHdr")
-    digest = hashlib.sha1(repr((msg_id, group, txs)).encode()).hexdigest()[:12]
+    digest = hashlib.sha1(repr((msg_id, group, txs, message)).encode()).hexdigest()[:12]
     etree.SubElement(header, f"{q}MsgId").text = f"R-{digest}"
     original = etree.SubElement(body, f"{q}OrgnlGrpInfAndSts")
     etree.SubElement(original, f"{q}OrgnlMsgId").text = msg_id
-    etree.SubElement(original, f"{q}OrgnlMsgNmId").text = "pain.001.001.09"
+    etree.SubElement(original, f"{q}OrgnlMsgNmId").text = message
     if group:
         etree.SubElement(original, f"{q}GrpSts").text = group
     if group_reason:
@@ -145,7 +145,7 @@ def test_real_banks_reports_apply_to_the_slices_they_name(migrated_dsn: str, nam
     data = (CORPUS / name).read_bytes()
     parsed = parse_pain002(data)
     named = [tx for p in parsed.payments for tx in p.transactions]
-    file_id, ids = recorded_file(migrated_dsn, len(named), parsed.original_msg_id or "")
+    file_id, ids = recorded_file(migrated_dsn, len(named), parsed.original_msg_id or "", "pain.001.001.03")
     with psycopg.connect(migrated_dsn) as conn:  # the bank's ids, as if our file had carried them
         for slice_id, tx, payment in zip(ids, named, [p for p in parsed.payments for _ in p.transactions],
                                          strict=True):
@@ -284,3 +284,17 @@ def test_a_report_that_contradicts_itself_about_a_transaction_moves_it_not_and_t
     assert told is None, "neither of the two statuses is taken as the transaction's"
     later = apply(migrated_dsn, report("MOLAM-T4", txs=[(keys[0], "ACSC", None)]))
     assert (later.flag, later.settled) == (None, 1), "a later report that says one thing applies"
+
+
+def test_a_report_about_another_message_under_our_msg_id_applies_nothing(migrated_dsn: str) -> None:
+    """OrgnlMsgNmId names the message the report answers: a direct debit's (pain.008) or another version's
+    status under our MsgId is about something we did not send."""
+    _, ids = recorded_file(migrated_dsn, 2, "MOLAM-T5")
+    keys = [f"molam-slice-{i}" for i in ids]
+    for message in ("pain.008.001.02", "pain.001.001.03", "camt.029.001.09"):
+        wrong = apply(migrated_dsn, report("MOLAM-T5", txs=[(keys[0], "RJCT", "AC04")], message=message))
+        assert wrong.flag == "wrong_message" and wrong.applied == 0 and message in (wrong.detail or ""), message
+    assert {s for s, _ in states(migrated_dsn, ids).values()} == {"sent"}
+    for message, key in (("pain.001", keys[0]), ("pain.001.001.09.ch.03", keys[1])):
+        right = apply(migrated_dsn, report("MOLAM-T5", txs=[(key, "ACSC", None)], message=message))
+        assert (right.flag, right.settled) == (None, 1), message
