@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import email.utils
 import json
+import logging
 import math
 import os
 import ssl
@@ -54,10 +55,12 @@ from ._payments import (
     SendResult,
     mask_account,
 )
+from ._rest_wire import WireError, decode_event, loads, optional_text, printable, state
 from ._signing import sign_request, verify_response
 from ._values import Duration, Secret
 
 _MAX_ERROR_TEXT = 300
+logger = logging.getLogger("molamd.connector.rest")
 # httpcore's pool matches requests to connections in a pass that grows with the square of the pool size
 # (encode/httpcore#1035, still open): with 64 connections in one pool, a loaded client spends most of its
 # CPU there. Several small pools, used in turn, keep each pass short.
@@ -89,13 +92,6 @@ class RestConfig(ConnectorConfig, frozen=True, kw_only=True, tag="rest"):
     rest: RestOptions
 
 
-def _state(text: object) -> PaymentState:
-    try:
-        return PaymentState(str(text))
-    except ValueError:
-        raise ValueError(f"unknown payment status {text!r}") from None
-
-
 # Where a connector's TLS context comes from when it is not built from files (it may change its certificate later).
 TlsSource = Callable[[], Awaitable[ssl.SSLContext]]
 
@@ -122,6 +118,7 @@ class RestConnector:
         self._clients: list[httpx.AsyncClient] = []
         self._turn = 0
         self._secret = config.rest.hmac_secret.reveal().encode()
+        self.events_dropped = 0  # pushed events that could not be read, each logged
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
@@ -177,8 +174,8 @@ class RestConnector:
         try:
             result = SendResult(
                 provider_ref=str(data["id"]),
-                state=_state(data["status"]),
-                reason_code=data.get("reason_code"),
+                state=state(data["status"]),
+                reason_code=optional_text(data, "reason_code"),
                 replayed=response.headers.get("Idempotent-Replayed") == "true",
             )
         except (KeyError, TypeError, ValueError) as exc:
@@ -200,8 +197,8 @@ class RestConnector:
             raise
         try:
             status = PaymentStatus(
-                state=_state(data["status"]), provider_ref=str(data["id"]), reason_code=data.get("reason_code"),
-                reason=data.get("reason"),
+                state=state(data["status"]), provider_ref=str(data["id"]),
+                reason_code=optional_text(data, "reason_code"), reason=optional_text(data, "reason"),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise self._fail(BadResponse(self.name, f"unexpected status answer: {exc}"), record) from exc
@@ -226,14 +223,13 @@ class RestConnector:
                 while True:
                     message = await _next_message(ws, self.name)
                     try:
-                        data = json.loads(message)
-                        event = PaymentEvent(
-                            seq=int(data["seq"]), provider_ref=str(data["id"]),
-                            idempotency_key=data.get("idempotency_key"), state=_state(data["status"]),
-                            reason_code=data.get("reason_code"),
-                        )
-                    except (KeyError, TypeError, ValueError) as exc:
-                        raise BadResponse(self.name, f"unreadable pushed event: {exc}") from exc
+                        event = decode_event(message)
+                    except WireError as exc:
+                        # one bad event is not a broken stream: resuming would only fetch it again. Dropped, it
+                        # is left to the status follower's polls
+                        self.events_dropped += 1
+                        logger.warning("%s: pushed event dropped: %s", self.name, exc)
+                        continue
                     deliver(event)
         except trio_websocket.HandshakeError as exc:
             raise Auth(self.name, f"event stream refused: {exc}") from exc
@@ -331,20 +327,22 @@ class RestConnector:
             raise self._fail(Network(self.name, f"{method} {target}: {type(exc).__name__}: {exc}"),
                              record("error", code="network")) from exc
         error = self._status_error(response, raw, method, target)
-        if error is None and self._options.verify_response_signatures and not self._signed(response, raw):
-            error = BadResponse(self.name, f"{method} {target}: response signature does not verify")
+        unsigned = self._unsigned(response, raw) if self._options.verify_response_signatures else None
+        if error is None and unsigned is not None:
+            error = BadResponse(self.name, f"{method} {target}: response signature {unsigned}")
         data: dict[str, Any] = {}
         if error is None and raw:
             try:
-                parsed = json.loads(raw)
-            except ValueError:
-                parsed = None
-            if not isinstance(parsed, dict):
-                error = BadResponse(self.name, f"{method} {target}: answer is not a JSON object")
+                parsed = loads(raw)
+            except WireError as exc:
+                error = BadResponse(self.name, f"{method} {target}: answer is not a JSON object: {exc}")
             else:
-                data = parsed
+                if isinstance(parsed, dict):
+                    data = parsed
+                else:
+                    error = BadResponse(self.name, f"{method} {target}: answer is not a JSON object")
         if error is not None:
-            text = _printable(raw[:_MAX_ERROR_TEXT * 4].decode("utf-8", "replace")[:_MAX_ERROR_TEXT])
+            text = printable(raw[:_MAX_ERROR_TEXT * 4].decode("utf-8", "replace")[:_MAX_ERROR_TEXT])
             raise self._fail(error, record("error", code=error.code, status=response.status_code,
                                            response={"status": response.status_code, "body": text}))
         summary: dict[str, object] = {k: data[k] for k in ("id", "status", "reason_code") if k in data}
@@ -382,7 +380,7 @@ class RestConnector:
         where = f"{method} {target}: HTTP {status}"
         body = _json(raw)  # parsed once; a bank's text is shown escaped (it ends up in logs and rows)
         message = body.get("message")
-        detail = f": {_printable(str(message)[:_MAX_ERROR_TEXT])}" if message else ""
+        detail = f": {printable(str(message)[:_MAX_ERROR_TEXT])}" if message else ""
         if status == 429:
             try:
                 retry_after = _retry_after(response)
@@ -394,28 +392,30 @@ class RestConnector:
         if status == 409:
             return IdempotencyConflict(self.name, f"{where}{detail}")
         if status == 422 and body.get("error") == "rejected":
-            reason_code = _printable(str(body.get("reason_code") or "UNKNOWN"))
+            reason_code = printable(str(body.get("reason_code") or "UNKNOWN"))
             return Rejected(self.name, f"{where}{detail}", reason_code=reason_code)
         if status >= 500:
             return ServerError(self.name, f"{where}{detail}", http_status=status)
         return Validation(self.name, f"{where}{detail}")
 
-    def _signed(self, response: httpx.Response, raw: bytes) -> bool:
+    def _unsigned(self, response: httpx.Response, raw: bytes) -> str | None:
+        """Why the response's signature does not verify, or None when it does."""
         signature = response.headers.get("X-Signature")
         timestamp = response.headers.get("X-Timestamp")
         if not signature or not timestamp:
-            return False
-        return verify_response(self._secret, signature, response.status_code, timestamp, raw)
+            return "does not verify: no X-Signature or X-Timestamp header"
+        if not signature.isascii():  # hmac.compare_digest raises TypeError on such a str
+            return "does not verify: X-Signature is not ASCII"
+        if not (timestamp.isascii() and timestamp.isdigit()):  # int() reads Arabic-Indic digits too
+            return "does not verify: X-Timestamp is not a number of seconds"
+        if not verify_response(self._secret, signature, response.status_code, timestamp, raw):
+            return "does not verify"
+        return None
 
     @staticmethod
     def _fail(error: ConnectorError, record: CallRecord) -> ConnectorError:
         error.record = record
         return error
-
-
-def _printable(text: str) -> str:
-    """A bank's bytes made safe for logs and the audit table: control characters shown as escapes."""
-    return "".join(c if c.isprintable() or c in "\n\t" else f"\\x{ord(c):02x}" for c in text)
 
 
 class _TooLarge(Exception):
@@ -426,8 +426,8 @@ class _TooLarge(Exception):
 
 def _json(raw: bytes) -> dict[str, Any]:
     try:
-        data = json.loads(raw)
-    except ValueError:
+        data = loads(raw)
+    except WireError:
         return {}
     return data if isinstance(data, dict) else {}
 
@@ -448,7 +448,7 @@ def _retry_after(response: httpx.Response) -> float | None:
     """Retry-After in seconds, from delay-seconds or an HTTP-date (RFC 9110 §10.2.3); None when absent or not a
     number or date. Raises ValueError for a number that is infinite, NaN or negative: no bank means that."""
     value = response.headers.get("Retry-After")
-    if value is None:
+    if value is None or not value.isascii():  # float() reads Arabic-Indic digits; no date has such characters
         return None
     try:
         seconds = float(value)

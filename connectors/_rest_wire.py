@@ -1,0 +1,82 @@
+"""What the REST connector reads from a bank, decoded strictly: JSON bodies and pushed events.
+
+A bank's bytes are untrusted. Whatever they hold, decoding ends in a value or a ``WireError`` (a ValueError)
+with a short message naming what was wrong: JSON nested past the interpreter's recursion limit, a field of the
+wrong type or out of range (``seq`` 1e400, 1.5 or true), an unknown status. The adapter turns that into
+BadResponse, or for a pushed event drops the event and carries on.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Final
+
+import msgspec
+
+from ._payments import PaymentEvent, PaymentState
+
+MAX_TEXT: Final = 300  # characters of a bank's text kept in an error message
+_INT64_MAX: Final = 2**63 - 1
+
+
+class WireError(ValueError):
+    """What a bank sent cannot be read; the message says what and where, in at most MAX_TEXT characters."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(printable(message[:MAX_TEXT]))
+
+
+def printable(text: str) -> str:
+    """A bank's text made safe for logs and the audit table: control characters (and lone surrogates) escaped."""
+    return "".join(
+        c if (c.isprintable() or c in "\n\t") and not 0xD800 <= ord(c) <= 0xDFFF else f"\\x{ord(c):02x}"
+        for c in text)
+
+
+def loads(raw: bytes | str) -> Any:
+    """JSON, or WireError: not JSON, or nested too deep for the decoder (which raised RecursionError)."""
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise WireError("JSON nested too deep") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an int over the digit limit
+        raise WireError(f"not JSON: {exc}") from None
+
+
+def state(text: object) -> PaymentState:
+    if not isinstance(text, str):
+        raise WireError(f"payment status is a {type(text).__name__}, not a string")
+    try:
+        return PaymentState(text)
+    except ValueError:
+        raise WireError(f"unknown payment status {text[:64]!r}") from None
+
+
+def optional_text(data: dict[str, Any], key: str) -> str | None:
+    value = data.get(key)
+    if value is None or isinstance(value, str):
+        return value
+    raise WireError(f"{key} is a {type(value).__name__}, not a string")
+
+
+class _Event(msgspec.Struct, frozen=True):
+    """A pushed event as the bank writes it; other fields are the bank's business."""
+
+    seq: Annotated[int, msgspec.Meta(ge=0, le=_INT64_MAX)]
+    id: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+    status: str
+    idempotency_key: str | None = None
+    reason_code: str | None = None
+
+
+def decode_event(message: bytes | str) -> PaymentEvent:
+    """One websocket message as a PaymentEvent, or WireError naming the field that is wrong."""
+    data = loads(message)
+    if not isinstance(data, dict):
+        raise WireError(f"pushed event is a JSON {type(data).__name__}, not an object")
+    try:
+        wire = msgspec.convert(data, _Event)
+    except msgspec.ValidationError as exc:
+        raise WireError(f"pushed event: {exc}") from None
+    return PaymentEvent(seq=wire.seq, provider_ref=wire.id, idempotency_key=wire.idempotency_key,
+                        state=state(wire.status), reason_code=wire.reason_code)

@@ -1,0 +1,145 @@
+"""The REST connector's decoding of what a bank sends (issue 20, found by fuzzing): bodies nested past any sense,
+signature headers that are not ASCII, pushed events whose fields are of the wrong type or size. Each is the
+connector's typed error naming what was wrong, and a bad pushed event is dropped (and logged), not the stream."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import httpx
+import pytest
+import trio
+import trio_websocket
+
+from connectors import (
+    BadResponse,
+    PaymentEvent,
+    PaymentRef,
+    RateLimited,
+    RestConfig,
+    RestConnector,
+    RestOptions,
+    Secret,
+    ServerError,
+    Validation,
+)
+from tests.test_rest import CTX, SLICE, connector, signed
+
+DEEP = b"[" * 100_000 + b"]" * 100_000
+DEEP_OBJECT = b'{"a":' * 50_000 + b"1" + b"}" * 50_000
+
+
+@pytest.mark.parametrize("body", [DEEP, DEEP_OBJECT, b'{"id": "p", "status": ' + DEEP + b"}"])
+async def test_a_deeply_nested_answer_is_a_bad_response(body: bytes) -> None:
+    c = connector(lambda r: signed(201, body))
+    await c.open()
+    with pytest.raises(BadResponse, match="nested too deep") as info:
+        await c.send_payment(SLICE, CTX)
+    assert info.value.record is not None and info.value.record.outcome == "error"
+
+
+@pytest.mark.parametrize(("status", "error"), [(500, ServerError), (400, Validation), (429, RateLimited)])
+async def test_a_deeply_nested_error_body_keeps_the_status_mapping(status: int, error: type[Exception]) -> None:
+    c = connector(lambda r: signed(status, DEEP, {"Retry-After": "1"}))
+    await c.open()
+    with pytest.raises(error):
+        await c.send_payment(SLICE, CTX)
+
+
+async def test_a_deeply_nested_reports_answer_is_a_bad_response() -> None:
+    c = connector(lambda r: signed(200, b'{"reports": ' + DEEP + b"}"))
+    await c.open()
+    with pytest.raises(BadResponse, match="nested too deep"):
+        await c.list_reports(CTX)
+
+
+@pytest.mark.parametrize("value", ["é" * 64, "\u0663" * 64, "ab\u00ffcd"])
+async def test_a_signature_header_that_is_not_ascii_is_a_bad_response(value: str) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        good = signed(201, {"id": "p", "status": "accepted"})
+        headers = [(k, v) for k, v in good.headers.raw if k.lower() != b"x-signature"]
+        return httpx.Response(201, content=good.content, headers=[*headers, (b"X-Signature", value.encode())])
+
+    c = connector(handler)
+    await c.open()
+    with pytest.raises(BadResponse, match="X-Signature is not ASCII"):
+        await c.payment_status(PaymentRef(idempotency_key="k"), CTX)
+
+
+async def test_a_timestamp_header_that_is_not_ascii_digits_is_a_bad_response() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        good = signed(201, {"id": "p", "status": "accepted"})
+        headers = [(k, v) for k, v in good.headers.raw if k.lower() != b"x-timestamp"]
+        return httpx.Response(201, content=good.content, headers=[*headers, (b"X-Timestamp", "\u0661\u0667".encode())])
+
+    c = connector(handler)
+    await c.open()
+    with pytest.raises(BadResponse, match="X-Timestamp"):
+        await c.send_payment(SLICE, CTX)
+
+
+BAD_EVENTS: list[str | bytes] = [
+    '{"seq": 1e400, "id": "p1", "status": "settled"}',  # OverflowError once, outside what the loop catches
+    '{"seq": 1.5, "id": "p1", "status": "settled"}',  # was read as 1
+    '{"seq": true, "id": "p1", "status": "settled"}',
+    '{"seq": -3, "id": "p1", "status": "settled"}',
+    '{"seq": 99999999999999999999999, "id": "p1", "status": "settled"}',
+    '{"seq": "12", "id": "p1", "status": "settled"}',
+    '{"seq": 1, "id": {"x": 1}, "status": "settled"}',  # was str()-ed into a provider ref
+    '{"seq": 1, "id": "p1", "status": "settled", "reason_code": [1]}',
+    '{"seq": 1, "id": "p1", "status": "paid-ish"}',
+    '{"seq": 1, "id": "p1", "status": "settled", "idempotency_key": 5}',
+    DEEP.decode(),
+    '{"seq": 1, "id": "p1", "status": "settled", "x": ' + DEEP.decode() + "}",
+    "[1, 2]",
+    "not json",
+    b"\xff\xfe binary",
+]
+
+
+async def test_bad_pushed_events_are_dropped_and_logged_and_the_stream_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def handler(request: trio_websocket.WebSocketRequest) -> None:
+        ws = await request.accept()
+        for message in BAD_EVENTS:
+            await ws.send_message(message)
+        await ws.send_message(json.dumps({"seq": 7, "id": "p7", "status": "settled", "idempotency_key": "k7"}))
+        await ws.aclose()
+
+    delivered: list[PaymentEvent] = []
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(trio_websocket.serve_websocket, handler, "127.0.0.1", 0, None)
+        c = events_connector(server.port)
+        with caplog.at_level(logging.WARNING, logger="molamd.connector.rest"), pytest.raises(Exception) as ended:
+            await c.stream_events(0, delivered.append)
+        nursery.cancel_scope.cancel()
+    assert [(e.seq, e.provider_ref, e.idempotency_key) for e in delivered] == [(7, "p7", "k7")]
+    assert type(ended.value).__name__ == "Network", ended.value  # the stream ended because the bank closed it
+    dropped = [r for r in caplog.records if "pushed event dropped" in r.getMessage()]
+    assert len(dropped) == len(BAD_EVENTS), [r.getMessage() for r in caplog.records]
+    assert "seq" in dropped[0].getMessage() and "nested too deep" in dropped[10].getMessage()
+    assert all(len(r.getMessage()) < 1000 for r in dropped)
+    assert c.events_dropped == len(BAD_EVENTS)
+
+
+def events_connector(port: int, **options: Any) -> RestConnector:
+    config = RestConfig(name="pushy", bank_profile="p", rest=RestOptions(
+        base_url=f"http://127.0.0.1:{port}", key_id="k", hmac_secret=Secret("env:X", "s"),
+        events_url=f"ws://127.0.0.1:{port}/events", **options))
+    return RestConnector(config)
+
+
+async def test_a_retry_after_in_other_digits_is_no_delay() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        good = signed(429, {"error": "rate_limited"})
+        return httpx.Response(429, content=good.content,
+                              headers=[*good.headers.raw, (b"Retry-After", "\u0669\u0669\u0669\u0669".encode())])
+
+    c = connector(handler)
+    await c.open()
+    with pytest.raises(RateLimited) as info:
+        await c.send_payment(SLICE, CTX)
+    assert info.value.retry_after is None
