@@ -6,7 +6,10 @@ SHA-256 of the row's canonical jsonb text, and ``molamd_audit_chain`` keeps each
 
 - a row changed by hand no longer matches its hash;
 - a row removed leaves a gap in ``chain_seq`` and a ``prev_hash`` that points at nothing;
-- a row removed from the end leaves the head pointing past the last row.
+- a row removed from the end leaves the head pointing past the last row;
+- a month emptied (TRUNCATE, refused by a trigger since migration 0012, but an owner can turn triggers off) and
+  its head deleted (refused too) leaves a month with no head: heads are written with the partitions, for empty
+  months too, so every month from the first partition to now has one, and a month without is named.
 
 :func:`verify` finds each of these and names the row. :func:`export` writes one month (both tables, and the raw
 statement files received that month with their SHA-256) to a gzip file of JSON lines, with its SHA-256 beside
@@ -85,6 +88,7 @@ def ensure_partitions(conn: Conn, months_ahead: int) -> Partitions:
         " date_trunc('month', now() AT TIME ZONE 'UTC') + make_interval(months => %s), interval '1 month') AS m"
         " WHERE to_regclass(format('%%s_%%s', t, to_char(m, 'YYYY_MM'))) IS NULL", (list(TABLES), months_ahead)
     ).fetchall()]
+    _heads_ahead(conn, months_ahead)
     if not missing:
         return Partitions((), ())
     owner = conn.execute("SELECT bool_and(pg_has_role(relowner, 'MEMBER')) FROM pg_class"
@@ -95,15 +99,43 @@ def ensure_partitions(conn: Conn, months_ahead: int) -> Partitions:
     return Partitions(tuple(str(r[0]) for r in rows), ())
 
 
+def _heads_ahead(conn: Conn, months_ahead: int) -> None:
+    """The heads of this month and the ``months_ahead`` after it, written before any row (seq 0, the genesis
+    hash: what a month's first row would write), so that a month with no rows has its head too; plain DML, so a
+    role that owns nothing writes them as well."""
+    conn.execute(
+        "INSERT INTO molamd_audit_chain (table_name, month, seq, head)"
+        " SELECT t, m::date, 0, molamd_audit_genesis(t, m::date) FROM unnest(%s::text[]) AS t,"
+        " generate_series(date_trunc('month', now() AT TIME ZONE 'UTC'),"
+        " date_trunc('month', now() AT TIME ZONE 'UTC') + make_interval(months => %s), interval '1 month') AS m"
+        " ON CONFLICT DO NOTHING", (list(TABLES), months_ahead))
+
+
 def months(conn: Conn) -> list[tuple[str, dt.date]]:
-    """Every (table, month) with a chain still in the database (not retired), oldest first."""
-    rows = conn.execute("SELECT table_name, month FROM molamd_audit_chain WHERE retired_at IS NULL"
-                        " ORDER BY month, table_name").fetchall()
-    return [(str(t), m) for t, m in rows]
+    """Every (table, month) whose chain is to be verified, oldest first: each head still in the database (not
+    retired), and every month from the first partition (attached, or retired with its head) to this one, which
+    must have a head even when it has no rows."""
+    rows = conn.execute("SELECT table_name, month FROM molamd_audit_chain WHERE retired_at IS NULL").fetchall()
+    wanted = {(str(t), m) for t, m in rows}
+    first = conn.execute(
+        "SELECT least((SELECT min(to_date(right(c.relname, 7), 'YYYY_MM')) FROM pg_inherits i"
+        " JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = ANY(%s::regclass[])"
+        " AND c.relname ~ '_[0-9]{4}_[0-9]{2}$'),"
+        " (SELECT min(month) FROM molamd_audit_chain WHERE retired_at IS NOT NULL)),"
+        " date_trunc('month', now() AT TIME ZONE 'UTC')::date", (list(TABLES),)).fetchone()
+    retired = {(str(t), m) for t, m in conn.execute(
+        "SELECT table_name, month FROM molamd_audit_chain WHERE retired_at IS NOT NULL").fetchall()}
+    if first is not None and first[0] is not None:
+        month: dt.date = first[0]
+        while month <= first[1]:
+            wanted.update((t, month) for t in TABLES if (t, month) not in retired)
+            month = _next(month)
+    return sorted(wanted, key=lambda tm: (tm[1], tm[0]))
 
 
-def verify_month(conn: Conn, table: str, month: dt.date) -> MonthReport:
-    """Recompute one month's chain of one table; every row that breaks it is named."""
+def verify_month(conn: Conn, table: str, month: dt.date, *, required: bool = True) -> MonthReport:
+    """Recompute one month's chain of one table; every row that breaks it is named. ``required``: the month is
+    one that must have a head (from the first partition to now), rows or not."""
     if table not in TABLES:
         raise AuditError(f"{table}: not an audit table ({', '.join(TABLES)})")
     findings: list[Finding] = []
@@ -130,8 +162,10 @@ def verify_month(conn: Conn, table: str, month: dt.date) -> MonthReport:
                                     " its content)"))
         expected_prev, expected_seq = stored, seq + 1
     if head is None:
-        if rows:
-            findings.append(Finding(table, month, "rows without a chain head"))
+        if rows or required:
+            findings.append(Finding(table, month, "rows without a chain head" if rows else (
+                "no chain head: every month from the first partition has one, written with its partition; its"
+                " rows and head were removed")))
     elif head[0] != expected_seq - 1 or (rows and head[1] != expected_prev):
         findings.append(Finding(table, month, f"the chain head is at chain_seq {head[0]} but the last row is"
                                 f" {expected_seq - 1}: rows removed from the end"))
@@ -140,8 +174,10 @@ def verify_month(conn: Conn, table: str, month: dt.date) -> MonthReport:
 
 def verify(conn: Conn, month: dt.date | None = None) -> list[MonthReport]:
     """Every chain still in the database, or one month's of both tables."""
-    wanted = months(conn) if month is None else [(t, month) for t in TABLES]
-    return [verify_month(conn, table, m) for table, m in wanted]
+    required = months(conn)
+    if month is None:
+        return [verify_month(conn, table, m) for table, m in required]
+    return [verify_month(conn, table, month, required=(table, month) in required) for table in TABLES]
 
 
 def _rows(conn: Conn, sql: str, params: tuple[Any, ...]) -> Iterator[dict[str, Any]]:

@@ -250,3 +250,69 @@ async def test_telemetry_makes_next_months_partitions_and_outlives_a_role_that_m
     with psycopg.connect(migrated_dsn) as conn:
         conn.execute("REVOKE ALL ON ALL TABLES IN SCHEMA public FROM molamd_app")
         conn.execute("DROP ROLE molamd_app")
+
+
+def partitions_of(conn: psycopg.Connection[tuple[object, ...]], table: str) -> list[str]:
+    rows = conn.execute("SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+                        " WHERE i.inhparent = %s::regclass ORDER BY 1", (table,)).fetchall()
+    return [str(r[0]) for r in rows]
+
+
+def test_truncate_is_refused_on_every_audit_table_and_partition_even_ones_made_later(migrated_dsn: str) -> None:
+    """TRUNCATE skips the row triggers that refuse deletes; a statement trigger refuses it, on the partitioned
+    tables, each partition (the default one too), one made later, and the chain heads."""
+    write(migrated_dsn, 1, 1)
+    later = (this_month() + dt.timedelta(days=32 * 8)).replace(day=1)
+    with psycopg.connect(migrated_dsn, autocommit=True) as conn:
+        conn.execute("SELECT molamd_audit_partitions(now()::date, 8)")
+        names = [*audit_chain.TABLES, "molamd_audit_chain",
+                 *partitions_of(conn, "molamd_audit"), *partitions_of(conn, "bank_connector_logs")]
+    assert f"molamd_audit_{later:%Y_%m}" in names and "bank_connector_logs_default" in names
+    for name in names:
+        with psycopg.connect(migrated_dsn) as conn, pytest.raises(
+                psycopg.errors.IntegrityConstraintViolation, match="never truncated"):
+            conn.execute(f'TRUNCATE "{name}"')
+    with psycopg.connect(migrated_dsn) as conn:
+        rows = conn.execute("SELECT (SELECT count(*) FROM molamd_audit), (SELECT count(*) FROM bank_connector_logs)"
+                            ).fetchone()
+    assert rows == (1, 1)
+
+
+def test_chain_heads_are_never_deleted_or_moved_back(migrated_dsn: str) -> None:
+    write(migrated_dsn, 2, 2)
+    for sql in ("DELETE FROM molamd_audit_chain",
+                "UPDATE molamd_audit_chain SET seq = seq - 1 WHERE seq > 0",
+                "UPDATE molamd_audit_chain SET head = sha256('x') WHERE seq > 0",
+                "UPDATE molamd_audit_chain SET month = month - 31",
+                "UPDATE molamd_audit_chain SET retired_at = now()"):  # retired only once exported with its head
+        with psycopg.connect(migrated_dsn) as conn, pytest.raises(psycopg.errors.IntegrityConstraintViolation):
+            conn.execute(sql)
+    assert findings(migrated_dsn) == []
+
+
+def test_every_month_from_the_first_partition_has_a_head_even_with_no_rows(migrated_dsn: str) -> None:
+    """Heads are written with the partitions (for empty months too), so verify can require one for every month
+    from the first partition to now; a month whose partition was emptied and whose head was deleted is named."""
+    with psycopg.connect(migrated_dsn) as conn:
+        heads = {(str(t), m) for t, m in conn.execute("SELECT table_name, month FROM molamd_audit_chain")}
+    assert {(t, this_month()) for t in audit_chain.TABLES} <= heads, "this month has its heads before any row"
+    assert findings(migrated_dsn) == []
+
+    last_month = (this_month() - dt.timedelta(days=1)).replace(day=1)
+    with psycopg.connect(migrated_dsn) as conn:
+        conn.execute("SELECT molamd_audit_partitions(%s, 1)", (last_month,))
+        conn.execute("INSERT INTO molamd_audit (action, actor, at) VALUES ('command:pause', 'root', %s)",
+                     (dt.datetime.combine(last_month, dt.time(9), dt.UTC),))
+    write(migrated_dsn, 1, 1)
+    assert findings(migrated_dsn) == []
+    # The owner, triggers off: last month's rows truncated and its head deleted; this month's bank calls too.
+    tamper(migrated_dsn, f"TRUNCATE molamd_audit_{last_month:%Y_%m}; TRUNCATE bank_connector_logs_{this_month():%Y_%m};"
+                         " DELETE FROM molamd_audit_chain WHERE"
+                         f" (table_name = 'molamd_audit' AND month = '{last_month}')"
+                         f" OR (table_name = 'bank_connector_logs' AND month = '{this_month()}')")
+    found = findings(migrated_dsn)
+    assert f"molamd_audit {last_month:%Y-%m}: no chain head" in " ".join(found), found
+    assert f"bank_connector_logs {this_month():%Y-%m}: no chain head" in " ".join(found), found
+    assert len(found) == 2, found
+    one = findings(migrated_dsn, last_month)
+    assert len(one) == 1 and "no chain head" in one[0], one
