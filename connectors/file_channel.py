@@ -75,7 +75,9 @@ class FileChannelOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unkno
     key_algorithm: str = "rsa-sha256"  # or "ecdsa-sha256" (a P-256 key)
     certificate: str  # PEM file of our signing certificate: every signature is verified against it
     bank_certificate: str = ""  # PEM file pinning the bank's report-signing certificate
-    reports_signed: bool = False  # refuse (store, flag, apply nothing) an unsigned report
+    # Refuse (store, flag, apply nothing) an unsigned report. Unset: as bank_certificate is pinned or not; a
+    # pinned certificate with reports_signed = false is a config error (check-config says why).
+    reports_signed: bool | None = None
     initiating_party: str
     debtor_name: str
     debtor_town: str
@@ -100,6 +102,11 @@ class FileChannelOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unkno
         if self.signature is not None:
             return self.signature
         return SignatureProfile.ENVELOPED if self.version is Pain001Version.V09 else SignatureProfile.DETACHED
+
+    @property
+    def signed_reports(self) -> bool:
+        """Every report must carry a signature that verifies against the pinned certificate."""
+        return self.reports_signed if self.reports_signed is not None else bool(self.bank_certificate)
 
     @property
     def charset(self) -> frozenset[str]:
@@ -305,11 +312,12 @@ class FileChannelConnector:
         """(verified | unsigned | invalid | not_checked, the problem if the report must not be applied)."""
         signed = DS.encode() in content
         if not signed:
-            if self.files.reports_signed:
-                return "unsigned", "the report is not signed, and this connector requires signed reports"
+            if self.files.signed_reports:
+                why = "a pinned bank_certificate" if self.files.bank_certificate else "reports_signed"
+                return "unsigned", f"the report is not signed, and this connector requires signed reports ({why})"
             return "unsigned", None
         if not self.files.bank_certificate:
-            if self.files.reports_signed:
+            if self.files.signed_reports:
                 return "not_checked", "no bank_certificate to check the report's signature against"
             return "not_checked", None
         try:

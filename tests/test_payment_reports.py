@@ -176,15 +176,16 @@ def _signed(data: bytes, key: Path) -> bytes:
     return bytes(etree.tostring(root, xml_declaration=True, encoding="UTF-8"))
 
 
-def _channel(tmp_path: Path, bank_cert: Path, *, required: bool) -> FileChannelConnector:
+def _channel(tmp_path: Path, bank_cert: Path | None, *, required: bool | None) -> FileChannelConnector:
     import msgspec
 
     from connectors import decode_hook
 
     config = msgspec.convert({
         "kind": "iso20022", "name": CONNECTOR, "bank_profile": "bank-c",
-        "iso20022": {"key_label": "k", "certificate": str(bank_cert), "bank_certificate": str(bank_cert),
-                     "reports_signed": required, "initiating_party": "Molam", "debtor_name": "Molam",
+        "iso20022": {"key_label": "k", "certificate": str(tmp_path / "molam.pem"),
+                     "bank_certificate": str(bank_cert or ""), **({} if required is None else {
+                         "reports_signed": required}), "initiating_party": "Molam", "debtor_name": "Molam",
                      "debtor_town": "Dakar", "debtor_country": "SN"},
         "cutoffs": {"country": "SN", "timezone": "Africa/Dakar", "times": ["15:00"]},
         "sftp": {"host": "127.0.0.1", "username": "u", "password": "env:X", "known_hosts": str(tmp_path / "kh")},
@@ -204,7 +205,37 @@ def test_a_signed_report_is_verified_against_the_banks_pinned_certificate(tmp_pa
     assert channel.report_signature(tampered)[0] == "invalid"
     state, problem = channel.report_signature(data)
     assert state == "unsigned" and problem is not None, "unsigned where a signature is required: not applied"
-    assert _channel(tmp_path, cert, required=False).report_signature(data) == ("unsigned", None)
+    state, problem = _channel(tmp_path, cert, required=None).report_signature(data)
+    assert state == "unsigned" and problem and "pinned" in problem, "a pinned certificate requires signed reports"
+    assert _channel(tmp_path, None, required=None).report_signature(data) == ("unsigned", None)
+
+
+def _signed_part(data: bytes, key: Path) -> bytes:
+    """``data`` with a signature whose Reference covers only the group header (``#hdr``, an xml:id): it verifies
+    as XML-DSig, yet says nothing of the statuses beside it."""
+    import xmlsec
+
+    root = etree.fromstring(data)
+    header = root[0][0]
+    header.set("{http://www.w3.org/XML/1998/namespace}id", "hdr")
+    signature = xmlsec.template.create(root, xmlsec.constants.TransformExclC14N, xmlsec.constants.TransformRsaSha256,
+                                       ns="ds")
+    root[0].append(signature)
+    ref = xmlsec.template.add_reference(signature, xmlsec.constants.TransformSha256, uri="#hdr")
+    xmlsec.template.add_transform(ref, xmlsec.constants.TransformExclC14N)
+    ctx = xmlsec.SignatureContext()
+    ctx.key = xmlsec.Key.from_file(str(key), xmlsec.constants.KeyDataFormatPem)
+    ctx.sign(signature)
+    return bytes(etree.tostring(root, xml_declaration=True, encoding="UTF-8"))
+
+
+def test_a_signature_over_part_of_the_report_is_not_a_signed_report(tmp_path: Path) -> None:
+    key, cert = key_files(tmp_path, "bank")
+    channel = _channel(tmp_path, cert, required=True)
+    partial = _signed_part(report("MOLAM-T6", "ACTC"), key)
+    tampered = partial.replace(b"ACTC", b"RJCT")
+    state, problem = channel.report_signature(tampered)
+    assert state == "invalid" and problem and "Reference" in problem, problem
 
 
 def test_a_slice_no_file_can_carry_is_dead_with_the_reason_and_the_rest_go(migrated_dsn: str, tmp_path: Path) -> None:

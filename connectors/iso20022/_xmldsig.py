@@ -104,12 +104,28 @@ def verify_enveloped(signed: bytes, public_key_pem: bytes) -> None:
     node = xmlsec.tree.find_node(root, xmlsec.constants.NodeSignature)
     if node is None:
         raise SignatureInvalid("no ds:Signature in the document")
+    _covers_the_document(node)
     ctx = xmlsec.SignatureContext()
     ctx.key = xmlsec.Key.from_memory(public_key_pem, xmlsec.constants.KeyDataFormatPem)
     try:
         ctx.verify(node)
     except xmlsec.Error as exc:
         raise SignatureInvalid(f"signature does not verify: {exc}") from None
+
+
+def _covers_the_document(signature: etree._Element) -> None:
+    """An enveloped signature counts only if it signs the whole document: one Reference, URI "" (the document
+    it sits in) with the enveloped-signature transform. One that references an element by id signs that
+    element alone, and would vouch for whatever is written beside it."""
+    references = signature.findall(f"{{{DS}}}SignedInfo/{{{DS}}}Reference")
+    if len(references) != 1:
+        raise SignatureInvalid(f"the signature has {len(references)} Reference elements; one, URI \"\", is wanted")
+    uri = references[0].get("URI")
+    if uri != "":
+        raise SignatureInvalid(f"the signature's Reference URI is {uri!r}, not \"\" (the whole document)")
+    transforms = [t.get("Algorithm") for t in references[0].iterfind(f"{{{DS}}}Transforms/{{{DS}}}Transform")]
+    if ENVELOPED not in transforms:
+        raise SignatureInvalid("the signature's Reference has no enveloped-signature transform")
 
 
 def sign_detached(payment: bytes, file_name: str, algorithm: str, sign: Callable[[bytes], bytes],

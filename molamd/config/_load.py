@@ -5,6 +5,7 @@ from __future__ import annotations
 import grp
 import ipaddress
 import os
+import posixpath
 import re
 from pathlib import Path
 from typing import Any
@@ -142,10 +143,31 @@ def _check_sources(config: Config, problems: list[ConfigProblem]) -> None:
             problems.append(ConfigProblem(f"{path}.csv_profile", f"no [csv_profiles.{o.csv_profile}] (known: {known})"))
 
 
+def _check_report_drops(config: Config, problems: list[ConfigProblem]) -> None:
+    """One SFTP report drop, one file channel: whichever lists it first takes the other's reports (it knows none
+    of their files, flags them and archives them), and the other's slices stay sent for ever."""
+    from connectors import FileChannelConfig
+
+    readers: dict[tuple[str, int, str, str], int] = {}
+    for index, entry in enumerate(config.connectors):
+        if not isinstance(entry, FileChannelConfig) or entry.sftp is None or entry.iso20022.transport != "sftp":
+            continue
+        o = entry.sftp
+        drop = (o.host.lower().rstrip("."), o.port, o.username, posixpath.normpath("/" + o.inbox.strip("/")))
+        first = readers.setdefault(drop, index)
+        if first != index:
+            problems.append(ConfigProblem(
+                f"$.connectors[{index}].sftp.inbox",
+                f"{o.host}:{o.port} {drop[3]} (as {o.username!r}) is also the report drop of $.connectors[{first}]"
+                f" ({config.connectors[first].name!r}): each would take the other's pain.002 reports; give each"
+                f" file channel its own"))
+
+
 def _check_file_channels(config: Config, problems: list[ConfigProblem]) -> None:
     from connectors import BankCalendar, CalendarError, FileChannelConfig
     from connectors.iso20022 import Pain001Version
 
+    _check_report_drops(config, problems)
     for index, entry in enumerate(config.connectors):
         if not isinstance(entry, FileChannelConfig):
             continue
@@ -168,6 +190,10 @@ def _check_file_channels(config: Config, problems: list[ConfigProblem]) -> None:
         if o.reports_signed and not o.bank_certificate:
             problems.append(ConfigProblem(f"{path}.iso20022.bank_certificate",
                                           "reports_signed needs the bank's certificate to check them against"))
+        if o.reports_signed is False and o.bank_certificate:
+            problems.append(ConfigProblem(f"{path}.iso20022.reports_signed", (
+                "a pinned bank_certificate means every report must be signed: an unsigned one would be applied"
+                " unchecked beside it; drop reports_signed = false, or the pin if this bank signs nothing")))
         if not 1 <= o.max_transactions <= 100_000:
             problems.append(ConfigProblem(f"{path}.iso20022.max_transactions", "between 1 and 100000"))
         for key in ("upload_dir",):
