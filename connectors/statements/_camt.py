@@ -10,10 +10,11 @@ how billion-laughs and external-entity payloads arrive), and so is one over ``ma
 from __future__ import annotations
 
 import datetime as dt
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 
 from lxml import etree
 
+from .._money import EXACT, AmountSyntaxError, clip, exact_sum, parse_amount
 from ._errors import StatementFormatError
 from ._model import Balance, Statement, StatementLine, check_balance
 
@@ -76,16 +77,20 @@ def _amount(tree: etree._ElementTree, element: _Element) -> tuple[Decimal, str |
     amt = element.find("Amt")
     if amt is None or not (amt.text or "").strip():
         raise StatementFormatError(f"{tree.getpath(element)}/Amt", "missing (expected an amount)")
-    try:
-        value = Decimal(amt.text.strip())  # type: ignore[union-attr]
-    except InvalidOperation:
-        raise StatementFormatError(tree.getpath(amt), f"{amt.text!r} is not an amount") from None
-    if not value.is_finite() or value < 0:
-        raise StatementFormatError(tree.getpath(amt), f"{amt.text!r} is not an amount (expected positive decimal)")
+    value = _decimal(tree, amt, amt.text.strip())  # type: ignore[union-attr]
     indicator = _need(tree, element, "CdtDbtInd", "CRDT or DBIT")
     if indicator not in ("CRDT", "DBIT"):
-        raise StatementFormatError(f"{tree.getpath(element)}/CdtDbtInd", f"{indicator!r} (expected CRDT or DBIT)")
+        raise StatementFormatError(f"{tree.getpath(element)}/CdtDbtInd", f"{clip(indicator)!r} (expected CRDT or DBIT)")
     return (value if indicator == "CRDT" else -value), amt.get("Ccy")
+
+
+def _decimal(tree: etree._ElementTree, element: _Element, text: str) -> Decimal:
+    """An ``Amt`` as ISO 20022 writes it (unsigned, ``.`` as separator), read by the one strict amount reader."""
+    try:
+        return parse_amount(text, decimal_separator=".")
+    except AmountSyntaxError as exc:
+        raise StatementFormatError(tree.getpath(element), f"{clip(text)!r} is not an amount (expected a positive "
+                                                          f"decimal: {exc.reason})") from None
 
 
 def _date(tree: etree._ElementTree, element: _Element | None, path: str) -> dt.date | None:
@@ -100,13 +105,15 @@ def _date(tree: etree._ElementTree, element: _Element | None, path: str) -> dt.d
     try:
         return dt.date.fromisoformat(text[:10])
     except ValueError:
-        raise StatementFormatError(tree.getpath(holder), f"{text!r} is not a date (expected YYYY-MM-DD)") from None
+        raise StatementFormatError(
+            tree.getpath(holder), f"{clip(text)!r} is not a date (expected YYYY-MM-DD)") from None
 
 
 def _statement(tree: etree._ElementTree, container: _Element, kind: str) -> Statement:
     account = next((a for a in map(lambda p: _text(container, p), _ACCOUNT_PATHS) if a), None)
     if account is None:
         raise StatementFormatError(f"{tree.getpath(container)}/Acct/Id", "missing (expected IBAN or Othr/Id)")
+    account_currency = _text(container, "Acct/Ccy")
     balances: dict[str, Balance] = {}
     forward = []
     for bal in container.findall("Bal"):
@@ -115,14 +122,14 @@ def _statement(tree: etree._ElementTree, container: _Element, kind: str) -> Stat
         date = _date(tree, bal, "Dt")
         if date is None:
             raise StatementFormatError(f"{tree.getpath(bal)}/Dt", "missing (expected Dt or DtTm)")
-        balance = Balance(amount=amount, currency=currency or "", date=date)
+        balance = Balance(amount=amount, currency=currency or account_currency or "", date=date)
         if code == "FWAV":
             forward.append(balance)
         else:
             balances.setdefault(code, balance)
     opening = next((balances[c] for c in _OPENING if c in balances), None)
     closing = next((balances[c] for c in _CLOSING if c in balances and balances[c] is not opening), None)
-    currency = _text(container, "Acct/Ccy") or (opening.currency if opening else None)
+    currency = account_currency or (opening.currency if opening else None)
     lines: list[StatementLine] = []
     skipped = 0
     for index, entry in enumerate(container.findall("Ntry"), start=1):
@@ -161,14 +168,18 @@ def _lines(
     if len(details) > 1:  # a batch booking: one line per transaction when their amounts add up to the entry
         split: list[tuple[Decimal, _Element | None]] = []
         for detail in details:
-            tx_amount = _text(detail, "AmtDtls/TxAmt/Amt") or _text(detail, "Amt")
-            if tx_amount is None:
+            tx_amt = detail.find("AmtDtls/TxAmt/Amt")
+            if tx_amt is None:
+                tx_amt = detail.find("Amt")
+            tx_text = (tx_amt.text or "").strip() if tx_amt is not None else ""
+            if tx_amt is None or not tx_text:
                 break
-            try:
-                split.append((Decimal(tx_amount).copy_abs() * (1 if amount >= 0 else -1), detail))
-            except InvalidOperation:
-                break
-        if len(split) == len(details) and sum(a for a, _ in split) == amount:
+            tx_currency = tx_amt.get("Ccy")
+            if tx_currency is not None and tx_currency != (entry_currency or currency):
+                break  # the instructed amount, in another currency: the entry stays one line, in its own
+            tx_value = _decimal(tree, tx_amt, tx_text)
+            split.append((tx_value if amount >= 0 else EXACT.minus(tx_value), detail))
+        if len(split) == len(details) and exact_sum(a for a, _ in split) == amount:
             parts = split
     raw = etree.tostring(entry, encoding="unicode")
     code = _bank_code(entry)

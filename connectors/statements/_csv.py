@@ -5,7 +5,9 @@ delimiter, the decimal and thousands separators, the date format, the encoding, 
 are told apart: a signed amount, two columns (debit, credit), or an amount with an indicator column. Rows
 are grouped into one statement per account (and statement number, when a column carries it). When a running
 balance column is mapped, every row must carry the balance of the row before plus its amount: that is the
-CSV form of opening + credits - debits = closing.
+CSV form of opening + credits - debits = closing (a row with an empty balance cell is refused, never taken
+unchecked). One currency per statement. Amounts are read by ``connectors._money.parse_amount``: ASCII digits and
+one decimal separator, no exponent, bounded length; sums are exact.
 """
 
 from __future__ import annotations
@@ -14,11 +16,12 @@ import csv
 import datetime as dt
 import io
 from collections.abc import Iterator
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Literal
 
 import msgspec
 
+from .._money import EXACT, AmountSyntaxError, clip, parse_amount, show_amount
 from ._errors import BalanceMismatch, StatementFormatError
 from ._model import Balance, Statement, StatementLine
 
@@ -155,7 +158,7 @@ def _index(row: list[str], profile: CsvProfile, line: int) -> tuple[dict[str, in
             index[name] = names.index(str(col).lower())
         else:
             raise StatementFormatError(
-                f"line {line}", f"no header column {col!r} for {name} (header has: {', '.join(row)})")
+                f"line {line}", f"no header column {col!r} for {name} (header has: {clip(', '.join(row), 300)})")
     return index, is_header
 
 
@@ -177,16 +180,21 @@ def _statements(rows: Iterator[_Row], profile: CsvProfile, check: bool) -> Itera
             if current is not None:
                 yield _done(current, profile)
             current = _Open(key, line)
+        elif check and entry.currency != current.lines[0].currency:
+            raise BalanceMismatch(key[1] or key[0], f"line {line}", Decimal(0),
+                                  f"a row in {entry.currency} in a statement in {current.lines[0].currency} "
+                                  f"(one currency per statement)")
         if balance is not None:
             date = entry.booking_date or entry.value_date
-            before = Balance(amount=balance - entry.amount, currency=entry.currency, date=date)
+            before = Balance(amount=EXACT.subtract(balance, entry.amount), currency=entry.currency, date=date)
             if current.closing is None:
                 current.opening = before
             elif check and current.closing.amount != before.amount:
                 raise BalanceMismatch(
-                    key[1] or key[0], f"line {line}", balance - (current.closing.amount + entry.amount),
-                    f"running balance {balance:f} is not the previous {current.closing.amount:f} "
-                    f"plus this row's {entry.amount:+f}")
+                    key[1] or key[0], f"line {line}",
+                    EXACT.subtract(balance, EXACT.add(current.closing.amount, entry.amount)),
+                    f"running balance {show_amount(balance)} is not the previous {show_amount(current.closing.amount)} "
+                    f"plus this row's {show_amount(entry.amount, sign=True)}")
             current.closing = Balance(amount=balance, currency=entry.currency, date=date)
         current.lines.append(entry)
     if current is not None:
@@ -215,7 +223,7 @@ def _line(line: int, cells: dict[str, str], raw: str, profile: CsvProfile) -> tu
         credit = _number(cells, "credit", profile, where, required=False)
         if (debit is None) == (credit is None) and not (debit == 0 or credit == 0):
             raise StatementFormatError(where, "expected an amount in exactly one of the debit and credit columns")
-        amount = (credit or Decimal(0)) - abs(debit or Decimal(0))
+        amount = EXACT.subtract(credit or Decimal(0), abs(debit or Decimal(0)))
     else:
         amount = abs(_required(cells, "amount", profile, where))
         mark = cells["indicator"].upper()
@@ -223,15 +231,16 @@ def _line(line: int, cells: dict[str, str], raw: str, profile: CsvProfile) -> tu
             amount = -amount
         elif mark not in profile.credit_marks:
             raise StatementFormatError(
-                where, f"indicator {cells['indicator']!r} (expected one of "
+                where, f"indicator {clip(cells['indicator'])!r} (expected one of "
                 f"{', '.join(profile.credit_marks + profile.debit_marks)})")
     currency = cells.get("currency") or profile.currency or ""
     if len(currency) != 3 or not currency.isalpha() or not currency.isupper():
-        raise StatementFormatError(where, f"currency {currency!r} (expected an ISO 4217 code like XOF)")
+        raise StatementFormatError(where, f"currency {clip(currency)!r} (expected an ISO 4217 code like XOF)")
     account = cells.get("account") or profile.account or ""
     if not account:
         raise StatementFormatError(where, "empty account")
-    balance = _number(cells, "balance", profile, where, required=False) if "balance" in cells else None
+    # A mapped balance column is checked on every row: an empty cell would let that row through unchecked.
+    balance = _required(cells, "balance", profile, where) if "balance" in cells else None
     return StatementLine(
         account=account, currency=currency, amount=amount, value_date=value, booking_date=booking,
         customer_ref=cells.get("reference") or None, bank_ref=cells.get("bank_ref") or None,
@@ -254,22 +263,15 @@ def _number(cells: dict[str, str], name: str, profile: CsvProfile, where: str, *
         if required:
             raise StatementFormatError(where, f"column {name} is empty (expected a number)")
         return None
-    cleaned = text.replace(" ", "").replace("\u00a0", "")
+    cleaned = text.replace(" ", "").replace("\u00a0", "")  # "1 000,00": spaces group digits
     if profile.thousands_separator:
         cleaned = cleaned.replace(profile.thousands_separator, "")
-    if profile.decimal_separator != ".":
-        if "." in cleaned:
-            raise StatementFormatError(where, f"column {name} is {text!r} (expected a number like 1234"
-                                       f"{profile.decimal_separator}56)")
-        cleaned = cleaned.replace(profile.decimal_separator, ".")
     try:
-        value = Decimal(cleaned)
-    except InvalidOperation:
-        value = None
-    if value is None or not value.is_finite():
+        return parse_amount(cleaned, decimal_separator=profile.decimal_separator, signed=True)
+    except AmountSyntaxError as exc:
         raise StatementFormatError(
-            where, f"column {name} is {text!r} (expected a number like 1234{profile.decimal_separator}56)")
-    return value
+            where, f"column {name} is {clip(text)!r} (expected a number like -1234{profile.decimal_separator}56: "
+                   f"{exc.reason})") from None
 
 
 def _date(cells: dict[str, str], name: str, profile: CsvProfile, where: str) -> dt.date | None:
@@ -280,4 +282,4 @@ def _date(cells: dict[str, str], name: str, profile: CsvProfile, where: str) -> 
         return dt.datetime.strptime(text, profile.date_format).date()
     except ValueError:
         raise StatementFormatError(
-            where, f"column {name} is {text!r} (expected a date as {profile.date_format})") from None
+            where, f"column {name} is {clip(text)!r} (expected a date as {profile.date_format})") from None

@@ -9,7 +9,7 @@ from ._csv import MOLAMD_PROFILE, CsvProfile, parse_csv
 from ._model import Statement
 from ._mt940 import iter_mt940, parse_mt940
 
-FORMATS = ("mt940", "csv", "camt053")
+FORMATS = ("mt940", "mt942", "csv", "camt053")  # mt942: SWIFT files without a block 2 header are interim
 
 
 def iter_statements(
@@ -17,8 +17,8 @@ def iter_statements(
     max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> Iterator[Statement]:
     """Statements of a file given in byte pieces; MT940 streams, the others read the whole file first."""
-    if fmt == "mt940":
-        return iter_mt940(chunks, check=check)
+    if fmt in ("mt940", "mt942"):
+        return iter_mt940(chunks, check=check, kind=fmt)
     data = b"".join(chunks)
     return iter(parse_statements(fmt, data, csv_profile=csv_profile, check=check, max_bytes=max_bytes))
 
@@ -27,9 +27,9 @@ def parse_statements(
     fmt: str, data: bytes, *, csv_profile: CsvProfile | None = None, check: bool = True,
     max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> list[Statement]:
-    """Every statement of a file in ``fmt`` (mt940, csv or camt053)."""
-    if fmt == "mt940":
-        return parse_mt940(data, check=check)
+    """Every statement of a file in ``fmt`` (mt940, mt942, csv or camt053)."""
+    if fmt in ("mt940", "mt942"):
+        return parse_mt940(data, check=check, kind=fmt)
     if fmt == "csv":
         return parse_csv(data, csv_profile or MOLAMD_PROFILE, check=check)
     if fmt == "camt053":

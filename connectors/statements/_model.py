@@ -8,7 +8,8 @@ from decimal import Decimal
 
 import msgspec
 
-from ._errors import BalanceMismatch
+from .._money import EXACT, clip, exact_sum, show_amount
+from ._errors import BalanceMismatch, StatementFormatError
 
 
 class Balance(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -76,24 +77,47 @@ class Statement(msgspec.Struct, frozen=True, kw_only=True, gc=False):
 
 
 def check_balance(statement: Statement, where: str) -> None:
-    """Opening + credits - debits must equal closing, in the statement's currency; raise BalanceMismatch."""
+    """Opening + credits - debits must equal closing, in the statement's currency, added exactly; raise
+    BalanceMismatch. Every balance and line must be in the statement's currency first (check_currency)."""
+    check_currency(statement, where)
     opening, closing = statement.opening, statement.closing
     if opening is None or closing is None:
         return
     if opening.currency != closing.currency:
         raise BalanceMismatch(statement.label, where, Decimal(0),
-                              f"opening balance in {opening.currency} but closing balance in {closing.currency}")
-    total = opening.amount + sum_amounts(statement.lines)
+                              f"opening balance in {clip(opening.currency)} but closing balance in "
+                              f"{clip(closing.currency)}")
+    total = sum_amounts(statement.lines, opening.amount)
     if total != closing.amount:
+        lines = show_amount(EXACT.subtract(total, opening.amount), sign=True)
         raise BalanceMismatch(
-            statement.label, where, closing.amount - total,
-            f"opening {opening.amount:f} + lines {total - opening.amount:+f} = {total:f}, "
-            f"but the closing balance is {closing.amount:f} {closing.currency}",
+            statement.label, where, EXACT.subtract(closing.amount, total),
+            f"opening {show_amount(opening.amount)} + lines {lines} = {show_amount(total)}, "
+            f"but the closing balance is {show_amount(closing.amount)} {clip(closing.currency)}",
         )
 
 
-def sum_amounts(lines: Iterable[StatementLine]) -> Decimal:
-    total = Decimal(0)
-    for line in lines:
-        total += line.amount
-    return total
+def check_currency(statement: Statement, where: str) -> None:
+    """One currency per statement: every balance and every line in the statement's own; raise BalanceMismatch
+    naming the first that is not (amounts in two currencies do not add up)."""
+    currency = statement.currency
+    balances = [("opening", statement.opening), ("closing", statement.closing),
+                 ("closing available", statement.closing_available),
+                 *(("forward available", b) for b in statement.forward_available)]
+    for name, balance in balances:
+        if balance is not None and balance.currency != currency:
+            raise BalanceMismatch(statement.label, where, Decimal(0),
+                                  f"the statement is in {clip(currency)} but its {name} balance is in "
+                                  f"{clip(balance.currency)}")
+    for line in statement.lines:
+        if line.currency != currency:
+            raise BalanceMismatch(statement.label, f"{where} (entry at {line.source_line})", Decimal(0),
+                                  f"the statement is in {clip(currency)} but this entry is in {clip(line.currency)}")
+
+
+def sum_amounts(lines: Iterable[StatementLine], start: Decimal = Decimal(0)) -> Decimal:
+    """``start`` plus the lines' amounts, exactly (never rounded to the default 28 digits)."""
+    try:
+        return exact_sum((line.amount for line in lines), start)
+    except ArithmeticError:  # amounts are bounded when read; this is the guard, not the rule
+        raise StatementFormatError("statement", "amounts too large to add exactly") from None

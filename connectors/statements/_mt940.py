@@ -21,43 +21,53 @@ import re
 from collections.abc import Iterable, Iterator
 from decimal import Decimal
 
+from .._money import EXACT, AmountSyntaxError, clip, exact_sum, parse_amount
 from ._details import Details, parse_details
 from ._errors import BalanceMismatch, StatementFormatError
 from ._model import Balance, Statement, StatementLine, check_balance
 
-_TAG = re.compile(r":(\d\d[A-Z]?|NS):")
+# ASCII only: ``\d`` alone also matches Arabic-Indic and other digits, which int() and Decimal() then read.
+_TAG = re.compile(r":(\d\d[A-Z]?|NS):", re.ASCII)
 # A tag and its continuation lines: every following line that does not start with ":", "{" or "-" (those may
 # begin a tag, a SWIFT block or the end of a statement, and go through the line-by-line path).
 _VALUE = r"[^\n]*(?:\n(?![:{\-\x1a]|[ \t]*:[ \t]*\n)[^\n]*)*"
-_FIELD = re.compile(rf"^:(\d\d[A-Z]?|NS):({_VALUE})\n", re.MULTILINE)
+_FIELD = re.compile(rf"^:(\d\d[A-Z]?|NS):({_VALUE})\n", re.MULTILINE | re.ASCII)
 _KNOWN = frozenset({
     "20", "21", "25", "28", "28C", "60F", "60M", "61", "86", "62F", "62M", "64", "65", "13", "13D", "34F",
     "90D", "90C", "NS",
 })
-_AMOUNT = r"\d+(?:,\d*)?"
-_BALANCE = re.compile(rf"([CD])(\d{{6}})([A-Z]{{3}})({_AMOUNT})\s*$")
+_AMOUNT = r"\d+(?:,\d*)?"  # shape only: parse_amount bounds its length
+_BALANCE = re.compile(rf"([CD])(\d{{6}})([A-Z]{{3}})({_AMOUNT})\s*$", re.ASCII)
 _ENTRY = re.compile(
     rf"(\d{{6}})(\d{{4}}|\s{{4}})?(R?[CD])([A-Z])?({_AMOUNT})([A-Z][A-Z0-9 ]{{3}})(.*)",  # then ref[//bank ref]
+    re.ASCII,
 )
 _BLANK_LINE = re.compile(r"\n[ \t]*(?:\n|$)")
-_NUMBER = re.compile(r"(\d+)(?:/(\d+))?\s*$")
-_FLOOR = re.compile(rf"([A-Z]{{3}})([CD])?({_AMOUNT})\s*$")
-_SUMS = re.compile(rf"(\d+)([A-Z]{{3}})({_AMOUNT})\s*$")
-_DATETIME = re.compile(r"(\d{6})(\d{4})([+-]\d{4})?\s*$")
+_NUMBER = re.compile(r"(\d+)(?:/(\d+))?\s*$", re.ASCII)
+_FLOOR = re.compile(rf"([A-Z]{{3}})([CD])?({_AMOUNT})\s*$", re.ASCII)
+_SUMS = re.compile(rf"(\d{{1,5}})([A-Z]{{3}})({_AMOUNT})\s*$", re.ASCII)  # 5n count
+_DATETIME = re.compile(r"(\d{6})(\d{4})([+-]\d{4})?\s*$", re.ASCII)
+# Block 2 (application header) names the message type: {2:I940...} as sent, {2:O940...} as received.
+_MESSAGE_TYPE = re.compile(r"\{2:[IO](\d{3})", re.ASCII)
+KINDS = ("mt940", "mt942")
 
 
-def parse_mt940(data: bytes, *, check: bool = True) -> list[Statement]:
+def parse_mt940(data: bytes, *, check: bool = True, kind: str = "mt940") -> list[Statement]:
     """Every statement of an MT940/MT942 file; raises StatementFormatError or BalanceMismatch.
 
     ``check=False`` skips the balance check (to show an operator what a file that does not balance says).
+    ``kind`` is what the source declares its files to be: a message's block 2 header, where it has one, says
+    940 or 942 instead. A tag never does: an MT940 with a :34F: or :13D: line is still an MT940 and balances.
     """
-    return list(iter_mt940((data,), check=check))
+    return list(iter_mt940((data,), check=check, kind=kind))
 
 
-def iter_mt940(chunks: Iterable[bytes], *, check: bool = True) -> Iterator[Statement]:
+def iter_mt940(chunks: Iterable[bytes], *, check: bool = True, kind: str = "mt940") -> Iterator[Statement]:
     """Statements from the file's bytes in pieces of any size (``iter(lambda: f.read(1 << 20), b"")``), each
     statement checked before it is yielded; memory holds one piece and one statement."""
-    reader = _Reader(check)
+    if kind not in KINDS:
+        raise ValueError(f"unknown SWIFT statement kind {kind!r} (expected one of {', '.join(KINDS)})")
+    reader = _Reader(check, kind)
     ready = reader.ready
     line_no = 1
     rest = b""
@@ -104,10 +114,13 @@ def _text(block: bytes) -> str:
 class _Reader:
     """Physical lines to tags (with their continuation lines), tags to statements (into ``ready``)."""
 
-    __slots__ = ("builder", "check", "colon_line", "ready", "seen_tag", "tag", "tag_line", "value")
+    __slots__ = ("builder", "check", "colon_line", "declared_kind", "kind", "ready", "seen_tag", "tag", "tag_line",
+                 "value")
 
-    def __init__(self, check: bool) -> None:
+    def __init__(self, check: bool, kind: str) -> None:
         self.check = check
+        self.declared_kind = kind  # what the source says its files are
+        self.kind = kind  # what the current message is: its block 2 header, else the declared kind
         self.ready: list[Statement] = []
         self.builder: _Builder | None = None
         self.tag: str | None = None
@@ -151,6 +164,11 @@ class _Reader:
             text = text.lstrip("\x1a")
         first = text[:1]
         if first == "{":  # SWIFT block headers; the text block {4: holds the statement
+            header = _MESSAGE_TYPE.search(text)
+            if header is not None:
+                self._close_tag()
+                self._finish(line_no)
+                self.kind = _message_kind(header.group(1), line_no)
             start = text.find("{4:")
             text = text[start + 3:] if start >= 0 else ""
             first = text[:1]
@@ -170,6 +188,8 @@ class _Reader:
         elif stripped and stripped[0] == "-" and stripped.rstrip("-}\x03") == "":  # end of a statement block
             self._close_tag()
             self._finish(line_no)
+            if "}" in stripped:  # the end of the message's text block: the next message has its own header
+                self.kind = self.declared_kind
         elif self.tag is not None and stripped:
             self.value += "\n" + text
 
@@ -204,11 +224,19 @@ class _Reader:
             builder.take_info(value, line)
         elif tag == "20":
             self._finish(line)
-            self.builder = _Builder(value.partition("\n")[0].strip(), line)
+            self.builder = _Builder(value.partition("\n")[0].strip(), line, interim=self.kind == "mt942")
         elif self.builder is None:
             raise StatementFormatError(f"line {line}", f":{tag}: before the :20: that starts a statement")
         else:
             self.builder.take(tag, value, line)
+
+
+def _message_kind(number: str, line: int) -> str:
+    if number == "940":
+        return "mt940"
+    if number == "942":
+        return "mt942"
+    raise StatementFormatError(f"line {line}", f"block 2 says MT{number} (expected an MT940 or MT942 statement)")
 
 
 def _decode(raw: bytes) -> str:
@@ -234,14 +262,17 @@ def _date(text: str, line: int) -> dt.date:
             raise ValueError(day)
         date = dt.date(year, month, min(day, last))
     except (ValueError, calendar.IllegalMonthError):
-        raise StatementFormatError(f"line {line}", f"{text!r} is not a date (expected YYMMDD)") from None
+        raise StatementFormatError(f"line {line}", f"{clip(text)!r} is not a date (expected YYMMDD)") from None
     if len(_DATES) < 100_000:
         _DATES[text] = date
     return date
 
 
-def _amount(text: str) -> Decimal:
-    return Decimal(text.replace(",", "."))
+def _amount(text: str, line: int) -> Decimal:
+    try:
+        return parse_amount(text, decimal_separator=",")
+    except AmountSyntaxError as exc:
+        raise StatementFormatError(f"line {line}", str(exc)) from None
 
 
 _ENTRY_DATES: dict[tuple[str, dt.date], dt.date] = {}
@@ -271,7 +302,7 @@ def _nearest(mmdd: str, value_date: dt.date, line: int) -> dt.date:
         if candidate is not None and (best is None or abs(candidate - value_date) < abs(best - value_date)):
             best = candidate
     if best is None:
-        raise StatementFormatError(f"line {line}", f"entry date {mmdd!r} is not a date (expected MMDD)")
+        raise StatementFormatError(f"line {line}", f"entry date {clip(mmdd)!r} is not a date (expected MMDD)")
     return best
 
 
@@ -281,7 +312,7 @@ class _Builder:
     __slots__ = ("account", "available", "closing", "declared", "floor_currency", "forward", "info", "interim",
                  "line", "lines", "number", "opening", "pending", "reference", "sequence", "sums")
 
-    def __init__(self, reference: str, line: int) -> None:
+    def __init__(self, reference: str, line: int, *, interim: bool) -> None:
         self.reference = reference
         self.line = line
         self.account: str | None = None
@@ -292,12 +323,12 @@ class _Builder:
         self.available: Balance | None = None
         self.forward: list[Balance] = []
         self.floor_currency: str | None = None
-        self.interim = False
+        self.interim = interim  # an MT942 by its header or its source, never by one of its tags
         self.declared: dict[str, str] = {}
         self.lines: list[StatementLine] = []
         self.pending: tuple[str, int] | None = None  # the last :61: waiting for its :86:
         self.info: list[str] = []
-        self.sums: dict[str, tuple[int, Decimal, int]] = {}
+        self.sums: dict[str, tuple[int, str, Decimal, int]] = {}
 
     @property
     def where(self) -> str:
@@ -341,7 +372,7 @@ class _Builder:
         elif tag in ("28", "28C"):
             match = _NUMBER.match(first)
             if match is None:
-                raise StatementFormatError(f"line {line}", f":{tag}: {first!r} (expected number[/sequence])")
+                raise StatementFormatError(f"line {line}", f":{tag}: {clip(first)!r} (expected number[/sequence])")
             self.number, self.sequence = match.group(1), match.group(2)
         elif tag in ("60F", "60M"):
             if self.opening is not None:
@@ -361,22 +392,27 @@ class _Builder:
         elif tag == "34F":
             match = _FLOOR.match(first)
             if match is None:
-                raise StatementFormatError(f"line {line}", f":34F: {first!r} (expected currency, optional D/C, amount)")
-            self.interim = True
+                raise StatementFormatError(
+                    f"line {line}", f":34F: {clip(first)!r} (expected currency, optional D/C, amount)")
+            if self.floor_currency is not None and self.floor_currency != match.group(1):
+                raise StatementFormatError(f"line {line}", f":34F: in {match.group(1)} but the floor limit before it "
+                                                           f"is in {self.floor_currency} (one currency per statement)")
             self.floor_currency = match.group(1)
-            self.declared[f"floor_limit_{match.group(2) or 'DC'}"] = f"{_amount(match.group(3)):f}"
+            self.declared[f"floor_limit_{match.group(2) or 'DC'}"] = f"{_amount(match.group(3), line):f}"
         elif tag in ("13", "13D"):
             match = _DATETIME.match(first)
             if match is None:
-                raise StatementFormatError(f"line {line}", f":{tag}: {first!r} (expected YYMMDDhhmm and a UTC offset)")
-            self.interim = True
+                raise StatementFormatError(
+                    f"line {line}", f":{tag}: {clip(first)!r} (expected YYMMDDhhmm and a UTC offset)")
             self.declared["date_time"] = _datetime(match, line).isoformat()
         elif tag in ("90D", "90C"):
             match = _SUMS.match(first)
             if match is None:
-                raise StatementFormatError(f"line {line}", f":{tag}: {first!r} (expected count, currency, amount)")
-            self.sums[tag] = (int(match.group(1)), _amount(match.group(3)), line)
-            self.declared[f"sum_{tag[-1]}"] = f"{match.group(1)} {match.group(2)} {_amount(match.group(3)):f}"
+                raise StatementFormatError(
+                    f"line {line}", f":{tag}: {clip(first)!r} (expected count, currency, amount)")
+            total = _amount(match.group(3), line)
+            self.sums[tag] = (int(match.group(1)), match.group(2), total, line)
+            self.declared[f"sum_{tag[-1]}"] = f"{match.group(1)} {match.group(2)} {total:f}"
         elif tag == "NS":
             self.declared["NS"] = (self.declared.get("NS", "") + "\n" + first).strip("\n")
 
@@ -391,7 +427,8 @@ class _Builder:
         if "\n" in text:
             value = _value_lines(text)
             main = value[0].strip()
-            supplementary: str | None = value[1].strip()
+            # a continuation line of only a form feed or such is dropped as blank: there may be none left
+            supplementary: str | None = value[1].strip() if len(value) > 1 else None
         else:
             value, main, supplementary = (text,), text.strip(), None
         match = _ENTRY.match(main)
@@ -400,11 +437,12 @@ class _Builder:
             supplementary = value[2].strip() if len(value) > 2 else None
         if match is None:
             raise StatementFormatError(
-                f"line {line}", f":61: {main!r} (expected YYMMDD[MMDD]D|C|RD|RC[funds code]amount type reference)")
+                f"line {line}",
+                f":61: {clip(main)!r} (expected YYMMDD[MMDD]D|C|RD|RC[funds code]amount type reference)")
         value_text, entry, mark, funds, amount_text, kind, rest = match.groups()
         value_date = _DATES.get(value_text) or _date(value_text, line)
         booking = _entry_date(entry, value_date, line) if entry and entry != "    " else None
-        amount = Decimal(amount_text.replace(",", "."))
+        amount = _amount(amount_text, line)
         if mark in ("D", "RC"):  # money out: a debit, or the reversal of a credit
             amount = -amount
         reference, slashes, bank = rest.partition("//")
@@ -449,7 +487,12 @@ class _Builder:
         if self.interim:
             statement = self._statement("mt942")
             if check:
+                for tag, (_, currency, _, at) in self.sums.items():
+                    if currency != statement.currency:
+                        raise BalanceMismatch(statement.label, f"line {at}", Decimal(0),
+                                              f":{tag}: in {currency} but the statement is in {statement.currency}")
                 self._check_sums(statement)
+                check_balance(statement, self.where)  # when an MT942 carries balances, they add up too
             return statement
         if self.opening is None:
             raise StatementFormatError(
@@ -476,12 +519,12 @@ class _Builder:
         for tag, sign in (("90D", -1), ("90C", 1)):
             if tag not in self.sums:
                 continue
-            count, total, line = self.sums[tag]
+            count, _, total, line = self.sums[tag]
             booked = [e.amount for e in statement.lines if (e.amount < 0) == (sign < 0)]
-            actual = abs(sum(booked, Decimal(0)))
+            actual = abs(exact_sum(booked))
             if count != len(booked) or total != actual:
                 raise BalanceMismatch(
-                    statement.label, f"line {line}", total - actual,
+                    statement.label, f"line {line}", EXACT.subtract(total, actual),
                     f":{tag}: declares {count} entries totalling {total:f}, "
                     f"the statement has {len(booked)} totalling {actual:f}",
                 )
@@ -490,9 +533,9 @@ class _Builder:
 def _balance(tag: str, text: str, line: int) -> Balance:
     match = _BALANCE.match(text)
     if match is None:
-        raise StatementFormatError(f"line {line}", f":{tag}: {text!r} (expected C|D, YYMMDD, currency, amount)")
+        raise StatementFormatError(f"line {line}", f":{tag}: {clip(text)!r} (expected C|D, YYMMDD, currency, amount)")
     mark, date, currency, amount_text = match.groups()
-    amount = Decimal(amount_text.replace(",", "."))
+    amount = _amount(amount_text, line)
     return Balance(amount=-amount if mark == "D" else amount, currency=currency,
                    date=_DATES.get(date) or _date(date, line))
 
@@ -505,4 +548,4 @@ def _datetime(match: re.Match[str], line: int) -> dt.datetime:
         tz = dt.timezone(sign * dt.timedelta(hours=int(offset[1:3]), minutes=int(offset[3:])))
         return dt.datetime(date.year, date.month, date.day, int(hhmm[:2]), int(hhmm[2:]), tzinfo=tz)
     except ValueError:
-        raise StatementFormatError(f"line {line}", f"{match.group(0)!r} is not a date and time") from None
+        raise StatementFormatError(f"line {line}", f"{clip(match.group(0))!r} is not a date and time") from None
