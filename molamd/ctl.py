@@ -14,7 +14,7 @@ import socket
 import sys
 from typing import Any, TextIO
 
-from .ctl_parser import completion_script, parse
+from .ctl_parser import STREAMS, completion_script, parse
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 
@@ -170,13 +170,19 @@ def print_event(event: dict[str, Any], out: TextIO) -> None:
 # -- main -------------------------------------------------------------------------------------------
 
 
-def main(argv: list[str] | None = None) -> int:
-    ns, cmd, args = parse(argv)
-    out = sys.stdout
+def main(argv: list[str] | None = None, *, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
+    """Run one molamctl command line; ``stdout``/``stderr`` default to the process's (tests pass their own)."""
+    out = stdout or sys.stdout
+    err = stderr or sys.stderr
+    token = STREAMS.set((out, err))
+    try:
+        ns, cmd, args = parse(argv)
+    finally:
+        STREAMS.reset(token)
     if cmd.name == "completion":
         if args.get("shell", "bash") != "bash":
             print(f"molamctl: completion: unknown shell {args['shell']!r}; bash is the one supported",
-                  file=sys.stderr)
+                  file=err)
             return EXIT_USAGE
         out.write(completion_script())
         return EXIT_OK
@@ -188,12 +194,12 @@ def main(argv: list[str] | None = None) -> int:
         client = Client(ns.socket, None if cmd.wire == "watch" else ns.timeout)
         try:
             if client.early_error is not None:
-                return _fail(client.early_error, out, ns.json)
+                return _fail(client.early_error, out, err, ns.json)
             reply = client.request(cmd.wire, args)
             if not reply.get("ok"):
-                return _fail(reply, out, ns.json)
+                return _fail(reply, out, err, ns.json)
             if cmd.wire == "watch":
-                return _watch(client, out, ns.json)
+                return _watch(client, out, err, ns.json)
             if ns.json:
                 print(json.dumps(reply["result"], indent=2, sort_keys=False), file=out)
             else:
@@ -202,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             client.close()
     except Unreachable as exc:
-        print(f"molamctl: {exc}", file=sys.stderr)
+        print(f"molamctl: {exc}", file=err)
         return EXIT_UNREACHABLE
     except KeyboardInterrupt:
         return EXIT_OK
@@ -211,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
 
 
-def _watch(client: Client, out: TextIO, as_json: bool) -> int:
+def _watch(client: Client, out: TextIO, err: TextIO, as_json: bool) -> int:
     while True:
         try:
             message = client.read()
@@ -223,16 +229,16 @@ def _watch(client: Client, out: TextIO, as_json: bool) -> int:
             else:
                 print_event(message["event"], out)
         elif not message.get("ok", True):
-            return _fail(message, out, as_json)
+            return _fail(message, out, err, as_json)
 
 
-def _fail(reply: dict[str, Any], out: TextIO, as_json: bool) -> int:
+def _fail(reply: dict[str, Any], out: TextIO, err: TextIO, as_json: bool) -> int:
     error = reply.get("error") or {}
     if as_json:
         print(json.dumps(error, indent=2), file=out)
-    print(f"molamctl: {error.get('code', 'error')}: {error.get('message', reply)}", file=sys.stderr)
+    print(f"molamctl: {error.get('code', 'error')}: {error.get('message', reply)}", file=err)
     for line in error.get("details") or []:
-        print(f"  {line}", file=sys.stderr)
+        print(f"  {line}", file=err)
     return EXIT_ERROR
 
 

@@ -9,10 +9,15 @@ Standard library only, like the rest of molamctl.
 from __future__ import annotations
 
 import argparse
+import contextvars
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    from _typeshed import SupportsWrite
 
 DEFAULT_SOCKET = "/run/molamd/control.sock"
 
@@ -107,7 +112,7 @@ GROUPS: dict[str, tuple[str, tuple[Cmd, ...], str | None]] = {
              Arg("--reason", "why, as an option", metavar="TEXT")),
             ("molamctl dlq drop 42 'beneficiary account closed'",)),
     ), None),
-    "payouts": ("payout slices: one in full, the ones in doubt, releases and retries", (
+    "payouts": ("payout slices: one in full, the ones in doubt, releases, retries and resolves", (
         Cmd("show", "one slice with its attempts, idempotency scope, bank calls and audit rows", "payouts-show",
             (ID,), ("molamctl payouts show 1",)),
         Cmd("in-doubt", "slices bound to a channel that may have them", "payouts-in-doubt", (LIMIT,),
@@ -119,6 +124,13 @@ GROUPS: dict[str, tuple[str, tuple[Cmd, ...], str | None]] = {
             (Arg("id", "one slice", kind=int, optional=True),
              Arg("--all-scheduled", "every slice waiting for a later attempt", flag=True)),
             ("molamctl payouts retry 42", "molamctl payouts retry --all-scheduled")),
+        Cmd("resolve", "settle (--paid) or fail (--not-paid) an unresolved slice, checked against its bank's"
+            " lookup when the bank answers; audited", "payouts-resolve",
+            (ID, Arg("--paid", "the bank executed it: settled", flag=True),
+             Arg("--not-paid", "the bank did not execute it: failed", flag=True),
+             Arg("--reason", "why, and how you know (goes into the audit trail)", metavar="TEXT")),
+            ("molamctl payouts resolve 42 --paid --reason 'on the bank portal: executed 2026-12-08, ref 77'",
+             "molamctl payouts resolve 42 --not-paid --reason 'bank ops by phone: never received'")),
     ), None),
     "statements": ("stored bank statement files: list, show, poll a source, reprocess, rewrap", (
         Cmd("list", "the last statement files stored", "statements", (LIMIT,), ("molamctl statements list",),
@@ -150,11 +162,22 @@ GROUPS: dict[str, tuple[str, tuple[Cmd, ...], str | None]] = {
 TOP_LEVEL = [c.name for c in COMMANDS] + list(GROUPS)
 
 
+# Where help and usage errors go when main() was given streams of its own (tests run molamctl in their process).
+STREAMS: contextvars.ContextVar[tuple[TextIO, TextIO] | None] = contextvars.ContextVar("molamctl_streams",
+                                                                                      default=None)
+
+
 class Parser(argparse.ArgumentParser):
     """Usage errors name what was wrong and exit 2, as argparse does; ``fail`` lets the caller add its own."""
 
     def fail(self, message: str) -> None:
         self.error(message)
+
+    def _print_message(self, message: str, file: SupportsWrite[str] | None = None) -> None:
+        streams = STREAMS.get()
+        if streams is not None:
+            file = streams[1] if file is sys.stderr else streams[0]
+        super()._print_message(message, file)
 
 
 def _formatter(prog: str) -> argparse.HelpFormatter:
@@ -228,6 +251,8 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, Cmd, dict[str, An
     if cmd.wire in ("dlq-retry", "payouts-retry") and "id" not in args and not (args.get("all")
                                                                                   or args.get("all_scheduled")):
         ns._parser.error(f"give an ID or {'--all' if cmd.wire == 'dlq-retry' else '--all-scheduled'}")
+    if cmd.wire == "payouts-resolve" and bool(args.get("paid")) == bool(args.get("not_paid")):
+        ns._parser.error("give --paid or --not-paid (one of them)")
     if cmd.wire == "statements" and cmd.fixed.get("action") == "list" and ns.command == "statements" \
             and getattr(ns, "action", None) is None:
         args = {}  # `molamctl statements` alone: the list, as the server's default
@@ -251,7 +276,7 @@ _molamctl() {{
     done
     if [[ $cur == -* ]]; then
         COMPREPLY=($(compgen -W "--help --json --socket --timeout --limit --all --all-scheduled --reason
-            --retry-stuck --allow-removals --interval" -- "$cur"))
+            --retry-stuck --allow-removals --interval --paid --not-paid" -- "$cur"))
     elif [[ -z $command ]]; then
         COMPREPLY=($(compgen -W "{' '.join(TOP_LEVEL)}" -- "$cur"))
     elif [[ -n ${{actions[$command]}} && -z $action ]]; then
