@@ -8,7 +8,8 @@ wrong signatures. Resets, hangs, garbage and bad signatures happen after the pay
 the client cannot know, which is exactly what idempotency keys are for.
 
 Run: ``python scripts/sandbox_bank.py --port 0`` prints ``sandbox bank listening on http://127.0.0.1:PORT``.
-Admin (no auth, loopback only): ``GET /admin/ledger``, ``GET/POST /admin/faults``, ``GET /admin/stats``,
+Admin (no auth, loopback only): ``GET /admin/ledger``, ``GET /admin/requests`` (what the bank did with each
+payment request: executed, replayed, conflict, invalid), ``GET/POST /admin/faults``, ``GET /admin/stats``,
 ``POST /admin/secret`` (switch the shared HMAC key, keeping the old one accepted for a while).
 """
 
@@ -69,7 +70,7 @@ def reply_signature(key: bytes, status: int, timestamp: int, body: bytes) -> str
     return _mac(key, str(status), str(timestamp), hashlib.sha256(body).hexdigest())
 
 FAULT_KEYS = ("latency_ms", "error_rate", "rate_limit_rate", "retry_after", "reset_rate", "hang_rate",
-              "garbage_rate", "bad_signature_rate")
+              "garbage_rate", "bad_signature_rate", "execute_replays")
 
 
 class Faults:
@@ -82,6 +83,9 @@ class Faults:
         self.hang_rate = 0.0
         self.garbage_rate = 0.0
         self.bad_signature_rate = 0.0
+        # Not a fault of the network but of the bank: the share of replays (same key, same body) it executes again
+        # instead of answering from its idempotency store. For the negative controls of the "paid twice" checks.
+        self.execute_replays = 0.0
 
     def update(self, values: dict[str, Any]) -> None:
         for key, value in values.items():
@@ -120,6 +124,10 @@ class Bank:
         self.by_id: dict[str, dict[str, Any]] = {}
         self.by_key: dict[str, tuple[str, dict[str, Any]]] = {}  # key -> (body digest, payment)
         self.ids = itertools.count(1)
+        # Every payment request that got past authentication and validation of its key, in order: what the bank did
+        # with it (executed, replayed from the idempotency store, conflict, invalid). Tests count executions and
+        # replays per key from here; the ledger alone dedups by key and cannot show a payment sent twice.
+        self.requests: list[dict[str, Any]] = []
         self.stats: dict[str, int] = {"requests": 0, "payments": 0, "replays": 0, "conflicts": 0,
                                       "auth_failures": 0, "faults": 0, "previous_key": 0}
         self._due: list[tuple[float, str]] = []
@@ -211,12 +219,15 @@ class Bank:
     def execute(self, key: str, body: bytes) -> Reply:
         digest = hashlib.sha256(body).hexdigest()
         known = self.by_key.get(key)
-        if known is not None:
+        forgets = self.faults.execute_replays > 0 and self.rng.random() < self.faults.execute_replays
+        if known is not None and not (known[0] == digest and forgets):
             if known[0] != digest:
                 self.stats["conflicts"] += 1
+                self._log(key, "conflict", None)
                 return Reply(409, {"error": "idempotency_conflict",
                                    "message": "this Idempotency-Key was used with a different request"})
             self.stats["replays"] += 1
+            self._log(key, "replayed", known[1]["id"])
             return Reply(201, self.view(known[1]), {"Idempotent-Replayed": "true"})
         try:
             request = json.loads(body)
@@ -226,6 +237,7 @@ class Bank:
             if amount <= 0 or len(currency) != 3 or not account:
                 raise ValueError("amount must be positive, currency 3 letters, creditor.account set")
         except (ValueError, KeyError, TypeError, InvalidOperation) as exc:
+            self._log(key, "invalid", None)
             return Reply(400, {"error": "validation", "message": f"bad payment request: {exc}"})
         payment = {
             "id": f"pay_{next(self.ids):08d}", "idempotency_key": key, "reference": request.get("reference"),
@@ -237,8 +249,13 @@ class Bank:
         self.by_id[payment["id"]] = payment
         self.ledger.append(payment)
         self.stats["payments"] += 1
+        self._log(key, "executed", payment["id"])
         self._due.append((time.monotonic() + self.settle_delay, payment["id"]))
         return Reply(201, self.view(payment))
+
+    def _log(self, key: str, outcome: str, payment_id: str | None) -> None:
+        self.requests.append({"idempotency_key": key, "outcome": outcome, "payment_id": payment_id,
+                              "at": time.time()})
 
     @staticmethod
     def view(payment: dict[str, Any]) -> dict[str, Any]:
@@ -255,6 +272,8 @@ class Bank:
             return Reply(200, self.faults.as_dict())
         if path == "/admin/ledger":
             return Reply(200, {"payments": self.ledger})
+        if path == "/admin/requests":
+            return Reply(200, {"requests": self.requests})
         if path == "/admin/stats":
             return Reply(200, {**self.stats, "ledger": len(self.ledger), "events": len(self.events),
                                "streams": len(self._streams)})

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -164,19 +165,48 @@ def paid_per_reference(*banks: Bank) -> dict[str, list[tuple[str, str]]]:
     return found
 
 
-def assert_paid_once(dsn: str, bank: Bank) -> None:
-    """Every settled slice is in the ledger exactly once under its own reference; nothing paid twice."""
-    ledger = bank.ledger()
-    references = [p["reference"] for p in ledger]
-    assert len(references) == len(set(references)), "paid twice"
-    by_ref = {p["reference"]: p for p in ledger}
+def sends_per_key(bank: Bank) -> dict[str, Counter[str]]:
+    """From the bank's request log: per idempotency key, how many requests it executed, replayed, or refused
+    (``conflict``: the key with another body; ``invalid``)."""
+    log = httpx.get(f"{bank.url}/admin/requests", timeout=10).json()["requests"]
+    found: dict[str, Counter[str]] = {}
+    for request in log:
+        found.setdefault(request["idempotency_key"], Counter())[request["outcome"]] += 1
+    return found
+
+
+def assert_paid_once(dsn: str, bank: Bank, *, replays: int | None = None) -> int:
+    """Nothing paid twice, counted from the bank's request log (every request it executed or answered from its
+    idempotency store), not from its ledger alone (which dedups by key, so a payment sent twice never shows there).
+
+    Each key is executed at most once; each settled or sent slice's key exactly once, under the provider
+    reference the slice holds; no dead or waiting slice's key at all. A key is sent no more often than the slice
+    has attempts recorded (every send is an attempt written before the call, so a send the daemon did not account
+    for fails here), and when ``replays`` is given, the bank answered exactly that many replays in all.
+    Returns the replay count.
+    """
+    sends = sends_per_key(bank)
+    executed_twice = {key: n["executed"] for key, n in sends.items() if n["executed"] > 1}
+    assert executed_twice == {}, f"paid twice: keys the bank executed more than once: {executed_twice}"
+    ledger = {p["idempotency_key"]: p for p in bank.ledger()}
     with psycopg.connect(dsn) as conn:
-        rows = conn.execute("SELECT payout_id || '/' || id, status, provider_ref FROM payout_slices").fetchall()
-    for reference, status, provider_ref in rows:
+        rows = conn.execute(
+            "SELECT s.payout_id || '/' || s.id, s.idempotency_key, s.status, s.provider_ref,"
+            " (SELECT count(*) FROM payout_slice_attempts a WHERE a.payout_slice_id = s.id)"
+            " FROM payout_slices s").fetchall()
+    for reference, key, status, provider_ref, attempts in rows:
+        sent = sends.get(key, Counter())
         if status in ("settled", "sent"):
-            assert reference in by_ref and by_ref[reference]["id"] == provider_ref, reference
+            paid_as = ledger.get(key, {}).get("id")
+            assert sent["executed"] == 1 and paid_as == provider_ref, (reference, status, dict(sent), paid_as)
         elif status in ("dead", "pending", "retry_scheduled"):
-            assert reference not in by_ref, f"{reference} executed by the bank but {status}"
+            assert sent["executed"] == 0, f"{reference} executed by the bank but {status}"
+        got = sum(sent.values())
+        assert got <= attempts, f"{reference}: the bank got it {got} times, {attempts} attempts recorded"
+    replayed = sum(n["replayed"] for n in sends.values())
+    if replays is not None:
+        assert replayed == replays, f"the bank answered {replayed} replays, expected {replays}"
+    return replayed
 
 
 def env() -> dict[str, str]:
