@@ -149,8 +149,13 @@ GROUPS: dict[str, tuple[str, tuple[Cmd, ...], str | None]] = {
     "files": ("ISO 20022 payment files: list, show, resubmit", (
         Cmd("list", "the last payment files with their status", "files-list", (LIMIT,), ("molamctl files list",)),
         Cmd("show", "one file: its slices, uploads and reports", "files-show", (ID,), ("molamctl files show 1",)),
-        Cmd("resubmit", "upload a recorded file again (the same bytes, never a new file); audited",
-            "files-resubmit", (ID,), ("molamctl files resubmit 1",)),
+        Cmd("resubmit", "upload a recorded file again (the same bytes, never a new file); refused while a slice"
+            " in it is failed, unless --reopen-failed puts those back in doubt in it; audited", "files-resubmit",
+            (ID, Arg("--reopen-failed", "the file's failed slices go back into it (the bank may pay them)",
+                     flag=True),
+             Arg("--reason", "why (goes into the audit trail; needed with --reopen-failed)", metavar="TEXT")),
+            ("molamctl files resubmit 1",
+             "molamctl files resubmit 1 --reopen-failed --reason 'bank ops: FF01 was their fault, send again'")),
     ), None),
     "secrets": ("secret references in use: where each resolved from, its version and age (never a value)", (
         Cmd("list", "every secret reference of the running config", "secrets", examples=("molamctl secrets",)),

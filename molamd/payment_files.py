@@ -214,7 +214,7 @@ def record_report(conn: Any, r: ReportIn) -> ReportApplied:
         "INSERT INTO payment_status_reports (connector_name, remote_name, sha256, content, msg_id, original_msg_id,"
         " payment_file_id, group_status, signature, flag, detail, applied)"
         " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
-        " ON CONFLICT (connector_name, sha256) DO NOTHING RETURNING id",
+        " ON CONFLICT (connector_name, sha256) WHERE reapplied_from IS NULL DO NOTHING RETURNING id",
         (r.connector, r.remote_name, r.sha256, r.content, report.msg_id if report else None,
          report.original_msg_id if report else None, file_id, report.group_status if report else None,
          r.signature, flag, (detail or "")[:4000] or None, counts["applied"])).fetchone()
@@ -388,20 +388,79 @@ def show_file(conn: Any, file_id: int) -> dict[str, Any] | None:
 
 
 class ResubmitRefused(Exception):
-    """The file cannot be sent again (unknown, or every slice of it already final)."""
+    """The file cannot be sent again as asked (every slice of it final, or failed slices the operator did not
+    put back into it)."""
 
 
-def resubmit(conn: Any, host: str, who: Identity, file_id: int) -> dict[str, Any]:
-    """Upload the recorded bytes again, same MsgId (the bank refuses a duplicate it already holds)."""
+class FileNotFound(ResubmitRefused):
+    """No payment file of that id."""
+
+
+def resubmit(conn: Any, host: str, who: Identity, file_id: int, *, reopen_failed: bool = False,
+             reason: str = "") -> dict[str, Any]:
+    """Upload the recorded bytes again, same MsgId (a bank that holds the file refuses a duplicate; one that
+    rejected it may keep nothing and execute it all).
+
+    The same bytes pay every transaction in them, so a file with a failed slice goes again only when the
+    operator says those slices go back into it (``reopen_failed``, with a reason): in this transaction they
+    return to 'sent', in doubt in the file's scope until a report resolves them, each with its audit row. A file
+    with a settled slice is never reopened (that payment would be made twice), and a file whose slices are all
+    settled is never sent again.
+    """
     row = conn.execute("SELECT msg_id, status FROM payment_files WHERE id = %s FOR UPDATE", (file_id,)).fetchone()
     if row is None:
-        raise ResubmitRefused(f"no payment file {file_id}")
-    if row[1] == "completed":
-        raise ResubmitRefused(f"payment file {file_id} ({row[0]}) is completed: every slice in it is final")
+        raise FileNotFound(f"no payment file {file_id}")
+    msg, was = row
+    slices = conn.execute("SELECT p.id, p.status FROM payment_file_slices f JOIN payout_slices p"
+                          " ON p.id = f.payout_slice_id WHERE f.payment_file_id = %s ORDER BY p.id"
+                          " FOR UPDATE OF p", (file_id,)).fetchall()
+    failed = [i for i, status in slices if status == "failed"]
+    settled = [i for i, status in slices if status == "settled"]
+    if not reopen_failed:
+        if failed:
+            final = "every slice in it is final, " if len(failed) + len(settled) == len(slices) else ""
+            raise ResubmitRefused(
+                f"payment file {file_id} ({msg}): {final}{len(failed)} failed ({_ids(failed)}): uploaded again, the"
+                f" bank may pay them while they read failed; --reopen-failed --reason TEXT puts them back in doubt"
+                f" in this file first")
+        if len(settled) == len(slices):
+            raise ResubmitRefused(f"payment file {file_id} ({msg}) is completed: every slice in it is final")
+    elif not reason.strip():
+        raise ResubmitRefused("--reopen-failed needs --reason TEXT (it goes into the audit trail)")
+    elif settled:
+        raise ResubmitRefused(
+            f"payment file {file_id} ({msg}) holds settled slices ({_ids(settled)}): the same bytes would pay them"
+            f" twice; it is never uploaded again")
+    note = f"resubmitted by {who.label} (was {was})"
+    if reopen_failed and failed:
+        _reopen(conn, host, who, msg, failed, reason)
+        note += f", {len(failed)} failed slices reopened: {reason}"
     conn.execute("UPDATE payment_files SET status = 'recorded', upload_lease = NULL, upload_owner = NULL,"
-                 " last_error = %s WHERE id = %s",
-                 (f"resubmitted by {who.label} (was {row[1]})", file_id))
-    return {"id": file_id, "msg_id": row[0], "was": row[1], "status": "recorded"}
+                 " final_report_at = NULL, last_error = %s WHERE id = %s", (note[:2000], file_id))
+    return {"id": file_id, "msg_id": msg, "was": was, "status": "recorded", "reopened": failed if reopen_failed
+            else []}
+
+
+def _reopen(conn: Any, host: str, who: Identity, msg: str, ids: list[int], reason: str) -> None:
+    """Failed slices back to 'sent' in their file (the one move out of 'failed' the database allows, and only
+    in a transaction that declares it), bound to the scope of their last attempt if nothing binds them."""
+    conn.execute("SELECT set_config('molamd.reopen_failed', 'on', true)")
+    conn.execute(
+        "UPDATE payout_slices p SET status = 'sent', final_at = NULL, last_error = %s,"
+        " bound_scope = coalesce(p.bound_scope, (SELECT a.idempotency_scope FROM payout_slice_attempts a"
+        "   WHERE a.payout_slice_id = p.id ORDER BY a.attempt_no DESC LIMIT 1), p.connector_name),"
+        " bound_at = coalesce(p.bound_at, now())"
+        " WHERE p.id = ANY(%s) AND p.status = 'failed'",
+        (f"reopened into payment file {msg} by {who.label}: {reason}"[:2000], ids))
+    conn.execute("SELECT set_config('molamd.reopen_failed', 'off', true)")
+    audit_trail.slice_changes(conn, host, who, [audit_trail.SliceChange(
+        slice_id=i, action="file_reopen", from_status="failed", to_status="sent", target=msg,
+        detail=reason[:2000]) for i in ids])
+
+
+def _ids(ids: list[int]) -> str:
+    shown = ", ".join(map(str, ids[:10]))
+    return shown + (f" and {len(ids) - 10} more" if len(ids) > 10 else "")
 
 
 Counts = tuple[list[tuple[str, str, int]], list[tuple[str, str, int]], list[tuple[str, int, float]]]

@@ -1,0 +1,108 @@
+"""`molamctl files resubmit` and `files reapply` in a real PostgreSQL (molamd/payment_files.py): a file whose
+slices the bank failed is never uploaded again behind their backs, an operator who puts them back says so (and
+the audit trail holds it, in the same transaction), and a stored report can be applied again."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from molamd import payment_files
+from molamd.audit import Identity
+from tests.test_payment_reports import apply, recorded_file, report, states
+
+OPERATOR = Identity(uid=1000, user="awa", pid=4242, via="molamctl")
+
+
+def uploaded(dsn: str, file_id: int) -> None:
+    with psycopg.connect(dsn) as conn:
+        conn.execute("UPDATE payment_files SET status = 'uploaded', uploaded_at = now(), upload_owner = NULL,"
+                     " upload_lease = NULL WHERE id = %s", (file_id,))
+
+
+def resubmit(dsn: str, file_id: int, **kwargs: object) -> dict[str, object]:
+    with psycopg.connect(dsn) as conn:
+        return payment_files.resubmit(conn, "host-a", OPERATOR, file_id, **kwargs)  # type: ignore[arg-type]
+
+
+def file_status(dsn: str, file_id: int) -> str:
+    with psycopg.connect(dsn) as conn:
+        return str(conn.execute("SELECT status FROM payment_files WHERE id = %s", (file_id,)).fetchone()[0])
+
+
+def test_a_file_the_bank_rejected_is_not_uploaded_again_while_its_slices_read_failed(migrated_dsn: str) -> None:
+    file_id, ids = recorded_file(migrated_dsn, 5, "MOLAM-R1")
+    uploaded(migrated_dsn, file_id)
+    rejected = apply(migrated_dsn, report("MOLAM-R1", "RJCT", group_reason="FF01"))
+    assert rejected.failed == 5 and file_status(migrated_dsn, file_id) == "rejected"
+    with pytest.raises(payment_files.ResubmitRefused, match="5 failed"):
+        resubmit(migrated_dsn, file_id)
+    assert file_status(migrated_dsn, file_id) == "rejected", "nothing is queued for upload"
+    assert {s for s, _ in states(migrated_dsn, ids).values()} == {"failed"}
+
+
+def test_one_failed_slice_is_enough_to_refuse_a_plain_resubmit(migrated_dsn: str) -> None:
+    file_id, ids = recorded_file(migrated_dsn, 3, "MOLAM-R2")
+    uploaded(migrated_dsn, file_id)
+    apply(migrated_dsn, report("MOLAM-R2", txs=[(f"molam-slice-{ids[0]}", "RJCT", "AC04")]))
+    with pytest.raises(payment_files.ResubmitRefused, match=f"failed.*{ids[0]}"):
+        resubmit(migrated_dsn, file_id)
+    assert file_status(migrated_dsn, file_id) == "uploaded"
+
+
+def test_reopen_failed_puts_them_back_in_doubt_audited_and_a_later_report_settles_them(migrated_dsn: str) -> None:
+    file_id, ids = recorded_file(migrated_dsn, 3, "MOLAM-R3")
+    uploaded(migrated_dsn, file_id)
+    apply(migrated_dsn, report("MOLAM-R3", "RJCT", group_reason="FF01"))
+    with pytest.raises(payment_files.ResubmitRefused, match="reason"):
+        resubmit(migrated_dsn, file_id, reopen_failed=True, reason=" ")
+    done = resubmit(migrated_dsn, file_id, reopen_failed=True, reason="bank ops: FF01 was their parser, fixed")
+    assert done["status"] == "recorded" and done["reopened"] == ids
+    now = states(migrated_dsn, ids)
+    assert {s for s, _ in now.values()} == {"sent"}, "in doubt again: the same bytes may pay them"
+    with psycopg.connect(migrated_dsn) as conn:
+        audit = conn.execute("SELECT payout_slice_id, from_status, to_status, target, detail, user_name"
+                             " FROM molamd_audit WHERE action = 'file_reopen' ORDER BY payout_slice_id").fetchall()
+        bound = conn.execute("SELECT count(*) FROM payout_slices WHERE id = ANY(%s) AND bound_scope IS NOT NULL",
+                             (ids,)).fetchone()[0]
+        with pytest.raises(psycopg.errors.CheckViolation):  # and nobody else may take a slice out of failed
+            conn.execute("UPDATE payout_slices SET status = 'failed', final_at = now() WHERE id = %s", (ids[0],))
+            conn.execute("UPDATE payout_slices SET status = 'sent' WHERE id = %s", (ids[0],))
+    assert [(a[0], a[1], a[2], a[3], a[5]) for a in audit] == [(i, "failed", "sent", "MOLAM-R3", "awa") for i in ids]
+    assert all("FF01 was their parser" in a[4] for a in audit)
+    assert bound == 3
+    paid = apply(migrated_dsn, report("MOLAM-R3", txs=[(f"molam-slice-{i}", "ACSC", None) for i in ids]))
+    assert (paid.flag, paid.settled) == (None, 3), "the bank's ACSC now settles them (before: only a conflict)"
+
+
+def test_a_file_with_settled_slices_is_never_reopened_and_a_completed_one_never_resubmitted(
+    migrated_dsn: str
+) -> None:
+    file_id, ids = recorded_file(migrated_dsn, 2, "MOLAM-R4")
+    uploaded(migrated_dsn, file_id)
+    apply(migrated_dsn, report("MOLAM-R4", txs=[(f"molam-slice-{ids[0]}", "ACSC", None),
+                                                (f"molam-slice-{ids[1]}", "RJCT", "AC04")]))
+    with pytest.raises(payment_files.ResubmitRefused, match=f"settled.*{ids[0]}"):
+        resubmit(migrated_dsn, file_id, reopen_failed=True, reason="try again")
+    assert states(migrated_dsn, ids)[ids[1]][0] == "failed"
+    other, more = recorded_file(migrated_dsn, 1, "MOLAM-R5")
+    apply(migrated_dsn, report("MOLAM-R5", txs=[(f"molam-slice-{more[0]}", "ACSC", None)]))
+    with pytest.raises(payment_files.ResubmitRefused, match="completed"):
+        resubmit(migrated_dsn, other)
+    with pytest.raises(payment_files.FileNotFound):
+        resubmit(migrated_dsn, 999999)
+
+
+def test_a_file_still_waiting_for_its_report_is_resubmitted_as_before(migrated_dsn: str) -> None:
+    file_id, _ = recorded_file(migrated_dsn, 2, "MOLAM-R6")
+    uploaded(migrated_dsn, file_id)
+    assert resubmit(migrated_dsn, file_id)["status"] == "recorded"
+
+
+def test_molamctl_sends_the_reopen_and_its_reason() -> None:
+    from molamd.ctl_parser import parse
+
+    _, cmd, args = parse(["files", "resubmit", "7", "--reopen-failed", "--reason", "bank ops: send again"])
+    assert (cmd.wire, args) == ("files-resubmit", {"id": 7, "reopen_failed": True, "reason": "bank ops: send again"})
+    _, _, plain = parse(["files", "resubmit", "7"])
+    assert plain == {"id": 7}
