@@ -168,13 +168,21 @@ def _range(bounds: Bounds) -> str:
 
 
 def _plain(x: float) -> str:
-    return f"{int(x):,}".replace(",", "_") if float(x).is_integer() else f"{x:g}"
+    if isinstance(x, int):
+        if abs(x) >= 10**24:  # no bound is that big; float(x) would overflow past 1e308, and who reads 400 digits
+            return f"{'-' if x < 0 else ''}an integer of {len(str(abs(x))):,} digits"
+        return f"{x:,}".replace(",", "_")
+    return f"{int(x):,}".replace(",", "_") if x.is_integer() else f"{x:g}"
 
 
 def _duration(value: Duration, key: str) -> str | None:
     seconds = value.seconds
     if not math.isfinite(seconds) or seconds > _MAX_SECONDS:
-        return f"{value.text!r} is longer than a year"
+        return f"{_short(value.text)} is longer than a year"
     if seconds <= 0 and key not in ZERO_DURATION_OK:
-        return f"{value.text!r} must be longer than zero"
+        return f"{_short(value.text)} must be longer than zero"
     return None
+
+
+def _short(text: str) -> str:
+    return repr(text) if len(text) <= 40 else f"{text[:40]!r}... ({len(text):,} characters)"

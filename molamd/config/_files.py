@@ -16,6 +16,8 @@ class UnreadableFile(Exception):
 
 
 def read_regular(path: str, limit: int) -> bytes:
+    if "\x00" in path:  # os.open raises ValueError for it
+        raise UnreadableFile("the path holds a NUL character (\\x00)")
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError as exc:

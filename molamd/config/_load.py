@@ -31,10 +31,12 @@ _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 
 def parse_config(text: str, *, file: str) -> Config:
     """Decode and validate config text (secret references are checked for syntax, not resolved)."""
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(file, [ConfigProblem("$", f"not valid TOML: {exc}")]) from exc
+    data = _toml(text, file)
+    # TOML has no raw NUL: one comes only from an escape, so a file without one is not walked (60,000 leaves)
+    nuls = _nul_paths(data) if "\\u0000" in text or "\\U00000000" in text else []
+    if nuls:
+        raise ConfigError(file, [ConfigProblem(path, "holds a NUL character (\\x00): no name, path or value may")
+                                 for path in nuls])
     _check_kinds(data, file)
     try:
         config = msgspec.convert(data, Config, dec_hook=decode_hook)
@@ -50,14 +52,54 @@ def parse_config(text: str, *, file: str) -> Config:
 
 def load_config(path: str | Path) -> Config:
     """Read and validate a config file; raises ConfigError naming the file and path of every problem."""
-    file = str(path)
+    file = str(path).replace("\x00", "\\x00")  # as shown; read_regular refuses the path itself
     try:
-        text = read_regular(file, CONFIG_MAX_BYTES).decode("utf-8")
+        text = read_regular(str(path), CONFIG_MAX_BYTES).decode("utf-8")
     except UnreadableFile as exc:
         raise ConfigError(file, [ConfigProblem("$", f"cannot read the file: {exc}")]) from exc
     except UnicodeDecodeError as exc:
         raise ConfigError(file, [ConfigProblem("$", f"not UTF-8 text: {exc.reason} at byte {exc.start}")]) from exc
     return parse_config(text, file=file)
+
+
+_LONG_NUMBER = re.compile(r"\d{4300}")
+
+
+def _toml(text: str, file: str) -> dict[str, Any]:
+    """TOML, or a ConfigError: tomli raises RecursionError for deep nesting and a bare ValueError for an integer
+    over Python's digit limit (without a position: the line is found here)."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(file, [ConfigProblem("$", f"not valid TOML: {exc}")]) from exc
+    except RecursionError as exc:
+        raise ConfigError(file, [ConfigProblem("$", f"not valid TOML: nested too deep ({exc})")]) from None
+    except ValueError as exc:
+        found = _LONG_NUMBER.search(text)
+        where = f" (at line {text.count(chr(10), 0, found.start()) + 1})" if found else ""
+        raise ConfigError(file, [ConfigProblem(
+            "$", f"not valid TOML: an integer of more than 4,300 digits{where}")]) from exc
+
+
+def _nul_paths(data: dict[str, Any]) -> list[str]:
+    """The path of every string (or key) holding a NUL: the OS refuses such a path or name with a ValueError,
+    and only when it is finally used (a bind, a group lookup, an open at the next reload)."""
+    found: list[str] = []
+    stack: list[tuple[str, Any]] = [("$", data)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, str):
+            if "\x00" in value:
+                found.append(path)
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                if "\x00" in key:
+                    found.append(path)
+                else:
+                    stack.append((f"{path}.{key}", item))
+        elif isinstance(value, list):
+            stack.extend((f"{path}[{index}]", item) for index, item in enumerate(value))
+    return sorted(found)
 
 
 def _check_kinds(data: dict[str, Any], file: str) -> None:
@@ -72,8 +114,10 @@ def _check_kinds(data: dict[str, Any], file: str) -> None:
         path = f"$.connectors[{index}].kind"
         if kind is None:
             raise ConfigError(file, [ConfigProblem(path, f"missing; one of: {known}")])
+        if not isinstance(kind, str):  # a list or table is not even hashable
+            raise ConfigError(file, [ConfigProblem(path, f"a {type(kind).__name__}, not a string; one of: {known}")])
         if kind not in KINDS:
-            raise ConfigError(file, [ConfigProblem(path, f"unknown connector kind {kind!r}; one of: {known}")])
+            raise ConfigError(file, [ConfigProblem(path, f"unknown connector kind {kind[:64]!r}; one of: {known}")])
 
 
 def validate(config: Config) -> list[ConfigProblem]:
