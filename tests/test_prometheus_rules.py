@@ -12,12 +12,12 @@ import pytest
 import yaml
 from prometheus_catalogue import ROOT, RULE_TESTS, RULES, alerts, metric_names, registered, rules
 
-pytestmark = pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool missing: run scripts/setup")
-
 SEVERITIES = {"critical", "warning"}
 
 
 def promtool(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    if shutil.which("promtool") is None:  # the static checks below run without it
+        pytest.skip("promtool missing: run scripts/setup")
     return subprocess.run(["promtool", *args], cwd=cwd, capture_output=True, text=True, timeout=120, check=False)
 
 
