@@ -34,13 +34,35 @@ def printable(text: str) -> str:
 
 
 def loads(raw: bytes | str) -> Any:
-    """JSON, or WireError: not JSON, or nested too deep for the decoder (which raised RecursionError)."""
+    """JSON, or WireError: not JSON, nested too deep for the decoder (which raised RecursionError), or a string
+    (key or value) holding a lone surrogate escape such as "\\ud800", which is no text: it would fail later, in
+    whatever encodes it (msgspec, the database)."""
     try:
-        return json.loads(raw)
+        value = json.loads(raw)
     except RecursionError:
         raise WireError("JSON nested too deep") from None
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an int over the digit limit
         raise WireError(f"not JSON: {exc}") from None
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            _text(item)
+        elif isinstance(item, dict):
+            for key in item:
+                _text(key)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return value
+
+
+def _text(value: str) -> None:
+    try:
+        value.encode()
+    except UnicodeEncodeError as exc:
+        raise WireError(f"a JSON string holds a lone surrogate (U+{ord(value[exc.start]):04X}), which is not text"
+                        ) from None
 
 
 def state(text: object) -> PaymentState:

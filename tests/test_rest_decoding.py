@@ -31,6 +31,13 @@ DEEP = b"[" * 100_000 + b"]" * 100_000
 DEEP_OBJECT = b'{"a":' * 50_000 + b"1" + b"}" * 50_000
 
 
+async def test_an_answer_with_a_lone_surrogate_is_a_bad_response() -> None:
+    c = connector(lambda r: signed(201, b'{"id": "p\\ud800", "status": "accepted"}'))
+    await c.open()
+    with pytest.raises(BadResponse, match="lone surrogate"):
+        await c.send_payment(SLICE, CTX)
+
+
 @pytest.mark.parametrize("body", [DEEP, DEEP_OBJECT, b'{"id": "p", "status": ' + DEEP + b"}"])
 async def test_a_deeply_nested_answer_is_a_bad_response(body: bytes) -> None:
     c = connector(lambda r: signed(201, body))
@@ -94,6 +101,8 @@ BAD_EVENTS: list[str | bytes] = [
     DEEP.decode(),
     '{"seq": 1, "id": "p1", "status": "settled", "x": ' + DEEP.decode() + "}",
     "[1, 2]",
+    '{"seq": 1, "id": "p\\ud800", "status": "settled"}',  # a lone surrogate: no text, no database takes it
+    '{"s\\udfffq": 1, "seq": 1, "id": "p1", "status": "settled"}',  # msgspec raised UnicodeEncodeError on the key
     "not json",
     b"\xff\xfe binary",
 ]
