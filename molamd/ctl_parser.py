@@ -146,7 +146,7 @@ GROUPS: dict[str, tuple[str, tuple[Cmd, ...], str | None]] = {
         Cmd("rewrap", "rewrap the sealed files' data keys with the transit key's latest version; audited",
             "statements-rewrap", (), ("molamctl statements rewrap",), fixed={"action": "rewrap"}),
     ), "list"),
-    "files": ("ISO 20022 payment files: list, show, resubmit", (
+    "files": ("ISO 20022 payment files: list, show, resubmit, reapply a report", (
         Cmd("list", "the last payment files with their status", "files-list", (LIMIT,), ("molamctl files list",)),
         Cmd("show", "one file: its slices, uploads and reports", "files-show", (ID,), ("molamctl files show 1",)),
         Cmd("resubmit", "upload a recorded file again (the same bytes, never a new file); refused while a slice"
@@ -156,6 +156,10 @@ GROUPS: dict[str, tuple[str, tuple[Cmd, ...], str | None]] = {
              Arg("--reason", "why (goes into the audit trail; needed with --reopen-failed)", metavar="TEXT")),
             ("molamctl files resubmit 1",
              "molamctl files resubmit 1 --reopen-failed --reason 'bank ops: FF01 was their fault, send again'")),
+        Cmd("reapply", "apply a stored status report again, to the file it names among its bank's (another file"
+            " channel took it, or its file was reopened); audited", "files-reapply",
+            (Arg("id", "the report's id (molamctl files show FILE lists them)", kind=int, metavar="REPORT"),),
+            ("molamctl files reapply 12",)),
     ), None),
     "secrets": ("secret references in use: where each resolved from, its version and age (never a value)", (
         Cmd("list", "every secret reference of the running config", "secrets", examples=("molamctl secrets",)),

@@ -4,11 +4,14 @@ the audit trail holds it, in the same transaction), and a stored report can be a
 
 from __future__ import annotations
 
+from typing import Any
+
 import psycopg
 import pytest
 
-from molamd import payment_files
+from molamd import payment_files, payment_reports
 from molamd.audit import Identity
+from tests.file_helpers import CONNECTOR
 from tests.test_payment_reports import apply, recorded_file, report, states
 
 OPERATOR = Identity(uid=1000, user="awa", pid=4242, via="molamctl")
@@ -106,3 +109,69 @@ def test_molamctl_sends_the_reopen_and_its_reason() -> None:
     assert (cmd.wire, args) == ("files-resubmit", {"id": 7, "reopen_failed": True, "reason": "bank ops: send again"})
     _, _, plain = parse(["files", "resubmit", "7"])
     assert plain == {"id": 7}
+
+
+def received_by(dsn: str, connector: str, data: bytes, *, signature: str = "unsigned",
+                problem: str | None = None) -> Any:
+    import hashlib
+
+    from actors import ReportIn
+    from connectors.iso20022 import parse_pain002
+
+    with psycopg.connect(dsn) as conn:
+        return payment_files.record_report(conn, ReportIn(
+            connector=connector, remote_name="r.xml", content=data, sha256=hashlib.sha256(data).digest(),
+            report=None if problem == "malformed" else parse_pain002(data), signature=signature, problem=problem))
+
+
+def reapply(dsn: str, report_id: int, profile: str | None = "bank-c", signed: frozenset[str] = frozenset()) -> Any:
+    with psycopg.connect(dsn) as conn:
+        return payment_reports.reapply(conn, OPERATOR, report_id, lambda _: profile, lambda name: name in signed)
+
+
+def test_a_report_another_channel_took_is_reapplied_to_its_file_and_the_evidence_stays(migrated_dsn: str) -> None:
+    """Two file channels on one drop (now refused by check-config): the other one stored the report as
+    unknown_file; once the config is fixed, the operator applies it again."""
+    _, ids = recorded_file(migrated_dsn, 3, "MOLAM-P1")
+    paid = report("MOLAM-P1", txs=[(f"molam-slice-{i}", "ACSC", None) for i in ids])
+    taken = received_by(migrated_dsn, "bank-c-other-files", paid)
+    assert taken.flag == "unknown_file" and {s for s, _ in states(migrated_dsn, ids).values()} == {"sent"}
+    done = reapply(migrated_dsn, taken.report_id)
+    assert (done["flag"], done["settled"], done["connector"], done["reapplied_from"]) == (
+        None, 3, CONNECTOR, taken.report_id)
+    assert {s for s, _ in states(migrated_dsn, ids).values()} == {"settled"}
+    with psycopg.connect(migrated_dsn) as conn:
+        rows = conn.execute("SELECT id, connector_name, flag, reapplied_from, reapplied_by, applied"
+                            " FROM payment_status_reports ORDER BY id").fetchall()
+    assert rows == [(taken.report_id, "bank-c-other-files", "unknown_file", None, None, 0),
+                    (done["report_id"], CONNECTOR, None, taken.report_id, OPERATOR.label, 3)]
+    again = reapply(migrated_dsn, done["report_id"])
+    assert (again["applied"], again["reapplied_from"]) == (0, taken.report_id), "applied twice changes nothing"
+    assert received_by(migrated_dsn, CONNECTOR, paid).report_id is None, "the bank's copy later: known"
+
+
+def test_what_is_never_reapplied_by_hand(migrated_dsn: str) -> None:
+    _, ids = recorded_file(migrated_dsn, 1, "MOLAM-P2")
+    failing = report("MOLAM-P2", txs=[(f"molam-slice-{ids[0]}", "RJCT", "AC04")])
+    with pytest.raises(payment_reports.ReportNotFound):
+        reapply(migrated_dsn, 999999)
+    broken = received_by(migrated_dsn, "x-files", b"<not xml", signature="not_checked", problem="malformed")
+    forged = received_by(migrated_dsn, "y-files", failing, signature="invalid", problem="does not verify")
+    for stored, flag in ((broken, "malformed"), (forged, "signature_invalid")):
+        with pytest.raises(payment_reports.ReapplyRefused, match=flag):
+            reapply(migrated_dsn, stored.report_id)
+    unsigned = received_by(migrated_dsn, "z-files", failing)
+    with pytest.raises(payment_reports.ReapplyRefused, match="signed reports only"):
+        reapply(migrated_dsn, unsigned.report_id, signed=frozenset({CONNECTOR}))
+    with pytest.raises(payment_reports.ReapplyRefused, match="bank profile 'bank-b'"):
+        reapply(migrated_dsn, unsigned.report_id, profile="bank-b")
+    with pytest.raises(payment_reports.ReapplyRefused, match="not configured"):
+        reapply(migrated_dsn, unsigned.report_id, profile=None)
+    assert states(migrated_dsn, ids)[ids[0]][0] == "sent"
+
+
+def test_molamctl_sends_a_reapply() -> None:
+    from molamd.ctl_parser import parse
+
+    _, cmd, args = parse(["files", "reapply", "12"])
+    assert (cmd.wire, args) == ("files-reapply", {"id": 12})

@@ -23,7 +23,7 @@ from actors import (
 )
 from connectors import ConnectorError, SftpSourceConfig, encode_hook
 
-from .. import audit, payment_files, payouts
+from .. import audit, payment_files, payment_reports, payouts
 from .. import reload as reloading
 from .. import statements as stored
 from ..audit import Identity
@@ -610,6 +610,32 @@ async def files_resubmit(ctx: Context, args: ResubmitArgs) -> dict[str, Any]:
     return result
 
 
+async def files_reapply(ctx: Context, args: IdArg) -> dict[str, Any]:
+    """Apply a stored status report again, to the file it names among its bank profile's (another file channel
+    took it, or its file's slices were reopened); stored as a new row naming the one it repeats."""
+    rt = ctx.rt
+
+    def profile_of(name: str) -> str | None:
+        entry = rt.config.connector(name)
+        return entry.bank_profile if entry is not None else None
+
+    def signed_only(name: str) -> bool:
+        from connectors import FileChannelConfig
+
+        entry = rt.config.connector(name)
+        return isinstance(entry, FileChannelConfig) and entry.iso20022.signed_reports
+
+    try:
+        return await rt.db.transaction(lambda c: payment_reports.reapply(c, ctx.who, args.id, profile_of,
+                                                                         signed_only))
+    except payment_reports.ReportNotFound as exc:
+        raise ControlError(ErrorCode.NOT_FOUND, str(exc)) from None
+    except payment_reports.ReapplyRefused as exc:
+        raise ControlError(ErrorCode.BAD_ARGS, str(exc)) from None
+    except DatabaseError as exc:
+        raise _database(exc) from None
+
+
 async def secrets(ctx: Context, args: NoArgs) -> list[dict[str, Any]]:
     """Each secret reference of the running config: where it resolved from, its version there, its age. Never
     the value."""
@@ -687,6 +713,7 @@ COMMANDS: dict[str, Command] = {
         Command("files-list", LimitArg, False, files_list),
         Command("files-show", IdArg, False, files_show),
         Command("files-resubmit", ResubmitArgs, True, files_resubmit),
+        Command("files-reapply", IdArg, True, files_reapply),
         Command("statements", StatementsArgs, False, statements),
         Command("statements-poll", StatementsArgs, True, statements_poll),
         Command("statements-rewrap", StatementsArgs, True, statements_rewrap),
