@@ -24,7 +24,7 @@ import trio
 from actors import ChildSpec, Supervisor
 from connectors import Secret
 
-from .config import Config, ConfigError, ConfigProblem, load_resolved, resolve_config, secret_entries, secret_values
+from .config import Config, ConfigError, ConfigProblem, load_resolved, secret_entries, secret_values
 from .logs import log, redactor, set_level
 from .runtime import Runtime, restart_policy
 
@@ -110,12 +110,12 @@ async def reload(rt: Runtime, *, allow_removals: int = 0) -> ReloadResult:
                                  lambda: load_resolved(rt.config_path, vault=rt.vault), "reload")
 
 
-async def refresh_secrets(rt: Runtime, fresh: frozenset[str]) -> ReloadResult:
-    """The running config with its secrets resolved again (``fresh``: vault: references read past the cache),
-    applied as a reload applies a file: only the actors whose secrets changed restart."""
+async def refresh_secrets(rt: Runtime, build: Callable[[], Config]) -> ReloadResult:
+    """The running config with its secrets as ``build`` read them again (``secret_rotation``; in a worker thread
+    under the reload lock, so it starts from the config running then), applied as a reload applies a file: only
+    the actors whose secrets changed restart."""
     async with rt.reload_lock:
-        return await _reload(rt, 0, lambda: resolve_config(rt.config, file=rt.config_path, vault=rt.vault,
-                                                            fresh=fresh), "secrets")
+        return await _reload(rt, 0, build, "secrets")
 
 
 async def _reload(rt: Runtime, allow_removals: int, load: Callable[[], Config], why: str) -> ReloadResult:

@@ -65,6 +65,7 @@ from .sdnotify import Notifier
 from .statement_poller import StatementPoller
 from .statements import StatementStore
 from .telemetry import Telemetry
+from .withdrawn import Withdrawn
 
 if TYPE_CHECKING:
     from .db_credentials import CredentialKeeper
@@ -89,6 +90,8 @@ def dispatcher_settings(section: DispatcherSection) -> DispatcherSettings:
         call_timeout=section.call_timeout.seconds, first_status_check=section.first_status_check.seconds,
         release_delay=section.release_delay.seconds,
         retry_backoff=Backoff(initial=section.retry_initial.seconds, maximum=section.retry_max.seconds, jitter=1.0),
+        lookup_backoff=Backoff(initial=section.lookup_initial.seconds, maximum=section.lookup_max.seconds),
+        lookup_grace=section.lookup_grace.seconds,
     )
 
 
@@ -126,6 +129,7 @@ class Runtime:
         self.events = EventBus()
         self.notifier = notifier or Notifier()
         self.reload_lock = trio.Lock()
+        self.withdrawn: dict[str, str] = {}  # secret reference → why its source says it is gone (secret_rotation)
         self.nursery: trio.Nursery | None = None
         self.vault = vault
         self.token_keeper: TokenKeeper | None = None
@@ -208,6 +212,11 @@ class Runtime:
 
     def connector_spec(self, config: ConnectorConfig, whole: Config | None = None) -> ChildSpec:
         """The child spec of one connector entry of ``whole`` (the running config when None)."""
+        gone = [f"{s.reference} {self.withdrawn[s.reference]}" for _, s in secret_entries(config)
+                if not s.resolved and s.reference in self.withdrawn]
+        if gone:
+            return ChildSpec(name=config.name, factory=lambda: Withdrawn(config.name, gone),
+                             shutdown_grace=config.shutdown_grace.seconds)
         if isinstance(config, SftpSourceConfig):
             source_of = whole or self.config
             return ChildSpec(name=config.name, factory=lambda: self.statement_poller(config, source_of),

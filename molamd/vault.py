@@ -295,9 +295,11 @@ class Vault:
 
     # -- KV v2 ----------------------------------------------------------------------------------------
 
-    def read(self, reference: Reference, *, fresh: bool = False) -> Resolved:
+    def read(self, reference: Reference, *, fresh: bool = False, stale_ok: bool = True) -> Resolved:
         """One field of a KV v2 secret, at its latest version or the one named: from the cache while it is fresh
-        (unless ``fresh``), from the cache until ``cache_ttl`` while Vault cannot be reached."""
+        (unless ``fresh``), from the cache until ``cache_ttl`` while Vault cannot be reached (unless not
+        ``stale_ok``: a refresh says so itself). A secret Vault says is gone (deleted, destroyed, no such field)
+        leaves the cache at once: no later read answers with it."""
         key = str(reference)
         with self._lock:
             cached = self._cache.get(key)
@@ -306,8 +308,12 @@ class Vault:
             return cached[0]
         try:
             found = self._read(reference)
+        except VaultNotFound:
+            with self._lock:
+                self._cache.pop(key, None)
+            raise
         except (VaultUnavailable, VaultDenied) as exc:
-            if cached is not None and now - cached[1] < self.cache_ttl:
+            if stale_ok and cached is not None and now - cached[1] < self.cache_ttl:
                 return cached[0]  # the value we had: Vault is away, not the secret
             raise exc from None
         with self._lock:
@@ -316,12 +322,20 @@ class Vault:
 
     def current_version(self, reference: Reference) -> int:
         """The latest version of a KV v2 secret (its metadata: no value is read)."""
+        return self.latest(reference)[0]
+
+    def latest(self, reference: Reference) -> tuple[int, bool]:
+        """The latest version of a KV v2 secret, and whether that version is deleted or destroyed (its metadata:
+        no value is read)."""
         try:
             answer: Any = self._client.secrets.kv.v2.read_secret_metadata(path=reference.path,
                                                                           mount_point=reference.mount)
         except Exception as exc:
             raise _mapped(exc, f"{reference} (metadata)") from None
-        return int((answer.get("data") or {}).get("current_version") or 0)
+        data = answer.get("data") or {}
+        current = int(data.get("current_version") or 0)
+        version = (data.get("versions") or {}).get(str(current)) or {}
+        return current, bool(version.get("deletion_time") or version.get("destroyed"))
 
     def _read(self, reference: Reference) -> Resolved:
         try:

@@ -147,7 +147,9 @@ def test_the_token_actor_renews_logs_in_again_when_revoked_and_the_daemon_outliv
     bao.seal()
     wait_for(lambda: d.ctl_json("status")["vault"]["state"] == "waiting", 15, "the token actor waiting")
     assert "sealed" in d.ctl_json("status")["vault"]["waiting_for"]
-    assert d.ctl_json("secrets", "refresh")["changed"] == [], "the cache answers while Vault is sealed"
+    sealed = d.ctl("secrets", "refresh")
+    assert sealed.returncode == 1 and "unavailable" in sealed.stderr, "sealed: said so, not a plain success"
+    assert "vault:secret/molamd/null#token: kept the value in use" in sealed.stderr, sealed.stderr
     bao.unseal()
     wait_for(lambda: d.ctl_json("status")["vault"]["state"] == "ok", 20, "the token actor good again")
     # Vault goes away: the daemon keeps running on what it read, says what it waits for, and refreshes from cache.
@@ -155,7 +157,8 @@ def test_the_token_actor_renews_logs_in_again_when_revoked_and_the_daemon_outliv
     wait_for(lambda: d.ctl_json("status")["vault"]["state"] == "waiting", 15, "the token actor waiting")
     status = d.ctl_json("status")
     assert "login failed" in status["vault"]["waiting_for"], status["vault"]
-    assert d.ctl_json("secrets", "refresh")["changed"] == [], "the cached value still answers"
+    away = d.ctl("secrets", "refresh")
+    assert away.returncode == 1 and "kept the value in use" in away.stderr, "the value in use stays, said so"
     assert [r["state"] for r in d.ctl_json("connectors")] == ["running"]
     assert d.proc is not None and d.proc.poll() is None
     time.sleep(0.5)
@@ -247,3 +250,102 @@ def test_a_database_engine_that_cannot_create_roles_leaves_the_daemon_up_and_say
     assert not database["up"] and database["lease_id"] is None
     assert "new credentials" in database["waiting_for"], database
     assert d.stop() == 0
+
+
+def test_a_deleted_secret_stops_being_used_and_refresh_names_each_reference_it_could_not_read(
+        short_tmp: Path, migrated_dsn: str, daemon_factory: Any, bao: OpenBao) -> None:
+    """The latest version of a KV secret deleted: `secrets refresh` is an error naming that reference, and the
+    connector that signed with it stops (a reload does not bring the value back from the cache); restored, it
+    is read and used again. Sealed: an error naming each reference whose value in use was kept."""
+    import json
+
+    import psycopg
+
+    from tests.payout_helpers import statuses
+
+    bank = Bank()
+    try:
+        httpx.post(f"{bank.url}/admin/secret", json={"secret": CANARY + "a-1", "keep_previous": False},
+                   timeout=5).raise_for_status()
+        bao.put("molamd/bank-a", hmac=CANARY + "a-1")
+        bao.put("molamd/null", token=CANARY + "null")
+        null = textwrap.dedent("""
+            [[connectors]]
+            name = "n1"
+            kind = "null"
+            bank_profile = "bank-z"
+            [connectors.null]
+            token = "vault:secret/molamd/null#token"
+            """)
+        text = payout_toml(short_tmp, migrated_dsn, vault_connector("bank-a", bank.url, "bank-a") + null) \
+            + vault_toml(bao, short_tmp, rotation_check="1h")
+        d = daemon_factory(text, env={"HOME": str(short_tmp)})
+        assert wait_final(migrated_dsn, seed(migrated_dsn, 5), 30) == {"settled": 5}
+        hmac, token = "vault:secret/molamd/bank-a#hmac", "vault:secret/molamd/null#token"
+
+        bao.admin.secrets.kv.v2.delete_latest_version_of_secret(path="molamd/bank-a", mount_point="secret")
+        done = d.ctl("--json", "secrets", "refresh")
+        assert done.returncode == 1, (done.stdout, done.stderr)
+        error = json.loads(done.stdout)
+        assert error["code"] == "secrets_missing", error
+        said = [line for line in error["details"] if hmac in line]
+        assert len(said) == 1 and "deleted" in said[0] and "bank-a" in said[0], error
+        assert not any(token in line for line in error["details"]), "the other reference was read"
+        rows = {r["name"]: r for r in d.ctl_json("connectors")}
+        assert rows["bank-a"]["state"] != "running" and hmac in (rows["bank-a"]["last_error"] or ""), rows["bank-a"]
+        assert rows["n1"]["state"] == "running"
+        assert {r["reference"]: r for r in d.ctl_json("secrets")}[hmac]["resolved"] is False
+        waiting = seed(migrated_dsn, 3)
+        reloaded = d.ctl("reload")
+        assert reloaded.returncode == 1 and hmac in reloaded.stderr, "the deleted value is not taken from the cache"
+        with psycopg.connect(migrated_dsn) as conn:
+            attempts = conn.execute("SELECT count(*) FROM payout_slice_attempts WHERE payout_slice_id = ANY(%s)",
+                                    (waiting,)).fetchone()
+        assert attempts == (0,) and len(bank.ledger()) == 5, "nothing sent, nothing signed with the deleted key"
+        assert set(statuses(migrated_dsn, waiting)) <= {"pending", "claimed"}
+
+        bao.put("molamd/bank-a", hmac=CANARY + "a-1")  # restored
+        refreshed = d.ctl_json("secrets", "refresh")
+        assert hmac in refreshed["changed"] and "bank-a" in refreshed["connectors"]["changed"], refreshed
+        assert wait_final(migrated_dsn, waiting, 30) == {"settled": 3}
+
+        bao.seal()
+        done = d.ctl("--json", "secrets", "refresh")
+        assert done.returncode == 1, (done.stdout, done.stderr)
+        error = json.loads(done.stdout)
+        assert error["code"] == "unavailable", error
+        for reference in (hmac, token):
+            [line] = [line for line in error["details"] if reference in line]
+            assert "kept the value in use" in line and "sealed" in line, line
+        assert {r["state"] for r in d.ctl_json("connectors")} == {"running"}
+        bao.unseal()
+        assert d.stop() == 0
+        assert CANARY not in d.logs()
+    finally:
+        bank.close()
+
+
+def test_the_periodic_check_withdraws_a_deleted_secret_and_takes_it_back_when_restored(
+        short_tmp: Path, daemon_factory: Any, bao: OpenBao) -> None:
+    from tests.conftest import daemon_toml
+
+    bao.put("molamd/null", token=CANARY + "null")
+    text = textwrap.dedent("""
+        [[connectors]]
+        name = "n1"
+        kind = "null"
+        bank_profile = "bank-a"
+        [connectors.null]
+        token = "vault:secret/molamd/null#token"
+        """)
+    d = daemon_factory(daemon_toml(short_tmp, connectors=text) + vault_toml(bao, short_tmp, rotation_check="200ms"),
+                       env={"HOME": str(short_tmp)})
+    bao.admin.secrets.kv.v2.delete_latest_version_of_secret(path="molamd/null", mount_point="secret")
+    wait_for(lambda: d.ctl_json("connectors")[0]["state"] != "running", 15, "n1 stopped")
+    row = d.ctl_json("connectors")[0]
+    assert "vault:secret/molamd/null#token" in (row["last_error"] or "") and "gone" in row["last_error"], row
+    assert "secret refresh: a reference could not be read" in d.logs()
+    bao.put("molamd/null", token=CANARY + "null-2")
+    wait_for(lambda: d.ctl_json("connectors")[0]["state"] == "running", 15, "n1 running again")
+    assert d.stop() == 0
+    assert CANARY not in d.logs()

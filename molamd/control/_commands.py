@@ -663,11 +663,21 @@ async def secrets_refresh(ctx: Context, args: NoArgs) -> dict[str, Any]:
     from ..secret_rotation import refresh_all
 
     try:
-        changed, result = await refresh_all(ctx.rt)
+        refreshed = await refresh_all(ctx.rt)
     except ConfigError as exc:
         raise ControlError(ErrorCode.CONFIG_INVALID, f"refresh refused, nothing changed: {exc}",
                            details=exc.lines()) from None
-    return {"changed": changed, **_to_builtins(result)}
+    reply = {"changed": refreshed.changed, **_to_builtins(refreshed.result)}
+    if not refreshed.problems:
+        return reply
+    gone = sum(1 for p in refreshed.problems if p.state == "gone")
+    kept = len(refreshed.problems) - gone
+    restarted = refreshed.result.connectors.changed
+    message = (f"secrets refresh: {gone} reference(s) gone, {kept} kept at the value in use; the rest was applied"
+               f" (values changed: {', '.join(refreshed.changed) or 'none'}; connectors restarted:"
+               f" {', '.join(restarted) or 'none'})")
+    raise ControlError(ErrorCode.SECRETS_MISSING if gone else ErrorCode.UNAVAILABLE, message,
+                       details=[str(p) for p in refreshed.problems])
 
 
 async def reload(ctx: Context, args: ReloadArgs) -> dict[str, Any]:
