@@ -165,6 +165,16 @@ def paid_per_reference(*banks: Bank) -> dict[str, list[tuple[str, str]]]:
     return found
 
 
+def assert_no_payment_in_two_ledgers(*banks: Bank) -> dict[str, list[tuple[str, str]]]:
+    """The cross-bank check: no payment reference in more than one bank's ledger (two channels of one bank
+    profile keep separate idempotency stores, so the same key sent to both is paid twice). Returns
+    ``paid_per_reference``. tests/test_negative_controls.py shows it failing when the scope rule is broken."""
+    paid = paid_per_reference(*banks)
+    twice = {ref: where for ref, where in paid.items() if len(where) > 1}
+    assert twice == {}, f"paid by both banks: {len(twice)}, e.g. {list(twice.items())[:5]}"
+    return paid
+
+
 def sends_per_key(bank: Bank) -> dict[str, Counter[str]]:
     """From the bank's request log: per idempotency key, how many requests it executed, replayed, or refused
     (``conflict``: the key with another body; ``invalid``)."""

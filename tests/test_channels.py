@@ -13,7 +13,16 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.payout_helpers import Bank, env, paid_per_reference, payout_toml, rest_connector, seed, statuses, wait_for
+from tests.payout_helpers import (
+    Bank,
+    assert_no_payment_in_two_ledgers,
+    env,
+    payout_toml,
+    rest_connector,
+    seed,
+    statuses,
+    wait_for,
+)
 
 FINAL = ("settled", "failed", "dead")
 
@@ -53,9 +62,7 @@ def test_a_flaky_primary_and_sigkills_never_pay_twice_across_channels(
     primary.faults(error_rate=0.0, reset_rate=0.0, hang_rate=0.0)
     wait_for(lambda: sum(statuses(migrated_dsn, ids).get(s, 0) for s in FINAL) == len(ids), 120,
              "every slice final", lambda: statuses(migrated_dsn, ids))
-    paid = paid_per_reference(primary, backup)
-    twice = {ref: where for ref, where in paid.items() if len(where) > 1}
-    assert twice == {}, f"paid by both banks: {list(twice.items())[:5]}"
+    paid = assert_no_payment_in_two_ledgers(primary, backup)
     assert len(backup.ledger()) > 0, "the backup bank took work while the primary was failing"
     with psycopg.connect(migrated_dsn) as conn:
         rows = conn.execute("SELECT payout_id || '/' || id, status, provider_ref, bound_scope FROM payout_slices"
@@ -144,7 +151,7 @@ def test_a_connector_with_wrong_credentials_is_unhealthy_and_costs_no_payout_an_
 
 
 def assert_each_paid_once(dsn: str, primary: Bank, backup: Bank, ids: list[int]) -> None:
-    paid = paid_per_reference(primary, backup)
+    paid = assert_no_payment_in_two_ledgers(primary, backup)
     with psycopg.connect(dsn) as conn:
         references = [r for (r,) in conn.execute(
             "SELECT payout_id || '/' || id FROM payout_slices WHERE id = ANY(%s)", (ids,)).fetchall()]

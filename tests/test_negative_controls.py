@@ -1,0 +1,176 @@
+"""Negative controls of the cross-bank "paid twice" check: the scope rule broken on purpose, and the check seen red.
+
+Two sandbox banks, each with its own ledger and idempotency store, are two channels of one bank profile
+(``bank-a-api`` the primary, ``bank-a-legacy`` the backup). The primary executes some payments and never answers
+(it hangs, half the time after executing), so its slices are in doubt in its scope. Then the primary goes away:
+
+- routing: its breaker is forced open while the slices wait for a retry;
+- recovery: the daemon is killed mid-call and comes back with the primary's connector removed from the config.
+
+With the rule kept, the slices wait for their scope and ``assert_no_payment_in_two_ledgers`` (the check
+tests/test_channels.py runs after its SIGKILL storm) passes. With the rule broken (tests/scope_rule_off.py: routing
+and recovery ignore the bound scope, the SQL guard of a new attempt is removed and the attempts table's scope
+trigger turned off), the backup pays them too and the same check fails.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.payout_helpers import (
+    Bank,
+    assert_no_payment_in_two_ledgers,
+    env,
+    payout_toml,
+    rest_connector,
+    seed,
+    statuses,
+    wait_for,
+)
+from tests.scope_rule_off import daemon_env, disable_trigger
+
+API, LEGACY = "bank-a-api", "bank-a-legacy"
+COUNT = 20
+
+
+@pytest.fixture
+def banks() -> Iterator[tuple[Bank, Bank]]:
+    primary, backup = Bank(), Bank()
+    yield primary, backup
+    primary.close()
+    backup.close()
+
+
+@pytest.fixture(params=["kept", "broken"])
+def scope_rule(request: pytest.FixtureRequest, migrated_dsn: str, short_tmp: Path) -> tuple[str, dict[str, str]]:
+    """("kept", {}) or ("broken", the environment of a daemon that breaks it), the trigger off for "broken"."""
+    if request.param == "kept":
+        return "kept", {}
+    disable_trigger(migrated_dsn)
+    return "broken", daemon_env(short_tmp)
+
+
+def connectors(primary: Bank, backup: Bank, *, primary_timeout: str, with_primary: bool = True) -> str:
+    first = rest_connector("primary", primary.url, priority=10, call_timeout=primary_timeout, scope=API)
+    return (first if with_primary else "") + rest_connector("backup", backup.url, priority=20, scope=LEGACY)
+
+
+def keys(dsn: str, ids: list[int]) -> set[str]:
+    with psycopg.connect(dsn) as conn:
+        return {k for (k,) in conn.execute("SELECT idempotency_key FROM payout_slices WHERE id = ANY(%s)",
+                                           (ids,)).fetchall()}
+
+
+def tried_at_the_primary(dsn: str, ids: list[int], outcome: str | None) -> int:
+    """How many of ``ids`` have an attempt in the primary's scope with this outcome (None: still open)."""
+    with psycopg.connect(dsn) as conn:
+        return int(conn.execute(
+            "SELECT count(DISTINCT payout_slice_id) FROM payout_slice_attempts WHERE payout_slice_id = ANY(%s)"
+            " AND idempotency_scope = %s AND outcome IS NOT DISTINCT FROM %s", (ids, API, outcome)).fetchone()[0])
+
+
+def touched_since(dsn: str, ids: list[int], since: float) -> int:
+    with psycopg.connect(dsn) as conn:
+        return int(conn.execute("SELECT count(*) FROM payout_slices WHERE id = ANY(%s)"
+                                " AND updated_at > to_timestamp(%s)", (ids, since)).fetchone()[0])
+
+
+def paid_at(bank: Bank, wanted: set[str]) -> set[str]:
+    return {p["idempotency_key"] for p in bank.ledger()} & wanted
+
+
+def held_in_their_scope(d: Any, dsn: str, primary: Bank, backup: Bank, ids: list[int], since: float) -> None:
+    """The rule kept: new work goes to the backup, and every in-doubt slice is looked at again and left waiting."""
+    fresh = seed(dsn, 5, prefix="fresh")
+    wait_for(lambda: statuses(dsn, fresh).get("settled", 0) == 5, 30, "new work settled by the backup",
+             lambda: statuses(dsn, fresh))
+    wait_for(lambda: touched_since(dsn, ids, since) == COUNT, 30, "every in-doubt slice claimed again")
+    assert paid_at(backup, keys(dsn, ids)) == set(), "an in-doubt slice went to the other channel"
+    with psycopg.connect(dsn) as conn:
+        waiting = conn.execute("SELECT DISTINCT status, bound_scope FROM payout_slices WHERE id = ANY(%s)",
+                               (ids,)).fetchall()
+    assert {scope for _, scope in waiting} == {API} and {s for s, _ in waiting} <= {"pending", "retry_scheduled",
+                                                                                   "claimed"}, waiting
+    assert_no_payment_in_two_ledgers(primary, backup)
+
+
+def seen_paid_twice(dsn: str, primary: Bank, backup: Bank, ids: list[int]) -> None:
+    """The rule broken: the backup pays every slice, the primary had executed some, and the check says so."""
+    wanted = keys(dsn, ids)
+    wait_for(lambda: paid_at(backup, wanted) == wanted, 60, "the backup paying the primary's slices",
+             lambda: len(paid_at(backup, wanted)))
+    executed_by_primary = paid_at(primary, wanted)
+    assert executed_by_primary, "the primary executed some before it hung (else this control proves nothing)"
+    with pytest.raises(AssertionError, match=f"paid by both banks: {len(executed_by_primary)},"):
+        assert_no_payment_in_two_ledgers(primary, backup)
+
+
+def test_slices_in_doubt_when_the_primarys_breaker_opens(
+    daemon_factory: Any, short_tmp: Path, migrated_dsn: str, banks: tuple[Bank, Bank],
+    scope_rule: tuple[str, dict[str, str]],
+) -> None:
+    rule, rule_env = scope_rule
+    primary, backup = banks
+    primary.faults(hang_rate=1.0)
+    config = payout_toml(short_tmp, migrated_dsn, connectors(primary, backup, primary_timeout="500ms"))
+    d = daemon_factory(config, env={**env(), **rule_env})
+    ids = seed(migrated_dsn, COUNT, max_attempts=1000)
+    wait_for(lambda: tried_at_the_primary(migrated_dsn, ids, "in_doubt") == COUNT and primary.ledger(), 30,
+             "every slice in doubt at the primary")
+    since = time.time()
+    assert d.ctl_json("force-open", "primary")["breaker"] == "forced_open"
+    if rule == "broken":
+        seen_paid_twice(migrated_dsn, primary, backup, ids)
+        return
+    held_in_their_scope(d, migrated_dsn, primary, backup, ids, since)
+    # The primary answers again: its slices are paid there, once each (the executed ones found by their key).
+    primary.faults(hang_rate=0.0)
+    d.ctl_json("reset-circuit", "primary")
+    wait_for(lambda: statuses(migrated_dsn, ids).get("settled", 0) == COUNT, 60, "every slice settled",
+             lambda: statuses(migrated_dsn, ids))
+    assert paid_at(primary, keys(migrated_dsn, ids)) == keys(migrated_dsn, ids)
+    assert_no_payment_in_two_ledgers(primary, backup)
+    assert d.stop() == 0
+
+
+def test_slices_in_flight_when_the_daemon_dies_and_comes_back_without_the_primary(
+    daemon_factory: Any, short_tmp: Path, migrated_dsn: str, banks: tuple[Bank, Bank],
+    scope_rule: tuple[str, dict[str, str]],
+) -> None:
+    rule, rule_env = scope_rule
+    primary, backup = banks
+    primary.faults(hang_rate=1.0)
+    config = payout_toml(short_tmp, migrated_dsn, connectors(primary, backup, primary_timeout="30s"))
+    d = daemon_factory(config, env={**env(), **rule_env})
+    ids = seed(migrated_dsn, COUNT, max_attempts=1000)
+    wait_for(lambda: tried_at_the_primary(migrated_dsn, ids, None) == COUNT and primary.ledger(), 30,
+             "every slice in flight at the primary")
+    d.signal(signal.SIGKILL)
+    assert d.proc is not None
+    d.proc.wait()
+    # It comes back with the primary's connector gone from the config (an operator took the channel out).
+    since = time.time()
+    d.config.write_text(payout_toml(short_tmp, migrated_dsn, connectors(primary, backup, primary_timeout="30s",
+                                                                         with_primary=False)))
+    d.start()
+    if rule == "broken":
+        seen_paid_twice(migrated_dsn, primary, backup, ids)
+        return
+    held_in_their_scope(d, migrated_dsn, primary, backup, ids, since)
+    assert tried_at_the_primary(migrated_dsn, ids, "in_doubt") == COUNT, "the crashed calls closed as in doubt"
+    # The channel is put back and answers: each slice is paid there, once.
+    primary.faults(hang_rate=0.0)
+    d.config.write_text(config)
+    assert d.ctl("reload").returncode == 0
+    wait_for(lambda: statuses(migrated_dsn, ids).get("settled", 0) == COUNT, 60, "every slice settled",
+             lambda: statuses(migrated_dsn, ids))
+    assert paid_at(primary, keys(migrated_dsn, ids)) == keys(migrated_dsn, ids)
+    assert_no_payment_in_two_ledgers(primary, backup)
+    assert d.stop() == 0
