@@ -117,3 +117,20 @@ def test_error_line_never_fails() -> None:
         assert reply["ok"] is False and reply["error"]["code"] == "internal" and "details" not in reply["error"]
         assert reply["id"] == (rid if rid in (7, "ok") else None)
         assert "\\ud800" in reply["error"]["message"] and len(reply["error"]["message"]) < 4200
+
+
+def test_a_refused_client_that_is_already_gone_harms_nobody(daemon_factory: Any) -> None:
+    """The refusal of a client over its limit went to a closed socket outside the connection's guard: the
+    BrokenResourceError took the control server (and so the daemon) down."""
+    d = daemon_factory(connectors=CONNECTORS, control_extra="max_clients = 2\nreserved_clients = 0")
+    held = [raw_session(d.socket)[0] for _ in range(2)]
+    for _ in range(200):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(d.socket)
+        sock.close()  # before the server has written its refusal
+    for sock in held:
+        sock.close()
+    assert d.ctl_json("version")["protocol"] == 1
+    assert d.proc.poll() is None
+    assert not any("escalated" in e["message"] or e.get("levelname") == "ERROR" for e in d.log_entries())
+    assert d.stop() == 0

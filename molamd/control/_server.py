@@ -125,38 +125,43 @@ class ControlServer:
         self._stop.set()
 
     async def _serve(self, stream: trio.abc.Stream) -> None:
+        """One connection, whatever happens in it: a client gone (even before its refusal is written) or a fault
+        of ours closes this connection and nothing else."""
         assert isinstance(stream, trio.SocketStream)
         async with stream:
             try:
-                peer = peer_of(stream.socket)  # type: ignore[arg-type]
-            except OSError:  # pragma: no cover - peer gone before we looked
-                return
-            access = access_for(peer, self._rt.config.control)
-            if access is Access.NONE:
-                self._refused(peer, "not allowed")
-                await _refuse(stream, ErrorCode.FORBIDDEN,
-                              f"uid {peer.uid} is not allowed on this socket (operator or read-only group needed)")
-                return
-            full = self._full(peer, access)
-            if full is not None:
-                self._refused(peer, full)
-                await _refuse(stream, ErrorCode.BUSY, f"{full}; try again")
-                return
-            self._open += 1
-            self._per_uid[peer.uid] = self._per_uid.get(peer.uid, 0) + 1
-            try:
-                await _send(stream, hello(self._rt.version))
-                await self._session(stream, access, audit.identity(peer.uid, peer.pid))
+                await self._connection(stream)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
+                pass  # the client went away
             except Exception:  # the last guard: one connection's fault never reaches the server
-                logger.exception("control connection failed; closed",
-                                 extra={"fields": {"uid": peer.uid, "pid": peer.pid}})
-            finally:
-                self._open -= 1
-                self._per_uid[peer.uid] -= 1
-                if not self._per_uid[peer.uid]:
-                    del self._per_uid[peer.uid]
+                logger.exception("control connection failed; closed")
+
+    async def _connection(self, stream: trio.SocketStream) -> None:
+        try:
+            peer = peer_of(stream.socket)  # type: ignore[arg-type]
+        except OSError:  # pragma: no cover - peer gone before we looked
+            return
+        access = access_for(peer, self._rt.config.control)
+        if access is Access.NONE:
+            self._refused(peer, "not allowed")
+            await _refuse(stream, ErrorCode.FORBIDDEN,
+                          f"uid {peer.uid} is not allowed on this socket (operator or read-only group needed)")
+            return
+        full = self._full(peer, access)
+        if full is not None:
+            self._refused(peer, full)
+            await _refuse(stream, ErrorCode.BUSY, f"{full}; try again")
+            return
+        self._open += 1
+        self._per_uid[peer.uid] = self._per_uid.get(peer.uid, 0) + 1
+        try:
+            await _send(stream, hello(self._rt.version))
+            await self._session(stream, access, audit.identity(peer.uid, peer.pid))
+        finally:
+            self._open -= 1
+            self._per_uid[peer.uid] -= 1
+            if not self._per_uid[peer.uid]:
+                del self._per_uid[peer.uid]
 
     def _full(self, peer: Peer, access: Access) -> str | None:
         """Why this peer gets no connection now, or None."""
