@@ -12,6 +12,7 @@ from connectors.statements import (
     BalanceMismatch,
     StatementError,
     StatementFormatError,
+    iter_mt940,
     parse_camt,
     parse_csv,
     parse_mt940,
@@ -187,3 +188,12 @@ def test_amounts_banks_do_write_still_read() -> None:
     assert [line.amount for line in statement.lines] == [Decimal("-15000.50"), Decimal("0.50")]
     [camt] = parse_camt(_camt("1000.", "1010.5", [(".5", "CRDT", "XOF"), ("10", "CRDT", "XOF")]))
     assert camt.closing is not None and camt.closing.amount == Decimal("1010.5")
+
+
+def test_streaming_and_whole_file_read_a_mixed_encoding_file_alike() -> None:
+    # Found by the harness: a cp1252 byte on line 1 made the whole file cp1252, while the streaming reader's later
+    # pieces, valid UTF-8 alone, were read as UTF-8: the same file gave two different references.
+    data = b"\xe9\r\n" + MT940.replace(":20:REF1", ":20:R\u00e9F1").replace("\n", "\r\n").encode()
+    whole = parse_mt940(data)
+    assert whole == list(iter_mt940(data[i:i + 7] for i in range(0, len(data), 7)))
+    assert whole[0].reference == "RéF1"

@@ -239,11 +239,22 @@ def _message_kind(number: str, line: int) -> str:
     raise StatementFormatError(f"line {line}", f"block 2 says MT{number} (expected an MT940 or MT942 statement)")
 
 
+_LINE_END = re.compile(rb"([\r\n]+)")
+
+
 def _decode(raw: bytes) -> str:
+    """UTF-8, else cp1252 line by line: a line's text never depends on where the reader's pieces were cut."""
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
-        return raw.decode("cp1252", errors="replace")
+        return "".join(_line_text(part) for part in _LINE_END.split(raw))
+
+
+def _line_text(line: bytes) -> str:
+    try:
+        return line.decode("utf-8")
+    except UnicodeDecodeError:
+        return line.decode("cp1252", errors="replace")
 
 
 _DATES: dict[str, dt.date] = {}
