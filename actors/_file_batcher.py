@@ -34,8 +34,10 @@ from connectors import (
     CallContext,
     CallRecord,
     ConnectorError,
+    FileChanged,
     FileChannelConfig,
     FileChannelConnector,
+    FileRefused,
     MoveRefused,
     PayoutSlice,
     Prepared,
@@ -103,7 +105,10 @@ class FileBatcher(ConnectorActor):
         self._sign = sign
         self._files: FileObserver = files or NullFileObserver()
         self._clock = clock
+        # Downloads in progress hold bank data: in the daemon's state directory (spool_dir), never a shared
+        # temp directory, and what a killed incarnation left there is cleared before any new one is made.
         self._spool = spool_dir or tempfile.gettempdir()
+        self._spool_prefix = f"molamd-report-{config.name}-"
         self._certificate = b""
         self._cutoff_ahead: dt.datetime | None = None  # the next cutoff as the last look at waiting slices saw it
         self._upload_backoff = Backoff(initial=1.0, maximum=self.options.upload_retry_max.seconds, jitter=0.2)
@@ -113,9 +118,20 @@ class FileBatcher(ConnectorActor):
 
     async def setup(self) -> None:
         await super().setup()
+        await trio.to_thread.run_sync(self._clear_spool)
         await trio.to_thread.run_sync(self._probe)
         self.nursery.start_soon(self._files_loop)
         self.nursery.start_soon(self._reports_loop)
+
+    def _clear_spool(self) -> None:
+        """The spool directory made (owner only) if missing, and this connector's leftover downloads removed:
+        a report half-fetched when the daemon was killed is fetched again from the bank's drop."""
+        os.makedirs(self._spool, mode=0o700, exist_ok=True)
+        for entry in os.scandir(self._spool):
+            if entry.name.startswith(self._spool_prefix) and entry.is_file(follow_symlinks=False):
+                os.unlink(entry.path)
+                logger.warning("%s: removed %s, a report download an earlier run left unfinished", self.name,
+                               entry.path)
 
     def _probe(self) -> None:
         """One file built, signed and verified, never recorded nor sent: the HSM, the key and the certificate
@@ -303,11 +319,20 @@ class FileBatcher(ConnectorActor):
                 await self._take_report(remote)
 
     async def _take_report(self, remote: RemoteFile) -> None:
-        fd, path = tempfile.mkstemp(prefix="molamd-report-", dir=self._spool)
+        """One report: a file refused (too big, a bad name) goes to error/ with the reason, one still being
+        written waits for a later pass; either way the reports behind it are taken."""
+        fd, path = tempfile.mkstemp(prefix=self._spool_prefix, dir=self._spool)
         os.close(fd)
         try:
             fetched = await self.channel.fetch_report(remote, path)
             content = await trio.Path(path).read_bytes()
+        except FileChanged as exc:
+            logger.info("%s: status report %s is still changing; taken at a later pass (%s)", self.name,
+                        remote.name, exc)
+            return
+        except FileRefused as exc:
+            await self._refuse_report(remote, str(exc))
+            return
         finally:
             await trio.Path(path).unlink(missing_ok=True)
         if not await self._store.known_report(self.name, fetched.sha256):
@@ -330,6 +355,18 @@ class FileBatcher(ConnectorActor):
         except MoveRefused as exc:
             self._stuck.add((remote.name, remote.size, remote.mtime))
             logger.warning("%s: %s", self.name, exc)
+
+    async def _refuse_report(self, remote: RemoteFile, reason: str) -> None:
+        self._files.report_received(self.name, ReportApplied(report_id=None, file_id=None, flag="refused",
+                                                             detail=reason))
+        try:
+            moved = await self.channel.refuse_report(remote, reason)
+        except MoveRefused as exc:
+            moved, reason = None, f"{reason}; and it cannot be moved to error/: {exc}"
+        if moved is None:  # left where it is: not tried again until it changes
+            self._stuck.add((remote.name, remote.size, remote.mtime))
+        logger.error("%s: status report %s refused, not stored (%s)%s", self.name, remote.name, reason,
+                     f"; moved to {moved}" if moved else "")
 
     def _read_report(self, name: str, content: bytes) -> ReportIn:
         sha = hashlib.sha256(content).digest()

@@ -49,8 +49,9 @@ from .iso20022 import (
     verify_detached,
     verify_enveloped,
 )
+from .iso20022._pain002 import MAX_BYTES as REPORT_MAX_BYTES
 from .rest import RestConfig, RestConnector, RestOptions
-from .sftp import Fetched, RemoteFile, SftpClient, SftpOptions, Uploaded
+from .sftp import Fetched, FileRefused, RemoteFile, SftpClient, SftpOptions, Uploaded
 
 DS: Final = "http://www.w3.org/2000/09/xmldsig#"
 _IBAN: Final = re.compile(r"[A-Z]{2}[0-9]{2}[A-Z0-9]{10,30}")
@@ -178,7 +179,9 @@ class FileChannelConnector:
         if self.files.transport is Transport.SFTP:
             if config.sftp is None:
                 raise ValueError(f"{config.name}: transport sftp needs [connectors.sftp]")
-            self.sftp = SftpClient(config.name, config.sftp)
+            # A report is downloaded only as far as pain.002 is ever read: past it, it is refused unread.
+            capped = min(config.sftp.max_file_size, REPORT_MAX_BYTES)
+            self.sftp = SftpClient(config.name, msgspec.structs.replace(config.sftp, max_file_size=capped))
         else:
             if config.rest is None:
                 raise ValueError(f"{config.name}: transport rest needs [connectors.rest]")
@@ -284,8 +287,13 @@ class FileChannelConnector:
         return [f for f in (await self.sftp.listing()).files if time.time() - f.mtime >= settle]
 
     async def fetch_report(self, remote: RemoteFile, local_path: str) -> Fetched:
+        """Download one report; raises FileRefused (over the pain.002 bound or max_file_size, a bad name) or
+        FileChanged (still being written) for that file alone, or a network error."""
         if self.rest is not None:
             data = self._offered.get(remote.name, b"")
+            if len(data) > REPORT_MAX_BYTES:
+                raise FileRefused(self.name, f"{remote.name}: {len(data)} bytes is over the pain.002 bound"
+                                             f" {REPORT_MAX_BYTES}")
             with open(local_path, "wb") as out:  # noqa: ASYNC230 - a report already in memory
                 out.write(data)
             return Fetched(path=local_path, sha256=hashlib.sha256(data).digest(), size=len(data))
@@ -301,6 +309,13 @@ class FileChannelConnector:
             return
         assert self.sftp is not None
         await self.sftp.acknowledge(remote, ok=True)
+
+    async def refuse_report(self, remote: RemoteFile, reason: str) -> str | None:
+        """A report never to be taken: SFTP moves it to error/ with a reason file (raises MoveRefused if the
+        server will not); REST has no such place (None: the caller remembers it)."""
+        if self.sftp is None:
+            return None
+        return await self.sftp.acknowledge(remote, ok=False, reason=reason)
 
     # -- certificates -------------------------------------------------------------------------------
 

@@ -62,6 +62,7 @@ from .payment_files import FileStore
 from .payouts import ClaimOwner, PayoutStore
 from .registry_mirror import RegistryMirror
 from .sdnotify import Notifier
+from .spool import spool_directory
 from .statement_poller import StatementPoller
 from .statements import StatementStore
 from .telemetry import Telemetry
@@ -254,7 +255,8 @@ class Runtime:
 
     def file_batcher(self, config: FileChannelConfig) -> FileBatcher:
         return FileBatcher(config, FileChannelConnector(config), self.files, self.sign, observer=self.telemetry,
-                           files=self.metrics.files)
+                           files=self.metrics.files,
+                           spool_dir=spool_directory(config.sftp.spool_dir if config.sftp is not None else ""))
 
     def sign(self, label: str, data: bytes) -> bytes:
         """Sign in the configured HSM (from a worker thread); the session opens on first use and stays open."""
