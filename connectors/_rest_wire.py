@@ -74,21 +74,39 @@ def state(text: object) -> PaymentState:
         raise WireError(f"unknown payment status {text[:64]!r}") from None
 
 
-def optional_text(data: dict[str, Any], key: str) -> str | None:
+MAX_REF: Final = 256  # characters of a bank's payment id
+MAX_CODE: Final = 35  # an ISO 20022 reason code is 4, a proprietary one at most 35
+
+
+def optional_text(data: dict[str, Any], key: str, limit: int = MAX_TEXT) -> str | None:
     value = data.get(key)
-    if value is None or isinstance(value, str):
-        return value
-    raise WireError(f"{key} is a {type(value).__name__}, not a string")
+    if value is not None and not isinstance(value, str):
+        raise WireError(f"{key} is a {type(value).__name__}, not a string")
+    if value is not None and len(value) > limit:
+        raise WireError(f"{key} is {len(value):,} characters long (at most {limit})")
+    return value
+
+
+def provider_ref(data: dict[str, Any]) -> str:
+    """The bank's payment id: a string of 1 to MAX_REF characters (or an integer, as some banks write it)."""
+    value = data["id"]
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        raise WireError(f"id is a {type(value).__name__}, not a string")
+    if not 1 <= len(value) <= MAX_REF:
+        raise WireError(f"id is {len(value):,} characters long (1 to {MAX_REF})")
+    return value
 
 
 class _Event(msgspec.Struct, frozen=True):
     """A pushed event as the bank writes it; other fields are the bank's business."""
 
     seq: Annotated[int, msgspec.Meta(ge=0, le=_INT64_MAX)]
-    id: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+    id: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_REF)]
     status: str
-    idempotency_key: str | None = None
-    reason_code: str | None = None
+    idempotency_key: Annotated[str, msgspec.Meta(max_length=MAX_REF)] | None = None
+    reason_code: Annotated[str, msgspec.Meta(max_length=MAX_CODE)] | None = None
 
 
 def decode_event(message: bytes | str) -> PaymentEvent:

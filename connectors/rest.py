@@ -55,7 +55,7 @@ from ._payments import (
     SendResult,
     mask_account,
 )
-from ._rest_wire import WireError, decode_event, loads, optional_text, printable, state
+from ._rest_wire import MAX_CODE, WireError, decode_event, loads, optional_text, printable, provider_ref, state
 from ._signing import sign_request, verify_response
 from ._values import Duration, Secret
 
@@ -173,9 +173,9 @@ class RestConnector:
         )
         try:
             result = SendResult(
-                provider_ref=str(data["id"]),
+                provider_ref=provider_ref(data),
                 state=state(data["status"]),
-                reason_code=optional_text(data, "reason_code"),
+                reason_code=optional_text(data, "reason_code", MAX_CODE),
                 replayed=response.headers.get("Idempotent-Replayed") == "true",
             )
         except (KeyError, TypeError, ValueError) as exc:
@@ -197,8 +197,8 @@ class RestConnector:
             raise
         try:
             status = PaymentStatus(
-                state=state(data["status"]), provider_ref=str(data["id"]),
-                reason_code=optional_text(data, "reason_code"), reason=optional_text(data, "reason"),
+                state=state(data["status"]), provider_ref=provider_ref(data),
+                reason_code=optional_text(data, "reason_code", MAX_CODE), reason=optional_text(data, "reason"),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise self._fail(BadResponse(self.name, f"unexpected status answer: {exc}"), record) from exc
@@ -392,7 +392,7 @@ class RestConnector:
         if status == 409:
             return IdempotencyConflict(self.name, f"{where}{detail}")
         if status == 422 and body.get("error") == "rejected":
-            reason_code = printable(str(body.get("reason_code") or "UNKNOWN"))
+            reason_code = printable(str(body.get("reason_code") or "UNKNOWN")[:MAX_CODE])
             return Rejected(self.name, f"{where}{detail}", reason_code=reason_code)
         if status >= 500:
             return ServerError(self.name, f"{where}{detail}", http_status=status)

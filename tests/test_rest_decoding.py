@@ -152,3 +152,33 @@ async def test_a_retry_after_in_other_digits_is_no_delay() -> None:
     with pytest.raises(RateLimited) as info:
         await c.send_payment(SLICE, CTX)
     assert info.value.retry_after is None
+
+
+@pytest.mark.parametrize(("body", "says"), [
+    ({"id": "p" * 5000, "status": "accepted"}, "id is 5,000 characters"),
+    ({"id": ["p"], "status": "accepted"}, "id is a list"),
+    ({"id": True, "status": "accepted"}, "id is a bool"),
+    ({"id": "", "status": "accepted"}, "id is 0 characters"),
+    ({"id": "p", "status": "accepted", "reason_code": "R" * 36}, "reason_code is 36 characters"),
+    ({"id": "p", "status": 5}, "payment status is a int"),
+])
+async def test_an_answer_with_an_odd_id_or_reason_is_a_bad_response(body: dict[str, Any], says: str) -> None:
+    c = connector(lambda r: signed(201, body))
+    await c.open()
+    with pytest.raises(BadResponse, match=says):
+        await c.send_payment(SLICE, CTX)
+
+
+async def test_a_numeric_payment_id_is_read_as_text() -> None:
+    c = connector(lambda r: signed(201, {"id": 12345, "status": "accepted"}))
+    await c.open()
+    result, _ = await c.send_payment(SLICE, CTX)
+    assert result.provider_ref == "12345"
+
+
+async def test_a_rejection_keeps_its_reason_code_short() -> None:
+    c = connector(lambda r: signed(422, {"error": "rejected", "reason_code": "AM04" * 10_000}))
+    await c.open()
+    with pytest.raises(Exception) as info:
+        await c.send_payment(SLICE, CTX)
+    assert getattr(info.value, "reason_code", None) == ("AM04" * 9)[:35]
