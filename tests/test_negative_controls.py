@@ -11,6 +11,10 @@ With the rule kept, the slices wait for their scope and ``assert_no_payment_in_t
 tests/test_channels.py runs after its SIGKILL storm) passes. With the rule broken (tests/scope_rule_off.py: routing
 and recovery ignore the bound scope, the SQL guard of a new attempt is removed and the attempts table's scope
 trigger turned off), the backup pays them too and the same check fails.
+
+The same for reconciliation's scoping (a statement line of one bank or account settling another's slice) and the
+append-only triggers of the audit trail and the raw statement files: the existing tests of those rules are run
+with the rule turned off, and must fail.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from molamd import reconciliation
 from tests.payout_helpers import (
     Bank,
     assert_no_payment_in_two_ledgers,
@@ -35,6 +40,16 @@ from tests.payout_helpers import (
     wait_for,
 )
 from tests.scope_rule_off import daemon_env, disable_trigger
+from tests.test_audit_chain import test_chain_heads_are_never_deleted_or_moved_back as heads_check
+from tests.test_audit_chain import test_raw_statement_files_cannot_be_changed_or_deleted as raw_files_check
+from tests.test_audit_chain import test_the_trail_refuses_changes_and_deletes as trail_check
+from tests.test_audit_chain import (
+    test_truncate_is_refused_on_every_audit_table_and_partition_even_ones_made_later as truncate_check,
+)
+from tests.test_db import test_raw_statements_are_immutable as raw_statements_check
+from tests.test_statement_ingest import (
+    test_a_line_of_one_bank_never_settles_another_banks_slice as reconciliation_scope_check,
+)
 
 API, LEGACY = "bank-a-api", "bank-a-legacy"
 COUNT = 20
@@ -174,3 +189,100 @@ def test_slices_in_flight_when_the_daemon_dies_and_comes_back_without_the_primar
     assert paid_at(primary, keys(migrated_dsn, ids)) == keys(migrated_dsn, ids)
     assert_no_payment_in_two_ledgers(primary, backup)
     assert d.stop() == 0
+
+
+# -- reconciliation: a line of bank X never settles a slice of bank Y -----------------------------------------------
+
+PROFILE_SCOPE = "ON t.bank_profile_id = stmt.bank_profile_id"
+ACCOUNT_SCOPE = """AND (replace(l.account, ' ', '') IN (t.iban, t.account_number)
+          OR replace(l.account, ' ', '') LIKE '%%/' || coalesce(t.iban, t.account_number))"""
+
+
+async def test_the_reconciliation_scope_check_passes_with_the_scoping_on(tmp_path: Path, migrated_dsn: str) -> None:
+    await reconciliation_scope_check(tmp_path, migrated_dsn)
+
+
+@pytest.mark.parametrize(("rule", "scoped", "unscoped"), [
+    ("the bank profile", PROFILE_SCOPE, "ON true"),
+    ("the treasury account", ACCOUNT_SCOPE, ""),
+])
+async def test_negative_control_reconciliation_without_its_scoping_settles_another_banks_slice(
+    tmp_path: Path, migrated_dsn: str, monkeypatch: pytest.MonkeyPatch, rule: str, scoped: str, unscoped: str,
+) -> None:
+    """test_statement_ingest's check, with the line matched outside the statement's bank profile (or account)."""
+    assert scoped in reconciliation._MATCH, f"reconciliation no longer scopes by {rule} the way this control breaks"
+    monkeypatch.setattr(reconciliation, "_MATCH", reconciliation._MATCH.replace(scoped, unscoped))
+    with pytest.raises((AssertionError, ExceptionGroup)) as failed:  # raised inside the rig's nursery: grouped
+        await reconciliation_scope_check(tmp_path, migrated_dsn)
+    assert failed.errisinstance(AssertionError) or failed.group_contains(AssertionError, depth=None)
+    with psycopg.connect(migrated_dsn) as conn:
+        settled = conn.execute("SELECT t.bank_profile_id, t.account_number FROM payout_slices s JOIN treasury_accounts"
+                               " t ON t.id = s.treasury_account_id WHERE s.status = 'settled'").fetchall()
+    assert settled and ("bank-a", "ACC-1") not in settled, f"another bank's or account's slice settled: {settled}"
+
+
+# -- append-only tables: a trigger off, and the check that it refuses changes fails -------------------------------
+
+def payment_evidence_check(dsn: str) -> None:
+    """A pain.001 file's bytes and a status report, as recorded, are never changed or deleted (a file's status may
+    move)."""
+    with psycopg.connect(dsn) as conn:
+        conn.execute("INSERT INTO bank_profiles (id, name, country) VALUES ('bank-a', 'Bank A', 'SN')"
+                     " ON CONFLICT DO NOTHING")
+        file_id = conn.execute(
+            "INSERT INTO payment_files (connector_name, bank_profile_id, msg_id, version, file_name, content, sha256,"
+            " transactions, control_sum, execution_date) VALUES ('files', 'bank-a', 'MOLAM-NC-1', 'pain.001.001.09',"
+            " 'MOLAM-NC-1.xml', '<x/>', sha256('<x/>'), 1, 1, current_date) RETURNING id").fetchone()[0]
+        report_id = conn.execute(
+            "INSERT INTO payment_status_reports (connector_name, remote_name, sha256, content, signature)"
+            " VALUES ('files', 'r.xml', sha256('<r/>'), '<r/>', 'unsigned') RETURNING id").fetchone()[0]
+        conn.execute("UPDATE payment_files SET status = 'uploaded', uploaded_at = now() WHERE id = %s", (file_id,))
+    for sql, row in (("UPDATE payment_files SET content = 'y' WHERE id = %s", file_id),
+                     ("DELETE FROM payment_files WHERE id = %s", file_id),
+                     ("UPDATE payment_status_reports SET flag = 'conflict' WHERE id = %s", report_id),
+                     ("DELETE FROM payment_status_reports WHERE id = %s", report_id)):
+        with psycopg.connect(dsn) as conn, pytest.raises(psycopg.errors.IntegrityConstraintViolation):
+            conn.execute(sql, (row,))
+
+
+def test_payment_files_and_reports_are_kept_as_recorded(migrated_dsn: str) -> None:
+    payment_evidence_check(migrated_dsn)
+
+
+APPEND_ONLY = [  # (the existing check, the table, the trigger that makes it pass)
+    (trail_check, "molamd_audit", "molamd_audit_append_only"),
+    (trail_check, "bank_connector_logs", "bank_connector_logs_append_only"),
+    (raw_files_check, "bank_statements_raw", "bank_statements_raw_immutable"),
+    (raw_statements_check, "bank_statements_raw", "bank_statements_raw_immutable"),
+    (truncate_check, "molamd_audit_default", "molamd_no_truncate"),
+    (heads_check, "molamd_audit_chain", "molamd_audit_chain_guard"),
+    (payment_evidence_check, "payment_files", "payment_files_immutable"),
+    (payment_evidence_check, "payment_status_reports", "payment_status_reports_immutable"),
+]
+# Refusing triggers whose negative control is elsewhere, and why.
+CONTROLLED_ELSEWHERE = {
+    "payout_slice_attempts_guard_scope": "the cross-bank scenarios above turn it off with the scope rule",
+    "payout_slices_guard_status": "a transition guard, not an append-only rule (tests/test_db.py checks its list)",
+}
+
+
+def test_every_trigger_that_refuses_a_change_has_its_negative_control(migrated_dsn: str) -> None:
+    """A new append-only table gets a control here: its trigger is listed in APPEND_ONLY (or says where else)."""
+    with psycopg.connect(migrated_dsn) as conn:
+        refusing = {name for (name,) in conn.execute(
+            "SELECT DISTINCT t.tgname FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid"
+            " WHERE NOT t.tgisinternal AND t.tgparentid = 0 AND p.prosrc ILIKE '%%RAISE EXCEPTION%%'")}
+    controlled = {trigger for _, _, trigger in APPEND_ONLY} | set(CONTROLLED_ELSEWHERE)
+    assert refusing - controlled == set(), "triggers with no negative control"
+    assert controlled - refusing == set(), "controls of triggers that no longer exist"
+
+
+@pytest.mark.parametrize(("check", "table", "trigger"), APPEND_ONLY,
+                         ids=[f"{c.__name__}-{t}-{g}" for c, t, g in APPEND_ONLY])
+def test_negative_control_an_append_only_trigger_turned_off_fails_its_check(
+    migrated_dsn: str, check: Any, table: str, trigger: str,
+) -> None:
+    with psycopg.connect(migrated_dsn) as conn:
+        conn.execute(f"ALTER TABLE {table} DISABLE TRIGGER {trigger}")  # on a partitioned table: every partition
+    with pytest.raises(pytest.fail.Exception, match="DID NOT RAISE"):
+        check(migrated_dsn)
