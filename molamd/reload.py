@@ -21,8 +21,8 @@ from collections.abc import Awaitable, Callable, Iterator
 import msgspec
 import trio
 
-from actors import ChildSpec, Supervisor
-from connectors import Secret
+from actors import ChildSpec, ChildState, Supervisor
+from connectors import FileChannelConfig, Secret
 
 from .config import Config, ConfigError, ConfigProblem, load_resolved, secret_entries, secret_values
 from .logs import log, redactor, set_level
@@ -212,8 +212,9 @@ async def _apply_steps(rt: Runtime, old: Config, new: Config, connectors: Diff, 
 
     before = {c.name: c for c in old.connectors}
     after = {c.name: c for c in new.connectors}
+    probed = {c.name for c in new.connectors if isinstance(c, FileChannelConfig)}
     await _apply_diff(rt.connectors, connectors, lambda n: rt.connector_spec(before[n], old),
-                      lambda n: rt.connector_spec(after[n], new), undo)
+                      lambda n: rt.connector_spec(after[n], new), undo, must_start=probed)
     old_workers = {s.name: s for s in rt.worker_specs(old)}
     new_workers = {s.name: s for s in rt.worker_specs(new)}
     await _apply_diff(rt.workers, workers, old_workers.__getitem__, new_workers.__getitem__, undo)
@@ -222,10 +223,17 @@ async def _apply_steps(rt: Runtime, old: Config, new: Config, connectors: Diff, 
 SpecOf = Callable[[str], ChildSpec]
 
 
-async def _apply_diff(sup: Supervisor, diff: Diff, old_spec: SpecOf, new_spec: SpecOf, undo: list[Undo]) -> None:
+class DidNotStart(Exception):
+    """A changed or added child that must prove itself at start (a file channel's probe) did not start."""
+
+
+async def _apply_diff(sup: Supervisor, diff: Diff, old_spec: SpecOf, new_spec: SpecOf, undo: list[Undo], *,
+                      must_start: frozenset[str] | set[str] = frozenset()) -> None:
     """Stop the removed children, restart the changed ones, start the added ones; each step leaves its undo.
 
-    The old specs are built only if an undo runs.
+    A child in ``must_start`` (a file channel: its start builds, signs and verifies a probe file) is waited for:
+    a (re)start returns once its setup finished, and if it is not running then, the reload fails and is undone
+    rather than answering success while the child crash-loops. The old specs are built only if an undo runs.
     """
     for name in diff.removed:
         await sup.stop_child(name)
@@ -233,9 +241,19 @@ async def _apply_diff(sup: Supervisor, diff: Diff, old_spec: SpecOf, new_spec: S
     for name in diff.changed:
         await sup.restart_child(name, new_spec(name))
         undo.append(functools.partial(_restart_with, sup, old_spec, name))
+        _started(sup, name, must_start)
     for name in diff.added:
         await sup.start_child(new_spec(name))
         undo.append(functools.partial(sup.stop_child, name))
+        _started(sup, name, must_start)
+
+
+def _started(sup: Supervisor, name: str, must_start: frozenset[str] | set[str]) -> None:
+    if name not in must_start:
+        return
+    info = sup.info(name)
+    if info.state is not ChildState.RUNNING:
+        raise DidNotStart(f"connector {name} did not start with the new config: {info.last_error or info.state}")
 
 
 async def _start_with(sup: Supervisor, spec_of: SpecOf, name: str) -> None:

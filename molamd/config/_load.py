@@ -211,6 +211,8 @@ def _check_file_channels(config: Config, problems: list[ConfigProblem]) -> None:
     from connectors import BankCalendar, CalendarError, FileChannelConfig
     from connectors.iso20022 import Pain001Version
 
+    from ._msg_id import prefix_problem
+
     _check_report_drops(config, problems)
     for index, entry in enumerate(config.connectors):
         if not isinstance(entry, FileChannelConfig):
@@ -240,6 +242,9 @@ def _check_file_channels(config: Config, problems: list[ConfigProblem]) -> None:
                 " unchecked beside it; drop reports_signed = false, or the pin if this bank signs nothing")))
         if not 1 <= o.max_transactions <= 100_000:
             problems.append(ConfigProblem(f"{path}.iso20022.max_transactions", "between 1 and 100000"))
+        prefix = prefix_problem(o.msg_id_prefix, o.max_transactions)
+        if prefix is not None:
+            problems.append(ConfigProblem(f"{path}.iso20022.msg_id_prefix", prefix))
         for key in ("upload_dir",):
             if not getattr(o, key).startswith("/"):
                 problems.append(ConfigProblem(f"{path}.iso20022.{key}", "must be an absolute remote path"))
