@@ -26,10 +26,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar
 from urllib.parse import quote, urlencode, urlsplit
 
+import h11
 import httpx
 import msgspec
 import trio
 import trio_websocket
+import wsproto.utilities
 
 from ._contract import CallContext, Capability, ConnectorConfig, Health
 from ._errors import (
@@ -231,8 +233,13 @@ class RestConnector:
                         logger.warning("%s: pushed event dropped: %s", self.name, exc)
                         continue
                     deliver(event)
-        except trio_websocket.HandshakeError as exc:
-            raise Auth(self.name, f"event stream refused: {exc}") from exc
+        except trio_websocket.ConnectionRejected as exc:
+            raise _rejected(self.name, exc.status_code) from exc
+        except trio_websocket.HandshakeError as exc:  # the handshake or closing handshake timed out
+            raise Network(self.name, f"event stream: {type(exc).__name__}") from exc
+        except (h11.ProtocolError, wsproto.utilities.ProtocolError) as exc:
+            raise BadResponse(self.name, f"event stream: the bank's answer is not a websocket handshake: "
+                                         f"{printable(str(exc)[:_MAX_ERROR_TEXT])}") from exc
         except trio_websocket.ConnectionClosed as exc:
             # 1009 MESSAGE_TOO_BIG: we closed it, at max_response_size
             if exc.reason is not None and exc.reason.code == 1009:
@@ -416,6 +423,16 @@ class RestConnector:
     def _fail(error: ConnectorError, record: CallRecord) -> ConnectorError:
         error.record = record
         return error
+
+
+def _rejected(name: str, status: int) -> ConnectorError:
+    """The event stream's handshake answered with an HTTP status instead of switching protocols."""
+    where = f"event stream refused: HTTP {status}"
+    if status in (401, 403):
+        return Auth(name, where)
+    if status >= 500:
+        return ServerError(name, where, http_status=status)
+    return BadResponse(name, where)
 
 
 class _TooLarge(Exception):

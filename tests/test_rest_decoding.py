@@ -15,6 +15,7 @@ import trio_websocket
 
 from connectors import (
     BadResponse,
+    ConnectorError,
     PaymentEvent,
     PaymentRef,
     RateLimited,
@@ -182,3 +183,28 @@ async def test_a_rejection_keeps_its_reason_code_short() -> None:
     with pytest.raises(Exception) as info:
         await c.send_payment(SLICE, CTX)
     assert getattr(info.value, "reason_code", None) == ("AM04" * 9)[:35]
+
+
+@pytest.mark.parametrize(("reply", "error", "says"), [
+    (b"garbage\r\n\r\n", "BadResponse", "not a websocket handshake"),  # h11's LocalProtocolError escaped
+    (b"\x00" * 10_000, "BadResponse", "not a websocket handshake"),
+    (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: x\r\n"
+     b"\r\n", "BadResponse", "not a websocket handshake"),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", "BadResponse", "HTTP 200"),  # was Auth
+    (b"HTTP/1.1 401 No\r\nContent-Length: 0\r\n\r\n", "Auth", "HTTP 401"),
+    (b"HTTP/1.1 503 Down\r\nContent-Length: 0\r\n\r\n", "ServerError", "HTTP 503"),
+])
+async def test_a_broken_event_stream_handshake_is_a_connector_error(reply: bytes, error: str, says: str) -> None:
+    from tests.test_hostile_bank import HostilePeer
+
+    async def answer(stream: trio.SocketStream) -> None:
+        await stream.send_all(reply)
+        await trio.sleep(1)
+
+    peer = HostilePeer(answer)
+    async with trio.open_nursery() as nursery:
+        await peer.serve(nursery)
+        with trio.fail_after(5), pytest.raises(ConnectorError) as info:
+            await events_connector(peer.port).stream_events(0, lambda event: None)
+        nursery.cancel_scope.cancel()
+    assert type(info.value).__name__ == error and says in str(info.value), info.value
