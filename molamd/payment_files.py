@@ -233,9 +233,9 @@ def resubmit(conn: Any, host: str, who: Identity, file_id: int, *, reopen_failed
     settled = [i for i, status in slices if status == "settled"]
     if not reopen_failed:
         if failed:
-            final = "every slice in it is final, " if len(failed) + len(settled) == len(slices) else ""
+            final = f" is {was}: every slice in it is final," if len(failed) + len(settled) == len(slices) else ":"
             raise ResubmitRefused(
-                f"payment file {file_id} ({msg}): {final}{len(failed)} failed ({_ids(failed)}): uploaded again, the"
+                f"payment file {file_id} ({msg}){final} {len(failed)} failed ({_ids(failed)}): uploaded again, the"
                 f" bank may pay them while they read failed; --reopen-failed --reason TEXT puts them back in doubt"
                 f" in this file first")
         if len(settled) == len(slices):

@@ -398,7 +398,8 @@ def test_a_report_that_never_comes_leaves_slices_sent_and_a_resubmit_pays_nothin
     shown = d.ctl_json("files", "show", str(file_id))
     assert shown["status"] == "accepted" and {s["tx_status"] for s in shown["slices"]} == {"ACTC"}
     resubmitted = d.ctl_json("files", "resubmit", str(file_id))
-    assert resubmitted == {"id": file_id, "msg_id": shown["msg_id"], "was": "accepted", "status": "recorded"}
+    assert resubmitted == {"id": file_id, "msg_id": shown["msg_id"], "was": "accepted", "status": "recorded",
+                           "reopened": []}
     wait_for(lambda: bank.files()["duplicates"] == 1, 30, "the bank refusing the duplicate", bank.files)
 
     def flags() -> list[str | None]:
