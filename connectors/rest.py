@@ -186,7 +186,7 @@ class RestConnector:
 
     async def payment_status(self, ref: PaymentRef, ctx: CallContext) -> tuple[PaymentStatus, CallRecord]:
         if ref.provider_ref:
-            target = f"/payments/{ref.provider_ref}"
+            target = f"/payments/{_segment(ref.provider_ref)}"
         else:
             target = "/payments?" + urlencode({"idempotency_key": ref.idempotency_key})
         audit_request: dict[str, object] = {
@@ -333,6 +333,13 @@ class RestConnector:
         except httpx.TransportError as exc:
             raise self._fail(Network(self.name, f"{method} {target}: {type(exc).__name__}: {exc}"),
                              record("error", code="network")) from exc
+        except httpx.DecodingError as exc:  # a Content-Encoding the body does not match: answered, unreadable
+            raise self._fail(BadResponse(self.name, f"{method} {target}: body does not decode: DecodingError: "
+                                                    f"{printable(str(exc)[:_MAX_ERROR_TEXT])}"),
+                             record("error", code="bad_response")) from exc
+        except httpx.InvalidURL as exc:  # built, never sent
+            raise self._fail(Validation(self.name, f"{method} {target[:_MAX_ERROR_TEXT]!r}: not sent: {exc}"),
+                             record("error", code="validation")) from exc
         error = self._status_error(response, raw, method, target)
         unsigned = self._unsigned(response, raw) if self._options.verify_response_signatures else None
         if error is None and unsigned is not None:
@@ -423,6 +430,12 @@ class RestConnector:
     def _fail(error: ConnectorError, record: CallRecord) -> ConnectorError:
         error.record = record
         return error
+
+
+def _segment(text: str) -> str:
+    """``text`` as one URL path segment: the bank's id is its data, never a path ("../admin") or a query."""
+    quoted = quote(text, safe="")
+    return quoted.replace(".", "%2E") if quoted in (".", "..") else quoted
 
 
 def _rejected(name: str, status: int) -> ConnectorError:

@@ -208,3 +208,33 @@ async def test_a_broken_event_stream_handshake_is_a_connector_error(reply: bytes
             await events_connector(peer.port).stream_events(0, lambda event: None)
         nursery.cancel_scope.cancel()
     assert type(info.value).__name__ == error and says in str(info.value), info.value
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+async def test_a_body_that_does_not_decompress_is_a_bad_response(encoding: str) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        good = signed(201, b"0123456789")
+        return httpx.Response(201, content=b"0123456789", headers=[*good.headers.raw, (b"Content-Encoding",
+                                                                                       encoding.encode())])
+
+    c = connector(handler)
+    await c.open()
+    with pytest.raises(BadResponse, match="DecodingError") as info:  # httpx.DecodingError escaped untyped
+        await c.send_payment(SLICE, CTX)
+    assert info.value.reached and info.value.record is not None
+
+
+@pytest.mark.parametrize("ref", ["a b/../\n?x#y", "../../admin", "p?idempotency_key=other", "p%2F", "..", "."])
+async def test_a_provider_ref_is_one_path_segment(ref: str) -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return signed(200, {"id": "p", "status": "settled"})
+
+    c = connector(handler)
+    await c.open()
+    await c.payment_status(PaymentRef(idempotency_key="k", provider_ref=ref), CTX)  # InvalidURL escaped for \n
+    [request] = seen
+    path = request.url.raw_path.decode()
+    assert path.count("/") == 2 and "?" not in path and path.startswith("/payments/"), path
