@@ -16,6 +16,12 @@ looked up there by its key; retries go to a connector of that scope (the same ke
 is unavailable the slice waits. It is freed for another scope only when the scope answers NOT_FOUND after its
 acceptance window (the bank can no longer execute a request that old), or by an operator.
 
+Never dead while in doubt: a bound slice is not given up by counting attempts. Once its attempts are used up
+(or its last one was a 409 on a key the bank holds) it is never sent again, only looked up in its scope, with
+backoff: the bank's answer settles it, fails it, or (NOT_FOUND once the acceptance window has passed) proves it
+was never executed, and only then is it ``dead``. A scope that still cannot say ``lookup_grace`` after its window
+leaves the slice ``unresolved``: it may have been paid, and a person decides (``molamctl payouts resolve``).
+
 Results and their audit records are written together, in batches, by one flusher. Stopping (drain) stops
 claiming, lets calls in flight finish within the grace and flushes; a call the dispatcher stops waiting for is
 cancelled, and its slice stays ``sending`` under its lease, in doubt, recovered as above.
@@ -89,6 +95,10 @@ class DispatcherSettings(msgspec.Struct, frozen=True, kw_only=True):
     first_status_check: float = 0.5
     release_delay: float = 1.0  # a slice no connector can take right now waits this long (still pending)
     retry_backoff: Backoff = msgspec.field(default_factory=lambda: Backoff(initial=1.0, maximum=300.0, jitter=1.0))
+    # Lookups of a slice in doubt whose attempts are used up, and how long past the scope's acceptance window
+    # lookups that fail go on before the slice is left unresolved for a person.
+    lookup_backoff: Backoff = msgspec.field(default_factory=lambda: Backoff(initial=2.0, maximum=120.0, jitter=0.5))
+    lookup_grace: float = 300.0
 
 
 SliceTask = Callable[[Claimed, list[ConnectorActor]], Awaitable[None]]
@@ -198,13 +208,23 @@ class Dispatcher(Actor[Wake]):
         for c in claimed:
             s = c.slice
             if c.account_currency != s.currency:
-                self._emit(Outcome(slice_id=s.id, kind=OutcomeKind.DEAD, error=(
-                    f"currency {s.currency} does not match treasury account currency {c.account_currency}")))
+                mismatch = f"currency {s.currency} does not match treasury account currency {c.account_currency}"
+                self._emit(Outcome(slice_id=s.id, kind=OutcomeKind.DEAD, error=mismatch) if c.bound_scope is None
+                           else self._unresolved(c, c.bound_scope, mismatch))
                 continue
             route = self._router.route(c.bank_profile, s.rail, s.currency, c.bound_scope)
             if not route.configured and c.bound_scope is None:
                 self._emit(Outcome(slice_id=s.id, kind=OutcomeKind.DEAD, error=(
                     f"no connector serves bank profile {c.bank_profile!r}, rail {s.rail!r}, currency {s.currency}")))
+            elif c.bound_scope is not None and c.attempts >= c.max_attempts:
+                # In doubt with its attempts used up (or recovered after a crash on its last one): never sent
+                # again, only asked about in its scope.
+                if route.available:
+                    started += 1
+                    self._start(self._look_up, c, route.available)
+                else:
+                    self._emit(self._unanswered(c, c.bound_scope, c.bound_age, (
+                        f"no connector of idempotency scope {c.bound_scope!r} is available to ask")))
             elif not route.available:
                 # Bound and its scope unavailable (or unconfigured): it waits, in doubt, and is not sent elsewhere.
                 why = None if c.bound_scope is None else (
@@ -323,32 +343,87 @@ class Dispatcher(Actor[Wake]):
                 return Outcome(slice_id=sid, kind=OutcomeKind.DEAD, connector=actor.name,
                                error=f"attempt {attempt}: {_describe(exc)}", attempt=AttemptOutcome.REFUSED)
         outcome = AttemptOutcome.IN_DOUBT if exc.reached else AttemptOutcome.REFUSED
-        if not exc.retryable:  # reached and final for us (409: the bank holds the key): in doubt, for a person
-            return Outcome(slice_id=sid, kind=OutcomeKind.DEAD, connector=actor.name,
-                           error=f"attempt {attempt}: {_describe(exc)}", attempt=outcome)
-        if attempt >= c.max_attempts:
-            found = await self._lookup(c, actor, outcome)
-            if found is not None:
-                return found
+        # May a bank have it after this attempt? This one may have reached it, or an earlier one did.
+        bound = exc.reached or c.bound_scope is not None
+        if not exc.retryable or attempt >= c.max_attempts:
+            if bound:  # never dead while in doubt: its scope is asked (a 409: the bank holds the key)
+                return msgspec.structs.replace(
+                    await self._exhausted(c, actor, f"attempt {attempt}: {_describe(exc)}"), attempt=outcome)
+            if not exc.retryable:
+                return Outcome(slice_id=sid, kind=OutcomeKind.DEAD, connector=actor.name,
+                               error=f"attempt {attempt}: {_describe(exc)}", attempt=outcome)
             return Outcome(slice_id=sid, kind=OutcomeKind.DEAD, connector=actor.name, attempt=outcome,
-                           error=f"gave up after {attempt} attempts (max_attempts); last: {_describe(exc)}")
+                           error=f"gave up after {attempt} attempts (max_attempts), none of which reached the bank;"
+                                 f" last: {_describe(exc)}")
         delay = self.settings.retry_backoff.delay(attempt, self._rng)
         if isinstance(exc, RateLimited) and exc.retry_after is not None:
             delay = max(exc.retry_after, 0.0)
         return Outcome(slice_id=sid, kind=OutcomeKind.RETRY, connector=actor.name, delay=delay,
                        error=f"attempt {attempt}: {_describe(exc)}", attempt=outcome)
 
-    async def _lookup(self, c: Claimed, actor: ConnectorActor, attempt: AttemptOutcome) -> Outcome | None:
-        """Ask the scope about this slice's key: an Outcome if it has the payment, None if not or unknown."""
+    # -- in doubt with no attempts left: only asked about ----------------------------------------------
+
+    async def _exhausted(self, c: Claimed, actor: ConnectorActor, why: str) -> Outcome:
+        """Right after the attempt that used the last one up (it started a moment ago: a NOT_FOUND now proves
+        nothing, so the age counted is 0)."""
+        return await self._ask(c, actor, c.bound_scope or actor.scope, 0.0, why)
+
+    async def _look_up(self, c: Claimed, available: list[ConnectorActor]) -> None:
+        """A claimed slice in doubt whose attempts are used up: one lookup in its bound scope."""
+        actor = next((a for a in available if a.name == c.connector_name), available[0])
+        scope = c.bound_scope or actor.scope
+        self._emit(await self._ask(c, actor, scope, c.bound_age,
+                                   f"{c.attempts} attempts used (max_attempts {c.max_attempts})"))
+
+    async def _ask(self, c: Claimed, actor: ConnectorActor, scope: str, age: float, why: str) -> Outcome:
+        """What the scope says of the key, ``age`` seconds after the latest attempt that may have reached it."""
         try:
             status, _ = await actor.status(PaymentRef(idempotency_key=c.slice.idempotency_key),
                                            timeout=self.settings.call_timeout)
-        except ConnectorError:
-            return None
-        if status.state is PaymentState.NOT_FOUND or status.provider_ref is None:
-            return None
-        return self._succeeded(c.slice.id, actor.name, SendResult(
-            provider_ref=status.provider_ref, state=status.state, reason_code=status.reason_code), attempt)
+        except ConnectorError as exc:
+            return self._unanswered(c, scope, age, f"{why}; lookup in scope {scope!r} failed: {_describe(exc)}",
+                                    actor.name)
+        if status.state is not PaymentState.NOT_FOUND and status.provider_ref is not None:
+            return self._succeeded(c.slice.id, actor.name, SendResult(
+                provider_ref=status.provider_ref, state=status.state, reason_code=status.reason_code), None)
+        if status.state is not PaymentState.NOT_FOUND:
+            return self._unanswered(c, scope, age,
+                                    f"{why}; scope {scope!r} answered {status.state} with no payment id",
+                                    actor.name)
+        window = self._router.acceptance_window(scope)
+        if age >= window:
+            # That scope will never execute it: provably not executed, and free of the scope.
+            return Outcome(slice_id=c.slice.id, kind=OutcomeKind.DEAD, connector=actor.name, released_scope=scope,
+                           error=f"gave up after {max(c.attempts, 1)} attempts (max_attempts): scope {scope!r}"
+                                 f" answered NOT_FOUND {age:.0f}s after the latest attempt that may have reached it,"
+                                 f" past its acceptance window ({window:g}s): provably not executed")
+        return Outcome(slice_id=c.slice.id, kind=OutcomeKind.LOOKUP, connector=actor.name,
+                       delay=self._next_lookup(c, age, window),
+                       error=f"{why}; in doubt in scope {scope!r}: NOT_FOUND {age:.0f}s after the latest attempt,"
+                             f" inside its acceptance window ({window:g}s); asked again")
+
+    def _unanswered(self, c: Claimed, scope: str, age: float, why: str, connector: str | None = None) -> Outcome:
+        """The scope could not say: asked again, or past its window and the grace, left for a person."""
+        window = self._router.acceptance_window(scope)
+        if age >= window + self.settings.lookup_grace:
+            return self._unresolved(c, scope, f"scope {scope!r} could not say within its acceptance window"
+                                              f" ({window:g}s) and {self.settings.lookup_grace:g}s after; {why}",
+                                    connector)
+        return Outcome(slice_id=c.slice.id, kind=OutcomeKind.LOOKUP, connector=connector,
+                       delay=self._next_lookup(c, age, window + self.settings.lookup_grace),
+                       error=f"{why}; in doubt in scope {scope!r}: asked again")
+
+    def _unresolved(self, c: Claimed, scope: str, why: str, connector: str | None = None) -> Outcome:
+        logger.error("payout slice %s is unresolved in scope %r: %s", c.slice.id, scope, why)
+        return Outcome(slice_id=c.slice.id, kind=OutcomeKind.UNRESOLVED, connector=connector, error=(
+            f"unresolved: may have been paid; never pay again without a person (molamctl payouts resolve): {why}"))
+
+    def _next_lookup(self, c: Claimed, age: float, deadline: float) -> float:
+        """Backoff by lookups made, but never past ``deadline`` (the age at which the answer decides more)."""
+        delay = self.settings.lookup_backoff.delay(c.lookups + 1, self._rng)
+        if age < deadline:
+            delay = min(delay, deadline - age + 1.0)
+        return delay
 
     async def _recover(self, c: Claimed, available: list[ConnectorActor]) -> None:
         """A slice in doubt (found 'sending' after a crash, or bound past its scope's acceptance window): its
@@ -369,6 +444,12 @@ class Dispatcher(Actor[Wake]):
             status, _ = await actor.status(PaymentRef(idempotency_key=c.slice.idempotency_key),
                                            timeout=self.settings.call_timeout)
         except ConnectorError as exc:
+            why = f"recovery lookup in scope {scope!r} failed: {_describe(exc)}"
+            if c.bound_scope is not None and c.bound_age >= (
+                    self._router.acceptance_window(scope) + self.settings.lookup_grace):
+                # In doubt past its window and the grace, and its scope still cannot say: for a person.
+                self._emit(self._unanswered(c, scope, c.bound_age, why, actor.name))
+                return
             # Unknown: it waits, bound to its scope; the next claim sends again there (the same key).
             self._emit(Outcome(slice_id=c.slice.id, kind=OutcomeKind.RELEASE, connector=actor.name,
                                delay=self.settings.retry_backoff.delay(1, self._rng),

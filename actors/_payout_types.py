@@ -29,6 +29,7 @@ class Claimed(msgspec.Struct, frozen=True, kw_only=True):
     # and how many seconds ago that attempt started.
     bound_scope: str | None = None
     bound_age: float = 0.0
+    lookups: int = 0  # status lookups made since its attempts ran out (the status_checks column)
 
 
 class AttemptStart(msgspec.Struct, frozen=True, kw_only=True):
@@ -58,6 +59,8 @@ class OutcomeKind(enum.StrEnum):
     DEAD = "dead"
     RELEASE = "release"  # not an attempt: back to pending
     BATCHED = "batched"  # handed to a file channel: waits for its file (the attempt stays open until then)
+    LOOKUP = "lookup"  # attempts exhausted, in doubt: its scope is asked again after ``delay`` (not an attempt)
+    UNRESOLVED = "unresolved"  # its scope could not say by the end of the acceptance window: a person decides
 
 
 class Outcome(msgspec.Struct, frozen=True, kw_only=True):

@@ -64,7 +64,7 @@ WHERE p.id = picked.id AND t.id = p.treasury_account_id
 RETURNING p.id, p.payout_id, p.idempotency_key, p.amount, p.currency, p.rail, p.beneficiary_name,
           p.beneficiary_account, p.beneficiary_bic, p.remittance_info, coalesce(t.iban, t.account_number),
           t.bank_profile_id, t.currency, p.attempts, p.max_attempts, picked.previous, p.connector_name,
-          p.provider_ref, p.bound_scope, extract(epoch FROM now() - p.bound_at)
+          p.provider_ref, p.bound_scope, extract(epoch FROM now() - p.bound_at), p.status_checks
 """
 # A call cut short by a crash (or a lost lease) left its attempt open: it may have reached the bank.
 _ABANDONED = """
@@ -92,7 +92,7 @@ def claim(conn: Any, claimer: str, owner: int, limit: int, lease: float) -> list
         claimed.append(Claimed(
             slice=slice_, bank_profile=r[11], account_currency=r[12], attempts=r[13], max_attempts=r[14],
             recovering=r[15] == "sending", connector_name=r[16], provider_ref=r[17], bound_scope=r[18],
-            bound_age=float(r[19] or 0.0),
+            bound_age=float(r[19] or 0.0), lookups=r[20],
         ))
     return claimed
 
@@ -202,6 +202,15 @@ _RECORD: dict[OutcomeKind, str] = {
     + _RELEASE + _UNNEST + _GUARD,
     OutcomeKind.BATCHED: "UPDATE payout_slices p SET status = 'batched', batched_at = now(), last_error = NULL,"
     " next_attempt_at = NULL" + _RELEASE + _UNNEST + _GUARD,
+    # In doubt with its attempts used up: asked again later in its scope; a lookup, not an attempt.
+    OutcomeKind.LOOKUP: "UPDATE payout_slices p SET status = 'retry_scheduled', last_error = u.err,"
+    " status_checks = p.status_checks + 1, next_attempt_at = now() + u.delay * interval '1 second'"
+    + _RELEASE + _UNNEST + _GUARD,
+    # Its scope could not say by the end of the acceptance window: may have been paid, a person decides.
+    # (Always bound by then; the fallback keeps the CHECK from failing a whole flush if it ever is not.)
+    OutcomeKind.UNRESOLVED: "UPDATE payout_slices p SET status = 'unresolved', last_error = u.err,"
+    " next_attempt_at = NULL, bound_scope = coalesce(p.bound_scope, p.connector_name),"
+    " bound_at = coalesce(p.bound_at, now())" + _RELEASE + _UNNEST + _GUARD,
     # Not an attempt (breaker open, every connector busy): back to the queue, the attempt given back.
     OutcomeKind.RELEASE: "UPDATE payout_slices p SET status = 'pending',"
     " next_attempt_at = now() + u.delay * interval '1 second', last_error = coalesce(u.err, p.last_error),"
@@ -330,6 +339,11 @@ class SliceNotBound(ReleaseRefused):
     """The slice is bound to no idempotency scope: nothing to release."""
 
 
+class SliceUnresolved(ReleaseRefused):
+    """The slice is unresolved (may have been paid): a person resolves it; releasing it would let another
+    channel pay it."""
+
+
 def release(conn: Any, host: str, slice_id: int, who: Identity, reason: str) -> dict[str, Any]:
     """Free a slice from its idempotency scope (an operator's decision, after checking with the bank); audited.
 
@@ -344,6 +358,9 @@ def release(conn: Any, host: str, slice_id: int, who: Identity, reason: str) -> 
         raise SliceFinal(f"payout slice {slice_id} is {status}: final, nothing to release")
     if scope is None:
         raise SliceNotBound(f"payout slice {slice_id} is not bound to any idempotency scope: nothing to release")
+    if status == "unresolved":
+        raise SliceUnresolved(f"payout slice {slice_id} is unresolved (it may have been paid): resolve it with"
+                              " `molamctl payouts resolve ID --paid|--not-paid --reason TEXT`")
     if status in ("claimed", "sending"):
         raise ReleaseRefused(f"payout slice {slice_id} is {status} right now; release it once its call ended")
     conn.execute("UPDATE payout_slices SET bound_scope = NULL, bound_at = NULL WHERE id = %s", (slice_id,))
@@ -398,7 +415,7 @@ def in_doubt(conn: Any, limit: int) -> list[dict[str, Any]]:
         " attempts, last_error FROM payout_slices_in_doubt ORDER BY bound_at LIMIT %s", [limit])
 
 
-ACTIVE_STATUSES = ("pending", "claimed", "sending", "sent", "retry_scheduled", "dead")
+ACTIVE_STATUSES = ("pending", "claimed", "sending", "sent", "retry_scheduled", "dead", "unresolved")
 
 
 def status_counts(conn: Any) -> list[tuple[str, str, int]]:

@@ -4,7 +4,8 @@ It verifies HMAC signatures and timestamps, keeps idempotency records (same key 
 marked ``Idempotent-Replayed``; same key, other body: 409), keeps a ledger of every payment it executed, settles
 accepted payments after a delay (or rejects some), signs its responses, and injects faults chosen at run time
 over ``POST /admin/faults``: latency, 5xx, 429 with Retry-After, connection resets, hangs, garbage bodies and
-wrong signatures. Resets, hangs, garbage and bad signatures happen after the payment executed half the time:
+wrong signatures. Resets, hangs, garbage and bad signatures happen after the payment executed half the time (the
+fault `after_execute` sets that share; 1.0: it executes, then never answers), and status lookups can fail too:
 the client cannot know, which is exactly what idempotency keys are for.
 
 Run: ``python scripts/sandbox_bank.py --port 0`` prints ``sandbox bank listening on http://127.0.0.1:PORT``.
@@ -70,7 +71,7 @@ def reply_signature(key: bytes, status: int, timestamp: int, body: bytes) -> str
     return _mac(key, str(status), str(timestamp), hashlib.sha256(body).hexdigest())
 
 FAULT_KEYS = ("latency_ms", "error_rate", "rate_limit_rate", "retry_after", "reset_rate", "hang_rate",
-              "garbage_rate", "bad_signature_rate", "execute_replays")
+              "garbage_rate", "bad_signature_rate", "execute_replays", "after_execute", "lookup_error_rate")
 
 
 class Faults:
@@ -86,6 +87,11 @@ class Faults:
         # Not a fault of the network but of the bank: the share of replays (same key, same body) it executes again
         # instead of answering from its idempotency store. For the negative controls of the "paid twice" checks.
         self.execute_replays = 0.0
+        # The share of resets, hangs, garbage and bad signatures that come after the payment executed (the rest
+        # fail before it, as a gateway answering for a bank that is away would); 1.0: executes, then never answers.
+        self.after_execute = 0.5
+        # Status lookups (GET /payments?idempotency_key=, GET /payments/ID) answered 503: the bank cannot say.
+        self.lookup_error_rate = 0.0
 
     def update(self, values: dict[str, Any]) -> None:
         for key, value in values.items():
@@ -157,6 +163,9 @@ class Bank:
     async def route(self, method: str, target: str, path: str, headers: dict[str, str], body: bytes) -> Reply:
         if path == "/payments" and method == "POST":
             return await self.create_payment(headers, body)
+        if path.startswith("/payments") and method == "GET" and self.rng.random() < self.faults.lookup_error_rate:
+            self.stats["faults"] += 1
+            return Reply(503, {"error": "unavailable", "message": "injected 503 on a status lookup"})
         if path == "/payments" and method == "GET":
             key = parse_qs(urlsplit(target).query).get("idempotency_key", [""])[0]
             found = self.by_key.get(key)
@@ -209,7 +218,7 @@ class Bank:
             roll -= rate
         if ambiguous is not None:
             self.stats["faults"] += 1
-            if self.rng.random() < 0.5:  # fails before executing (a gateway answering for a bank that is away)
+            if self.rng.random() >= f.after_execute:  # fails before executing (a gateway for a bank that is away)
                 return Reply(502, {"error": "bad_gateway"}, fault=ambiguous)
         reply = self.execute(key, body)
         if ambiguous is not None:

@@ -37,8 +37,15 @@ def bank() -> Iterator[Bank]:
     b.close()
 
 
-def two_connectors(bank: Bank) -> str:
-    return rest_connector("primary", bank.url, priority=10) + rest_connector("backup", bank.url, priority=20)
+def two_connectors(bank: Bank, *, acceptance_window: str = "10m") -> str:
+    return _window(rest_connector("primary", bank.url, priority=10) + rest_connector("backup", bank.url, priority=20),
+                   acceptance_window)
+
+
+def _window(connectors: str, acceptance_window: str) -> str:
+    """Connectors whose bank can execute a request only this long after it was sent (design §6)."""
+    return connectors.replace('idempotency_scope = ""',
+                              f'idempotency_scope = ""\nacceptance_window = "{acceptance_window}"')
 
 
 def test_routing_fallback_audit_and_resume(
@@ -105,14 +112,18 @@ def test_unroutable_slices_go_dead_with_a_reason(
 def test_durable_retries_dlq_and_retry_after(
     daemon_factory: Any, short_tmp: Path, migrated_dsn: str, bank: Bank
 ) -> None:
-    d = daemon_factory(payout_toml(short_tmp, migrated_dsn, two_connectors(bank)), env=env())
-    bank.faults(error_rate=1.0)
+    config = payout_toml(short_tmp, migrated_dsn, two_connectors(bank, acceptance_window="2s")).replace(
+        'retry_max = "200ms"', 'retry_max = "200ms"\nlookup_initial = "200ms"\nlookup_max = "500ms"')
+    d = daemon_factory(config, env=env())
+    bank.faults(error_rate=1.0)  # a 503 may have reached the bank: the attempts run out in doubt
     doomed = seed(migrated_dsn, 4, max_attempts=3)
     assert wait_final(migrated_dsn, doomed) == {"dead": 4}
     with psycopg.connect(migrated_dsn) as conn:
-        rows = conn.execute("SELECT attempts, last_error FROM payout_slices WHERE id = ANY(%s)",
+        rows = conn.execute("SELECT attempts, status_checks, last_error FROM payout_slices WHERE id = ANY(%s)",
                             (doomed,)).fetchall()
-    assert all(a == 3 and "gave up after 3 attempts" in e and "503" in e for a, e in rows)
+    # Dead only once the bank said it has no such payment after its acceptance window: provably not executed.
+    assert all(a == 3 and c >= 1 and "gave up after 3 attempts" in e and "NOT_FOUND" in e and "acceptance window"
+               in e for a, c, e in rows), rows
     listed = d.ctl_json("dlq", "list")
     assert sorted(r["id"] for r in listed) == sorted(doomed)
     assert "LAST_ERROR" in d.ctl("dlq", "list").stdout
@@ -129,7 +140,7 @@ def test_durable_retries_dlq_and_retry_after(
             "SELECT action, count(*) FROM molamd_audit WHERE payout_slice_id IS NOT NULL"
             " GROUP BY action ORDER BY action").fetchall()
         dropped_error = conn.execute("SELECT last_error FROM payout_slices WHERE id = %s", (doomed[0],)).fetchone()[0]
-    assert audit == [("dlq_drop", 1), ("dlq_retry", 3)]
+    assert audit == [("dlq_drop", 1), ("dlq_retry", 3), ("scope_release", 4)], "dead: freed from the scope too"
     assert dropped_error.startswith("dropped from the DLQ: beneficiary closed the account (was: gave up")
     assert_paid_once(migrated_dsn, bank)
 
@@ -242,8 +253,8 @@ def test_every_fault_the_sandbox_injects_still_pays_once(
 ) -> None:
     bank.faults(error_rate=0.1, reset_rate=0.05, hang_rate=0.03, garbage_rate=0.05, bad_signature_rate=0.05,
                 rate_limit_rate=0.05, retry_after=0.2, latency_ms=5)
-    connectors = (rest_connector("primary", bank.url, call_timeout="500ms")
-                  + rest_connector("backup", bank.url, priority=20, call_timeout="500ms"))
+    connectors = _window(rest_connector("primary", bank.url, call_timeout="500ms")
+                         + rest_connector("backup", bank.url, priority=20, call_timeout="500ms"), "2s")
     d = daemon_factory(payout_toml(short_tmp, migrated_dsn, connectors), env=env())
     ids = seed(migrated_dsn, 150)
     final = wait_final(migrated_dsn, ids, timeout=120)

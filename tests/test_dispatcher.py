@@ -37,6 +37,7 @@ from connectors import (
     Capability,
     Duration,
     Health,
+    IdempotencyConflict,
     Network,
     NullConfig,
     PaymentRef,
@@ -56,8 +57,11 @@ class FakeBank:
     def __init__(self, name: str) -> None:
         self.name = name
         self.ledger: dict[str, str] = {}  # idempotency key -> payment id
-        self.mode = "ok"  # ok, hang_after_execute, refuse, error_after_execute, hang
+        self.mode = "ok"  # ok, hang_after_execute, refuse, error_after_execute, hang, conflict
+        self.status_mode = "ok"  # ok, or error: every status lookup fails (the bank cannot say)
+        self.status_state = PaymentState.ACCEPTED  # what a lookup says of a payment the bank has
         self.calls = 0
+        self.lookups = 0
         self.cancelled = 0
 
     def execute(self, key: str) -> str:
@@ -95,6 +99,8 @@ class FakeConnector:
             raise Auth(self.name, "HTTP 401: signature does not verify")
         if bank.mode == "slow_down":
             raise RateLimited(self.name, "HTTP 429", retry_after=1e9)
+        if bank.mode == "conflict":
+            raise IdempotencyConflict(self.name, "HTTP 409: this key was used with a different request")
         try:
             await trio.sleep(0.01)
             if bank.mode == "hang":
@@ -110,8 +116,11 @@ class FakeConnector:
         return SendResult(provider_ref=ref, state=PaymentState.ACCEPTED), self._record("send_payment", ctx)
 
     async def payment_status(self, ref: PaymentRef, ctx: CallContext) -> tuple[PaymentStatus, CallRecord]:
+        self.bank.lookups += 1
+        if self.bank.status_mode == "error":
+            raise ServerError(self.name, "HTTP 503 on GET /payments", http_status=503)
         found = self.bank.ledger.get(ref.idempotency_key)
-        state = PaymentState.ACCEPTED if found else PaymentState.NOT_FOUND
+        state = self.bank.status_state if found else PaymentState.NOT_FOUND
         return PaymentStatus(state=state, provider_ref=found), self._record("payment_status", ctx)
 
 
@@ -119,6 +128,8 @@ class Row(msgspec.Struct, kw_only=True):
     slice: PayoutSlice
     status: str = "pending"
     attempts: int = 0
+    max_attempts: int = 8
+    lookups: int = 0  # status lookups made once its attempts ran out (status_checks in PostgreSQL)
     due: float = 0.0
     lease_until: float = 0.0
     connector: str | None = None
@@ -153,7 +164,8 @@ class MemoryStore:
                 row.status in ("claimed", "sending") and row.lease_until < now)
             if ready and len(out) < limit:
                 out.append(Claimed(slice=row.slice, bank_profile="bank", account_currency="XOF",
-                                   attempts=row.attempts, max_attempts=8, recovering=row.status == "sending",
+                                   attempts=row.attempts, max_attempts=row.max_attempts,
+                                   recovering=row.status == "sending", lookups=row.lookups,
                                    connector_name=row.connector, bound_scope=row.bound_scope,
                                    bound_age=now - row.bound_at))
                 if row.status == "sending":
@@ -205,6 +217,11 @@ class MemoryStore:
                     row.status, row.due = "pending", now + o.delay
                     if was_sending:
                         row.attempts -= 1
+                case OutcomeKind.LOOKUP:  # not an attempt: the scope is asked again later
+                    row.status, row.due, row.lookups = "retry_scheduled", now + o.delay, row.lookups + 1
+                case OutcomeKind.UNRESOLVED:
+                    assert row.bound_scope is not None, "unresolved is always bound (the SQL CHECK)"
+                    row.status = "unresolved"
         self.audit_rows.extend(audit)
         return len(outcomes)
 
@@ -482,3 +499,119 @@ async def test_an_auth_error_makes_the_connector_unhealthy_and_costs_the_slice_n
         a.mode = "ok"
         assert (await primary.check_health()).ok and primary.accepting  # a passing check puts it back
     assert store.paid(a, b) == {f"molam-slice-{i}": 1 for i in (1, 2, 3)}
+
+
+# -- never dead while in doubt (design §6) ------------------------------------------------------------------
+
+LOOKING = msgspec.structs.replace(SETTINGS, lookup_backoff=Backoff(initial=1.0, maximum=10.0, jitter=0.0),
+                                  lookup_grace=30.0)
+
+
+@asynccontextmanager
+async def looking(store: MemoryStore, routes: Routes) -> AsyncIterator[Dispatcher]:
+    async with trio.open_nursery() as nursery:
+        for a in routes.actors:
+            await nursery.start(a.run)
+        dispatcher = Dispatcher(store, routes, LOOKING, rng=random.Random(1))
+        await nursery.start(dispatcher.run)
+        yield dispatcher
+        nursery.cancel_scope.cancel()
+
+
+async def test_attempts_exhausted_in_doubt_turn_into_lookups_and_the_bank_settles_it(
+    autojump_clock: trio.testing.MockClock, banks: tuple[FakeBank, FakeBank]
+) -> None:
+    a, b = banks
+    a.mode = "hang_after_execute"  # every send executes and then times out
+    a.status_mode = "error"  # and for a while the bank cannot say either
+    a.status_state = PaymentState.SETTLED
+    store, primary, backup = one_slice_two_channels(a, b)
+    store.rows[1].max_attempts = 3
+    async with looking(store, Routes([primary, backup], window=60.0)):
+        await trio.sleep(20)  # three timed-out attempts (2s each, backoff between), then lookups
+        row = store.rows[1]
+        assert a.calls == 3 and row.attempts == 3, "never a fourth send"
+        assert row.status == "retry_scheduled" and row.bound_scope == "primary-scope", "not dead: looked up"
+        assert row.lookups >= 1 and a.lookups > 3
+        a.status_mode = "ok"
+        await trio.sleep(15)
+        assert row.status == "settled" and row.provider_ref == "A-1", "the bank's answer settles it"
+    assert a.calls == 3 and b.calls == 0
+    assert store.paid(a, b) == {"molam-slice-1": 1}
+
+
+async def test_not_found_past_the_acceptance_window_is_dead_and_freed(
+    autojump_clock: trio.testing.MockClock, banks: tuple[FakeBank, FakeBank]
+) -> None:
+    a, b = banks
+    a.mode = "hang"  # every send times out and the bank never executed any
+    store, primary, backup = one_slice_two_channels(a, b)
+    store.rows[1].max_attempts = 3
+    async with looking(store, Routes([primary, backup], window=60.0)):
+        await trio.sleep(30)
+        row = store.rows[1]
+        assert row.status == "retry_scheduled", "NOT_FOUND inside the window proves nothing: still looked up"
+        assert row.bound_scope == "primary-scope" and a.calls == 3
+        await trio.sleep(60)
+        assert row.status == "dead", "NOT_FOUND past the window: provably not executed"
+        assert row.bound_scope is None and store.released == [(1, "primary-scope")]
+        assert "NOT_FOUND" in (row.last_error or "") and "3 attempts" in (row.last_error or "")
+    assert a.calls == 3 and b.calls == 0 and store.paid(a, b) == {}
+
+
+async def test_lookups_that_keep_failing_end_unresolved_never_dead(
+    autojump_clock: trio.testing.MockClock, banks: tuple[FakeBank, FakeBank]
+) -> None:
+    a, b = banks
+    a.mode = "hang_after_execute"
+    a.status_mode = "error"  # the bank executed it and never says so
+    store, primary, backup = one_slice_two_channels(a, b)
+    store.rows[1].max_attempts = 3
+    async with looking(store, Routes([primary, backup], window=60.0)):
+        await trio.sleep(60)
+        row = store.rows[1]
+        assert row.status == "retry_scheduled" and row.lookups >= 3, "looked up with backoff up to the window"
+        await trio.sleep(120)
+        assert row.status == "unresolved" and row.bound_scope == "primary-scope"
+        assert "may have been paid" in (row.last_error or "")
+        lookups = a.lookups
+        await trio.sleep(60)
+        assert a.lookups == lookups and row.status == "unresolved", "a person decides now: nothing more is tried"
+    assert a.calls == 3 and b.calls == 0 and store.paid(a, b) == {"molam-slice-1": 1}
+
+
+async def test_a_crash_recovered_slice_with_attempts_exhausted_is_looked_up_not_sent(
+    autojump_clock: trio.testing.MockClock, banks: tuple[FakeBank, FakeBank]
+) -> None:
+    a, b = banks
+    store = MemoryStore()
+    # The crashed daemon's third and last attempt may have reached bank A; A does not know it (yet).
+    store.add(1, status="sending", lease_until=-1.0, connector="primary", attempts=3, max_attempts=3,
+              bound_scope="primary-scope", bound_at=0.0)
+    store.attempts.append({"slice": 1, "connector": "primary", "scope": "primary-scope", "outcome": None,
+                           "before": ("primary-scope", 0.0)})
+    primary, backup = actor("primary", a, 10), actor("backup", b, 20)
+    async with looking(store, Routes([primary, backup], window=60.0)):
+        await trio.sleep(30)
+        row = store.rows[1]
+        assert a.calls == 0 and b.calls == 0, "exhausted: looked up, never sent again"
+        assert row.status == "retry_scheduled" and row.lookups >= 1
+        assert store.attempts[0]["outcome"] is AttemptOutcome.IN_DOUBT
+        await trio.sleep(60)
+        assert row.status == "dead" and row.bound_scope is None, "NOT_FOUND past the window"
+    assert a.calls == 0 and b.calls == 0
+
+
+async def test_a_conflict_on_a_key_the_bank_holds_is_looked_up_not_dead(
+    autojump_clock: trio.testing.MockClock, banks: tuple[FakeBank, FakeBank]
+) -> None:
+    a, b = banks
+    a.execute("molam-slice-1")  # an earlier attempt's request executed; this one answers 409
+    a.mode = "conflict"
+    store, primary, backup = one_slice_two_channels(a, b)
+    store.rows[1].bound_scope, store.rows[1].attempts = "primary-scope", 1
+    async with looking(store, Routes([primary, backup], window=60.0)):
+        await trio.sleep(5)
+    row = store.rows[1]
+    assert row.status == "sent" and row.provider_ref == "A-1", "the bank's lookup says it has it"
+    assert b.calls == 0 and store.paid(a, b) == {"molam-slice-1": 1}

@@ -118,6 +118,9 @@ class DispatcherSection(_Section, frozen=True, kw_only=True, forbid_unknown_fiel
     retry_initial: Duration = msgspec.field(default_factory=lambda: _d("1s"))
     retry_max: Duration = msgspec.field(default_factory=lambda: _d("5m"))
     flush_interval: Duration = msgspec.field(default_factory=lambda: _d("20ms"))
+    lookup_initial: Duration = msgspec.field(default_factory=lambda: _d("2s"))
+    lookup_max: Duration = msgspec.field(default_factory=lambda: _d("2m"))
+    lookup_grace: Duration = msgspec.field(default_factory=lambda: _d("5m"))
 
 
 class StatusFollowerSection(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
