@@ -101,6 +101,8 @@ class Metrics:
             buckets=(0.002, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5,
                      5.0, 10.0, 30.0))
         self.dlq_slices = Gauge("molamd_dlq_slices", "Payout slices in the dead-letter queue", registry=r)
+        self.unresolved = Gauge("molamd_payout_slices_unresolved", "Payout slices unresolved: their bank could not"
+                                " say whether it executed them; may have been paid, a person decides", registry=r)
         self.in_doubt = Gauge("molamd_payout_slices_in_doubt", "Slices bound to one channel's idempotency scope"
                               " and not final: the bank may have them (refreshed by telemetry)", registry=r)
         self.in_doubt_oldest = Gauge("molamd_payout_slices_in_doubt_oldest_age_seconds",

@@ -59,8 +59,9 @@ UPDATE payout_slices p SET status = 'settled', final_at = now(), provider_ref = 
 FROM open WHERE p.id = open.id
 RETURNING p.id, open.status, open.statement_raw_id, open.statement_no, open.line_no, open.bound_scope
 """
-_OPEN = ["sent", "retry_scheduled", "dead"]
-_GIVEN_UP = ["retry_scheduled", "dead"]
+# A line is proof the money left: it settles an unresolved slice too (its bank could not say; the statement does).
+_OPEN = ["sent", "retry_scheduled", "dead", "unresolved"]
+_GIVEN_UP = ["retry_scheduled", "dead", "unresolved"]
 ACTOR = audit.Identity(via="statement reconciliation")
 
 

@@ -105,14 +105,17 @@ class Telemetry:
             return
         self._metrics.files.set_counts(*files)
         self._metrics.payout_slices.clear()
-        dead = 0
+        dead = unresolved = 0
         slices: dict[str, dict[str, int]] = {}
         for status, currency, count in counts:
             self._metrics.payout_slices.labels(status, currency).set(count)
             slices.setdefault(status, {})[currency] = count
             if status == "dead":
                 dead += count
+            elif status == "unresolved":
+                unresolved += count
         self._metrics.dlq_slices.set(dead)
+        self._metrics.unresolved.set(unresolved)
         self.slices = slices
         self._metrics.in_doubt.set(doubt[0])
         self._metrics.in_doubt_oldest.set(doubt[1])

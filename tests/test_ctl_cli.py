@@ -118,5 +118,5 @@ def test_bash_completion_offers_commands_actions_and_options(tmp_path: Any, caps
     assert complete("dl") == {"dlq"}
     assert {"status", "top", "watch", "statements"} <= complete("")
     assert complete("statements", "") == {"list", "show", "poll", "reprocess", "rewrap"}
-    assert complete("--socket", "/tmp/s", "payouts", "re") == {"release", "retry"}
+    assert complete("--socket", "/tmp/s", "payouts", "re") == {"release", "retry", "resolve"}
     assert "--retry-stuck" in complete("statements", "poll", "--re")

@@ -21,9 +21,9 @@ from actors import (
     SupervisorError,
     UnknownChild,
 )
-from connectors import ConnectorError, SftpSourceConfig, encode_hook
+from connectors import ConnectorError, PaymentRef, SftpSourceConfig, encode_hook
 
-from .. import audit, payment_files, payment_reports, payouts
+from .. import audit, payment_files, payment_reports, payout_resolve, payouts
 from .. import reload as reloading
 from .. import statements as stored
 from ..audit import Identity
@@ -36,6 +36,7 @@ from ..statement_poller import PollNow
 from ._protocol import PROTOCOL_VERSION, ControlError, ErrorCode
 
 ASK_TIMEOUT = 5.0
+RESOLVE_LOOKUP_TIMEOUT = 15.0  # a resolve asks the bank once (its retries included) before the operator's word stands
 MAX_ROWS: Final = 10_000  # the most rows a read command's limit may ask for
 Limit = Annotated[int, msgspec.Meta(ge=1, le=MAX_ROWS)]  # a bad limit is bad_args naming args.limit, not SQL's
 
@@ -98,6 +99,13 @@ class RetryArgs(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 class ReleaseArgs(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     id: int
+    reason: str = ""
+
+
+class ResolveArgs(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    id: int
+    paid: bool = False
+    not_paid: bool = False
     reason: str = ""
 
 
@@ -465,10 +473,49 @@ async def payouts_release(ctx: Context, args: ReleaseArgs) -> dict[str, Any]:
         raise ControlError(ErrorCode.FINAL, str(exc)) from None
     except payouts.SliceNotBound as exc:
         raise ControlError(ErrorCode.NOT_IN_DOUBT, str(exc)) from None
+    except payouts.SliceUnresolved as exc:  # a person resolves it: `payouts resolve`
+        raise ControlError(ErrorCode.UNSUPPORTED, str(exc)) from None
     except payouts.ReleaseRefused as exc:  # in flight: its lease runs out, then a release may work
         raise ControlError(ErrorCode.BUSY, str(exc)) from None
     except DatabaseError as exc:
         raise _database(exc) from None
+
+
+async def payouts_resolve(ctx: Context, args: ResolveArgs) -> dict[str, Any]:
+    """A person's word on an unresolved slice, checked against its bank's lookup when the bank answers."""
+    rt = ctx.rt
+    if args.paid == args.not_paid:
+        raise ControlError(ErrorCode.BAD_ARGS, "payouts resolve needs --paid or --not-paid (one of them)")
+    if not args.reason.strip():
+        raise ControlError(ErrorCode.BAD_ARGS, "payouts resolve needs --reason TEXT (it goes into the audit trail)")
+    try:
+        target = await rt.db.statement(lambda c: payout_resolve.unresolved(c, args.id))
+        check = await _bank_check(rt, target)
+        return await rt.db.transaction(lambda c: payout_resolve.resolve(
+            c, rt.host_id, args.id, ctx.who, args.paid, args.reason, check))
+    except payouts.SliceNotFound as exc:
+        raise ControlError(ErrorCode.NOT_FOUND, str(exc)) from None
+    except payouts.SliceFinal as exc:
+        raise ControlError(ErrorCode.FINAL, str(exc)) from None
+    except payout_resolve.NotUnresolved as exc:
+        raise ControlError(ErrorCode.UNSUPPORTED, str(exc)) from None
+    except payout_resolve.BankDisagrees as exc:
+        raise ControlError(ErrorCode.BANK_DISAGREES, str(exc)) from None
+    except DatabaseError as exc:
+        raise _database(exc) from None
+
+
+async def _bank_check(rt: Runtime, target: payout_resolve.Unresolved) -> payout_resolve.BankCheck:
+    """Ask the slice's scope about its key; the bank not being reachable is an answer too."""
+    actor = rt.directory.status_actor(target.scope, target.connector)
+    if actor is None:
+        return payout_resolve.BankCheck.not_asked(f"no connector of idempotency scope {target.scope!r} is running")
+    try:
+        status, _ = await actor.status(PaymentRef(idempotency_key=target.idempotency_key,
+                                                  provider_ref=target.provider_ref), timeout=RESOLVE_LOOKUP_TIMEOUT)
+    except ConnectorError as exc:
+        return payout_resolve.BankCheck.not_asked(f"{actor.name}: {exc.code}: {exc}")
+    return payout_resolve.BankCheck.from_status(actor.name, status)
 
 
 async def payouts_retry(ctx: Context, args: RetryArgs) -> dict[str, Any]:
@@ -717,6 +764,7 @@ COMMANDS: dict[str, Command] = {
         Command("payouts-in-doubt", LimitArg, False, payouts_in_doubt),
         Command("payouts-release", ReleaseArgs, True, payouts_release),
         Command("payouts-retry", RetryArgs, True, payouts_retry),
+        Command("payouts-resolve", ResolveArgs, True, payouts_resolve),
         Command("audit", LimitArg, False, audit_list),
         Command("secrets", NoArgs, False, secrets),
         Command("secrets-refresh", NoArgs, True, secrets_refresh),

@@ -35,6 +35,7 @@ class ErrorCode(enum.StrEnum):
     UNSUPPORTED = "unsupported"  # the target does not take this command (a statement source is no payment connector)
     FINAL = "final"  # the payout slice is already final: nothing to do, now or later
     NOT_IN_DOUBT = "not_in_doubt"  # the payout slice is bound to no idempotency scope: nothing to release
+    BANK_DISAGREES = "bank_disagrees"  # the bank's own lookup contradicts what the operator said: nothing changed
     SECRETS_MISSING = "secrets_missing"  # a secrets refresh found references gone; what uses them stopped
     CONFIG_INVALID = "config_invalid"  # reload refused; nothing changed
     UNAVAILABLE = "unavailable"  # a dependency (the database) is down
