@@ -345,8 +345,8 @@ class FileBatcher(ConnectorActor):
                            settled=applied.settled, failed=applied.failed, signature=report_in.signature)
             self._files.report_received(self.name, applied)
             if applied.flag is not None:
-                logger.error("%s: status report %s flagged %s: %s", self.name, remote.name, applied.flag,
-                             applied.detail)
+                logger.error("%s: status report %s (stored as report %s) flagged %s: %s", self.name, remote.name,
+                             applied.report_id, applied.flag, applied.detail)
             else:
                 logger.info("%s: status report %s: %d slices settled, %d failed", self.name, remote.name,
                             applied.settled, applied.failed)

@@ -197,8 +197,9 @@ def show_file(conn: Any, file_id: int) -> dict[str, Any] | None:
         " JOIN payout_slices p ON p.id = f.payout_slice_id WHERE f.payment_file_id = %s"
         " ORDER BY f.payout_slice_id", (file_id,))
     shown["reports"] = dict_rows(
-        conn, "SELECT id, remote_name, msg_id, group_status, signature, flag, detail, applied, received_at::text"
-        " FROM payment_status_reports WHERE payment_file_id = %s ORDER BY id", (file_id,))
+        conn, "SELECT id, connector_name AS connector, remote_name, msg_id, group_status, signature, flag, detail,"
+        " applied, received_at::text, reapplied_from, reapplied_by FROM payment_status_reports"
+        " WHERE payment_file_id = %s ORDER BY id", (file_id,))
     return shown
 
 

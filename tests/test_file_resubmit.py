@@ -175,3 +175,14 @@ def test_molamctl_sends_a_reapply() -> None:
 
     _, cmd, args = parse(["files", "reapply", "12"])
     assert (cmd.wire, args) == ("files-reapply", {"id": 12})
+
+
+def test_files_show_lists_a_reapplication_beside_the_reports(migrated_dsn: str) -> None:
+    file_id, ids = recorded_file(migrated_dsn, 1, "MOLAM-P3")
+    taken = received_by(migrated_dsn, "bank-c-other-files", report("MOLAM-P3", "ACTC"))
+    done = reapply(migrated_dsn, taken.report_id)
+    with psycopg.connect(migrated_dsn) as conn:
+        shown = payment_files.show_file(conn, file_id)
+    assert shown is not None and ids
+    assert [(r["id"], r["connector"], r["reapplied_from"], r["reapplied_by"]) for r in shown["reports"]] == [
+        (done["report_id"], CONNECTOR, taken.report_id, OPERATOR.label)]
