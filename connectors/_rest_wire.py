@@ -8,6 +8,8 @@ BadResponse, or for a pushed event drops the event and carries on.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from typing import Annotated, Any, Final
 
@@ -120,3 +122,25 @@ def decode_event(message: bytes | str) -> PaymentEvent:
         raise WireError(f"pushed event: {exc}") from None
     return PaymentEvent(seq=wire.seq, provider_ref=wire.id, idempotency_key=wire.idempotency_key,
                         state=state(wire.status), reason_code=wire.reason_code)
+
+
+MAX_NAME: Final = 255  # characters of a report's file name, as a file system allows
+
+
+def report_entry(entry: object) -> tuple[str, bytes]:
+    """One entry of ``GET /files/reports``: (name, bytes), or WireError. A name is 1 to MAX_NAME printable
+    characters with no '/' (it is a file name, shown and stored); the content is strict base64."""
+    if not isinstance(entry, dict):
+        raise WireError(f"a report entry is a JSON {type(entry).__name__}, not an object")
+    name, content = entry.get("name"), entry.get("content")
+    if not isinstance(name, str) or not 1 <= len(name) <= MAX_NAME:
+        shown = f"{len(name):,} characters" if isinstance(name, str) else f"a {type(name).__name__}"
+        raise WireError(f"report name is {shown} (a string of 1 to {MAX_NAME} characters)")
+    if not name.isprintable() or "/" in name or name in (".", ".."):
+        raise WireError(f"report name {printable(name)!r} is not a file name")
+    if not isinstance(content, str):
+        raise WireError(f"report {name}: content is a {type(content).__name__}, not base64 text")
+    try:
+        return name, base64.b64decode(content, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise WireError(f"report {name}: content is not base64: {exc}") from None

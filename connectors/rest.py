@@ -14,7 +14,6 @@ Content-Length says. The transport is a seam: tests pass an ``httpx.MockTranspor
 
 from __future__ import annotations
 
-import base64
 import email.utils
 import json
 import logging
@@ -57,7 +56,17 @@ from ._payments import (
     SendResult,
     mask_account,
 )
-from ._rest_wire import MAX_CODE, WireError, decode_event, loads, optional_text, printable, provider_ref, state
+from ._rest_wire import (
+    MAX_CODE,
+    WireError,
+    decode_event,
+    loads,
+    optional_text,
+    printable,
+    provider_ref,
+    report_entry,
+    state,
+)
 from ._signing import sign_request, verify_response
 from ._values import Duration, Secret
 
@@ -121,6 +130,7 @@ class RestConnector:
         self._turn = 0
         self._secret = config.rest.hmac_secret.reveal().encode()
         self.events_dropped = 0  # pushed events that could not be read, each logged
+        self.reports_dropped = 0  # offered reports whose name or content could not be read, each logged
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
@@ -265,10 +275,17 @@ class RestConnector:
         """GET /files/reports: the status reports waiting for us, as (name, bytes)."""
         _, data, _ = await self._call("reports", "GET", "/files/reports", b"", ctx,
                                       {"method": "GET", "path": "/files/reports"})
-        try:
-            return [(str(r["name"]), base64.b64decode(str(r["content"]), validate=True)) for r in data["reports"]]
-        except (KeyError, TypeError, ValueError) as exc:
-            raise BadResponse(self.name, f"unexpected reports answer: {exc}") from exc
+        entries = data.get("reports")
+        if not isinstance(entries, list):
+            raise BadResponse(self.name, "unexpected reports answer: no list under 'reports'")
+        listed = []
+        for entry in entries:
+            try:
+                listed.append(report_entry(entry))
+            except WireError as exc:  # that one entry, not the others: a bad first entry stopped every pass
+                self.reports_dropped += 1
+                logger.warning("%s: offered report dropped: %s", self.name, exc)
+        return listed
 
     async def ack_report(self, name: str, ctx: CallContext) -> None:
         """POST /files/reports/NAME/ack: stored on our side, the bank may stop offering it."""

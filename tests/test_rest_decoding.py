@@ -238,3 +238,32 @@ async def test_a_provider_ref_is_one_path_segment(ref: str) -> None:
     [request] = seen
     path = request.url.raw_path.decode()
     assert path.count("/") == 2 and "?" not in path and path.startswith("/payments/"), path
+
+
+async def test_a_bad_offered_report_is_dropped_and_the_others_are_taken(caplog: pytest.LogCaptureFixture) -> None:
+    good = {"name": "pain002-1.xml", "content": "PERvY3VtZW50Lz4="}
+    bad: list[Any] = [
+        {"name": "x\x00y", "content": "AA=="},  # a NUL no database column takes
+        {"name": "../../etc/passwd", "content": "AA=="},
+        {"name": "n" * 300, "content": "AA=="},
+        {"name": ["a"], "content": "AA=="},
+        {"name": "ok.xml", "content": "not base64!"},
+        {"name": "ok2.xml", "content": 5},
+        "a string",
+        {"content": "AA=="},
+    ]
+    c = connector(lambda r: signed(200, {"reports": [*bad[:4], good, *bad[4:]]}))
+    await c.open()
+    with caplog.at_level(logging.WARNING, logger="molamd.connector.rest"):
+        listed = await c.list_reports(CTX)
+    assert listed == [("pain002-1.xml", b"<Document/>")]
+    assert c.reports_dropped == len(bad)
+    assert len([r for r in caplog.records if "offered report dropped" in r.getMessage()]) == len(bad)
+    assert all("\x00" not in r.getMessage() and len(r.getMessage()) < 600 for r in caplog.records)
+
+
+async def test_a_reports_answer_without_a_list_is_a_bad_response() -> None:
+    c = connector(lambda r: signed(200, {"reports": {"a": 1}}))
+    await c.open()
+    with pytest.raises(BadResponse, match="no list under 'reports'"):
+        await c.list_reports(CTX)
