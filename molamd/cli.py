@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     migrate_p.add_argument("--dsn", help="connect here instead of [database] of the config")
     parse_p = sub.add_parser("parse-statement", help="show what molamd reads from a bank statement file (JSON)")
     parse_p.add_argument("file")
-    parse_p.add_argument("--format", choices=("mt940", "csv", "camt053"), help="default: guessed from the file")
+    parse_p.add_argument("--format", choices=("mt940", "mt942", "csv", "camt053"),
+                         help="default: guessed from the file (mt942: an interim statement without a block 2 header)")
     parse_p.add_argument("--csv-profile", default="molamd",
                          help="a [csv_profiles.NAME] of the config, or the built-in 'molamd' (default)")
     _config_arg(parse_p)

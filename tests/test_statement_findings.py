@@ -3,7 +3,10 @@ Statements or refused with a StatementError whose message stays small; nothing e
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
@@ -17,8 +20,10 @@ from connectors.statements import (
     parse_csv,
     parse_mt940,
 )
+from tests.corpora import WOLPH
 
 MAX_MESSAGE = 1024
+ROOT = Path(__file__).resolve().parent.parent
 
 MT940 = (
     ":20:REF1\n:25:SN08K01001\n:28C:1/1\n:60F:C261102XOF100000,\n"
@@ -197,3 +202,12 @@ def test_streaming_and_whole_file_read_a_mixed_encoding_file_alike() -> None:
     whole = parse_mt940(data)
     assert whole == list(iter_mt940(data[i:i + 7] for i in range(0, len(data), 7)))
     assert whole[0].reference == "RéF1"
+
+
+def test_parse_statement_reads_an_mt942_declared_as_such() -> None:
+    path = WOLPH / "mt940_tests" / "mBank" / "mt942.sta"  # no block 2 header: only the declared format says 942
+    command = [sys.executable, "-m", "molamd.cli", "parse-statement", str(path)]
+    declared = subprocess.run([*command, "--format", "mt942"], capture_output=True, text=True, check=False, cwd=ROOT)
+    assert declared.returncode == 0 and '"format": "mt942"' in declared.stdout, declared.stderr
+    guessed = subprocess.run(command, capture_output=True, text=True, check=False, cwd=ROOT)
+    assert guessed.returncode == 1 and "opening balance" in guessed.stderr + guessed.stdout
