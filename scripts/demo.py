@@ -53,7 +53,8 @@ PROMETHEUS_PORT = 59090  # --prometheus: a real Prometheus scraping the daemon, 
 PROMETHEUS_DIR = Path("/tmp/molamd-demo/prometheus")
 IDLE_TIMEOUT = 600.0
 LOG_PATH = ROOT / "var" / "molamd.log"
-FINAL = ("settled", "failed", "dead")
+# Where the daemon's work on a slice ends: final, or unresolved (its bank could not say; a person decides).
+FINAL = ("settled", "failed", "dead", "unresolved")
 FAULT_MIX = {"error_rate": 0.2, "reset_rate": 0.05, "hang_rate": 0.05, "rate_limit_rate": 0.03, "retry_after": 1.0}
 
 
@@ -81,11 +82,53 @@ def control_socket() -> str:
 
 
 def ctl(*args: str) -> Any:
-    result = subprocess.run([str(BIN / "molamctl"), "--socket", control_socket(), "--json", *args],
-                            capture_output=True, text=True, check=False, timeout=30)
+    """A read for the progress lines: None when it did not answer (the next poll asks again)."""
+    ok, result = ctl_reply(*args)
+    return result if ok else None
+
+
+def ctl_reply(*args: str) -> tuple[bool, Any]:
+    """(answered ok, the result or the error the daemon gave, or molamctl's own message)."""
+    try:
+        result = subprocess.run([str(BIN / "molamctl"), "--socket", control_socket(), "--json", *args],
+                                capture_output=True, text=True, check=False, timeout=30)
+    except subprocess.TimeoutExpired:
+        return False, {"code": "timeout", "message": f"molamctl {' '.join(args)}: no answer in 30s"}
+    try:
+        parsed = json.loads(result.stdout) if result.stdout.strip() else None
+    except json.JSONDecodeError:
+        parsed = None
     if result.returncode != 0:
-        return None
-    return json.loads(result.stdout)
+        return False, parsed or {"code": f"exit {result.returncode}", "message": result.stderr.strip()}
+    return True, parsed
+
+
+RETRYABLE = ("busy", "unavailable", "timeout", "exit 3")  # the daemon or the target is not ready yet
+
+
+class DemoFailed(Exception):
+    """A step of the demo did not happen: its summary must not claim it."""
+
+
+def ctl_must(*args: str, deadline: float = 30.0) -> Any:
+    """An operator command the demo's claims depend on: retried while the target is busy (a connector restarting
+    after a key rotation, say), else a loud failure naming the command and the daemon's answer."""
+    stop_at = time.monotonic() + deadline
+    while True:
+        ok, result = ctl_reply(*args)
+        if ok:
+            return result
+        code = (result or {}).get("code", "")
+        if code not in RETRYABLE or time.monotonic() > stop_at:
+            raise DemoFailed(f"molamctl {' '.join(args)} failed: {code}: {(result or {}).get('message')}")
+        say(f"molamctl {' '.join(args)}: {code} ({(result or {}).get('message')}); asking again")
+        time.sleep(0.5)
+
+
+def breaker_of(name: str) -> str | None:
+    """The breaker state the daemon reports for a connector (`molamctl connector NAME`)."""
+    row = ctl("connector", name)
+    return None if row is None else row.get("breaker")
 
 
 def healthy(status: Any, connectors: Any) -> bool:
@@ -188,9 +231,9 @@ def primary_progress(cluster: Cluster) -> float:
     """The share of ecobank-sn's slices that are final: its primary's breaker opens a quarter of the way in."""
     with psycopg.connect(cluster.dsn()) as conn:
         final, total = conn.execute(
-            "SELECT count(*) FILTER (WHERE s.status IN ('settled', 'failed', 'dead')), count(*) FROM payout_slices s"
-            " JOIN treasury_accounts t ON t.id = s.treasury_account_id WHERE t.bank_profile_id = 'ecobank-sn'"
-        ).fetchone()
+            "SELECT count(*) FILTER (WHERE s.status = ANY(%s)), count(*) FROM payout_slices s"
+            " JOIN treasury_accounts t ON t.id = s.treasury_account_id WHERE t.bank_profile_id = 'ecobank-sn'",
+            (list(FINAL),)).fetchone()
     return final / max(total, 1)
 
 
@@ -210,10 +253,13 @@ def progress(cluster: Cluster, connectors: Any, previous: tuple[float, int]) -> 
     return now, final, counts
 
 
-def reconcile(cluster: Cluster, bank_urls: list[str]) -> tuple[int, int, list[str]]:
-    """(paid twice, lost, notes) from the union of every bank's ledger against the database.
+def reconcile(cluster: Cluster, bank_urls: list[str]) -> tuple[int, int, int, int, list[str]]:
+    """(paid twice, lost, dead yet executed, unresolved yet executed, notes) from the union of every bank's
+    ledger against the database.
 
-    A payment executed by two banks (two channels with their own idempotency stores) counts as paid twice.
+    A payment executed by two banks (two channels with their own idempotency stores) counts as paid twice. A dead
+    slice a bank executed is the worst kind of lost: dead tells the platform "not paid", so it pays again. An
+    unresolved slice is not lost: the platform knows it may have been paid, and a person resolves it.
     """
     by_ref: dict[str, list[dict[str, Any]]] = {}
     for url in bank_urls:
@@ -222,7 +268,7 @@ def reconcile(cluster: Cluster, bank_urls: list[str]) -> tuple[int, int, list[st
     paid_twice = sum(1 for payments in by_ref.values() if len(payments) > 1)
     with psycopg.connect(cluster.dsn()) as conn:
         rows = conn.execute("SELECT idempotency_key, status, provider_ref FROM payout_slices").fetchall()
-    lost, notes = 0, []
+    lost, dead_paid, unresolved_paid, notes = 0, 0, 0, []
     for reference, payments in by_ref.items():
         if len(payments) > 1:
             notes.append(f"{reference}: paid by " + ", ".join(f"{p['bank']} ({p['id']})" for p in payments))
@@ -231,6 +277,14 @@ def reconcile(cluster: Cluster, bank_urls: list[str]) -> tuple[int, int, list[st
         if status in ("settled", "sent") and not paid:
             lost += 1
             notes.append(f"{reference}: {status} in the database, unknown to every bank")
+        elif status == "unresolved":
+            unresolved_paid += bool(paid)
+            notes.append(f"{reference}: unresolved (" + (f"the bank executed it: {paid[0]['id']}" if paid
+                                                        else "no bank executed it") + "): for a person to resolve")
+        elif paid and status == "dead":
+            dead_paid += 1
+            lost += 1
+            notes.append(f"{reference}: executed by a bank ({paid[0]['id']}) but dead: would be paid twice")
         elif paid and status not in ("settled", "sent", "failed"):
             lost += 1
             notes.append(f"{reference}: executed by a bank ({paid[0]['id']}) but {status} in the database")
@@ -241,7 +295,7 @@ def reconcile(cluster: Cluster, bank_urls: list[str]) -> tuple[int, int, list[st
         elif status not in FINAL:
             lost += 1
             notes.append(f"{reference}: still {status}")
-    return paid_twice, lost, notes
+    return paid_twice, lost, dead_paid, unresolved_paid, notes
 
 
 def statement_counts(cluster: Cluster) -> dict[str, int]:
@@ -262,10 +316,48 @@ def statement_counts(cluster: Cluster) -> dict[str, int]:
             "settled": settled, "proven": proven}
 
 
-def summary(cluster: Cluster, bank_urls: list[str], elapsed: float, outage: dict[str, int]) -> int:
-    status, connectors = ctl("status"), ctl("connectors") or []
+def outage_lines(outage: dict[str, Any], backup: dict[str, Any]) -> list[str]:
+    """The backup bank's line: the outage's payments only if the breaker was seen open throughout."""
+    failures: list[str] = []
+    if outage.get("seen_open") and outage.get("held"):
+        print(f"bank B (backup, its own ledger): {backup['payments']} payments executed, {backup['replays']} replays;"
+              f" {outage['backup_during']} of them while the primary's breaker was seen open"
+              f" ({outage['samples']} checks over {outage['seconds']:.1f}s, each {PRIMARY}={outage['state']})")
+        if outage["backup_during"] <= 0:
+            failures.append("the backup bank made no payment while the primary's breaker was open")
+    else:
+        print(f"bank B (backup, its own ledger): {backup['payments']} payments executed, {backup['replays']} replays;"
+              f" no outage measured: {outage.get('error') or 'the breaker was never seen open'}")
+        failures.append(f"breaker outage: {outage.get('error') or 'the breaker was never seen open'}")
+    return failures
+
+
+def secret_lines(stats: dict[str, Any], rotated: int | None) -> list[str]:
+    """The secrets line: the rotation claimed only if the daemon is seen signing with the new version."""
+    failures: list[str] = []
+    secrets = ctl("secrets") or []
+    schemes = sorted({row["scheme"] for row in secrets if row["path"] != "$.vault.secret_id"})
+    rotated_row = next((row for row in secrets if row["reference"] == "vault:secret/molamd/bank-a#hmac"), None)
+    running = rotated_row and rotated_row["version"]
+    if rotated is not None and running == rotated:
+        print(f"secrets: {len(secrets) - 1} references, all from {', '.join(schemes)} (OpenBao), besides the AppRole"
+              f" secret_id; bank A's HMAC key rotated mid-run, the daemon now signs with version {running};"
+              f" {stats.get('previous_key', 0)} calls signed with the old key while bank A still accepted it,"
+              f" {stats.get('auth_failures', 0)} refused")
+    else:
+        print(f"secrets: {len(secrets) - 1} references; bank A's HMAC key rotation NOT seen applied (Vault version"
+              f" {rotated}, the daemon uses {running})")
+        failures.append("the HMAC key rotation was not seen applied")
+    return failures
+
+
+def summary(cluster: Cluster, bank_urls: list[str], elapsed: float, outage: dict[str, Any],
+            rotated: int | None) -> int:
+    """What the run did, each claim from what was observed; exit 1 if any claim does not hold."""
+    status, connectors = ctl("status") or {}, ctl("connectors") or []
     counts = slice_counts(cluster)
-    paid_twice, lost, notes = reconcile(cluster, bank_urls)
+    paid_twice, lost, dead_paid, unresolved_paid, notes = reconcile(cluster, bank_urls)
+    failures: list[str] = []
     bank_url, backup_url, files_url = bank_urls
     with psycopg.connect(cluster.dsn()) as conn:
         dead = conn.execute("SELECT attempts, max_attempts, last_error FROM payout_slices WHERE status = 'dead'"
@@ -286,13 +378,16 @@ def summary(cluster: Cluster, bank_urls: list[str], elapsed: float, outage: dict
                                 " WHERE action LIKE 'command:%'").fetchone()
     total = sum(counts.values())
     print("\n== molamd demo summary", flush=True)
-    print(f"daemon: molamd {status['version']} host {status['host_id']}, database up: {status['database']['up']}")
+    if not status:
+        failures.append("the daemon did not answer `molamctl status`")
+    else:
+        print(f"daemon: molamd {status['version']} host {status['host_id']}, database up:"
+              f" {status['database']['up']}")
     print(f"slices: {total} seeded, " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
-          + f"; all final in {elapsed:.1f}s ({total / max(elapsed, 1e-6):.0f}/s)")
+          + f"; all final or unresolved in {elapsed:.1f}s ({total / max(elapsed, 1e-6):.0f}/s)")
     print(f"bank A (primary): {stats['payments']} payments executed, {stats['replays']} idempotent replays, "
           f"{stats['faults']} faults injected, {stats['requests']} requests")
-    print(f"bank B (backup, its own ledger): {backup['payments']} payments executed, {backup['replays']} replays; "
-          f"{outage['backup_during']} of them while the primary's breaker was open")
+    failures += outage_lines(outage, backup)
     print("attempts: " + ", ".join(f"{k} {v}" for k, v in sorted(attempts.items()))
           + f"; in doubt now: {in_doubt}")
     print(f"operator actions audited: {operator[0]} (uids: {operator[1]})")
@@ -301,6 +396,11 @@ def summary(cluster: Cluster, bank_urls: list[str], elapsed: float, outage: dict
           + ", ".join(f"{c['name']}={c['breaker']}" for c in connectors if c["breaker"]))
     for attempts, max_attempts, error in dead:
         print(f"dead: after {attempts}/{max_attempts} attempts: {error}")
+    print(f"unresolved: {counts.get('unresolved', 0)} (their bank could not say whether it executed them: a person"
+          f" resolves each with molamctl payouts resolve; {unresolved_paid} of them the bank did execute)")
+    print(f"dead yet executed by a bank: {dead_paid}")
+    if dead_paid:
+        failures.append(f"{dead_paid} dead slices were executed by a bank (the platform would pay them again)")
     st = statement_counts(cluster)
     print(f"statements: {st['files']} MT940 files ingested over SFTP ({st['failed']} failed), {st['lines']} lines, "
           f"{st['linked']} linked to the payouts they carry; {st['settled_linked']} of {st['settled']} settled "
@@ -311,19 +411,18 @@ def summary(cluster: Cluster, bank_urls: list[str], elapsed: float, outage: dict
           f" transactions; {files['verified']} of {files['files']} verified by xmlsec1 against the certificate;"
           f" bank C took {files['desk']['files']} uploads ({files['desk']['duplicates']} refused as duplicates,"
           f" DU01); {files['reports']} pain.002 reports ({files['flags']})")
-    secrets = ctl("secrets") or []
-    schemes = sorted({row["scheme"] for row in secrets if row["path"] != "$.vault.secret_id"})
-    rotated = next((row for row in secrets if row["reference"] == "vault:secret/molamd/bank-a#hmac"), None)
-    print(f"secrets: {len(secrets) - 1} references, all from {', '.join(schemes)} (OpenBao), besides the AppRole"
-          f" secret_id; bank A's HMAC key rotated mid-run, now version {rotated and rotated['version']};"
-          f" {stats.get('previous_key', 0)} calls signed with the old key while bank A still accepted it,"
-          f" {stats.get('auth_failures', 0)} refused")
+    failures += secret_lines(stats, rotated)
     print(f"paid twice: {paid_twice} (over the three banks' ledgers)")
     print(f"lost: {lost}")
     for note in notes[:10]:
         print(f"  {note}")
-    ok = files["files"] > 0 and files["verified"] == files["files"]
-    return 0 if paid_twice == 0 and lost == 0 and outage["backup_during"] > 0 and ok else 1
+    if files["files"] == 0 or files["verified"] != files["files"]:
+        failures.append(f"payment files: {files['verified']} of {files['files']} verified by xmlsec1")
+    if paid_twice or lost:
+        failures.append(f"paid twice {paid_twice}, lost {lost}")
+    for failure in failures:
+        print(f"FAILED: {failure}")
+    return 1 if failures else 0
 
 
 def file_counts(cluster: Cluster, files_url: str) -> dict[str, Any]:
@@ -353,15 +452,26 @@ def file_counts(cluster: Cluster, files_url: str) -> dict[str, Any]:
 OUTAGE_SLICES = 200  # ecobank-sn payouts the platform writes while the primary's breaker is open
 
 
-def breaker_outage(bank_urls: list[str], cluster: Cluster) -> dict[str, int]:
+def breaker_outage(bank_urls: list[str], cluster: Cluster) -> dict[str, Any]:
     """An operator opens the primary's breaker for a while, as for a bank incident: new work goes to the backup
     bank, slices in doubt at the primary wait for it. Meanwhile the platform writes more ecobank-sn payouts
-    (however fast the first ones went, there is new work during the outage). Returns how many payments the
-    backup made meanwhile."""
+    (however fast the first ones went, there is new work during the outage). Returns what was observed: whether
+    the breaker was seen open and held open throughout, and how many payments the backup made meanwhile."""
     backup = bank_urls[1]
+    say(f"operator: molamctl force-open {PRIMARY}")
+    try:
+        answer = ctl_must("force-open", PRIMARY)
+    except DemoFailed as exc:
+        say(str(exc))
+        return {"backup_during": 0, "seen_open": False, "held": False, "error": str(exc)}
+    state = breaker_of(PRIMARY)
+    if state != "forced_open":
+        error = f"force-open answered {answer}, but molamctl connector {PRIMARY} shows the breaker {state}"
+        say(error)
+        return {"backup_during": 0, "seen_open": False, "held": False, "error": error}
+    say(f"{PRIMARY}'s breaker seen {state}: the backup bank takes new work")
     before = httpx.get(f"{backup}/admin/stats", timeout=10).json()["payments"]
-    say(f"operator: molamctl force-open {PRIMARY} (the backup bank takes new work)")
-    ctl("force-open", PRIMARY)
+    started = time.monotonic()
     with psycopg.connect(cluster.dsn()) as conn:
         conn.execute(
             "INSERT INTO payout_slices (payout_id, treasury_account_id, amount, currency, rail, beneficiary_name,"
@@ -371,11 +481,34 @@ def breaker_outage(bank_urls: list[str], cluster: Cluster) -> dict[str, int]:
             " FROM generate_series(1, %s) AS n, treasury_accounts t"
             " WHERE t.bank_profile_id = 'ecobank-sn' AND t.label = 'payouts-xof'", (OUTAGE_SLICES,))
     say(f"platform: {OUTAGE_SLICES} more ecobank-sn payouts written during the outage")
-    time.sleep(3.0)
+    samples, held = 0, True
+    while time.monotonic() - started < 3.0:
+        time.sleep(0.25)
+        state = breaker_of(PRIMARY)
+        samples += 1
+        if state != "forced_open":  # a restart gives the connector a new breaker: the outage is over early
+            held = False
+            break
     during = httpx.get(f"{backup}/admin/stats", timeout=10).json()["payments"] - before
-    ctl("reset-circuit", PRIMARY)
-    say(f"operator: molamctl reset-circuit {PRIMARY}; the backup made {during} payments meanwhile")
-    return {"backup_during": during}
+    seconds = time.monotonic() - started
+    try:
+        ctl_must("reset-circuit", PRIMARY)
+    except DemoFailed as exc:
+        say(str(exc))
+        return {"backup_during": during, "seen_open": True, "held": held, "samples": samples, "seconds": seconds,
+                "state": state, "error": str(exc)}
+    after = breaker_of(PRIMARY)
+    say(f"operator: molamctl reset-circuit {PRIMARY} (breaker now {after}); the backup made {during} payments"
+        f" while it was seen open")
+    error = None if held else f"the breaker did not stay open: seen {state} after {seconds:.1f}s"
+    if after in ("open", "forced_open"):
+        error = f"reset-circuit answered, but the breaker is still {after}"
+    return {"backup_during": during, "seen_open": True, "held": held and error is None, "samples": samples,
+            "seconds": seconds, "state": "forced_open", "error": error}
+
+
+def primary_running(connectors: Any) -> bool:
+    return any(c["name"] == PRIMARY and c["state"] == "running" for c in connectors or [])
 
 
 def secret_version(reference: str) -> int | None:
@@ -414,21 +547,24 @@ def watch(daemon: subprocess.Popen[bytes], cluster: Cluster, bank_urls: list[str
             done = final == sum(counts.values())
             if rotated is None and primary_progress(cluster) >= 0.1:
                 rotated = rotate_bank_a(bao, bank_urls[0])  # while bank A's payouts are in full flow
-            if outage is None and primary_progress(cluster) >= 0.25:
-                outage = breaker_outage(bank_urls, cluster)
             rotation_taken = rotated is not None and secret_version("vault:secret/molamd/bank-a#hmac") == rotated
+            # The outage once the rotation's connector restarts are over (a restart gives a connector a new
+            # breaker, closed, and refuses operator commands while it stops: both would void the outage).
+            if outage is None and rotation_taken and primary_progress(cluster) >= 0.25 and primary_running(connectors):
+                outage = breaker_outage(bank_urls, cluster)
             st = statement_counts(cluster)
             say(f"statements: {st['files']} files, {st['lines']} lines, {st['linked']} linked")
             reported = st["settled_linked"] == st["settled"]
             if until_idle and done and reported and healthy(status, connectors) and outage is not None \
                     and rotation_taken:
-                return summary(cluster, bank_urls, time.monotonic() - started, outage)
+                return summary(cluster, bank_urls, time.monotonic() - started, outage, rotated)
             if done and not announced:
                 say("every slice is final; Ctrl-C stops the daemon, the bank and PostgreSQL")
                 announced = True
         if until_idle and time.monotonic() - started > IDLE_TIMEOUT:
             say(f"not idle within {IDLE_TIMEOUT:.0f}s")
-            summary(cluster, bank_urls, time.monotonic() - started, outage or {"backup_during": 0})
+            summary(cluster, bank_urls, time.monotonic() - started,
+                    outage or {"backup_during": 0, "error": "the outage never ran"}, rotated)
             return 1
         time.sleep(1.0 if until_idle else 2.0)
 
