@@ -129,6 +129,13 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     return report
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that runs a daemon process is `slow`: `scripts/test -m "not slow"` is the quick loop."""
+    for item in items:
+        if "daemon_factory" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
 HSM_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
 HSM_PIN = "4921"
 
