@@ -41,7 +41,8 @@ ORDER BY p.id LIMIT %s
 FOR UPDATE OF p SKIP LOCKED
 """
 # A slice no file can carry (a name with no reading in the bank's character set, an amount with too many
-# decimals): nothing left us, so its binding goes back, and it is dead with the reason for a person.
+# decimals): nothing left us, so its binding goes back, and it is dead with the reason for a person; unless an
+# earlier attempt may have reached a bank (the binding it goes back to): never dead while in doubt, unresolved.
 _REFUSE = """
 WITH ended AS (
     UPDATE payout_slice_attempts a SET outcome = 'refused', ended_at = now(), error = u.err
@@ -49,8 +50,10 @@ WITH ended AS (
     WHERE a.payout_slice_id = u.id AND a.outcome IS NULL
     RETURNING a.payout_slice_id, a.bound_before, a.bound_at_before
 )
-UPDATE payout_slices p SET status = 'dead', last_error = u.err, batched_at = NULL,
-    bound_scope = e.bound_before, bound_at = e.bound_at_before
+UPDATE payout_slices p SET status = CASE WHEN e.bound_before IS NULL THEN 'dead' ELSE 'unresolved' END,
+    last_error = CASE WHEN e.bound_before IS NULL THEN u.err ELSE 'unresolved: may have been paid (an earlier'
+        || ' attempt in scope ' || e.bound_before || ' may have reached the bank); ' || u.err END,
+    batched_at = NULL, bound_scope = e.bound_before, bound_at = e.bound_at_before
 FROM unnest(%s::bigint[], %s::text[]) AS u(id, err) LEFT JOIN ended e ON e.payout_slice_id = u.id
 WHERE p.id = u.id AND p.status = 'batched'
 """

@@ -13,22 +13,26 @@ import psycopg
 import pytest
 
 from connectors import PaymentState, PaymentStatus
-from molamd import payout_resolve, payouts, reconciliation
+from molamd import payment_files, payout_resolve, payouts, reconciliation
 from molamd.audit import Identity
 
 ALICE = Identity(uid=1000, user="alice", pid=42, via="molamctl")
 
 
-def _unresolved(conn: Any, *, key_suffix: str = "1") -> int:
+def _pending(conn: Any, suffix: str) -> int:
     conn.execute("INSERT INTO bank_profiles (id, name, country) VALUES ('b1', 'Bank', 'SN') ON CONFLICT DO NOTHING")
     account = conn.execute(
         "INSERT INTO treasury_accounts (bank_profile_id, label, account_number, currency)"
         " VALUES ('b1', 'main', 'ACC-1', 'XOF') ON CONFLICT (bank_profile_id, label) DO UPDATE SET currency = 'XOF'"
         " RETURNING id").fetchone()[0]
-    sid = conn.execute(
+    return int(conn.execute(
         "INSERT INTO payout_slices (payout_id, treasury_account_id, amount, currency, rail, beneficiary_name,"
         " beneficiary_account) VALUES (%s, %s, 15000, 'XOF', 'ach', 'Awa', 'SN08') RETURNING id",
-        (f"p-{key_suffix}", account)).fetchone()[0]
+        (f"p-{suffix}", account)).fetchone()[0])
+
+
+def _unresolved(conn: Any, *, key_suffix: str = "1") -> int:
+    sid = _pending(conn, key_suffix)
     conn.execute("UPDATE payout_slices SET status = 'claimed', claimed_by = 'h', lease_until = now() + '1m'"
                  " WHERE id = %s", (sid,))
     conn.execute("UPDATE payout_slices SET status = 'sending', bound_scope = 'bank-a-api', bound_at = now(),"
@@ -103,3 +107,41 @@ def test_resolve_is_checked_against_the_bank_and_audited(migrated_dsn: str) -> N
         (c, "failed", "alice", 1000, "bank-a-api")]
     assert "could not be asked" in rows[2][5] and "ops by phone" in rows[2][5]
     assert refs[a] == "pay_7", "the bank's payment id is kept"
+
+
+def _batched(conn: Any, suffix: str, bound_before: str | None) -> int:
+    sid = _pending(conn, f"batched-{suffix}")
+    conn.execute("UPDATE payout_slices SET status = 'claimed', claimed_by = 'h', lease_until = now() + '1m',"
+                 " bound_scope = %s, bound_at = CASE WHEN %s::text IS NULL THEN NULL ELSE now() END"
+                 " WHERE id = %s", (bound_before, bound_before, sid))
+    conn.execute("INSERT INTO payout_slice_attempts (payout_slice_id, attempt_no, host_id, connector_name,"
+                 " idempotency_scope, bound_before, bound_at_before) VALUES (%s, 2, 'h', 'files', 'bank-a-api', %s,"
+                 " CASE WHEN %s::text IS NULL THEN NULL ELSE now() END)", (sid, bound_before, bound_before))
+    conn.execute("UPDATE payout_slices SET status = 'sending', bound_scope = 'bank-a-api', bound_at = now(),"
+                 " connector_name = 'files' WHERE id = %s", (sid,))
+    conn.execute("UPDATE payout_slices SET status = 'batched', batched_at = now(), claimed_by = NULL,"
+                 " lease_until = NULL WHERE id = %s", (sid,))
+    return sid
+
+
+def test_a_slice_no_file_can_carry_is_dead_only_if_no_earlier_attempt_may_have_reached_the_bank(
+    migrated_dsn: str
+) -> None:
+    from actors import Waiting
+    from connectors.iso20022 import PaymentFileError
+
+    with psycopg.connect(migrated_dsn) as conn:
+        clean = _batched(conn, "a", None)  # only the file channel ever had it, and it never left us
+        doubt = _batched(conn, "b", "bank-a-api")  # an earlier attempt in this scope may have reached the bank
+
+        def refuse(file_id: int, slices: Any, now: Any) -> Any:
+            raise PaymentFileError([f"slice {s.id}: creditor name has no reading" for s in slices],
+                                   frozenset(s.id for s in slices))
+
+        recorded = payment_files.record_file(conn, "files", "pain.001.001.09",
+                                             Waiting(debtor_account="ACC-1", currency="XOF", count=2,
+                                                     oldest_seconds=0.0), 10, refuse)
+        now = dict(conn.execute("SELECT id, status FROM payout_slices WHERE id = ANY(%s)",
+                                ([clean, doubt],)).fetchall())
+    assert recorded.file is None and set(recorded.refused) == {clean, doubt}
+    assert now == {clean: "dead", doubt: "unresolved"}
