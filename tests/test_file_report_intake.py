@@ -154,14 +154,25 @@ async def test_a_report_still_being_written_waits_and_the_ones_behind_it_are_tak
 
 
 def test_a_download_a_killed_run_left_in_the_spool_is_cleared_at_start(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    killed = subprocess.Popen([sys.executable, "-c", "pass"])
+    killed.wait()  # its pid is free now: the daemon that spooled under it is gone
     spool = tmp_path / "state" / "spool"
     spool.mkdir(parents=True)
-    (spool / f"molamd-report-{CONNECTOR}-k1ll3d").write_bytes(b"<Document>bank data</Document>")
-    (spool / "molamd-report-another-channel-x").write_bytes(b"theirs, in progress")
+    left = {f"molamd-report-{CONNECTOR}-{killed.pid}-k1ll3d": False,  # a killed daemon's: removed
+            f"molamd-report-{CONNECTOR}-{os.getpid()}-earlier": False,  # this process's earlier incarnation
+            f"molamd-report-other-files-{os.getpid()}-running": True,  # another connector of this daemon
+            f"molamd-report-{CONNECTOR}-{os.getppid()}-alive": True,  # a live daemon's, in progress
+            "notes.txt": True}
+    for name in left:
+        (spool / name).write_bytes(b"<Document>bank data</Document>")
     files = FileBatcher.__new__(FileBatcher)
-    files._spool, files._spool_prefix, files.name = str(spool), f"molamd-report-{CONNECTOR}-", CONNECTOR
+    files._spool, files.name = str(spool), CONNECTOR
+    files._spool_prefix = f"molamd-report-{CONNECTOR}-{os.getpid()}-"
     files._clear_spool()
-    assert sorted(os.listdir(spool)) == ["molamd-report-another-channel-x"]
+    assert sorted(os.listdir(spool)) == sorted(name for name, kept in left.items() if kept)
     fresh = tmp_path / "new" / "spool"
     files._spool = str(fresh)
     files._clear_spool()
