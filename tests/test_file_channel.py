@@ -138,16 +138,21 @@ def test_slices_go_out_in_signed_files_and_reports_bring_them_back(
     sftp.drop_after_rename = 1  # the first upload's rename is done, and its answer never comes
     bank.files_faults(duplicate_report_rate=0.3)
     ids = seed_files(migrated_dsn, 120)
-    d = daemon_factory(config, env=files_env(token))
+    spool = short_tmp / "state" / "spool"  # systemd's StateDirectory=, as the unit hands it over
+    d = daemon_factory(config, env={**files_env(token), "STATE_DIRECTORY": str(short_tmp / "state")})
     wait_for(lambda: _files(migrated_dsn) >= 2, 30, "two files recorded", lambda: _errors(migrated_dsn))
     d.signal(signal.SIGKILL)  # mid-run: files recorded, some uploaded, some reported
     d.proc.wait()
+    # what a report download cut short by the kill leaves: bank data, in the state directory's spool
+    left = spool / f"molamd-report-bank-c-files-{d.proc.pid}-k1ll3d"
+    left.write_bytes(b"<Document>half a report</Document>")
     sftp.take_at_once = True  # from now on the bank takes each file the moment it is renamed into place
     d.start()
     wait_for(lambda: sum(statuses(migrated_dsn, ids).get(s, 0) for s in FINAL) == len(ids), 60,
              "every slice final", lambda: (statuses(migrated_dsn, ids), bank.files()))
     done = statuses(migrated_dsn, ids)
     assert done.get("dead", 0) == 0 and done.get("failed", 0) > 0 and done.get("settled", 0) > 0, done
+    assert not left.exists() and spool.stat().st_mode & 0o777 == 0o700, "the killed run's spool cleared at start"
 
     ledger = [p for p in bank.ledger() if p.get("channel") == "file"]
     keys = [p["idempotency_key"] for p in ledger]
