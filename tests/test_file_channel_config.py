@@ -71,3 +71,21 @@ def test_a_pinned_bank_certificate_with_unsigned_reports_allowed_is_refused() ->
     assert "$.connectors[0].iso20022.reports_signed" in found and "pinned bank_certificate" in found
     assert problems(channel("a", options=pinned)) == []
     assert problems(channel("a", options=pinned + "reports_signed = true\n")) == []
+
+
+def rest_channel(name: str, *, url: str = "https://api.bank.example/v1", key_id: str = "molam") -> str:
+    text = channel(name, options='transport = "rest"\n')
+    head = text[:text.index("[connectors.sftp]")]
+    return head + textwrap.dedent(f"""
+        [connectors.rest]
+        base_url = "{url}"
+        key_id = "{key_id}"
+        hmac_secret = "env:HMAC"
+        """)
+
+
+def test_two_rest_file_channels_reading_one_reports_endpoint_are_refused() -> None:
+    [found] = problems(rest_channel("a") + rest_channel("b", url="https://API.bank.example/v1/"))
+    assert "$.connectors[1].rest.key_id" in found and "$.connectors[0]" in found, found
+    assert problems(rest_channel("a") + rest_channel("b", key_id="molam-2")) == []
+    assert problems(rest_channel("a") + channel("b")) == []

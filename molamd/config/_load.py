@@ -192,19 +192,25 @@ def _check_report_drops(config: Config, problems: list[ConfigProblem]) -> None:
     of their files, flags them and archives them), and the other's slices stay sent for ever."""
     from connectors import FileChannelConfig
 
-    readers: dict[tuple[str, int, str, str], int] = {}
+    readers: dict[tuple[str, ...], int] = {}
     for index, entry in enumerate(config.connectors):
-        if not isinstance(entry, FileChannelConfig) or entry.sftp is None or entry.iso20022.transport != "sftp":
+        if not isinstance(entry, FileChannelConfig):
             continue
-        o = entry.sftp
-        drop = (o.host.lower().rstrip("."), o.port, o.username, posixpath.normpath("/" + o.inbox.strip("/")))
+        if entry.iso20022.transport == "sftp" and entry.sftp is not None:
+            o = entry.sftp
+            inbox = posixpath.normpath("/" + o.inbox.strip("/"))
+            drop: tuple[str, ...] = ("sftp", o.host.lower().rstrip("."), str(o.port), o.username, inbox)
+            where, what = f"$.connectors[{index}].sftp.inbox", f"{o.host}:{o.port} {inbox} (as {o.username!r})"
+        elif entry.rest is not None:  # GET /files/reports answers the key, whichever channel asks
+            drop = ("rest", entry.rest.base_url.rstrip("/").lower(), entry.rest.key_id)
+            where, what = f"$.connectors[{index}].rest.key_id", f"{entry.rest.base_url} as {entry.rest.key_id!r}"
+        else:
+            continue
         first = readers.setdefault(drop, index)
         if first != index:
             problems.append(ConfigProblem(
-                f"$.connectors[{index}].sftp.inbox",
-                f"{o.host}:{o.port} {drop[3]} (as {o.username!r}) is also the report drop of $.connectors[{first}]"
-                f" ({config.connectors[first].name!r}): each would take the other's pain.002 reports; give each"
-                f" file channel its own"))
+                where, f"{what} is also the report drop of $.connectors[{first}] ({config.connectors[first].name!r}):"
+                f" each would take the other's pain.002 reports; give each file channel its own"))
 
 
 def _check_file_channels(config: Config, problems: list[ConfigProblem]) -> None:
