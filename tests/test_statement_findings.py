@@ -84,6 +84,14 @@ def test_a_blank_continuation_line_inside_an_mt940_entry_is_no_crash(blank: str)
     assert statement.lines[0].amount == -15000 and "supplementary" not in statement.lines[0].details
 
 
+@pytest.mark.parametrize("blanks", ["\t   ", "  \x0c ", "\t\t\t\t", "\x0b   "])
+def test_a_tab_or_form_feed_for_the_entry_date_is_no_entry_date(blanks: str) -> None:
+    # Found by the harness: the entry date may be four blanks; a tab among them reached int() (ValueError).
+    data = MT940.replace(":61:2611021102D15000", f":61:261102{blanks}D15000").encode()
+    [statement] = parse_mt940(data)
+    assert statement.lines[0].booking_date is None and statement.lines[0].amount == -15000
+
+
 def test_a_5000_digit_90d_count_is_refused_with_a_short_message() -> None:
     data = _mt942(f":20:R\n:25:A\n:34F:XOF0,\n:13D:2611021200+0000\n:90D:{'1' * 5000}XOF1,\n")
     _refused(parse_mt940, data, StatementFormatError, r"^line 6: :90D: ")

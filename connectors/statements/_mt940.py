@@ -452,7 +452,8 @@ class _Builder:
                 f":61: {clip(main)!r} (expected YYMMDD[MMDD]D|C|RD|RC[funds code]amount type reference)")
         value_text, entry, mark, funds, amount_text, kind, rest = match.groups()
         value_date = _DATES.get(value_text) or _date(value_text, line)
-        booking = _entry_date(entry, value_date, line) if entry and entry != "    " else None
+        # four blanks (spaces, or a tab or form feed among them) mean no entry date, as four spaces do
+        booking = _entry_date(entry, value_date, line) if entry and not entry.isspace() else None
         amount = _amount(amount_text, line)
         if mark in ("D", "RC"):  # money out: a debit, or the reversal of a credit
             amount = -amount
