@@ -416,8 +416,16 @@ def test_a_report_that_never_comes_leaves_slices_sent_and_a_resubmit_pays_nothin
     keys = [p["idempotency_key"] for p in bank.ledger() if p.get("channel") == "file"]
     assert len(keys) == len(set(keys)) == 20, "executed once: the bank refused the second upload"
     with psycopg.connect(migrated_dsn) as conn:
+        [du01] = conn.execute("SELECT id FROM payment_status_reports WHERE flag = 'duplicate_submission'").fetchone()
+    reapplied = d.ctl_json("files", "reapply", str(du01))  # over the control socket, as an operator
+    assert (reapplied["reapplied_from"], reapplied["flag"], reapplied["applied"]) == (
+        du01, "duplicate_submission", 0), reapplied
+    missing = d.ctl("files", "reapply", "999999")
+    assert missing.returncode == 1 and "not_found" in missing.stderr + missing.stdout
+    with psycopg.connect(migrated_dsn) as conn:
         audited = conn.execute("SELECT action, target, ok FROM molamd_audit WHERE action LIKE 'command:files%'"
-                               ).fetchall()
+                               " ORDER BY id").fetchall()
         again = conn.execute("SELECT upload_attempts, msg_id FROM payment_files WHERE id = %s", (file_id,)).fetchone()
-    assert audited == [("command:files-resubmit", str(file_id), True)]
+    assert audited == [("command:files-resubmit", str(file_id), True), ("command:files-reapply", str(du01), True),
+                       ("command:files-reapply", "999999", False)]
     assert again == (2, shown["msg_id"]), "uploaded twice, the same MsgId"
