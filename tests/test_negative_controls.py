@@ -8,7 +8,8 @@ Two sandbox banks, each with its own ledger and idempotency store, are two chann
 - recovery: the daemon is killed mid-call and comes back with the primary's connector removed from the config.
 
 With the rule kept, the slices wait for their scope and ``assert_no_payment_in_two_ledgers`` (the check
-tests/test_channels.py runs after its SIGKILL storm) passes. With the rule broken (tests/scope_rule_off.py: routing
+tests/test_channels.py runs after its SIGKILL storm) passes. With routing alone broken, the SQL guard of a new
+attempt must still hold them. With the rule broken (tests/scope_rule_off.py: routing
 and recovery ignore the bound scope, the SQL guard of a new attempt is removed and the attempts table's scope
 trigger turned off), the backup pays them too and the same check fails.
 
@@ -63,13 +64,23 @@ def banks() -> Iterator[tuple[Bank, Bank]]:
     backup.close()
 
 
-@pytest.fixture(params=["kept", "broken"])
+@pytest.fixture(params=["kept", "broken", "routing-only"])
 def scope_rule(request: pytest.FixtureRequest, migrated_dsn: str, short_tmp: Path) -> tuple[str, dict[str, str]]:
-    """("kept", {}) or ("broken", the environment of a daemon that breaks it), the trigger off for "broken"."""
+    """("kept", {}), ("broken", the environment of a daemon that breaks it, the trigger off), or ("routing-only":
+    routing ignores the scope, and the SQL guard and the trigger are left to hold the line)."""
     if request.param == "kept":
         return "kept", {}
+    if request.param == "routing-only":
+        return "routing-only", daemon_env(short_tmp, "break_routing")
     disable_trigger(migrated_dsn)
     return "broken", daemon_env(short_tmp)
+
+
+def assert_rule_as_said(d: Any, rule: str) -> None:
+    """The daemon broke what the scenario says it broke (its start-up says so), and nothing else."""
+    logs = d.logs()
+    assert ("routing ignores the bound scope" in logs) == (rule != "kept"), rule
+    assert ("the scope guard of a new attempt removed" in logs) == (rule == "broken"), rule
 
 
 def connectors(primary: Bank, backup: Bank, *, primary_timeout: str, with_primary: bool = True) -> str:
@@ -134,8 +145,10 @@ def test_slices_in_doubt_when_the_primarys_breaker_opens(
     rule, rule_env = scope_rule
     primary, backup = banks
     primary.faults(hang_rate=1.0)
-    config = payout_toml(short_tmp, migrated_dsn, connectors(primary, backup, primary_timeout="500ms"))
+    config = payout_toml(short_tmp, migrated_dsn, connectors(primary, backup, primary_timeout="500ms"),
+                         lease="8s")
     d = daemon_factory(config, env={**env(), **rule_env})
+    assert_rule_as_said(d, rule)
     ids = seed(migrated_dsn, COUNT, max_attempts=1000)
     wait_for(lambda: tried_at_the_primary(migrated_dsn, ids, "in_doubt") == COUNT and primary.ledger(), 30,
              "every slice in doubt at the primary")
@@ -157,13 +170,20 @@ def test_slices_in_doubt_when_the_primarys_breaker_opens(
 
 def test_slices_in_flight_when_the_daemon_dies_and_comes_back_without_the_primary(
     daemon_factory: Any, short_tmp: Path, migrated_dsn: str, banks: tuple[Bank, Bank],
-    scope_rule: tuple[str, dict[str, str]],
+    scope_rule: tuple[str, dict[str, str]], request: pytest.FixtureRequest,
 ) -> None:
     rule, rule_env = scope_rule
+    if rule == "routing-only":
+        request.applymarker(pytest.mark.xfail(strict=True, reason=(
+            "a known gap: Dispatcher._recover records its resend under the slice's bound scope, not the connector's"
+            " (AttemptStart(scope=c.bound_scope or actor.scope)), so when routing hands recovery a connector of"
+            " another scope the SQL guard and the trigger both pass it and the backup pays; with scope=actor.scope"
+            " the guard refuses it. Remove this marker with that fix")))
     primary, backup = banks
     primary.faults(hang_rate=1.0)
     config = payout_toml(short_tmp, migrated_dsn, connectors(primary, backup, primary_timeout="30s"))
     d = daemon_factory(config, env={**env(), **rule_env})
+    assert_rule_as_said(d, rule)
     ids = seed(migrated_dsn, COUNT, max_attempts=1000)
     wait_for(lambda: tried_at_the_primary(migrated_dsn, ids, None) == COUNT and primary.ledger(), 30,
              "every slice in flight at the primary")
