@@ -52,6 +52,9 @@ FILES_KEY = "molam-files"
 PROMETHEUS_PORT = 59090  # --prometheus: a real Prometheus scraping the daemon, with the project's rules
 PROMETHEUS_DIR = Path("/tmp/molamd-demo/prometheus")
 IDLE_TIMEOUT = 600.0
+# The sandbox banks refuse a signed request older than this, so config/molamd.dev.toml's acceptance_window of 90s
+# is the truth about them: a slice whose attempts ran out in doubt is freed (or dead) within minutes, not 10.
+BANK_MAX_SKEW = 60
 LOG_PATH = ROOT / "var" / "molamd.log"
 # Where the daemon's work on a slice ends: final, or unresolved (its bank could not say; a person decides).
 FINAL = ("settled", "failed", "dead", "unresolved")
@@ -217,6 +220,7 @@ def start_bank(port: int, faults: bool, prefix: str, *, statements: Path = SFTP_
          "--events-port", str(port + 1), "--statements-dir", str(statements),
          "--statement-interval", "1", "--statement-account", account, "--statement-prefix", prefix,
          "--secret", BANK_SECRETS[prefix], "--settle-delay", "0.2", "--reject-rate", "0.01",
+         "--max-skew", str(BANK_MAX_SKEW),
          "--faults", json.dumps(mix),
          *(extra or [])],
         stdout=subprocess.PIPE, text=True)

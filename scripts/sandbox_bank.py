@@ -449,6 +449,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--reject-rate", type=float, default=0.0, help="share of payments the bank rejects")
     parser.add_argument("--faults", default="{}", help='JSON, e.g. {"error_rate": 0.2, "hang_rate": 0.05}')
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--max-skew", type=float, default=300.0,
+                        help="seconds a signed request's timestamp may be off: older ones are refused, never executed")
     parser.add_argument("--statements-dir", help="write MT940 statements of settled payments here (an SFTP inbox)")
     parser.add_argument("--statement-interval", type=float, default=2.0, help="seconds between statement files")
     parser.add_argument("--statement-account", default="SN08SN0100152000048500003035")
@@ -462,7 +464,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 async def main_async(args: argparse.Namespace) -> None:
     bank = Bank(key_id=args.key_id, secret=args.secret.encode(), settle_delay=args.settle_delay,
-                reject_rate=args.reject_rate, rng=random.Random(args.seed))
+                reject_rate=args.reject_rate, rng=random.Random(args.seed), max_skew=args.max_skew)
     bank.faults.update(json.loads(args.faults))
     async with trio.open_nursery() as nursery:
         port = await nursery.start(bank.serve, args.host, args.port, args.events_port)

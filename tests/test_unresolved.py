@@ -145,3 +145,15 @@ def test_a_slice_no_file_can_carry_is_dead_only_if_no_earlier_attempt_may_have_r
                                 ([clean, doubt],)).fetchall())
     assert recorded.file is None and set(recorded.refused) == {clean, doubt}
     assert now == {clean: "dead", doubt: "unresolved"}
+
+
+def test_molamctl_resolve_needs_exactly_one_of_paid_and_not_paid(capsys: pytest.CaptureFixture[str]) -> None:
+    from molamd import ctl_parser
+
+    _, cmd, args = ctl_parser.parse(["payouts", "resolve", "7", "--not-paid", "--reason", "ticket 5531"])
+    assert (cmd.wire, args) == ("payouts-resolve", {"id": 7, "not_paid": True, "reason": "ticket 5531"})
+    for argv in (["payouts", "resolve", "7", "--reason", "x"], ["payouts", "resolve", "7", "--paid", "--not-paid"]):
+        with pytest.raises(SystemExit) as exited:
+            ctl_parser.parse(argv)
+        assert exited.value.code == 2
+    assert "give --paid or --not-paid" in capsys.readouterr().err
