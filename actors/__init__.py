@@ -61,6 +61,8 @@ from ._payout_types import StatusOutcome as StatusOutcome
 from ._periodic import Periodic as Periodic
 from ._periodic import RunNow as RunNow
 from ._retry import RetryPolicy as RetryPolicy
+from ._spool import clear_spool as clear_spool
+from ._spool import spool_prefix as spool_prefix
 from ._status_follower import FollowerSettings as FollowerSettings
 from ._status_follower import StatusFollower as StatusFollower
 from ._supervisor import Child as Child

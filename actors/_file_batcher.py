@@ -22,7 +22,6 @@ import datetime as dt
 import hashlib
 import logging
 import os
-import re
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -51,6 +50,7 @@ from . import tracing
 from ._backoff import Backoff
 from ._connector_actor import CallObserver, ConnectorActor, DispatchState
 from ._file_types import FileStore, ReportApplied, ReportIn, Submission, Waiting
+from ._spool import clear_spool, spool_prefix
 
 logger = logging.getLogger("molamd.files")
 Sign = Callable[[str, bytes], bytes]  # (key label, data) -> signature, in the HSM
@@ -90,19 +90,6 @@ class NullFileObserver:
         pass
 
 
-_SPOOLED = re.compile(r"molamd-report-.+-([0-9]+)-[^-]+")  # connector, pid, mkstemp's random part
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's process: alive
-    return True
-
-
 def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
@@ -122,7 +109,7 @@ class FileBatcher(ConnectorActor):
         # Downloads in progress hold bank data: in the daemon's state directory (spool_dir), never a shared
         # temp directory, and what a killed incarnation left there is cleared before any new one is made.
         self._spool = spool_dir or tempfile.gettempdir()
-        self._spool_prefix = f"molamd-report-{config.name}-{os.getpid()}-"
+        self._spool_prefix = spool_prefix("report", config.name)
         self._certificate = b""
         self._cutoff_ahead: dt.datetime | None = None  # the next cutoff as the last look at waiting slices saw it
         self._upload_backoff = Backoff(initial=1.0, maximum=self.options.upload_retry_max.seconds, jitter=0.2)
@@ -139,17 +126,9 @@ class FileBatcher(ConnectorActor):
 
     def _clear_spool(self) -> None:
         """The spool directory made (owner only) if missing, and the report downloads left there by a run that
-        is gone removed (a killed daemon's, named by its pid; this connector's earlier incarnation in this
-        process): such a report is fetched again from the bank's drop. A live daemon's downloads are its own."""
-        os.makedirs(self._spool, mode=0o700, exist_ok=True)
-        for entry in os.scandir(self._spool):
-            found = _SPOOLED.fullmatch(entry.name)
-            if found is None or not entry.is_file(follow_symlinks=False):
-                continue
-            if entry.name.startswith(self._spool_prefix) or not _alive(int(found[1])):
-                os.unlink(entry.path)
-                logger.warning("%s: removed %s, a report download a run that is gone left unfinished", self.name,
-                               entry.path)
+        is gone removed (a killed daemon's; this connector's earlier incarnation in this process): such a report
+        is fetched again from the bank's drop."""
+        clear_spool(self._spool, "report", self._spool_prefix)
 
     def _probe(self) -> None:
         """One file built, signed and verified, never recorded nor sent: the HSM, the key and the certificate

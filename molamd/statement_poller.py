@@ -27,7 +27,7 @@ from typing import Any
 import msgspec
 import trio
 
-from actors import Actor, Backoff, Deferred, Refused
+from actors import Actor, Backoff, Deferred, Refused, clear_spool, spool_prefix
 from connectors import (
     ConnectorError,
     FileChanged,
@@ -43,6 +43,7 @@ from connectors.statements import CsvProfile
 from .db import DatabaseError
 from .logs import log
 from .metrics import Metrics
+from .spool import spool_directory
 from .statements import Ingested, StatementStore
 
 FIRST_RETRY = 5.0  # seconds before the first retry of a failed poll
@@ -98,6 +99,8 @@ class StatementPoller(Actor[PollNow]):
         self.last_error: str | None = None
         self._lock = trio.Lock()
         self._stuck: dict[str, Stuck] = {}
+        self._spool = spool_directory(self.options.spool_dir)
+        self._spool_prefix = spool_prefix("statement", self.name)
         self._skipped_seen: set[tuple[str, str]] = set()
         self._last_file_known = False  # the last parsed file's time is read from the database once
         metrics.statement_expected_every.labels(self.name).set(self.options.expected_every.seconds)
@@ -110,6 +113,9 @@ class StatementPoller(Actor[PollNow]):
         self._errors = Backoff(initial=min(interval, worst, FIRST_RETRY), maximum=max(interval, worst), jitter=0.2)
 
     async def setup(self) -> None:
+        # Downloads hold a bank's statement: in the daemon's state directory, never the shared temp directory,
+        # and what a killed run left there is cleared first (the file is still in the bank's drop).
+        await trio.to_thread.run_sync(clear_spool, self._spool, "statement", self._spool_prefix)
         self.nursery.start_soon(self._poll_forever)
 
     async def teardown(self) -> None:
@@ -221,8 +227,8 @@ class StatementPoller(Actor[PollNow]):
         return ready
 
     async def _take(self, remote: RemoteFile) -> dict[str, Any]:
-        fd, path = tempfile.mkstemp(prefix=f"molamd-{self.name}-", suffix=".part",
-                                    dir=self.options.spool_dir or None)
+        os.makedirs(self._spool, mode=0o700, exist_ok=True)  # setup made it; a state directory can be cleaned
+        fd, path = tempfile.mkstemp(prefix=self._spool_prefix, suffix=".part", dir=self._spool)
         os.close(fd)
         try:
             started = time.monotonic()

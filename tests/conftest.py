@@ -301,7 +301,8 @@ class DaemonProcess:
         self.config.write_text(config_text)
         self.socket = str(directory / "control.sock")
         self.log_path = directory / "daemon.log"
-        self.env = {**os.environ, **(env or {})}
+        # the daemon's state (report and statement spools) in the test's directory, as StateDirectory= gives it
+        self.env = {**os.environ, "STATE_DIRECTORY": str(directory / "state"), **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
         self.wrapper: list[str] = []  # e.g. setpriv ... to run the daemon as another user
         self.ctl_subprocess = False  # True: every molamctl a process of its own (tests of the CLI itself)

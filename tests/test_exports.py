@@ -19,7 +19,7 @@ EXPECTED = {
         "Supervisor", "SupervisorError", "SupervisorEvent", "UnknownChild", "describe_error",
         "AttemptOutcome", "AttemptStart", "Deferred", "NOT_REACHED", "Route",
         "Build", "FileBatcher", "FileObserver", "FileStore", "Recorded", "ReportApplied", "ReportIn", "Submission",
-        "Waiting",
+        "Waiting", "clear_spool", "spool_prefix",
     },
     "connectors": {
         "AnyConnectorConfig", "Auth", "BadResponse", "BankConnector", "BreakerConfig", "Busy", "CallContext",
