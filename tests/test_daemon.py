@@ -6,6 +6,7 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,13 @@ class NotifyListener:
         self.sock.close()
 
 
+def _wait_until(predicate: Callable[[], bool], what: str, detail: Callable[[], object], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"no {what} within {timeout:g}s: {detail()}"
+        time.sleep(0.05)
+
+
 @pytest.fixture
 def notify(short_tmp: Path) -> Any:
     listener = NotifyListener(short_tmp)
@@ -80,11 +88,13 @@ def test_sd_notify_lifecycle(daemon_factory: Any, notify: NotifyListener) -> Non
 
 def test_sigterm_drains_and_exits_zero_within_grace(daemon_factory: Any) -> None:
     d = daemon_factory(connectors=CONNECTORS, grace="5s")
-    start = time.monotonic()
-    assert d.stop(timeout=10) == 0
-    assert time.monotonic() - start < 5
+    # Within the grace is the daemon's own measure (trio's clock around the drain): past it, it cancels what is
+    # left and says so. The wall-clock bound only catches a process that does not exit once drained: the 5 s
+    # grace, plus 15 s for tracing's flush and the interpreter's exit on a loaded 2-core machine.
+    assert d.stop(timeout=20) == 0
     messages = [e["message"] for e in d.log_entries()]
     assert "draining" in messages and messages[-1] == "stopped"
+    assert "shutdown grace elapsed; cancelling what is left" not in messages, "drained within the grace"
     stopped = [e["fields"]["supervisor"] + "/" + e["actor"] for e in d.log_entries() if e["message"] == "actor stopped"]
     assert stopped.index("connectors/beta") < stopped.index("connectors/alpha"), "reverse start order"
     assert stopped[-1] == "molamd/database", "the database goes last"
@@ -92,17 +102,19 @@ def test_sigterm_drains_and_exits_zero_within_grace(daemon_factory: Any) -> None
 
 
 def test_sigterm_during_startup(daemon_factory: Any) -> None:
-    slow = connector_toml("slow", latency="30s")
+    slow = connector_toml("slow", latency="60s")  # its open() takes 60 s: the start-up cannot finish first
     d = daemon_factory(connectors=CONNECTORS + slow, start=False)
     d.start(wait=False)
     deadline = time.monotonic() + 15
     while not any(e.get("actor") == "beta" for e in d.log_entries()):
         assert time.monotonic() < deadline, d.logs()
         time.sleep(0.05)
-    start = time.monotonic()
-    assert d.stop(timeout=10) == 0
-    assert time.monotonic() - start < 5
-    assert any(e["message"] == "stop requested during start-up" for e in d.log_entries())
+    # The contract: the start is abandoned, not finished and then drained. Finishing it takes the slow
+    # connector's 60 s; any exit well before that is an abandoned start. 30 s (stop's timeout) leaves half of it
+    # for a loaded 2-core machine and still tells the two apart.
+    assert d.stop(timeout=30) == 0
+    messages = [e["message"] for e in d.log_entries()]
+    assert "stop requested during start-up" in messages and "molamd ready" not in messages
 
 
 def test_sighup_during_a_reload(daemon_factory: Any, notify: NotifyListener) -> None:
@@ -111,13 +123,20 @@ def test_sighup_during_a_reload(daemon_factory: Any, notify: NotifyListener) -> 
     for _ in range(5):
         d.signal(signal.SIGHUP)
     assert d.ctl("reload").returncode == 0
+    # One more SIGHUP, with a connector added to the file: its reload is seen by what it applies (a sleep is
+    # outlasted by a reload on a loaded machine), and then every RELOADING=1 by its READY=1.
+    d.config.write_text(d.config.read_text() + connector_toml("gamma"))
     d.signal(signal.SIGHUP)
-    time.sleep(0.5)
+    _wait_until(lambda: d.ctl("connector", "gamma").returncode == 0, "the last SIGHUP's reload", d.logs)
+
+    def count(key: str) -> int:
+        return sum(1 for _, f in list(notify.messages) if f.get(key) == "1")
+
+    _wait_until(lambda: count("READY") == count("RELOADING") + 1, "a READY=1 after every RELOADING=1",
+                lambda: notify.messages)
     assert d.ctl_json("status")["last_reload"]["ok"] is True
     assert d.ctl_json("connector", "alpha")["incarnation"] == before
-    readies = sum(1 for _, f in notify.messages if f.get("READY") == "1")
-    reloadings = sum(1 for _, f in notify.messages if f.get("RELOADING") == "1")
-    assert reloadings >= 2 and readies == reloadings + 1
+    assert count("RELOADING") >= 2
     assert d.stop() == 0
 
 
