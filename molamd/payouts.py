@@ -393,7 +393,7 @@ def show(conn: Any, slice_id: int) -> dict[str, Any]:
     found = dict_rows(
         conn, "SELECT s.id, s.payout_id, s.status, s.amount::text AS amount, s.currency, s.rail,"
         " t.bank_profile_id AS bank_profile, s.idempotency_key, s.bound_scope, s.bound_at, s.connector_name,"
-        " s.provider_ref, s.attempts, s.max_attempts, s.last_error, s.next_attempt_at, s.created_at,"
+        " s.provider_ref, s.attempts, s.max_attempts, s.status_checks, s.last_error, s.next_attempt_at, s.created_at,"
         " s.sent_at, s.final_at FROM payout_slices s JOIN treasury_accounts t ON t.id = s.treasury_account_id"
         " WHERE s.id = %s", [slice_id])
     if not found:

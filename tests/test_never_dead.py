@@ -75,7 +75,8 @@ def test_a_bank_that_executes_and_never_answers_leaves_no_slice_dead(
     for _status, key, attempts, checks, error in _slices(migrated_dsn, silent).values():
         assert key in executed and 1 <= attempts <= 3, (key, attempts, checks)
         assert error is not None and "may have been paid" in error and "lookup in scope" in error
-    assert d.ctl_json("payouts", "show", str(silent[0]))["status"] == "unresolved"
+    shown = d.ctl_json("payouts", "show", str(silent[0]))
+    assert shown["status"] == "unresolved" and shown["status_checks"] >= 1, "the lookups are counted and shown"
     assert {r["id"] for r in d.ctl_json("payouts", "in-doubt")} >= set(silent), "unresolved slices are in doubt"
     wait_for(lambda: "molamd_payout_slices_unresolved 6.0" in _metrics(port), 10, "the unresolved gauge")
     assert_paid_once(migrated_dsn, bank)
