@@ -615,3 +615,38 @@ async def test_a_conflict_on_a_key_the_bank_holds_is_looked_up_not_dead(
     row = store.rows[1]
     assert row.status == "sent" and row.provider_ref == "A-1", "the bank's lookup says it has it"
     assert b.calls == 0 and store.paid(a, b) == {"molam-slice-1": 1}
+
+
+async def test_a_recovered_slice_whose_scope_cannot_say_past_the_window_is_unresolved(
+    autojump_clock: trio.testing.MockClock, banks: tuple[FakeBank, FakeBank]
+) -> None:
+    a, b = banks
+    a.status_mode = "error"
+    store = MemoryStore()
+    # A crash left its first attempt open 100s ago: past the 60s window and the 30s grace, and A cannot say.
+    store.add(1, status="sending", lease_until=-1.0, connector="primary", attempts=1,
+              bound_scope="primary-scope", bound_at=-100.0)
+    primary, backup = actor("primary", a, 10), actor("backup", b, 20)
+    async with looking(store, Routes([primary, backup], window=60.0)):
+        await trio.sleep(20)
+    row = store.rows[1]
+    assert row.status == "unresolved" and row.bound_scope == "primary-scope", "not left waiting for ever"
+    assert "recovery lookup" in (row.last_error or "") and a.calls == 0 and b.calls == 0
+
+
+async def test_attempts_exhausted_and_the_scope_unavailable_end_unresolved_not_waiting_for_ever(
+    autojump_clock: trio.testing.MockClock, banks: tuple[FakeBank, FakeBank]
+) -> None:
+    a, b = banks
+    store = MemoryStore()
+    store.add(1, status="retry_scheduled", connector="primary", attempts=3, max_attempts=3,
+              bound_scope="primary-scope", bound_at=0.0)
+    primary, backup = actor("primary", a, 10), actor("backup", b, 20)
+    primary.breaker.force_open()  # nobody can ask the scope
+    async with looking(store, Routes([primary, backup], window=60.0)):
+        await trio.sleep(60)
+        row = store.rows[1]
+        assert row.status == "retry_scheduled" and row.lookups >= 1, "waits for its scope, up to the window"
+        await trio.sleep(60)
+    assert row.status == "unresolved" and "no connector of idempotency scope" in (row.last_error or "")
+    assert a.calls == 0 and b.calls == 0 and a.lookups == 0
