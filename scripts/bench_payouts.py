@@ -93,7 +93,7 @@ def seed(conn: Any, count: int, tag: str) -> None:
 
 def done_count(conn: Any) -> int:
     return int(conn.execute("SELECT count(*) FROM payout_slices WHERE status IN ('sent', 'settled', 'failed',"
-                            " 'dead')").fetchone()[0])
+                            " 'dead', 'unresolved')").fetchone()[0])
 
 
 def wait_until(predicate: Any, timeout: float) -> None:
