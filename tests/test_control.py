@@ -5,8 +5,10 @@ from __future__ import annotations
 import errno
 import json
 import os
+import queue
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -127,15 +129,26 @@ def test_watch_streams_lifecycle_and_reload_events(daemon_factory: Any) -> None:
     watcher = subprocess.Popen(
         [MOLAMCTL, "--socket", d.socket, "--json", "watch"], stdout=subprocess.PIPE, text=True
     )
+    lines: queue.Queue[str] = queue.Queue()
+    stdout = watcher.stdout
+    assert stdout is not None
+    threading.Thread(target=lambda: [lines.put(line) for line in stdout], daemon=True).start()
     try:
-        time.sleep(0.5)
+        # The events below are published once the watch is subscribed (the daemon counts its watchers), not after
+        # a sleep that a loaded machine outlasts and the events then go unseen.
+        deadline = time.monotonic() + 15
+        while d.ctl_json("stats")["watchers"] < 1:
+            assert watcher.poll() is None and time.monotonic() < deadline, "the watch never subscribed"
+            time.sleep(0.05)
         assert d.ctl("restart", "gamma").returncode == 0
         assert d.ctl("reload").returncode == 0
-        events = []
+        events: list[dict[str, Any]] = []
         deadline = time.monotonic() + 10
-        assert watcher.stdout is not None
-        while time.monotonic() < deadline and not any(e.get("phase") == "done" for e in events):
-            events.append(json.loads(watcher.stdout.readline()))
+        while not any(e.get("phase") == "done" for e in events):
+            try:
+                events.append(json.loads(lines.get(timeout=max(deadline - time.monotonic(), 0.01))))
+            except queue.Empty:
+                raise AssertionError(f"no reload done within 10 s; events: {events}") from None
         kinds = [(e["type"], e.get("actor"), e.get("event") or e.get("phase")) for e in events]
         assert ("actor", "gamma", "stopped") not in kinds  # a restart is not a removal
         assert ("actor", "gamma", "started") in kinds
