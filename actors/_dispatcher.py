@@ -333,15 +333,11 @@ class Dispatcher(Actor[Wake]):
             return Outcome(slice_id=sid, kind=OutcomeKind.RELEASE, connector=actor.name,
                            delay=self.settings.release_delay, error=f"not sent: {_describe(exc)}",
                            attempt=AttemptOutcome.REFUSED)
-        if not exc.reached:
-            if exc.retryable and not isinstance(exc, RateLimited):
-                # Nothing left us (busy, breaker open, connection refused): not an attempt; routed afresh later.
-                return Outcome(slice_id=sid, kind=OutcomeKind.RELEASE, connector=actor.name,
-                               delay=self.settings.release_delay, error=f"not sent: {_describe(exc)}",
-                               attempt=AttemptOutcome.NOT_SENT)
-            if not exc.retryable:
-                return Outcome(slice_id=sid, kind=OutcomeKind.DEAD, connector=actor.name,
-                               error=f"attempt {attempt}: {_describe(exc)}", attempt=AttemptOutcome.REFUSED)
+        if not exc.reached and exc.retryable and not isinstance(exc, RateLimited):
+            # Nothing left us (busy, breaker open, connection refused): not an attempt; routed afresh later.
+            return Outcome(slice_id=sid, kind=OutcomeKind.RELEASE, connector=actor.name,
+                           delay=self.settings.release_delay, error=f"not sent: {_describe(exc)}",
+                           attempt=AttemptOutcome.NOT_SENT)
         outcome = AttemptOutcome.IN_DOUBT if exc.reached else AttemptOutcome.REFUSED
         # May a bank have it after this attempt? This one may have reached it, or an earlier one did.
         bound = exc.reached or c.bound_scope is not None

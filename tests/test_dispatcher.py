@@ -47,6 +47,7 @@ from connectors import (
     RateLimited,
     SendResult,
     ServerError,
+    Validation,
 )
 from connectors._contract import LimitsConfig
 
@@ -101,6 +102,8 @@ class FakeConnector:
             raise RateLimited(self.name, "HTTP 429", retry_after=1e9)
         if bank.mode == "conflict":
             raise IdempotencyConflict(self.name, "HTTP 409: this key was used with a different request")
+        if bank.mode == "invalid":
+            raise Validation(self.name, "HTTP 400: creditor account is not an IBAN")
         try:
             await trio.sleep(0.01)
             if bank.mode == "hang":
@@ -650,3 +653,18 @@ async def test_attempts_exhausted_and_the_scope_unavailable_end_unresolved_not_w
         await trio.sleep(60)
     assert row.status == "unresolved" and "no connector of idempotency scope" in (row.last_error or "")
     assert a.calls == 0 and b.calls == 0 and a.lookups == 0
+
+
+async def test_a_refusal_now_does_not_make_dead_a_slice_an_earlier_attempt_may_have_put_in_the_bank(
+    autojump_clock: trio.testing.MockClock, banks: tuple[FakeBank, FakeBank]
+) -> None:
+    a, b = banks
+    a.execute("molam-slice-1")  # the first attempt timed out, executed; the bank now answers 400 to the retry
+    a.mode = "invalid"
+    store, primary, backup = one_slice_two_channels(a, b)
+    store.rows[1].bound_scope, store.rows[1].attempts = "primary-scope", 1
+    async with looking(store, Routes([primary, backup], window=60.0)):
+        await trio.sleep(5)
+    row = store.rows[1]
+    assert row.status == "sent" and row.provider_ref == "A-1", "looked up: the bank has it"
+    assert b.calls == 0 and store.paid(a, b) == {"molam-slice-1": 1}
