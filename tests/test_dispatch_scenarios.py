@@ -25,7 +25,7 @@ import trio.testing
 
 from actors import AttemptOutcome, Backoff, ConnectorActor, Dispatcher, DispatcherSettings, PayoutStore
 from connectors import Duration, NullConfig, decode_hook
-from connectors._contract import LimitsConfig
+from connectors._contract import BreakerConfig, LimitsConfig
 from molamd import db, payouts
 from molamd.config import DatabaseSection
 from molamd.metrics import Metrics
@@ -208,9 +208,11 @@ def banks() -> tuple[FakeBank, FakeBank]:
     return FakeBank("A"), FakeBank("B")
 
 
-def actor(name: str, bank: FakeBank, priority: int, scope: str | None = None) -> ConnectorActor:
+def actor(name: str, bank: FakeBank, priority: int, scope: str | None = None, *,
+          breaker: BreakerConfig | None = None) -> ConnectorActor:
     config = NullConfig(name=name, bank_profile="bank", priority=priority,
-                        idempotency_scope=scope or f"{name}-scope", limits=LimitsConfig(call_timeout=Duration("1s")))
+                        idempotency_scope=scope or f"{name}-scope", limits=LimitsConfig(call_timeout=Duration("1s")),
+                        breaker=breaker or BreakerConfig())
     return ConnectorActor(config, FakeConnector(name, bank))  # type: ignore[arg-type]
 
 
@@ -342,13 +344,18 @@ async def test_a_scope_frees_a_slice_only_when_it_says_not_found_past_its_accept
 ) -> None:
     a, b = banks
     a.mode = "hang"  # a resend inside the window hangs before executing: still the primary's, nothing to B
-    primary, backup = actor("primary", a, 10), actor("backup", b, 20)
+    # Its refused sends must not open its breaker: the scenario is about the window, not about waiting for it.
+    primary = actor("primary", a, 10, breaker=BreakerConfig(minimum_calls=10**6))
+    backup = actor("backup", b, 20)
     n = await rig.add(sending=("primary", "primary-scope"))
     async with dispatching(rig, [primary, backup], window=3.0):
         async def resent() -> bool:
             return a.calls >= 1
 
         await rig.until(resent, "NOT_FOUND inside the window: sent again in the same scope")
+        # The fake bank reads its mode 10 ms into a call: let the resend get past that and hang (it times out
+        # after 1 s), so the new mode below cannot make it execute.
+        await trio.sleep(0.2)
         assert await rig.released() == [] and b.calls == 0
         a.mode = "refuse"  # from now the primary takes no send, but answers lookups: NOT_FOUND
 
