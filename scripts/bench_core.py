@@ -1,7 +1,8 @@
 """Daemon core benchmark: N null connectors; start to READY, RSS, a one-connector reload, status round trips.
 
 Targets (issue "Daemon core", N = 1000): READY <= 3 s, RSS <= 150 MB, reload <= 100 ms with 0 other actors
-restarted, `status` round trip p99 <= 10 ms idle.
+restarted, `status` round trip p99 <= 10 ms idle, and while half-open connections are held (tests check only
+that they stall nothing, not how fast: this is the figure).
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ class Figures:
     restarted: list[str]
     others_restarted = 0
     status_ms: list[float]
+    status_held_ms: list[float]
     cli_ms = 0.0
 
 
@@ -115,6 +117,27 @@ def measure_status(client: Client, requests: int, socket_path: str, figures: Fig
     figures.cli_ms = (time.perf_counter() - t) * 1000
 
 
+def measure_status_held(client: Client, requests: int, socket_path: str, figures: Figures, held: int = 4) -> None:
+    """The same round trips while ``held`` connections sit half-open (a request begun, never finished)."""
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(held):
+            s = socket.socket(socket.AF_UNIX)
+            sockets.append(s)
+            s.settimeout(30)
+            s.connect(socket_path)
+            s.makefile("rb").readline()  # the hello
+            s.sendall(b'{"cmd": "sta')
+        figures.status_held_ms = []
+        for _ in range(requests):
+            t = time.perf_counter()
+            client.request("status", {})
+            figures.status_held_ms.append((time.perf_counter() - t) * 1000)
+    finally:
+        for s in sockets:
+            s.close()
+
+
 def report(connectors: int, f: Figures) -> None:
     p99 = percentile(f.status_ms, 0.99)
     print(f"molamd core benchmark: {connectors} null connectors, {os.cpu_count()} cores")
@@ -126,6 +149,9 @@ def report(connectors: int, f: Figures) -> None:
     p50 = statistics.median(f.status_ms)
     print(f"status round trip over the socket, {len(f.status_ms)} requests: p50 {p50:.2f} ms,"
           f" p99 {p99:.2f} ms, max {max(f.status_ms):.2f} ms (target p99 <= 10 ms)")
+    held = f.status_held_ms
+    print(f"  the same with 4 half-open connections held: p50 {statistics.median(held):.2f} ms,"
+          f" p99 {percentile(held, 0.99):.2f} ms, max {max(held):.2f} ms")
     print(f"one `molamctl status` process, start to exit: {f.cli_ms:.1f} ms (includes Python start-up)")
     print(json.dumps({"ready_s": round(f.ready_s, 3), "rss_mb": round(f.rss_mb, 1), "reload_ms": round(f.reload_ms, 2),
                       "others_restarted": f.others_restarted, "status_p99_ms": round(p99, 3)}))
@@ -157,6 +183,7 @@ def run_bench(args: argparse.Namespace, work: Path, cluster: Cluster) -> None:
         measure_reload(client, cfg, config_text(work, cluster.dsn(), args.connectors, changed=changed), changed,
                        figures)
         measure_status(client, args.requests, str(work / "control.sock"), figures)
+        measure_status_held(client, args.requests, str(work / "control.sock"), figures)
         client.close()
         report(args.connectors, figures)
     finally:

@@ -123,7 +123,7 @@ path, count = sys.argv[1], int(sys.argv[2])
 held, refused = [], []
 for _ in range(count):
     s = socket.socket(socket.AF_UNIX)
-    s.settimeout(10)
+    s.settimeout(120)  # longer than any idle_timeout here: the server closes first
     s.connect(path)
     r = s.makefile("rb")
     first = json.loads(r.readline())
@@ -133,24 +133,65 @@ for _ in range(count):
     else:
         refused.append(first["error"]["code"])
 print(json.dumps({"held": len(held), "refused": refused}), flush=True)
-closed = []
+closed, at = [], None
 for s, r in held:
     line = r.readline()
+    at = at or time.monotonic()  # when the first held connection ended (one clock for every process)
     closed.append(json.loads(line)["error"]["code"] if line else "eof")
-print(json.dumps({"closed": closed}), flush=True)
+print(json.dumps({"closed": closed, "at": at}), flush=True)
+"""
+
+# Started before the socket fills up, so that its Python start-up is not what is timed: one status request per
+# line read from stdin, answered with the moment (time.monotonic) the reply came.
+PROBER = """
+import json, socket, sys, time
+for _ in sys.stdin:
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(30)
+        s.connect(sys.argv[1])
+        r = s.makefile("rb")
+        first = json.loads(r.readline())
+        if "hello" in first:
+            s.sendall(b'{"id": 1, "cmd": "status"}\\n')
+            first = json.loads(r.readline())
+    print(json.dumps({"reply": first, "at": time.monotonic()}), flush=True)
 """
 
 
-def hold(user: str, socket: str, count: int) -> subprocess.Popen[str]:
+def hold(user: str, socket: str, count: int) -> subprocess.Popen[bytes]:
+    return _python_as(user, HOLDER, socket, str(count))
+
+
+def prober(user: str, socket: str) -> subprocess.Popen[bytes]:
+    return _python_as(user, PROBER, socket)
+
+
+def probe(proc: subprocess.Popen[bytes]) -> Any:
+    assert proc.stdin is not None
+    proc.stdin.write(b"go\n")
+    return first_line(proc)
+
+
+def _python_as(user: str, script: str, *args: str) -> subprocess.Popen[bytes]:
+    """``script`` as ``user``, its pipes unbuffered: a line read is never more than that line (still_holding
+    looks at the pipe itself)."""
     python = as_any_user("molamctl")[0]
-    return subprocess.Popen(["runuser", "-u", user, "--", python, "-c", HOLDER, socket, str(count)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env_for_any_user())
+    return subprocess.Popen(["runuser", "-u", user, "--", python, "-c", script, *args], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0, env=env_for_any_user())
 
 
-def first_line(proc: subprocess.Popen[str]) -> Any:
+def still_holding(proc: subprocess.Popen[bytes]) -> bool:
+    """Whether a holder keeps every connection it got: alive, and no line yet about their end."""
+    import select
+
+    assert proc.stdout is not None
+    return proc.poll() is None and not select.select([proc.stdout], [], [], 0)[0]
+
+
+def first_line(proc: subprocess.Popen[bytes]) -> Any:
     assert proc.stdout is not None
     line = proc.stdout.readline()
-    assert line, proc.stderr.read() if proc.stderr else ""
+    assert line, proc.stderr.read().decode(errors="replace") if proc.stderr else ""
     return json.loads(line)
 
 
@@ -163,6 +204,7 @@ def test_half_open_readers_cannot_lock_root_out(daemon_factory: Any, users: User
         max_clients_per_uid = 6
         idle_timeout = "3s"
         """))
+    operator = prober(users.operator, d.socket)
     first = hold(users.reader, d.socket, 64)
     second = hold(users.reader2, d.socket, 64)
     try:
@@ -170,46 +212,52 @@ def test_half_open_readers_cannot_lock_root_out(daemon_factory: Any, users: User
         assert one["held"] + two["held"] == 8, (one, two)  # 12 clients, 4 kept for operators
         assert max(one["held"], two["held"]) <= 6  # per uid
         assert set(one["refused"] + two["refused"]) == {"busy"}
-        # root and the operator group still get in, at once
-        for user in ("root", users.operator):
-            started = time.monotonic()
-            status = ctl_as(user, d.socket, "status")
-            assert status.returncode == 0, status.stderr
-            assert time.monotonic() - started < 2.0
+        # Root and the operator group still get in, at once: while the readers hold every connection they could
+        # get, not once their idle_timeout has freed them (told by the order of the two, not by a bound).
+        status = d.ctl("status")
+        assert status.returncode == 0, status.stderr
+        answered = [time.monotonic()]
+        probed = probe(operator)
+        assert probed["reply"]["ok"] is True, probed
+        answered.append(probed["at"])
         assert d.ctl("reload").returncode == 0
         # Past idle_timeout every half-open connection is closed with a reason.
-        assert first_line(first)["closed"] == ["timeout"] * one["held"]
-        assert first_line(second)["closed"] == ["timeout"] * two["held"]
+        closed_one, closed_two = first_line(first), first_line(second)
+        assert closed_one["closed"] == ["timeout"] * one["held"]
+        assert closed_two["closed"] == ["timeout"] * two["held"]
+        assert max(answered) < min(closed_one["at"], closed_two["at"]), "answered while the readers held on"
     finally:
-        first.kill()
-        second.kill()
+        for proc in (operator, first, second):
+            proc.kill()
     refusals = [e for e in d.log_entries() if e["message"] == "control peer refused"]
     assert 1 <= len(refusals) <= 2, "refused peers are logged at a bounded rate, not one line each"
     assert d.stop() == 0
 
 
-def test_status_answers_within_100ms_while_readers_hold_connections(daemon_factory: Any, users: Users) -> None:
-    d = daemon_factory(connectors=CONNECTORS, control_extra=f'readonly_group = "{users.read}"\nidle_timeout = "5s"')
+def test_status_answers_while_readers_hold_connections(daemon_factory: Any, users: Users) -> None:
+    """Half-open connections stall nobody: status is answered while they are all still held. A server they
+    stalled would answer only once their 60 s idle_timeout closed them; the 30 s client timeout tells the two
+    apart on any machine. (How fast it answers is a figure of scripts/bench core, not a test.)"""
+    d = daemon_factory(connectors=CONNECTORS, control_extra=f'readonly_group = "{users.read}"\nidle_timeout = "60s"')
     holder = hold(users.reader, d.socket, 8)
     try:
         assert first_line(holder)["held"] == 8
-        best = min(_timed_status(d.socket) for _ in range(5))
-        assert best < 0.1, f"status took {best * 1000:.0f} ms"
+        for _ in range(5):
+            _status(d.socket)
+        assert still_holding(holder), "the eight half-open connections were held throughout"
     finally:
         holder.kill()
     assert d.stop() == 0
 
 
-def _timed_status(path: str) -> float:
+def _status(path: str) -> None:
     import socket
 
-    started = time.monotonic()
     with socket.socket(socket.AF_UNIX) as s:
-        s.settimeout(5)
+        s.settimeout(30)
         s.connect(path)
         r = s.makefile("rb")
         r.readline()
         s.sendall(b'{"id": 1, "cmd": "status"}\n')
         assert json.loads(r.readline())["ok"] is True
-    return time.monotonic() - started
 
