@@ -432,7 +432,8 @@ class Dispatcher(Actor[Wake]):
         if actor.batches:
             # A slice of a file channel is in a file only once it is 'sent': one found before that was never in
             # a file, so it goes (back) to the batcher, in the same scope.
-            start = AttemptStart(slice_id=c.slice.id, connector=actor.name, scope=scope, trace_id=uuid.uuid4().hex)
+            start = AttemptStart(slice_id=c.slice.id, connector=actor.name, scope=actor.scope,
+                                 trace_id=uuid.uuid4().hex)
             if c.slice.id in await self._start_attempts([start]):
                 await self._send(c, [actor])
             return
@@ -458,7 +459,8 @@ class Dispatcher(Actor[Wake]):
         window = self._router.acceptance_window(scope)
         if c.bound_age < window:
             # The bank does not have it yet, but an old request may still arrive: send again in the same scope.
-            start = AttemptStart(slice_id=c.slice.id, connector=actor.name, scope=scope, trace_id=uuid.uuid4().hex)
+            start = AttemptStart(slice_id=c.slice.id, connector=actor.name, scope=actor.scope,
+                                 trace_id=uuid.uuid4().hex)
             if c.slice.id in await self._start_attempts([start]):
                 await self._send(c, [actor])
             return

@@ -173,12 +173,6 @@ def test_slices_in_flight_when_the_daemon_dies_and_comes_back_without_the_primar
     scope_rule: tuple[str, dict[str, str]], request: pytest.FixtureRequest,
 ) -> None:
     rule, rule_env = scope_rule
-    if rule == "routing-only":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            "a known gap: Dispatcher._recover records its resend under the slice's bound scope, not the connector's"
-            " (AttemptStart(scope=c.bound_scope or actor.scope)), so when routing hands recovery a connector of"
-            " another scope the SQL guard and the trigger both pass it and the backup pays; with scope=actor.scope"
-            " the guard refuses it. Remove this marker with that fix")))
     primary, backup = banks
     primary.faults(hang_rate=1.0)
     config = payout_toml(short_tmp, migrated_dsn, connectors(primary, backup, primary_timeout="30s"))
