@@ -24,7 +24,7 @@ import trio
 import trio.testing
 
 from actors import AttemptOutcome, Backoff, ConnectorActor, Dispatcher, DispatcherSettings, PayoutStore
-from connectors import Duration, NullConfig, decode_hook
+from connectors import Duration, NullConfig, PaymentState, decode_hook
 from connectors._contract import BreakerConfig, LimitsConfig
 from molamd import db, payouts
 from molamd.config import DatabaseSection
@@ -34,7 +34,8 @@ from molamd.payouts import PayoutStore as PostgresStore
 from tests.test_dispatcher import FakeBank, FakeConnector, MemoryStore, Routes, Row
 
 SETTINGS = DispatcherSettings(lease=30.0, idle_poll=0.05, call_timeout=10.0, release_delay=0.1,
-                              flush_interval=0.01, retry_backoff=Backoff(initial=0.1, maximum=0.3, jitter=0.0))
+                              flush_interval=0.01, retry_backoff=Backoff(initial=0.1, maximum=0.3, jitter=0.0),
+                              lookup_backoff=Backoff(initial=0.1, maximum=0.3, jitter=0.0), lookup_grace=1.0)
 IN_DOUBT_AT_PRIMARY = "in doubt in idempotency scope 'primary-scope'"
 GONE_OWNER = 1  # the advisory lock key of a crashed incarnation: nobody holds it
 
@@ -47,6 +48,7 @@ class View(msgspec.Struct, frozen=True, kw_only=True):
     connector: str | None
     provider_ref: str | None
     attempts: int
+    lookups: int  # status lookups once its attempts ran out (status_checks in PostgreSQL)
     last_error: str | None
 
 
@@ -62,7 +64,7 @@ class Rig:
     store: PayoutStore
     timeout = 20.0
 
-    async def add(self, *, sending: tuple[str, str] | None = None) -> int:
+    async def add(self, *, sending: tuple[str, str] | None = None, max_attempts: int = 8) -> int:
         """A pending slice, or (``sending`` = (connector, scope)) one a crashed daemon left mid-call: status
         sending, bound to the scope, its attempt open, its owner gone. Returns its id."""
         raise NotImplementedError
@@ -100,14 +102,14 @@ class MemoryRig(Rig):
         self.store = self.memory
         self._ids = iter(range(1, 1000))
 
-    async def add(self, *, sending: tuple[str, str] | None = None) -> int:
+    async def add(self, *, sending: tuple[str, str] | None = None, max_attempts: int = 8) -> int:
         slice_id = next(self._ids)
         if sending is None:
-            self.memory.add(slice_id)
+            self.memory.add(slice_id, max_attempts=max_attempts)
         else:
             connector, scope = sending
             self.memory.add(slice_id, status="sending", lease_until=-1.0, connector=connector, bound_scope=scope,
-                            bound_at=trio.current_time(), attempts=1)
+                            bound_at=trio.current_time(), attempts=1, max_attempts=max_attempts)
             self.memory.attempts.append({"slice": slice_id, "connector": connector, "scope": scope,
                                          "outcome": None, "before": (None, 0.0)})
         return slice_id
@@ -115,7 +117,7 @@ class MemoryRig(Rig):
     async def view(self, slice_id: int) -> View:
         r = self.memory.rows[slice_id]
         return View(status=r.status, bound_scope=r.bound_scope, connector=r.connector, provider_ref=r.provider_ref,
-                    attempts=r.attempts, last_error=r.last_error)
+                    attempts=r.attempts, lookups=r.lookups, last_error=r.last_error)
 
     async def attempts(self, slice_id: int) -> list[Attempt]:
         return [Attempt(a["connector"], a["scope"], None if a["outcome"] is None else str(a["outcome"]))
@@ -143,11 +145,11 @@ class PostgresRig(Rig):
 
         return await trio.to_thread.run_sync(run)
 
-    async def add(self, *, sending: tuple[str, str] | None = None) -> int:
+    async def add(self, *, sending: tuple[str, str] | None = None, max_attempts: int = 8) -> int:
         [(slice_id,)] = await self._query(
             "INSERT INTO payout_slices (payout_id, treasury_account_id, amount, currency, rail, beneficiary_name,"
-            " beneficiary_account) VALUES ('p-' || clock_timestamp(), %s, %s, 'XOF', 'ach', 'Awa', 'SN08')"
-            " RETURNING id", self.account, Decimal(5000))
+            " beneficiary_account, max_attempts) VALUES ('p-' || clock_timestamp(), %s, %s, 'XOF', 'ach', 'Awa',"
+            " 'SN08', %s) RETURNING id", self.account, Decimal(5000), max_attempts)
         if sending is not None:
             connector, scope = sending
             await self._query("UPDATE payout_slices SET status = 'claimed', claimed_by = 'gone#1', claim_owner = %s,"
@@ -160,10 +162,10 @@ class PostgresRig(Rig):
         return int(slice_id)
 
     async def view(self, slice_id: int) -> View:
-        [row] = await self._query("SELECT status, bound_scope, connector_name, provider_ref, attempts, last_error"
-                                  " FROM payout_slices WHERE id = %s", slice_id)
+        [row] = await self._query("SELECT status, bound_scope, connector_name, provider_ref, attempts,"
+                                  " status_checks, last_error FROM payout_slices WHERE id = %s", slice_id)
         return View(status=row[0], bound_scope=row[1], connector=row[2], provider_ref=row[3], attempts=row[4],
-                    last_error=row[5])
+                    lookups=row[5], last_error=row[6])
 
     async def attempts(self, slice_id: int) -> list[Attempt]:
         rows = await self._query("SELECT connector_name, idempotency_scope, outcome FROM payout_slice_attempts"
@@ -181,9 +183,13 @@ def store_kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+Clock = trio.testing.MockClock | None
+
+
 @pytest.fixture
-def clock(store_kind: str) -> trio.testing.MockClock | None:
-    """The mock clock for the memory store; PostgreSQL's time is its own ``now()``, so the real clock there."""
+def clock(store_kind: str) -> Clock:
+    """The mock clock for the memory store; PostgreSQL's time is its own ``now()``, so the real clock there.
+    pytest-trio takes a clock only from the test's own arguments: each scenario names this fixture."""
     return trio.testing.MockClock(autojump_threshold=0) if store_kind == "memory" else None
 
 
@@ -245,7 +251,7 @@ def waiting_in(scope: str) -> Callable[[View], bool]:
 
 
 async def test_a_timeout_after_sending_binds_the_slice_and_it_waits_for_its_scope(
-    rig: Rig, banks: tuple[FakeBank, FakeBank]
+    rig: Rig, banks: tuple[FakeBank, FakeBank], clock: Clock
 ) -> None:
     a, b = banks
     a.mode = "hang_after_execute"  # executed, and the answer never comes
@@ -270,7 +276,7 @@ async def test_a_timeout_after_sending_binds_the_slice_and_it_waits_for_its_scop
 
 
 async def test_an_attempt_that_provably_did_not_reach_the_bank_gives_the_binding_back(
-    rig: Rig, banks: tuple[FakeBank, FakeBank]
+    rig: Rig, banks: tuple[FakeBank, FakeBank], clock: Clock
 ) -> None:
     a, b = banks
     a.mode = "refuse"  # connection refused: nothing left us
@@ -291,7 +297,9 @@ async def test_an_attempt_that_provably_did_not_reach_the_bank_gives_the_binding
     assert paid(a, b) == {rig.key(n): 1}
 
 
-async def test_a_5xx_is_in_doubt_and_retried_only_in_its_scope(rig: Rig, banks: tuple[FakeBank, FakeBank]) -> None:
+async def test_a_5xx_is_in_doubt_and_retried_only_in_its_scope(
+    rig: Rig, banks: tuple[FakeBank, FakeBank], clock: Clock
+) -> None:
     a, b = banks
     a.mode = "error_after_execute"
     primary, backup = actor("primary", a, 10), actor("backup", b, 20)
@@ -312,7 +320,7 @@ async def test_a_5xx_is_in_doubt_and_retried_only_in_its_scope(rig: Rig, banks: 
 
 
 async def test_recovery_finds_the_payment_in_its_scope_and_sends_nothing(
-    rig: Rig, banks: tuple[FakeBank, FakeBank]
+    rig: Rig, banks: tuple[FakeBank, FakeBank], clock: Clock
 ) -> None:
     a, b = banks
     primary, backup = actor("primary", a, 10), actor("backup", b, 20)
@@ -327,7 +335,7 @@ async def test_recovery_finds_the_payment_in_its_scope_and_sends_nothing(
 
 
 async def test_a_recovering_slice_whose_scope_is_unavailable_waits(
-    rig: Rig, banks: tuple[FakeBank, FakeBank]
+    rig: Rig, banks: tuple[FakeBank, FakeBank], clock: Clock
 ) -> None:
     a, b = banks
     primary, backup = actor("primary", a, 10), actor("backup", b, 20)
@@ -340,7 +348,7 @@ async def test_a_recovering_slice_whose_scope_is_unavailable_waits(
 
 
 async def test_a_scope_frees_a_slice_only_when_it_says_not_found_past_its_acceptance_window(
-    rig: Rig, banks: tuple[FakeBank, FakeBank]
+    rig: Rig, banks: tuple[FakeBank, FakeBank], clock: Clock
 ) -> None:
     a, b = banks
     a.mode = "hang"  # a resend inside the window hangs before executing: still the primary's, nothing to B
@@ -370,7 +378,7 @@ async def test_a_scope_frees_a_slice_only_when_it_says_not_found_past_its_accept
 
 
 async def test_a_slice_in_doubt_may_go_to_another_connector_of_its_scope_and_to_no_other(
-    rig: Rig, banks: tuple[FakeBank, FakeBank]
+    rig: Rig, banks: tuple[FakeBank, FakeBank], clock: Clock
 ) -> None:
     """Two endpoints of one bank API share a scope (and an idempotency store): either may finish the slice."""
     a, b = banks
@@ -396,7 +404,9 @@ async def test_a_slice_in_doubt_may_go_to_another_connector_of_its_scope_and_to_
     assert paid(a, b) == {rig.key(n): 1}
 
 
-async def test_an_open_connector_is_skipped_and_costs_no_attempt(rig: Rig, banks: tuple[FakeBank, FakeBank]) -> None:
+async def test_an_open_connector_is_skipped_and_costs_no_attempt(
+    rig: Rig, banks: tuple[FakeBank, FakeBank], clock: Clock
+) -> None:
     a, b = banks
     primary, backup = actor("primary", a, 10), actor("backup", b, 20)
     primary.breaker.force_open()
@@ -406,6 +416,60 @@ async def test_an_open_connector_is_skipped_and_costs_no_attempt(rig: Rig, banks
     assert (v.connector, v.bound_scope, v.attempts) == ("backup", "backup-scope", 1)
     assert await rig.attempts(n) == [Attempt("backup", "backup-scope", AttemptOutcome.ANSWERED)]
     assert a.calls == 0
+
+
+
+# -- never dead while in doubt: attempts used up, the scope is asked -------------------------------------------------
+
+
+async def test_attempts_used_up_in_doubt_turn_into_lookups_and_the_banks_answer_settles_it(
+    rig: Rig, banks: tuple[FakeBank, FakeBank], clock: Clock
+) -> None:
+    a, b = banks
+    a.mode = "hang_after_execute"  # every send executes, then times out
+    a.status_mode = "error"  # and for a while the bank cannot say either
+    a.status_state = PaymentState.SETTLED
+    primary, backup = actor("primary", a, 10), actor("backup", b, 20)
+    n = await rig.add(max_attempts=2)
+    async with dispatching(rig, [primary, backup], window=60.0):
+        v = await rig.until_view(n, "lookups once the attempts ran out", lambda v: v.lookups >= 2)
+        assert (v.status, v.attempts, v.bound_scope) == ("retry_scheduled", 2, "primary-scope"), "not dead"
+        assert a.calls == 2, "never a third send"
+        a.status_mode = "ok"
+        v = await rig.until_view(n, "settled by the bank's answer", lambda v: v.status == "settled")
+    assert (v.provider_ref, v.connector) == ("A-1", "primary") and a.calls == 2 and b.calls == 0
+    assert paid(a, b) == {rig.key(n): 1}
+
+
+async def test_attempts_used_up_and_not_found_past_the_window_is_dead_and_free(
+    rig: Rig, banks: tuple[FakeBank, FakeBank], clock: Clock
+) -> None:
+    a, b = banks
+    a.mode = "hang"  # every send hangs before executing: the bank never has it
+    primary, backup = actor("primary", a, 10), actor("backup", b, 20)
+    n = await rig.add(max_attempts=2)
+    async with dispatching(rig, [primary, backup], window=2.0):
+        v = await rig.until_view(n, "dead", lambda v: v.status == "dead")
+    assert v.bound_scope is None and "provably not executed" in (v.last_error or ""), v
+    assert a.calls == 2 and b.calls == 0 and paid(a, b) == {}
+    assert await rig.released() == [(n, "primary-scope")]
+
+
+async def test_attempts_used_up_and_a_scope_that_cannot_say_leaves_the_slice_unresolved(
+    rig: Rig, banks: tuple[FakeBank, FakeBank], clock: Clock
+) -> None:
+    a, b = banks
+    a.mode = "hang_after_execute"
+    a.status_mode = "error"
+    primary, backup = actor("primary", a, 10), actor("backup", b, 20)
+    n = await rig.add(max_attempts=2)
+    # The window outlasts the two attempts (1 s each and a backoff), so they are used up inside it; then the
+    # window and a grace of 1 s (SETTINGS) pass with every lookup failing.
+    async with dispatching(rig, [primary, backup], window=4.0):
+        v = await rig.until_view(n, "unresolved", lambda v: v.status == "unresolved")
+    assert (v.bound_scope, v.attempts) == ("primary-scope", 2) and v.lookups >= 1
+    assert "may have been paid" in (v.last_error or "")
+    assert a.calls == 2 and b.calls == 0 and paid(a, b) == {rig.key(n): 1}
 
 
 # -- the suite sees a store that breaks the rule ----------------------------------------------------------------------
@@ -427,7 +491,7 @@ class KeepsEveryBinding(MemoryStore):
 
 
 async def test_negative_control_a_store_that_keeps_a_refused_binding_fails_the_scenario(
-    rig: Rig, banks: tuple[FakeBank, FakeBank], monkeypatch: pytest.MonkeyPatch,
+    rig: Rig, banks: tuple[FakeBank, FakeBank], clock: Clock, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The same rule broken in each store (the memory store's Python, the PostgreSQL store's SQL): the scenario
     that says a refused attempt gives the binding back fails for it, so the suite can tell the two apart."""
@@ -439,5 +503,5 @@ async def test_negative_control_a_store_that_keeps_a_refused_binding_fails_the_s
         monkeypatch.setattr(payouts, "_END_ATTEMPTS", payouts._END_ATTEMPTS.replace(GIVE_BACK, "false"))
     rig.timeout = 5.0
     with pytest.raises(ExceptionGroup) as failed:  # raised inside the dispatcher's nursery
-        await test_an_attempt_that_provably_did_not_reach_the_bank_gives_the_binding_back(rig, banks)
+        await test_an_attempt_that_provably_did_not_reach_the_bank_gives_the_binding_back(rig, banks, clock)
     assert failed.group_contains(AssertionError, match="timed out waiting for sent by the backup", depth=None)
