@@ -51,12 +51,13 @@ class Stats:
 
 def finding_key(exc: BaseException) -> str:
     """Where a finding comes from: its type and the innermost frame outside the harness and hypothesis (or, for
-    the harness's own Findings, the start of its message without its numbers)."""
+    the harness's own Findings, the start of its message without its numbers and quoted values)."""
     frames = [f for f in traceback.extract_tb(exc.__traceback__)
               if "/tests/fuzz/" not in f.filename and "/hypothesis/" not in f.filename]
     if frames and not isinstance(exc, Finding):
         return f"{type(exc).__name__} at {frames[-1].filename.rsplit('/', 2)[-1]}:{frames[-1].lineno}"
-    return f"{type(exc).__name__}: {''.join(c for c in str(exc)[:48] if not c.isdigit())}"
+    head = "".join(c for c in str(exc)[:60] if not c.isdigit())
+    return f"{type(exc).__name__}: {head.split(chr(39))[0].split(chr(34))[0].strip()}"  # up to a quoted value
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:
