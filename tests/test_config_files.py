@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import subprocess
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -91,10 +90,10 @@ def test_a_fifo_at_the_config_path_is_refused_and_does_not_wedge_later_reloads(
     good = daemon_toml(short_tmp, connectors=connector_toml("alpha"))
     fifo = short_tmp / "fifo.toml"
     os.mkfifo(fifo)
-    started = time.monotonic()
+    # Never opened: opening a FIFO without a writer blocks for ever, so any finite bound tells the two apart.
+    # check()'s own 30 s timeout is that bound, one a loaded machine does not reach for one CLI run.
     result = check(fifo)
     assert result.returncode == 1 and "not a regular file (a FIFO)" in result.stderr
-    assert time.monotonic() - started < 10
     d = daemon_factory(good)
     d.config.unlink()
     os.mkfifo(d.config)
