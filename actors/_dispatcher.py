@@ -368,6 +368,8 @@ class Dispatcher(Actor[Wake]):
         """A claimed slice in doubt whose attempts are used up: one lookup in its bound scope."""
         actor = next((a for a in available if a.name == c.connector_name), available[0])
         scope = c.bound_scope or actor.scope
+        if self._outside_scope(c, actor, scope):
+            return
         self._emit(await self._ask(c, actor, scope, c.bound_age,
                                    f"{c.attempts} attempts used (max_attempts {c.max_attempts})"))
 
@@ -397,6 +399,19 @@ class Dispatcher(Actor[Wake]):
                        delay=self._next_lookup(c, age, window),
                        error=f"{why}; in doubt in scope {scope!r}: NOT_FOUND {age:.0f}s after the latest attempt,"
                              f" inside its acceptance window ({window:g}s); asked again")
+
+    def _outside_scope(self, c: Claimed, actor: ConnectorActor, scope: str) -> bool:
+        """Whether routing offered a connector of another scope than the slice's (a broken router). Such a
+        connector is neither asked about the key nor sent it: its NOT_FOUND says nothing of the scope that may
+        have the payment, and would free the slice (or make it dead) while that scope may have paid it."""
+        if actor.scope == scope:
+            return False
+        logger.error("payout slice %s is bound to idempotency scope %r but was routed to %s of scope %r",
+                     c.slice.id, scope, actor.name, actor.scope)
+        self._emit(Outcome(slice_id=c.slice.id, kind=OutcomeKind.RELEASE, delay=self.settings.release_delay, error=(
+            f"in doubt in idempotency scope {scope!r}: offered connector {actor.name!r} of scope"
+            f" {actor.scope!r}, which is neither asked nor sent it")))
+        return True
 
     def _unanswered(self, c: Claimed, scope: str, age: float, why: str, connector: str | None = None) -> Outcome:
         """The scope could not say: asked again, or past its window and the grace, left for a person."""
@@ -429,6 +444,8 @@ class Dispatcher(Actor[Wake]):
         """
         actor = next((a for a in available if a.name == c.connector_name), available[0])
         scope = c.bound_scope or actor.scope
+        if self._outside_scope(c, actor, scope):
+            return
         if actor.batches:
             # A slice of a file channel is in a file only once it is 'sent': one found before that was never in
             # a file, so it goes (back) to the batcher, in the same scope.

@@ -23,7 +23,7 @@ import pytest
 import trio
 import trio.testing
 
-from actors import AttemptOutcome, Backoff, ConnectorActor, Dispatcher, DispatcherSettings, PayoutStore
+from actors import AttemptOutcome, Backoff, ConnectorActor, Dispatcher, DispatcherSettings, PayoutStore, Route
 from connectors import Duration, NullConfig, PaymentState, decode_hook
 from connectors._contract import BreakerConfig, LimitsConfig
 from molamd import db, payouts
@@ -222,12 +222,20 @@ def actor(name: str, bank: FakeBank, priority: int, scope: str | None = None, *,
     return ConnectorActor(config, FakeConnector(name, bank))  # type: ignore[arg-type]
 
 
+class RoutesAnywhere(Routes):
+    """A router with the scope rule broken: a bound slice is offered every connector of its profile."""
+
+    def route(self, bank_profile: str, rail: str, currency: str, scope: str | None = None) -> Route:
+        return super().route(bank_profile, rail, currency, None)
+
+
 @asynccontextmanager
-async def dispatching(rig: Rig, actors: list[ConnectorActor], window: float = 600.0) -> AsyncIterator[None]:
+async def dispatching(rig: Rig, actors: list[ConnectorActor], window: float = 600.0,
+                      router: type[Routes] = Routes) -> AsyncIterator[None]:
     async with trio.open_nursery() as nursery:
         for a in actors:
             await nursery.start(a.run)
-        await nursery.start(Dispatcher(rig.store, Routes(actors, window=window), SETTINGS, rng=random.Random(1)).run)
+        await nursery.start(Dispatcher(rig.store, router(actors, window=window), SETTINGS, rng=random.Random(1)).run)
         yield
         nursery.cancel_scope.cancel()
 
@@ -470,6 +478,43 @@ async def test_attempts_used_up_and_a_scope_that_cannot_say_leaves_the_slice_unr
     assert (v.bound_scope, v.attempts) == ("primary-scope", 2) and v.lookups >= 1
     assert "may have been paid" in (v.last_error or "")
     assert a.calls == 2 and b.calls == 0 and paid(a, b) == {rig.key(n): 1}
+
+
+# -- a router that breaks the rule: the dispatcher still neither asks nor sends outside the bound scope ----------
+
+
+async def test_recovery_offered_a_connector_of_another_scope_neither_asks_nor_sends_there(
+    rig: Rig, banks: tuple[FakeBank, FakeBank], clock: Clock
+) -> None:
+    """The attempt it would start names the slice's scope, so the SQL guard and the trigger cannot catch it: the
+    dispatcher itself must refuse a connector whose scope is not the slice's."""
+    a, b = banks
+    primary, backup = actor("primary", a, 10), actor("backup", b, 20)
+    primary.breaker.force_open()
+    n = await rig.add(sending=("primary", "primary-scope"))
+    a.execute(rig.key(n))  # the crashed call did reach bank A
+    async with dispatching(rig, [primary, backup], router=RoutesAnywhere):
+        v = await rig.until_view(n, "left waiting for its own scope", lambda v: v.status == "pending" and (
+            "'backup-scope'" in (v.last_error or "")))
+    assert v.bound_scope == "primary-scope" and b.calls == 0 and b.lookups == 0, v
+    assert paid(a, b) == {rig.key(n): 1}
+
+
+async def test_lookups_offered_a_connector_of_another_scope_are_not_made_there(
+    rig: Rig, banks: tuple[FakeBank, FakeBank], clock: Clock
+) -> None:
+    a, b = banks
+    a.mode = "hang_after_execute"
+    a.status_mode = "error"  # the primary cannot say yet: the slice is to be asked again
+    primary, backup = actor("primary", a, 10), actor("backup", b, 20)
+    n = await rig.add(max_attempts=1)
+    async with dispatching(rig, [primary, backup], router=RoutesAnywhere):
+        await rig.until_view(n, "its one attempt in doubt", lambda v: v.attempts == 1 and v.status != "sending")
+        await primary.pause()
+        v = await rig.until_view(n, "left waiting for its own scope", lambda v: "'backup-scope'" in (
+            v.last_error or ""))
+    assert v.bound_scope == "primary-scope" and v.status in ("pending", "retry_scheduled"), v
+    assert b.calls == 0 and b.lookups == 0, "the backup's NOT_FOUND says nothing of the primary's scope"
 
 
 # -- the suite sees a store that breaks the rule ----------------------------------------------------------------------
