@@ -12,7 +12,6 @@ import json
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -110,8 +109,7 @@ def test_every_panel_and_recording_rule_returns_data_from_a_real_prometheus(
                  == len(rest_ids) + len(file_ids), 90, "every slice final",
                  lambda: statuses(migrated_dsn, rest_ids + file_ids))
         wait_for(lambda: len(d.ctl_json("statements", "list")) >= 1, 30, "the statement stored")
-        time.sleep(3)  # a few scrapes and rule evaluations after the last change
-        pending: list[str] = []
+        pending: list[str] = []  # waited for below until every panel and rule has data, not a fixed sleep
 
         def empty() -> list[str]:
             pending.clear()
