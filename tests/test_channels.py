@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import random
 import signal
-import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +48,11 @@ def test_a_flaky_primary_and_sigkills_never_pay_twice_across_channels(
     d = daemon_factory(config, env=env())
     rng = random.Random(3)
     for _ in range(3):
-        time.sleep(rng.uniform(0.8, 1.6))
+        # Killed mid-work, seen so, not after a sleep that a loaded machine may spend starting up: this
+        # incarnation has ended some attempts and has a call to a bank open.
+        since, ended = _now(migrated_dsn), rng.randint(5, 30)
+        wait_for(partial(_mid_work, migrated_dsn, since, ended), 60, "calls in flight to kill",
+                 lambda: statuses(migrated_dsn, ids))
         d.signal(signal.SIGKILL)
         d.proc.wait()  # type: ignore[union-attr]
         d.start()
@@ -86,6 +90,20 @@ def test_a_flaky_primary_and_sigkills_never_pay_twice_across_channels(
                        ("command:reset-circuit", 0, "root", "primary", True)]
     check_show_and_release(d, migrated_dsn, ids[0])
     assert d.stop() == 0
+
+
+def _now(dsn: str) -> Any:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
+
+
+def _mid_work(dsn: str, since: Any, ended: int) -> bool:
+    """Attempts started since ``since``: at least ``ended`` of them over, and one still open (a call in flight)."""
+    with psycopg.connect(dsn) as conn:
+        done, open_ = conn.execute("SELECT count(*) FILTER (WHERE outcome IS NOT NULL), count(*) FILTER (WHERE"
+                                   " outcome IS NULL) FROM payout_slice_attempts WHERE started_at >= %s",
+                                   (since,)).fetchone()  # type: ignore[misc]
+    return bool(done >= ended and open_)
 
 
 def check_show_and_release(d: Any, migrated_dsn: str, settled_id: int) -> None:
