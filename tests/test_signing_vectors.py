@@ -11,12 +11,15 @@ code with it, are each checked against the spec rather than against each other.
 from __future__ import annotations
 
 import ast
+from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import sandbox_bank
 
 from connectors._signing import sign_request, sign_response, verify_request, verify_response
+from tests.payout_helpers import Bank
 
 KEY = b"kat-secret-2026"
 TIMESTAMP = 1764892800  # 2025-12-05T00:00:00Z
@@ -92,3 +95,32 @@ def test_the_sandbox_bank_does_not_import_the_products_signing_code() -> None:
         elif isinstance(node, ast.ImportFrom) and node.module:
             imported.add(node.module)
     assert not {name for name in imported if name.split(".")[0] in ("connectors", "molamd", "actors")}, imported
+
+
+@pytest.fixture
+def kat_bank() -> Iterator[Bank]:
+    """The sandbox bank in its own process with the vectors' key, taking their fixed timestamp as fresh."""
+    bank = Bank("--secret", KEY.decode(), "--max-skew", "1e12")
+    yield bank
+    bank.close()
+
+
+@pytest.mark.parametrize(("method", "target", "body", "expected"), REQUESTS[:2])
+def test_the_sandbox_bank_takes_the_known_requests_over_a_socket(
+    kat_bank: Bank, method: str, target: str, body: bytes, expected: str
+) -> None:
+    """The vectors as bytes on the wire: the bank authenticates them (then answers about the payment: the POST's
+    body has no creditor, the GET's key no payment), and refuses them with one hex digit changed."""
+    def send(signature: str) -> httpx.Response:
+        return httpx.request(method, f"{kat_bank.url}{target}", content=body, timeout=5, headers={
+            "X-Key-Id": "molamd-demo", "X-Timestamp": str(TIMESTAMP), "X-Signature": signature,
+            "Idempotency-Key": "molam-slice-42", "Content-Type": "application/json"})
+
+    answer = send(expected)
+    assert answer.status_code == (400 if method == "POST" else 404), answer.text
+    assert answer.json()["error"] in ("validation", "not_found")
+    assert verify_response(KEY, answer.headers["X-Signature"], answer.status_code, answer.headers["X-Timestamp"],
+                           answer.content), "the answer is signed by the spec too"
+    refused = send(expected[:-1] + ("0" if expected[-1] != "0" else "1"))
+    assert (refused.status_code, refused.json()["message"]) == (401, "signature mismatch")
+    assert kat_bank.stats()["auth_failures"] == 1
