@@ -11,7 +11,9 @@ With the rule kept, the slices wait for their scope and ``assert_no_payment_in_t
 tests/test_channels.py runs after its SIGKILL storm) passes. With routing alone broken, the SQL guard of a new
 attempt must still hold them. With the rule broken (tests/scope_rule_off.py: routing
 and recovery ignore the bound scope, the SQL guard of a new attempt is removed and the attempts table's scope
-trigger turned off), the backup pays them too and the same check fails.
+trigger turned off), the backup pays them too and the same check fails. The same broken daemon makes
+tests/test_file_channel.py's one-bank, two-channel check (its REST API and its file desk) see payments made
+through both.
 
 The same for reconciliation's scoping (a statement line of one bank or account settling another's slice) and the
 append-only triggers of the audit trail and the raw statement files: the existing tests of those rules are run
@@ -48,6 +50,10 @@ from tests.test_audit_chain import (
     test_truncate_is_refused_on_every_audit_table_and_partition_even_ones_made_later as truncate_check,
 )
 from tests.test_db import test_raw_statements_are_immutable as raw_statements_check
+from tests.test_file_channel import file_bank, hsm_key  # noqa: F401 - the fixtures of the file channel's check
+from tests.test_file_channel import (
+    test_a_payout_in_doubt_on_the_rest_channel_never_goes_into_a_file as rest_and_files_check,
+)
 from tests.test_statement_ingest import (
     test_a_line_of_one_bank_never_settles_another_banks_slice as reconciliation_scope_check,
 )
@@ -203,6 +209,18 @@ def test_slices_in_flight_when_the_daemon_dies_and_comes_back_without_the_primar
     assert paid_at(primary, keys(migrated_dsn, ids)) == keys(migrated_dsn, ids)
     assert_no_payment_in_two_ledgers(primary, backup)
     assert d.stop() == 0
+
+
+def test_negative_control_the_rest_and_file_channel_check_sees_a_payment_made_by_both(
+    daemon_factory: Any, short_tmp: Path, migrated_dsn: str, hsm_key: Any, file_bank: Any,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """test_file_channel's one bank with two channels (its REST API and its file desk, one ledger): with the rule
+    broken in the daemon, slices in doubt at the API go into files, and that test's check says so."""
+    disable_trigger(migrated_dsn)
+    monkeypatch.setenv("PYTHONPATH", daemon_env(short_tmp)["PYTHONPATH"])  # the daemon that test starts inherits it
+    with pytest.raises(AssertionError, match="paid through both channels"):
+        rest_and_files_check(daemon_factory, short_tmp, migrated_dsn, hsm_key, file_bank)
 
 
 # -- reconciliation: a line of bank X never settles a slice of bank Y -----------------------------------------------
