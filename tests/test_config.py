@@ -241,3 +241,26 @@ def test_a_scope_is_never_shared_by_two_bank_profiles(short_tmp: Path) -> None:
     two_banks = connector_toml("a", extra=shared) + connector_toml("c", profile="bank-c", extra=shared)
     with pytest.raises(ConfigError, match=r"\$\.connectors\[1\]\.idempotency_scope: scope 'one-store' is also used"):
         parse_config(daemon_toml(short_tmp) + two_banks, file="f")
+
+
+def test_the_dispatchers_lookup_backoff_is_checked_by_check_config(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """lookup_initial above lookup_max is a ValueError where the dispatcher builds its settings, each time it
+    starts (a crash loop): check-config names the key instead, and an equal pair is fine."""
+    import msgspec
+
+    from molamd.config import Config
+    from molamd.runtime import dispatcher_settings
+
+    section = msgspec.structs.replace(Config().workers.dispatcher, lookup_initial=Duration("5m"),
+                                      lookup_max=Duration("1m"))
+    with pytest.raises(ValueError, match="initial <= maximum"):  # what the check spares the dispatcher
+        dispatcher_settings(section)
+    bad = "[workers.dispatcher]\nlookup_initial = '5m'\nlookup_max = '1m'\n"
+    assert problems(MINIMAL + bad) == ["$.workers.dispatcher.lookup_initial: need lookup_initial <= lookup_max"]
+    path = tmp_path / "bad.toml"
+    path.write_text(EXAMPLE.read_text().replace('lookup_initial = "2s"', 'lookup_initial = "3m"'))
+    assert cli.main(["check-config", str(path)]) == 1
+    assert f"{path}: $.workers.dispatcher.lookup_initial" in capsys.readouterr().err
+    same = parse_config(MINIMAL + "[workers.dispatcher]\nlookup_initial = '1m'\nlookup_max = '1m'\n", file="x.toml")
+    assert dispatcher_settings(same.workers.dispatcher).lookup_backoff.initial == 60.0

@@ -368,6 +368,8 @@ def _check_workers(config: Config, problems: list[ConfigProblem]) -> None:
     d = config.workers.dispatcher
     if d.lease.seconds <= d.call_timeout.seconds:
         problems.append(ConfigProblem("$.workers.dispatcher.lease", "must be longer than call_timeout"))
+    if d.lookup_max.seconds < d.lookup_initial.seconds:  # else a ValueError each time the dispatcher starts
+        problems.append(ConfigProblem("$.workers.dispatcher.lookup_initial", "need lookup_initial <= lookup_max"))
 
 
 def split_listen(listen: str) -> tuple[str, int]:
