@@ -8,10 +8,10 @@ Two sandbox banks, each with its own ledger and idempotency store, are two chann
 - recovery: the daemon is killed mid-call and comes back with the primary's connector removed from the config.
 
 With the rule kept, the slices wait for their scope and ``assert_no_payment_in_two_ledgers`` (the check
-tests/test_channels.py runs after its SIGKILL storm) passes. With routing alone broken, the SQL guard of a new
-attempt must still hold them. With the rule broken (tests/scope_rule_off.py: routing
+tests/test_channels.py runs after its SIGKILL storm) passes. With the rule broken (tests/scope_rule_off.py: routing
 and recovery ignore the bound scope, the SQL guard of a new attempt is removed and the attempts table's scope
-trigger turned off), the backup pays them too and the same check fails. The same broken daemon makes
+trigger turned off), the backup pays them too and the same check fails. With routing alone broken, the SQL guard
+must still hold them (defence in depth). The same broken daemon makes
 tests/test_file_channel.py's one-bank, two-channel check (its REST API and its file desk) see payments made
 through both.
 
@@ -118,7 +118,7 @@ def paid_at(bank: Bank, wanted: set[str]) -> set[str]:
     return {p["idempotency_key"] for p in bank.ledger()} & wanted
 
 
-def held_in_their_scope(d: Any, dsn: str, primary: Bank, backup: Bank, ids: list[int], since: float) -> None:
+def held_in_their_scope(dsn: str, primary: Bank, backup: Bank, ids: list[int], since: float) -> None:
     """The rule kept: new work goes to the backup, and every in-doubt slice is looked at again and left waiting."""
     fresh = seed(dsn, 5, prefix="fresh")
     wait_for(lambda: statuses(dsn, fresh).get("settled", 0) == 5, 30, "new work settled by the backup",
@@ -163,7 +163,7 @@ def test_slices_in_doubt_when_the_primarys_breaker_opens(
     if rule == "broken":
         seen_paid_twice(migrated_dsn, primary, backup, ids)
         return
-    held_in_their_scope(d, migrated_dsn, primary, backup, ids, since)
+    held_in_their_scope(migrated_dsn, primary, backup, ids, since)
     # The primary answers again: its slices are paid there, once each (the executed ones found by their key).
     primary.faults(hang_rate=0.0)
     d.ctl_json("reset-circuit", "primary")
@@ -198,7 +198,7 @@ def test_slices_in_flight_when_the_daemon_dies_and_comes_back_without_the_primar
     if rule == "broken":
         seen_paid_twice(migrated_dsn, primary, backup, ids)
         return
-    held_in_their_scope(d, migrated_dsn, primary, backup, ids, since)
+    held_in_their_scope(migrated_dsn, primary, backup, ids, since)
     assert tried_at_the_primary(migrated_dsn, ids, "in_doubt") == COUNT, "the crashed calls closed as in doubt"
     # The channel is put back and answers: each slice is paid there, once.
     primary.faults(hang_rate=0.0)
