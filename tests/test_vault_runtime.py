@@ -277,21 +277,7 @@ def test_a_deleted_secret_stops_being_used_and_refresh_names_each_reference_it_c
 
     bank = Bank()
     try:
-        httpx.post(f"{bank.url}/admin/secret", json={"secret": CANARY + "a-1", "keep_previous": False},
-                   timeout=5).raise_for_status()
-        bao.put("molamd/bank-a", hmac=CANARY + "a-1")
-        bao.put("molamd/null", token=CANARY + "null")
-        null = textwrap.dedent("""
-            [[connectors]]
-            name = "n1"
-            kind = "null"
-            bank_profile = "bank-z"
-            [connectors.null]
-            token = "vault:secret/molamd/null#token"
-            """)
-        text = payout_toml(short_tmp, migrated_dsn, vault_connector("bank-a", bank.url, "bank-a") + null) \
-            + vault_toml(bao, short_tmp, rotation_check="1h")
-        d = daemon_factory(text, env={"HOME": str(short_tmp)})
+        d = _two_vault_secrets_in_use(short_tmp, migrated_dsn, daemon_factory, bao, bank)
         assert wait_final(migrated_dsn, seed(migrated_dsn, 5), 30) == {"settled": 5}
         hmac, token = "vault:secret/molamd/bank-a#hmac", "vault:secret/molamd/null#token"
 
@@ -335,6 +321,26 @@ def test_a_deleted_secret_stops_being_used_and_refresh_names_each_reference_it_c
         assert CANARY not in d.logs()
     finally:
         bank.close()
+
+
+def _two_vault_secrets_in_use(short_tmp: Path, dsn: str, daemon_factory: Any, bao: OpenBao, bank: Bank) -> Any:
+    """A daemon whose REST connector bank-a signs with one KV secret and whose null connector n1 holds another,
+    both read once at start (the periodic check is an hour away, so only `secrets refresh` reads them again)."""
+    httpx.post(f"{bank.url}/admin/secret", json={"secret": CANARY + "a-1", "keep_previous": False},
+               timeout=5).raise_for_status()
+    bao.put("molamd/bank-a", hmac=CANARY + "a-1")
+    bao.put("molamd/null", token=CANARY + "null")
+    null = textwrap.dedent("""
+        [[connectors]]
+        name = "n1"
+        kind = "null"
+        bank_profile = "bank-z"
+        [connectors.null]
+        token = "vault:secret/molamd/null#token"
+        """)
+    text = payout_toml(short_tmp, dsn, vault_connector("bank-a", bank.url, "bank-a") + null) \
+        + vault_toml(bao, short_tmp, rotation_check="1h")
+    return daemon_factory(text, env={"HOME": str(short_tmp)})
 
 
 def test_the_periodic_check_withdraws_a_deleted_secret_and_takes_it_back_when_restored(
