@@ -345,7 +345,6 @@ def _run_control(line: bytes) -> None:
     try:
         request = control.decode_request(line)
     except control.ControlError as exc:
-        _bounded(exc)
         rid = control.request_id(line)
         reply = control.error_line(rid, exc)
     else:
@@ -353,7 +352,10 @@ def _run_control(line: bytes) -> None:
         reply = control.error_line(request.id, control.ControlError(control.ErrorCode.UNKNOWN_COMMAND, "x"))
     if not reply.endswith(b"\n") or b"\n" in reply[:-1]:
         raise Finding(f"reply is not one line: {reply[:200]!r}")
-    json.loads(reply)
+    # The protocol's own bound is on the wire (MAX_MESSAGE characters, then a cut): the error is not stored.
+    message = json.loads(reply).get("error", {}).get("message", "")
+    if len(message) > control.MAX_MESSAGE + 64:
+        raise Finding(f"error reply message of {len(message)} characters: {message[:200]!r}")
 
 
 def _config_seeds() -> list[bytes]:
@@ -399,7 +401,8 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
            lambda: [(201, b"", b"", b"", True), (429, b"", b"", b"120", True)]),
     Target("push-events", "REST connector: pushed status events over the websocket (stream_events)",
            _push_inputs, _run_push, (ConnectorError,), lambda: [[(e, True) for e in EVENT_SEEDS]]),
-    Target("control-line", "control socket: one request line through decode_request and the error reply",
+    Target("control-line", "control socket: one request line through decode_request and the error reply "
+           "(its message bounded on the wire by the protocol's MAX_MESSAGE)",
            _mutated(lambda: CONTROL_SEEDS, (b'"\\ud800"', b'"\\udfff"', b"1e400", b"NaN"), max_size=4096),
            _run_control, (), lambda: CONTROL_SEEDS),
     Target("config", "TOML config through load_config (config/*.toml as seeds)",
