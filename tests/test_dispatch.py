@@ -160,21 +160,43 @@ def test_durable_retries_dlq_and_retry_after(
 def test_pause_drain_resume(
     daemon_factory: Any, short_tmp: Path, migrated_dsn: str, bank: Bank
 ) -> None:
-    d = daemon_factory(payout_toml(short_tmp, migrated_dsn, two_connectors(bank)), env=env())
+    """Paused, then drained, bank-a's connectors take no work. That the dispatcher had its chance is seen, not
+    slept on: a connector of another bank profile is resumed alone, so the dispatcher claims the held slices,
+    finds no connector of bank-a taking work and gives each one back unsent."""
+    connectors = two_connectors(bank) + rest_connector("other", bank.url, profile="bank-o")
+    d = daemon_factory(payout_toml(short_tmp, migrated_dsn, connectors), env=env())
     d.ctl("pause")
     held = seed(migrated_dsn, 20)
-    time.sleep(1.0)
-    assert statuses(migrated_dsn, held) == {"pending": 20} and bank.stats()["payments"] == 0
+    assert d.ctl_json("resume", "other")["connectors"] == {"other": {"dispatch": "running"}}
+    _claimed_and_given_back(migrated_dsn, held)
+    assert bank.stats()["payments"] == 0
     d.ctl("resume")
     assert wait_final(migrated_dsn, held) == {"settled": 20}
     drained = d.ctl_json("drain")["connectors"]
     assert {v["dispatch"] for v in drained.values()} == {"drained"}
     later = seed(migrated_dsn, 10)
-    time.sleep(1.0)
-    assert statuses(migrated_dsn, later) == {"pending": 10}
+    d.ctl("resume", "other")
+    _claimed_and_given_back(migrated_dsn, later)
     d.ctl("resume")
     assert wait_final(migrated_dsn, later) == {"settled": 10}
     assert d.stop() == 0
+
+
+def _claimed_and_given_back(dsn: str, ids: list[int]) -> None:
+    """Wait until the dispatcher has claimed every one of ``ids`` and released it to pending (a release sets
+    next_attempt_at, which seeding leaves NULL and a claim keeps), then check none was sent."""
+    def given_back() -> int:
+        with psycopg.connect(dsn) as conn:
+            return int(conn.execute("SELECT count(*) FROM payout_slices WHERE id = ANY(%s)"
+                                    " AND next_attempt_at IS NOT NULL", (ids,)).fetchone()[0])
+
+    wait_for(lambda: given_back() == len(ids), 15, "the dispatcher claiming and giving back each slice",
+             lambda: statuses(dsn, ids))
+    with psycopg.connect(dsn) as conn:
+        attempts = conn.execute("SELECT count(*) FROM payout_slice_attempts WHERE payout_slice_id = ANY(%s)",
+                                (ids,)).fetchone()[0]
+    # 'claimed' too: the dispatcher claims them again each release_delay (1 s) and gives them back at once
+    assert set(statuses(dsn, ids)) <= {"pending", "claimed"} and attempts == 0, (statuses(dsn, ids), attempts)
 
 
 def test_two_dispatchers_never_claim_the_same_slice(migrated_dsn: str, bank: Bank) -> None:
@@ -219,8 +241,7 @@ def test_database_restart_mid_batch(
         d = daemon_factory(payout_toml(short_tmp, cluster.dsn(), two_connectors(bank)), env=env())
         wait_for(lambda: bank.stats()["payments"] >= 50, 30, "payments under way")
         cluster.stop()
-        time.sleep(1.5)
-        assert d.ctl_json("status")["database"]["up"] is False
+        wait_for(lambda: d.ctl_json("status")["database"]["up"] is False, 15, "the daemon seeing the database down")
         cluster.start()
         assert wait_final(cluster.dsn(), ids, timeout=90) == {"settled": 400}
         assert_paid_once(cluster.dsn(), bank)
@@ -332,7 +353,7 @@ def test_a_huge_retry_after_is_capped_shown_and_an_operator_makes_the_slice_due(
     assert d.stop() == 0
 
 
-def test_sigkill_mid_batch_then_restart_resumes_within_2s_and_pays_each_slice_once(
+def test_sigkill_mid_batch_then_restart_resumes_well_within_the_lease_and_pays_each_slice_once(
     daemon_factory: Any, short_tmp: Path, migrated_dsn: str
 ) -> None:
     """A 30s lease, and yet: the restarted daemon takes back the dead incarnation's claims at once, because its
@@ -349,6 +370,8 @@ def test_sigkill_mid_batch_then_restart_resumes_within_2s_and_pays_each_slice_on
         with psycopg.connect(migrated_dsn) as conn:
             held = dict(conn.execute("SELECT id, claimed_by FROM payout_slices WHERE id = ANY(%s)"
                                      " AND status IN ('claimed', 'sending')", (ids,)).fetchall())
+            [expiry] = conn.execute("SELECT min(lease_until) FROM payout_slices WHERE id = ANY(%s)"
+                                    " AND status IN ('claimed', 'sending')", (ids,)).fetchone()
         assert "sending" in statuses(migrated_dsn, ids), "the kill left slices the bank may or may not have"
         assert held, "the kill left claims behind"
         [dead] = set(held.values())
@@ -361,13 +384,21 @@ def test_sigkill_mid_batch_then_restart_resumes_within_2s_and_pays_each_slice_on
                     return int(conn.execute("SELECT count(*) FROM payout_slices WHERE claimed_by = %s",
                                             (dead,)).fetchone()[0])
 
-            wait_for(lambda: still_dead() == 0, 10, "the dead incarnation's claims taken back")
+            # The contract is "at once, not when the 30 s lease runs out". Checked on PostgreSQL's clock: all were
+            # taken back before the first of the dead claims' leases ran out; and a generous 15 s on ours (the
+            # leases were taken a second or two before the kill), as the time it takes on an idle machine is
+            # scripts/bench's to report, not an assertion's.
+            wait_for(lambda: still_dead() == 0, 20, "the dead incarnation's claims taken back")
             resumed = time.monotonic() - restarted
-            assert resumed < 2.0, f"took {resumed:.1f}s"
-            # The status checks it had taken are taken back too: every slice is final well within one lease.
+            with psycopg.connect(migrated_dsn) as conn:
+                [early] = conn.execute("SELECT now() < %s", (expiry,)).fetchone()
+            assert early, f"taken back only once a lease ran out (at {expiry})"
+            assert resumed < 15.0, f"took {resumed:.1f}s"
+            # The status checks it had taken are taken back too: every slice is final within one lease (25 s of
+            # its 30, generous for 300 slices at no latency, short of what waiting out the lease would take).
             assert wait_final(migrated_dsn, ids, timeout=90) == {"settled": 300}
             finished = time.monotonic() - restarted
-            assert finished < 15.0, f"every slice final {finished:.1f}s after the restart (the lease is 30s)"
+            assert finished < 25.0, f"every slice final {finished:.1f}s after the restart (the lease is 30s)"
             assert_paid_once(migrated_dsn, bank)
             assert bank.stats()["payments"] == 300
             assert again.stop() == 0
