@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -247,6 +246,14 @@ def _errors(dsn: str) -> list[tuple[str, str | None]]:
         return conn.execute("SELECT status, min(last_error) FROM payout_slices GROUP BY 1").fetchall()
 
 
+def _given_back(dsn: str, ids: list[int]) -> int:
+    """How many of ``ids`` the dispatcher has claimed and let go unrouted, or routed: seeding leaves
+    next_attempt_at NULL, a claim keeps it, and any outcome but a final one sets it."""
+    with psycopg.connect(dsn) as conn:
+        return int(conn.execute("SELECT count(*) FROM payout_slices WHERE id = ANY(%s)"
+                                " AND next_attempt_at IS NOT NULL", (ids,)).fetchone()[0])
+
+
 def _files(dsn: str) -> int:
     with psycopg.connect(dsn) as conn:
         return int(conn.execute("SELECT count(*) FROM payment_files").fetchone()[0])
@@ -263,11 +270,14 @@ def test_a_file_channel_whose_hsm_or_key_is_broken_does_not_start_and_sends_noth
     file_bank: tuple[Bank, SandboxSftp, Path], broken: str, says: str,
 ) -> None:
     token, certificate = hsm_key
-    _, sftp, root = file_bank
+    bank, sftp, root = file_bank
     known_hosts = sftp.known_hosts(short_tmp / "known_hosts")
-    config = (payout_toml(short_tmp, migrated_dsn, file_connector("bank-c-files", sftp, known_hosts, certificate))
-              + hsm_toml(token))
-    env = files_env(token)
+    # A REST connector of another bank profile keeps the dispatcher claiming, so that it is seen to pass over
+    # bank-c's slices rather than given a second in which it might not have looked.
+    connectors = (file_connector("bank-c-files", sftp, known_hosts, certificate)
+                  + rest_connector("other", bank.url, profile="bank-o"))
+    config = payout_toml(short_tmp, migrated_dsn, connectors) + hsm_toml(token)
+    env = {**files_env(token), **rest_env()}
     if broken == "key":
         config = config.replace(f'key_label = "{KEY}"', 'key_label = "no-such-key"')
     elif broken == "pin":
@@ -281,8 +291,10 @@ def test_a_file_channel_whose_hsm_or_key_is_broken_does_not_start_and_sends_noth
     ids = seed_files(migrated_dsn, 5)
     d = daemon_factory(config, env=env)
     wait_for(lambda: says in d.logs(), 20, f"the reason ({says}) in the log", lambda: d.logs()[-3000:])
-    time.sleep(1.0)
-    assert statuses(migrated_dsn, ids) == {"pending": 5}, "nothing routed to a connector that is not running"
+    wait_for(lambda: _given_back(migrated_dsn, ids) == len(ids), 15, "the dispatcher passing over each slice",
+             lambda: statuses(migrated_dsn, ids))
+    # 'claimed' too: it claims them again each release_delay (1 s) and gives them back at once
+    assert set(statuses(migrated_dsn, ids)) <= {"pending", "claimed"}, "nothing routed to a connector not running"
     assert _files(migrated_dsn) == 0 and not list((root / "inbox").iterdir())
     state = {c["name"]: c for c in d.ctl_json("connectors")}["bank-c-files"]
     assert state["state"] != "running", state
@@ -384,7 +396,7 @@ def test_a_report_that_never_comes_leaves_slices_sent_and_a_resubmit_pays_nothin
     file_bank: tuple[Bank, SandboxSftp, Path],
 ) -> None:
     token, certificate = hsm_key
-    bank, sftp, _ = file_bank
+    bank, sftp, root = file_bank
     known_hosts = sftp.known_hosts(short_tmp / "known_hosts")
     config = (payout_toml(short_tmp, migrated_dsn, file_connector("bank-c-files", sftp, known_hosts, certificate))
               + hsm_toml(token))
@@ -397,7 +409,7 @@ def test_a_report_that_never_comes_leaves_slices_sent_and_a_resubmit_pays_nothin
             return conn.execute("SELECT id, status FROM payment_files ORDER BY id").fetchall()
 
     wait_for(lambda: [s for _, s in accepted()] == ["accepted"], 30, "the file acknowledged", accepted)
-    time.sleep(1.5)
+    _report_passes(root, 2)
     assert statuses(migrated_dsn, ids) == {"sent": 20}, "no outcome: the slices stay in doubt, sent"
     [(file_id, _)] = accepted()
     shown = d.ctl_json("files", "show", str(file_id))
@@ -429,3 +441,19 @@ def test_a_report_that_never_comes_leaves_slices_sent_and_a_resubmit_pays_nothin
     assert audited == [("command:files-resubmit", str(file_id), True), ("command:files-reapply", str(du01), True),
                        ("command:files-reapply", "999999", False)]
     assert again == (2, shown["msg_id"]), "uploaded twice, the same MsgId"
+
+
+def _report_passes(root: Path, passes: int) -> None:
+    """Wait until the daemon has looked at the report drop ``passes`` more times: each time, a copy of a report
+    it already took (the ACTC) is put back under a new name and waited for until it is gone. A known report is
+    not stored again, only moved to archive/, so nothing else changes."""
+    archive = root / "outbox" / "archive"
+    wait_for(lambda: any(archive.glob("*.xml")), 10, "the acknowledgement's report archived")
+    taken = sorted(archive.glob("*.xml"))[0]
+    for n in range(passes):
+        again = root / "outbox" / f"again-{n}-{taken.name}"
+        staged = root / f".again-{n}"  # outside the drop, then renamed in: never half a file in it
+        staged.write_bytes(taken.read_bytes())
+        staged.rename(again)
+        wait_for(lambda path=again: not path.exists(), 15, f"report pass {n + 1} of {passes} taking {again.name}")
+        assert (archive / again.name).exists(), "moved to archive/, as a known report is"
