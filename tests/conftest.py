@@ -14,6 +14,7 @@ import sys
 import tempfile
 import textwrap
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,9 @@ def _world_runnable(path: str) -> bool:
     return all(p.stat().st_mode & 0o001 for p in (real, *real.parents))
 
 
-_ANY_USER_COPY: list[Path] = []
+# Tests import this module as tests.conftest while pytest loaded it as conftest: two modules, so state that
+# must be one per session lives in the environment (the copy) or is made unique (notify sockets).
+_ANY_USER_COPY_ENV = "MOLAMD_TEST_ANY_USER_COPY"
 
 
 def _readable_copy() -> Path:
@@ -45,8 +48,9 @@ def _readable_copy() -> Path:
     A clone may sit where no one but root can enter (``mktemp -d`` makes 0700 directories, and so is root's home):
     a daemon or molamctl run as another user could import nothing from there. Files are hard-linked where the copy
     is on the same file system (fast, and the files are world-readable already; only the path to them is not)."""
-    if _ANY_USER_COPY:
-        return _ANY_USER_COPY[0]
+    made = os.environ.get(_ANY_USER_COPY_ENV)
+    if made and Path(made).is_dir():
+        return Path(made)
     base = Path(tempfile.mkdtemp(prefix="md-any-", dir="/tmp"))
     base.chmod(0o755)
     site_packages = next(p for p in sys.path if p.endswith("site-packages") and p.startswith(sys.prefix))
@@ -66,7 +70,7 @@ def _readable_copy() -> Path:
     for directory, subdirs, _files in os.walk(base):
         for name in subdirs:
             (Path(directory) / name).chmod(0o755)
-    _ANY_USER_COPY.append(base)
+    os.environ[_ANY_USER_COPY_ENV] = str(base)
     return base
 
 
@@ -89,8 +93,9 @@ def as_any_user(entry: str) -> list[str]:
 @pytest.fixture(scope="session", autouse=True)
 def _clean_readable_copy() -> Iterator[None]:
     yield
-    for base in _ANY_USER_COPY:
-        shutil.rmtree(base, ignore_errors=True)
+    made = os.environ.pop(_ANY_USER_COPY_ENV, None)
+    if made:
+        shutil.rmtree(made, ignore_errors=True)
 
 
 def env_for_any_user() -> dict[str, str]:
@@ -99,7 +104,6 @@ def env_for_any_user() -> dict[str, str]:
 
 
 _db_counter = itertools.count()
-_notify_counter = itertools.count()
 
 
 def run_molamctl(argv: list[str]) -> subprocess.CompletedProcess[str]:
@@ -313,7 +317,7 @@ class DaemonProcess:
         if getattr(self, "_notify", None) is not None:
             self._notify.close()
         # READY=1 comes over sd_notify, as under systemd: no polling with molamctl.
-        self._notify_path = self.directory / f"notify-{next(_notify_counter)}.sock"
+        self._notify_path = self.directory / f"notify-{uuid.uuid4().hex[:12]}.sock"
         self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         self._notify.bind(str(self._notify_path))
         self._notify_path.chmod(0o777)  # a daemon run as another user may send to it

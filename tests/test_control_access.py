@@ -51,7 +51,14 @@ class Users:
 
     def remove(self) -> None:
         for user in self.users:
-            subprocess.run(["userdel", user], capture_output=True, check=False)
+            # userdel refuses a user that still runs a process (a probe a failed test left): end those first,
+            # or the name stays and a later run with the same pid tag cannot create it
+            subprocess.run(["pkill", "-KILL", "-u", user], capture_output=True, check=False)
+        for user in self.users:
+            for _ in range(50):
+                if subprocess.run(["userdel", user], capture_output=True, check=False).returncode != 8:
+                    break  # 8: the user's processes are still on their way out
+                time.sleep(0.05)
         for group in self.groups:
             subprocess.run(["groupdel", group], capture_output=True, check=False)
 
