@@ -122,3 +122,15 @@ def test_a_doctype_is_refused_in_any_encoding_and_anywhere_in_the_prolog(data: b
 def test_the_same_report_without_a_doctype_parses_in_utf16() -> None:
     report = parse_pain002(('<?xml version="1.0" encoding="UTF-16"?>' + V10.decode()).encode("utf-16"))
     assert report.original_msg_id == "MOLAM-17"
+
+
+@pytest.mark.parametrize("data", [
+    b'<?xml version="1.0"?>\n<Document xmlns="\t' + b"[" * 2000 + b'"/>',  # lxml quotes the namespace it refuses
+    b'<?xml version="1.0" encoding="' + b"x" * 5000 + b'"?><Document/>',
+    b"<Document><" + b"a" * 5000 + b"></Document>",  # a mismatched tag, quoted
+])
+def test_an_error_message_stays_small_whatever_the_report_holds(data: bytes) -> None:
+    """Found by scripts/fuzz pain002: the message echoed lxml's, which quotes the input (2,090 characters here)."""
+    with pytest.raises(StatusReportError) as caught:
+        parse_pain002(data)
+    assert len(str(caught.value)) <= 1024 and str(caught.value)

@@ -17,6 +17,8 @@ from typing import Final
 import msgspec
 from lxml import etree
 
+from .._money import clip
+
 MAX_BYTES: Final = 64 * 1024 * 1024
 _PARSER: Final = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False,
                                  remove_comments=True)
@@ -29,8 +31,14 @@ KNOWN_STATUSES: Final = frozenset({
 })
 
 
+MAX_MESSAGE: Final = 500  # characters of an error message: lxml quotes the input, and a bank's file is any size
+
+
 class StatusReportError(ValueError):
-    """Not a usable pain.002; the message says what and where."""
+    """Not a usable pain.002; the message says what and where, in at most MAX_MESSAGE characters."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(clip(message, MAX_MESSAGE))
 
 
 class Reason(msgspec.Struct, frozen=True, kw_only=True):
