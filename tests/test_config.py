@@ -264,3 +264,10 @@ def test_the_dispatchers_lookup_backoff_is_checked_by_check_config(tmp_path: Pat
     assert f"{path}: $.workers.dispatcher.lookup_initial" in capsys.readouterr().err
     same = parse_config(MINIMAL + "[workers.dispatcher]\nlookup_initial = '1m'\nlookup_max = '1m'\n", file="x.toml")
     assert dispatcher_settings(same.workers.dispatcher).lookup_backoff.initial == 60.0
+
+
+@pytest.mark.parametrize(("section", "name"), [("workers.dispatcher", "retry"), ("workers.status_follower", "backoff")])
+def test_every_backoff_pair_is_checked_by_check_config(section: str, name: str) -> None:
+    """The same crash loop as lookup_initial above lookup_max, for each section whose pair makes a Backoff."""
+    bad = f"[{section}]\n{name}_initial = '5m'\n{name}_max = '1m'\n"
+    assert problems(MINIMAL + bad) == [f"$.{section}.{name}_initial: need {name}_initial <= {name}_max"]

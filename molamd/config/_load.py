@@ -368,8 +368,13 @@ def _check_workers(config: Config, problems: list[ConfigProblem]) -> None:
     d = config.workers.dispatcher
     if d.lease.seconds <= d.call_timeout.seconds:
         problems.append(ConfigProblem("$.workers.dispatcher.lease", "must be longer than call_timeout"))
-    if d.lookup_max.seconds < d.lookup_initial.seconds:  # else a ValueError each time the dispatcher starts
-        problems.append(ConfigProblem("$.workers.dispatcher.lookup_initial", "need lookup_initial <= lookup_max"))
+    # Each pair makes a Backoff, which refuses initial > maximum with a ValueError each time its actor starts
+    # (the database's and the supervision's pairs are checked with their sections)
+    backoffs = (("workers.dispatcher", d, "retry"), ("workers.dispatcher", d, "lookup"),
+                ("workers.status_follower", config.workers.status_follower, "backoff"))
+    for where, section, name in backoffs:
+        if getattr(section, f"{name}_max").seconds < getattr(section, f"{name}_initial").seconds:
+            problems.append(ConfigProblem(f"$.{where}.{name}_initial", f"need {name}_initial <= {name}_max"))
 
 
 def split_listen(listen: str) -> tuple[str, int]:
