@@ -25,7 +25,8 @@ class Terminal:
 
     def __init__(self, env: dict[str, str]) -> None:
         self.name = f"molamd-top-{uuid.uuid4().hex[:8]}"
-        self.env = {**env, "TERM": "xterm-256color"}
+        # LINES and COLUMNS (pytest-xdist's workers set 80x24) would make curses ignore the pane's real size
+        self.env = {k: v for k, v in env.items() if k not in ("LINES", "COLUMNS")} | {"TERM": "xterm-256color"}
 
     def tmux(self, *args: str) -> str:
         done = subprocess.run(["tmux", "-L", self.name, "-f", "/dev/null", *args], capture_output=True, text=True,
