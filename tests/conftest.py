@@ -173,17 +173,21 @@ def _admin(cluster: Cluster) -> psycopg.Connection[Any]:
     return psycopg.connect(cluster.dsn("postgres"), autocommit=True)
 
 
-@pytest.fixture
-def dsn(pg: Cluster) -> Iterator[str]:
-    """A new empty database for one test."""
+def _database(pg: Cluster, template: str | None = None) -> Iterator[str]:
     name = f"t{os.getpid()}_{next(_db_counter)}"
     with _admin(pg) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
+        conn.execute(f"CREATE DATABASE {name}" + (f" TEMPLATE {template}" if template else ""))
     try:
         yield pg.dsn(name)
     finally:
         with _admin(pg) as conn:
             conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def dsn(pg: Cluster) -> Iterator[str]:
+    """A new empty database for one test."""
+    yield from _database(pg)
 
 
 _TEMPLATE = "molamd_template"
@@ -206,14 +210,7 @@ def migrated_template(pg: Cluster) -> str:
 @pytest.fixture
 def migrated_dsn(pg: Cluster, migrated_template: str) -> Iterator[str]:
     """A new database for one test, with every migration applied."""
-    name = f"t{os.getpid()}_{next(_db_counter)}"
-    with _admin(pg) as conn:
-        conn.execute(f"CREATE DATABASE {name} TEMPLATE {migrated_template}")
-    try:
-        yield pg.dsn(name)
-    finally:
-        with _admin(pg) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    yield from _database(pg, migrated_template)
 
 
 @pytest.fixture

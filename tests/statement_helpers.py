@@ -9,17 +9,16 @@ from typing import Any
 
 import msgspec
 import psycopg
-import trio
 from sandbox_sftp import SandboxSftp
 
 from connectors import RemoteFile, SftpStatementConnector, decode_hook
 from connectors.sftp import Camt053SftpConfig, CsvSftpConfig, Mt940SftpConfig, SftpSourceConfig
 from connectors.statements import CsvProfile
 from molamd import db
-from molamd.config import DatabaseSection
 from molamd.metrics import Metrics
 from molamd.statement_poller import StatementPoller
 from molamd.statements import Ingested, StatementStore
+from tests.db_helpers import running_database
 
 KINDS: dict[str, type[SftpSourceConfig]] = {
     "mt940-sftp": Mt940SftpConfig, "csv-sftp": CsvSftpConfig, "camt053-sftp": Camt053SftpConfig}
@@ -85,20 +84,13 @@ async def rig(tmp: Path, dsn: str, server: Any = None) -> AsyncIterator[Rig]:
         server = SandboxSftp(tmp / "sftp", state=tmp / "sftp-state").start()
     known_hosts = server.known_hosts(tmp / "known_hosts")
     metrics = Metrics()
-    section = msgspec.convert({"dsn": dsn}, DatabaseSection, dec_hook=decode_hook)
-    database = db.Database(section, metrics=metrics)
     try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(database.run)
-            with trio.fail_after(20):
-                while not database.up:  # noqa: ASYNC110 - the flag belongs to the database service
-                    await trio.sleep(0.02)
+        async with running_database(dsn, metrics) as database:
             r = Rig(server, dsn, database, metrics, known_hosts)
             try:
                 yield r
             finally:
                 await r.close()
-                database.request_stop()
     finally:
         if own:
             server.stop()

@@ -24,13 +24,12 @@ import trio
 import trio.testing
 
 from actors import AttemptOutcome, Backoff, ConnectorActor, Dispatcher, DispatcherSettings, PayoutStore, Route
-from connectors import Duration, NullConfig, PaymentState, decode_hook
+from connectors import Duration, NullConfig, PaymentState
 from connectors._contract import BreakerConfig, LimitsConfig
 from molamd import db, payouts
-from molamd.config import DatabaseSection
-from molamd.metrics import Metrics
 from molamd.payouts import ClaimOwner
 from molamd.payouts import PayoutStore as PostgresStore
+from tests.db_helpers import running_database
 from tests.test_dispatcher import FakeBank, FakeConnector, MemoryStore, Routes, Row
 
 SETTINGS = DispatcherSettings(lease=30.0, idle_poll=0.05, call_timeout=10.0, release_delay=0.1,
@@ -198,15 +197,8 @@ async def rig(store_kind: str, clock: trio.testing.MockClock | None, migrated_ds
     if store_kind == "memory":
         yield MemoryRig()
         return
-    section = msgspec.convert({"dsn": migrated_dsn}, DatabaseSection, dec_hook=decode_hook)
-    database = db.Database(section, metrics=Metrics())
-    async with trio.open_nursery() as nursery:
-        await nursery.start(database.run)
-        with trio.fail_after(20):
-            while not database.up:  # noqa: ASYNC110 - the flag belongs to the database service
-                await trio.sleep(0.02)
+    async with running_database(migrated_dsn) as database:
         yield PostgresRig(migrated_dsn, database)
-        database.request_stop()
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ from zoneinfo import ZoneInfo
 import msgspec
 import psycopg
 import pytest
-import trio
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from sandbox_sftp import SandboxSftp
@@ -21,10 +20,10 @@ from sandbox_sftp import SandboxSftp
 from actors import FileBatcher
 from connectors import Duration, FileChannelConnector
 from molamd import db
-from molamd.config import DatabaseSection
 from molamd.metrics import Metrics
 from molamd.payment_files import FileStore
 from molamd.payouts import ClaimOwner
+from tests.db_helpers import running_database
 from tests.file_helpers import CONNECTOR, batched
 from tests.test_file_submission import channel
 
@@ -33,17 +32,8 @@ DAKAR = ZoneInfo("Africa/Dakar")
 
 @pytest.fixture
 async def database(migrated_dsn: str) -> AsyncIterator[db.Database]:
-    from connectors import decode_hook
-
-    section = msgspec.convert({"dsn": migrated_dsn}, DatabaseSection, dec_hook=decode_hook)
-    database = db.Database(section, metrics=Metrics())
-    async with trio.open_nursery() as nursery:
-        await nursery.start(database.run)
-        with trio.fail_after(20):
-            while not database.up:  # noqa: ASYNC110 - the flag belongs to the database service
-                await trio.sleep(0.02)
+    async with running_database(migrated_dsn) as database:
         yield database
-        database.request_stop()
 
 
 def batcher(tmp_path: Path, server: SandboxSftp, database: db.Database, now: dt.datetime,

@@ -13,7 +13,6 @@ from pathlib import Path
 import msgspec
 import psycopg
 import pytest
-import trio
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from sandbox_sftp import SandboxSftp
@@ -21,11 +20,11 @@ from sandbox_sftp import SandboxSftp
 from actors import FileBatcher
 from connectors import FileChannelConnector
 from molamd import db
-from molamd.config import DatabaseSection
 from molamd.metrics import Metrics
 from molamd.payment_files import FileStore
 from molamd.payouts import ClaimOwner
 from molamd.spool import spool_directory
+from tests.db_helpers import running_database
 from tests.file_helpers import CONNECTOR
 from tests.test_file_submission import channel
 from tests.test_payment_reports import recorded_file, report, states
@@ -33,17 +32,8 @@ from tests.test_payment_reports import recorded_file, report, states
 
 @pytest.fixture
 async def database(migrated_dsn: str) -> AsyncIterator[db.Database]:
-    from connectors import decode_hook
-
-    section = msgspec.convert({"dsn": migrated_dsn}, DatabaseSection, dec_hook=decode_hook)
-    database = db.Database(section, metrics=Metrics())
-    async with trio.open_nursery() as nursery:
-        await nursery.start(database.run)
-        with trio.fail_after(20):
-            while not database.up:  # noqa: ASYNC110 - the flag belongs to the database service
-                await trio.sleep(0.02)
+    async with running_database(migrated_dsn) as database:
         yield database
-        database.request_stop()
 
 
 @pytest.fixture
