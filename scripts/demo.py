@@ -314,8 +314,9 @@ def statement_counts(cluster: Cluster) -> dict[str, int]:
         settled = conn.execute(
             "SELECT count(*) FROM payout_slices s JOIN treasury_accounts t ON t.id = s.treasury_account_id"
             " WHERE s.status = 'settled' AND t.bank_profile_id IN ('ecobank-sn', 'cbao-sn')").fetchone()[0]
-        proven = conn.execute(
-            "SELECT count(*) FROM molamd_audit WHERE action = 'statement_settle'").fetchone()[0]
+        proven = dict(conn.execute(
+            "SELECT from_status, count(*) FROM molamd_audit WHERE action = 'statement_settle'"
+            " GROUP BY from_status").fetchall())
     return {"files": files, "failed": failed, "lines": lines, "linked": linked, "settled_linked": settled_linked,
             "settled": settled, "proven": proven}
 
@@ -353,6 +354,19 @@ def secret_lines(stats: dict[str, Any], rotated: int | None) -> list[str]:
               f" {rotated}, the daemon uses {running})")
         failures.append("the HMAC key rotation was not seen applied")
     return failures
+
+
+def statement_summary(cluster: Cluster) -> list[str]:
+    """The statements line of the summary; a failure if a statement settled a slice that was dead (given up as
+    not paid while a bank had paid it)."""
+    st = statement_counts(cluster)
+    print(f"statements: {st['files']} MT940 files ingested over SFTP ({st['failed']} failed), {st['lines']} lines, "
+          f"{st['linked']} linked to the payouts they carry; {st['settled_linked']} of {st['settled']} settled "
+          f"payouts confirmed by a statement line ({sum(st['proven'].values())} of them settled by it: "
+          f"{', '.join(f'{n} from {k}' for k, n in sorted(st['proven'].items())) or 'none'}); "
+          f"{st['lines'] - st['linked']} lines unmatched")
+    dead = st["proven"].get("dead", 0)
+    return [f"{dead} slices a bank executed were dead until its statement came"] if dead else []
 
 
 def summary(cluster: Cluster, bank_urls: list[str], elapsed: float, outage: dict[str, Any],
@@ -405,11 +419,7 @@ def summary(cluster: Cluster, bank_urls: list[str], elapsed: float, outage: dict
     print(f"dead yet executed by a bank: {dead_paid}")
     if dead_paid:
         failures.append(f"{dead_paid} dead slices were executed by a bank (the platform would pay them again)")
-    st = statement_counts(cluster)
-    print(f"statements: {st['files']} MT940 files ingested over SFTP ({st['failed']} failed), {st['lines']} lines, "
-          f"{st['linked']} linked to the payouts they carry; {st['settled_linked']} of {st['settled']} settled "
-          f"payouts confirmed by a statement line ({st['proven']} of them settled by it from dead or retrying); "
-          f"{st['lines'] - st['linked']} lines unmatched")
+    failures += statement_summary(cluster)
     files = file_counts(cluster, files_url)
     print(f"files: {files['files']} pain.001 files signed in the HSM ({files['statuses']}), {files['transactions']}"
           f" transactions; {files['verified']} of {files['files']} verified by xmlsec1 against the certificate;"
