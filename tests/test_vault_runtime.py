@@ -58,6 +58,19 @@ def incarnations(d: Any) -> dict[str, int]:
     return {row["name"]: row["incarnation"] for row in d.ctl_json("connectors")}
 
 
+
+def null_reading_vault(bao: OpenBao, profile: str = "bank-a") -> str:
+    """A null connector "n1" whose token is the KV secret molamd/null (a canary value, put there now)."""
+    bao.put("molamd/null", token=CANARY + "null")
+    return textwrap.dedent(f"""
+        [[connectors]]
+        name = "n1"
+        kind = "null"
+        bank_profile = "{profile}"
+        [connectors.null]
+        token = "vault:secret/molamd/null#token"
+        """)
+
 def test_a_rotated_hmac_secret_is_taken_mid_run_by_its_connector_alone_and_no_payout_fails(
         short_tmp: Path, migrated_dsn: str, daemon_factory: Any, bao: OpenBao) -> None:
     bank_a, bank_b = Bank(), Bank()
@@ -117,15 +130,7 @@ def test_a_rotated_hmac_secret_is_taken_mid_run_by_its_connector_alone_and_no_pa
 
 def test_the_token_actor_renews_logs_in_again_when_revoked_and_the_daemon_outlives_vault(
         short_tmp: Path, daemon_factory: Any, bao: OpenBao) -> None:
-    bao.put("molamd/null", token=CANARY + "null")
-    text = textwrap.dedent("""
-        [[connectors]]
-        name = "n1"
-        kind = "null"
-        bank_profile = "bank-a"
-        [connectors.null]
-        token = "vault:secret/molamd/null#token"
-        """)
+    text = null_reading_vault(bao)
     from tests.conftest import daemon_toml
 
     (short_tmp / "secret_id").write_text(bao.secret_id() + "\n")
@@ -329,15 +334,7 @@ def _two_vault_secrets_in_use(short_tmp: Path, dsn: str, daemon_factory: Any, ba
     httpx.post(f"{bank.url}/admin/secret", json={"secret": CANARY + "a-1", "keep_previous": False},
                timeout=5).raise_for_status()
     bao.put("molamd/bank-a", hmac=CANARY + "a-1")
-    bao.put("molamd/null", token=CANARY + "null")
-    null = textwrap.dedent("""
-        [[connectors]]
-        name = "n1"
-        kind = "null"
-        bank_profile = "bank-z"
-        [connectors.null]
-        token = "vault:secret/molamd/null#token"
-        """)
+    null = null_reading_vault(bao, "bank-z")
     text = payout_toml(short_tmp, dsn, vault_connector("bank-a", bank.url, "bank-a") + null) \
         + vault_toml(bao, short_tmp, rotation_check="1h")
     return daemon_factory(text, env={"HOME": str(short_tmp)})
@@ -347,15 +344,7 @@ def test_the_periodic_check_withdraws_a_deleted_secret_and_takes_it_back_when_re
         short_tmp: Path, daemon_factory: Any, bao: OpenBao) -> None:
     from tests.conftest import daemon_toml
 
-    bao.put("molamd/null", token=CANARY + "null")
-    text = textwrap.dedent("""
-        [[connectors]]
-        name = "n1"
-        kind = "null"
-        bank_profile = "bank-a"
-        [connectors.null]
-        token = "vault:secret/molamd/null#token"
-        """)
+    text = null_reading_vault(bao)
     d = daemon_factory(daemon_toml(short_tmp, connectors=text) + vault_toml(bao, short_tmp, rotation_check="200ms"),
                        env={"HOME": str(short_tmp)})
     bao.admin.secrets.kv.v2.delete_latest_version_of_secret(path="molamd/null", mount_point="secret")
