@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from decimal import Decimal
 from typing import Any, ClassVar
 
@@ -273,11 +273,12 @@ SETTINGS = DispatcherSettings(lease=60.0, idle_poll=0.05, call_timeout=10.0, rel
 
 
 @asynccontextmanager
-async def running(store: MemoryStore, routes: Routes) -> AsyncIterator[Dispatcher]:
+async def running(store: MemoryStore, routes: Routes, settings: DispatcherSettings = SETTINGS
+                  ) -> AsyncIterator[Dispatcher]:
     async with trio.open_nursery() as nursery:
         for a in routes.actors:
             await nursery.start(a.run)
-        dispatcher = Dispatcher(store, routes, SETTINGS, rng=random.Random(1))
+        dispatcher = Dispatcher(store, routes, settings, rng=random.Random(1))
         await nursery.start(dispatcher.run)
         yield dispatcher
         nursery.cancel_scope.cancel()
@@ -510,15 +511,8 @@ LOOKING = msgspec.structs.replace(SETTINGS, lookup_backoff=Backoff(initial=1.0, 
                                   lookup_grace=30.0)
 
 
-@asynccontextmanager
-async def looking(store: MemoryStore, routes: Routes) -> AsyncIterator[Dispatcher]:
-    async with trio.open_nursery() as nursery:
-        for a in routes.actors:
-            await nursery.start(a.run)
-        dispatcher = Dispatcher(store, routes, LOOKING, rng=random.Random(1))
-        await nursery.start(dispatcher.run)
-        yield dispatcher
-        nursery.cancel_scope.cancel()
+def looking(store: MemoryStore, routes: Routes) -> AbstractAsyncContextManager[Dispatcher]:
+    return running(store, routes, LOOKING)
 
 
 async def test_attempts_exhausted_in_doubt_turn_into_lookups_and_the_bank_settles_it(
